@@ -1,0 +1,68 @@
+"""Softmax with a boolean mask, and the causal mask: mirror of ``attention_np/_masking.py``.
+
+DESIGN.md section 4: masked logits are *replaced* (``where``), never added to ``-inf``, so
+no NaN can appear, in the forward pass or the gradients; a row with every key masked gets
+all-zero weights and zero gradients; softmax runs in float32 (float64 for float64 input).
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def compute_dtype(dtype) -> np.dtype:
+    """float64 stays float64; float16, bfloat16 and float32 are computed in float32."""
+    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+
+
+def masked_softmax(logits, mask=None):
+    r"""Softmax over the last axis that gives masked entries exactly zero weight.
+
+    .. math::
+        w_s = \frac{m_s \exp(x_s - \max_{s'} x_{s'})}{\sum_{s'} m_{s'} \exp(x_{s'} - \max_{s''} x_{s''})}
+
+    with ``0 / 0 := 0``, so a row whose entries are all masked gets all-zero weights and
+    zero gradients.
+
+    Args:
+      logits: float array ``(..., S)``.
+      mask: optional bool array broadcastable to ``logits``, True = attend.
+
+    Returns:
+      weights, same shape as ``logits``, in float32 (float64 for float64 ``logits``).
+    """
+    logits = logits.astype(compute_dtype(logits.dtype))
+    if mask is not None:
+        # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
+        logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
+    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    if mask is not None:
+        unnormalized = jnp.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
+    total = unnormalized.sum(axis=-1, keepdims=True)
+    return unnormalized / jnp.where(total == 0, 1, total)  # all-masked rows: 0 / 1 = 0
+
+
+def causal_mask(T: int, S: int):
+    """``(T, S)`` bool, True where key ``s <= t``: query t sees keys 0..t (top-left aligned,
+    as ``jax.nn.dot_product_attention`` and PyTorch's ``is_causal``)."""
+    return jnp.tril(jnp.ones((T, S), dtype=bool))
+
+
+def combine_masks(mask, is_causal: bool, T: int, S: int):
+    """``mask & causal`` where both are given; either one alone; or None."""
+    if not is_causal:
+        return mask
+    causal = causal_mask(T, S)
+    return causal if mask is None else jnp.logical_and(mask, causal)
+
+
+def zero_unattended(values, mask, T: int):
+    """Zero the values that no query attends to, so ``0 * NaN`` from a masked (padding)
+    position cannot leak into the output.
+
+    ``values (B, S, N, H)``; ``mask`` broadcastable to ``(B, N, T, S)``. A value is kept where
+    any query of its batch element and head may attend to it.
+    """
+    B, S, N, _ = values.shape
+    attended = jnp.broadcast_to(mask, (B, N, T, S)).any(axis=2)        # (B, N, S)
+    return jnp.where(attended.transpose(0, 2, 1)[..., None], values, 0)  # (B, S, N, H)

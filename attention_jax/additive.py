@@ -1,0 +1,82 @@
+"""Additive (Bahdanau) attention, the tutorial's class: mirror of ``attention_np/additive.py``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attention_np import additive as _np_additive
+from attention_np._validate import check_additive
+
+from ._masking import compute_dtype, masked_softmax
+
+
+@jax.jit
+def additive_attention(params, hidden, encoder_outputs, *, mask=None):
+    r"""Additive (Bahdanau) attention, exactly as the tutorial's PyTorch ``Attention``.
+
+    .. math::
+        e_s = v^\top \tanh(W [h; \bar h_s] + b), \quad a = \mathrm{softmax}(e), \quad
+        c = \textstyle\sum_s a_s \bar h_s
+
+    Bahdanau, Cho & Bengio 2015, "Neural machine translation by jointly learning to align
+    and translate", eq. (6) and appendix A.1.2.
+
+    Args:
+      params: ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}``; the kernel is the
+        transpose of PyTorch's ``attn.weight`` (see :func:`additive_params_from_torch`).
+      hidden: decoder state, ``(B, H)``.
+      encoder_outputs: ``(B, S, H)``.
+      mask: optional bool ``(B, S)``, True = attend.
+
+    Returns:
+      ``(context, weights)``: ``(B, 1, H)`` and ``(B, S)``, in the dtype of ``encoder_outputs``.
+    """
+    hidden, encoder_outputs = jnp.asarray(hidden), jnp.asarray(encoder_outputs)
+    check_additive(params, hidden, encoder_outputs, mask)
+    B, S, H = encoder_outputs.shape
+    dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
+    hidden, encoder_outputs = hidden.astype(compute), encoder_outputs.astype(compute)
+    W, b, v = (jnp.asarray(p, compute) for p in (params["attn"]["kernel"], params["attn"]["bias"], params["v"]))
+    # 1. repeat the decoder state over the source steps
+    hidden = jnp.repeat(hidden[:, None, :], S, axis=1)                     # (B, S, H)
+    # 2. energy = tanh(W [h; h_s] + b)
+    x = jnp.concatenate([hidden, encoder_outputs], axis=-1)                # (B, S, 2H)
+    energy = jnp.tanh(x @ W + b)                                           # (B, S, H)
+    # 3. one score per source step, then weights
+    scores = energy @ v                                                    # (B, S)
+    weights = masked_softmax(scores, mask)                                 # (B, S)
+    # 4. context = weighted sum of encoder outputs
+    if mask is not None:
+        encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)  # 0 * NaN cannot leak
+    context = weights[:, None, :] @ encoder_outputs                        # (B, 1, H)
+    return context.astype(dtype), weights.astype(dtype)
+
+
+def init_additive_params(rng, hidden_dim, *, dtype=jnp.float32):
+    """Parameters distributed as PyTorch initialises the tutorial's class.
+
+    ``attn`` is ``nn.Linear(2H, H)``: kernel and bias uniform in ``+-1/sqrt(2H)``;
+    ``v = torch.rand(H)``: uniform in ``[0, 1)``.
+
+    Args:
+      rng: a JAX PRNG key.
+      hidden_dim: H.
+    """
+    bound = 1.0 / np.sqrt(2 * hidden_dim)
+    rng_kernel, rng_bias, rng_v = jax.random.split(rng, 3)
+    return {
+        "attn": {
+            "kernel": jax.random.uniform(rng_kernel, (2 * hidden_dim, hidden_dim), dtype, -bound, bound),
+            "bias": jax.random.uniform(rng_bias, (hidden_dim,), dtype, -bound, bound),
+        },
+        "v": jax.random.uniform(rng_v, (hidden_dim,), dtype, 0.0, 1.0),
+    }
+
+
+def additive_params_from_torch(state_dict):
+    """Convert the tutorial module's ``state_dict()`` to the params dict of this package.
+
+    ``{"attn.weight": (H, 2H), "attn.bias": (H,), "v": (H,)}`` (tensors or any array-likes)
+    becomes ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}`` of JAX arrays.
+    """
+    return jax.tree.map(jnp.asarray, _np_additive.additive_params_from_torch(state_dict))

@@ -1,0 +1,65 @@
+"""Scaled dot-product attention (Vaswani et al. 2017): mirror of ``attention_np/dot_product.py``."""
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+
+from attention_np._validate import check_sdpa
+
+from ._masking import combine_masks, compute_dtype, masked_softmax, zero_unattended
+
+
+@functools.partial(jax.jit, static_argnames=("is_causal", "scale"))
+def scaled_dot_product_attention(
+    query, key, value, *, bias=None, mask=None, is_causal=False, scale=None
+):
+    r"""Scaled dot-product attention, with grouped key/value heads.
+
+    .. math::
+        \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{H}} + \text{bias}\Big) V
+
+    Vaswani et al. 2017, "Attention is all you need", eq. (1); grouped-query heads after
+    Ainslie et al. 2023 (GQA). Same semantics as ``jax.nn.dot_product_attention``, except
+    that a query with every key masked gets zero weights, a zero output and zero gradients
+    (``jax.nn`` returns the mean of the values).
+
+    Shapes: B batch, T query length, S key length, N query heads, K key/value heads
+    (N % K == 0), H features per head.
+
+    Args:
+      query: ``(B, T, N, H)``.
+      key: ``(B, S, K, H)``.
+      value: ``(B, S, K, H)``.
+      bias: optional float array broadcastable to ``(B, N, T, S)``, added to the scaled logits.
+      mask: optional bool array broadcastable to ``(B, N, T, S)``, True = attend.
+      is_causal: if True, query t attends only to keys ``s <= t``. Static under jit.
+      scale: multiplies the logits; default ``1 / sqrt(H)``. A Python number, static under jit.
+
+    Returns:
+      ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+    """
+    query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    shapes = check_sdpa(query, key, value, bias, mask, scale)
+    B, T, N, H = query.shape
+    S, K = shapes["S"], shapes["K"]
+    dtype, compute = query.dtype, compute_dtype(query.dtype)
+    scale = 1.0 / math.sqrt(H) if scale is None else scale
+    # 1. grouped-query attention: each key/value head serves N // K consecutive query heads
+    key = jnp.repeat(key, N // K, axis=2)                                  # (B, S, N, H)
+    value = jnp.repeat(value, N // K, axis=2)                              # (B, S, N, H)
+    # 2. logits: one score per (query, key) pair, scaled, plus the optional bias
+    logits = jnp.einsum("BTNH,BSNH->BNTS", query.astype(compute), key.astype(compute))  # (B, N, T, S)
+    logits = logits * scale
+    if bias is not None:
+        logits = logits + jnp.asarray(bias).astype(compute)
+    # 3. weights: softmax over the keys a query may attend to
+    mask = combine_masks(mask, is_causal, T, S)
+    weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
+    # 4. out: the weighted average of the values
+    value = value.astype(compute)
+    if mask is not None:
+        value = zero_unattended(value, mask, T)
+    out = jnp.einsum("BNTS,BSNH->BTNH", weights, value)                    # (B, T, N, H)
+    return out.astype(dtype), weights.astype(dtype)

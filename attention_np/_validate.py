@@ -1,0 +1,208 @@
+"""Shape and dtype validation shared by both halves.
+
+Pure Python on ``.shape`` and ``.dtype``: no array math, so the JAX half calls the very
+same checks at trace time (under ``jax.jit`` they cost nothing at run time) and both halves
+raise the same exception type with the same message by construction.
+
+Shapes are written with DESIGN.md's letters::
+
+    B batch, T query length, S key/value length, N query heads, K key/value heads,
+    H features per head, E model width.
+
+A :class:`Shapes` object binds letters to sizes as arguments are checked, and remembers
+which argument each size came from, so a mismatch reads e.g.::
+
+    key must have shape (B, S, K, H) with B=2, H=11 from query; got (2, 5, 3, 7)
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+
+FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+# A shape token is a letter ("H") or a multiple of one ("2H"); anything else is a literal.
+_TOKEN = re.compile(r"^(\d*)([A-Za-z]\w*)$")
+
+
+def _fmt(letters) -> str:
+    return "(" + ", ".join(str(t) for t in letters) + ("," if len(letters) == 1 else "") + ")"
+
+
+def _dtype_name(x) -> str:
+    return str(getattr(x, "dtype", type(x).__name__))
+
+
+def check_float(name: str, x) -> None:
+    """``TypeError`` unless ``x`` has one of the floating dtypes of DESIGN.md section 4."""
+    if _dtype_name(x) not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must have a floating dtype (float16, bfloat16, float32 or float64); "
+            f"got {_dtype_name(x)}"
+        )
+
+
+def compute_dtype_name(x) -> str:
+    """The dtype softmax and accumulation run in: float64 for float64 input, else float32."""
+    return "float64" if _dtype_name(x) == "float64" else "float32"
+
+
+class Shapes:
+    """Binds shape letters to sizes while checking arguments, for messages that explain.
+
+    >>> shapes = Shapes()
+    >>> shapes.check("query", query, "BTNH")      # binds B, T, N, H
+    >>> shapes.check("key", key, "BSKH")          # checks B, H; binds S, K
+    """
+
+    def __init__(self, **known: int):
+        self.sizes: dict[str, int] = {}
+        self.origin: dict[str, str] = {}
+        for letter, size in known.items():
+            self.sizes[letter] = size
+            self.origin[letter] = "the arguments"
+
+    def __getitem__(self, letter: str) -> int:
+        return self.sizes[letter]
+
+    def _expected(self, token: str):
+        m = _TOKEN.match(token)
+        if m is None:
+            return int(token)
+        factor, letter = m.groups()
+        if letter not in self.sizes:
+            return None
+        return int(factor or 1) * self.sizes[letter]
+
+    def check(self, name: str, x, letters, *, floating: bool = True) -> None:
+        """Check ``x.shape`` against ``letters`` (a string of single letters, or a tuple of
+        tokens such as ``("2H", "H")``), then bind the letters seen for the first time."""
+        tokens = tuple(letters)
+        if floating:
+            check_float(name, x)
+        shape = tuple(int(d) for d in x.shape)
+        bad = len(shape) != len(tokens) or any(
+            (want := self._expected(t)) is not None and want != got for t, got in zip(tokens, shape)
+        )
+        if bad:
+            raise ValueError(f"{name} must have shape {self.describe(tokens)}; got {shape}")
+        for token, size in zip(tokens, shape):
+            if _TOKEN.match(token) and token.isalpha() and token not in self.sizes:
+                self.sizes[token] = size
+                self.origin[token] = name
+
+    def describe(self, tokens) -> str:
+        """``(B, S, K, H) with B=2, H=11 from query``: the known sizes, grouped by source."""
+        by_origin: dict[str, list[str]] = {}
+        for token in tokens:
+            m = _TOKEN.match(token)
+            if m and m.group(2) in self.sizes:
+                letter = m.group(2)
+                entry = f"{letter}={self.sizes[letter]}"
+                group = by_origin.setdefault(self.origin[letter], [])
+                if entry not in group:
+                    group.append(entry)
+        known = ", ".join(", ".join(v) + f" from {k}" for k, v in by_origin.items())
+        return _fmt(tokens) + (f" with {known}" if known else "")
+
+
+def check_heads(shapes: Shapes) -> None:
+    """Grouped-query attention needs every key/value head to serve the same number of query heads."""
+    n, k = shapes["N"], shapes["K"]
+    if n % k:
+        raise ValueError(
+            f"the number of query heads N={n} must be a multiple of the number of "
+            f"key/value heads K={k}"
+        )
+
+
+def check_mask(mask, target, *, letters: str, has_bias: bool) -> None:
+    """A mask is boolean (True = attend) and broadcasts to the scores' shape ``target``."""
+    if _dtype_name(mask) != "bool":
+        hint = " (True = attend); to add float values to the logits pass them as bias" if has_bias else " (True = attend)"
+        raise TypeError(f"mask must have a boolean dtype{hint}; got {_dtype_name(mask)}")
+    check_broadcast("mask", mask, target, letters)
+
+
+def check_bias(bias, target, *, letters: str) -> None:
+    """A bias is a float array broadcastable to the scores' shape ``target``."""
+    check_float("bias", bias)
+    check_broadcast("bias", bias, target, letters)
+
+
+def check_broadcast(name: str, x, target, letters: str) -> None:
+    shape = tuple(int(d) for d in x.shape)
+    ok = len(shape) <= len(target) and all(
+        s in (1, t) for s, t in zip(reversed(shape), reversed(target))
+    )
+    if not ok:
+        raise ValueError(
+            f"{name} must broadcast to shape {_fmt(tuple(letters))} = {tuple(target)}; got {shape}"
+        )
+
+
+def check_scale(scale) -> None:
+    """``scale`` is a positive finite Python number (or a traced scalar, not checked)."""
+    if isinstance(scale, bool) or (
+        isinstance(scale, (int, float)) and not (math.isfinite(scale) and scale > 0)
+    ):
+        raise ValueError(f"scale must be a positive finite number; got {scale!r}")
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+
+
+def check_params(params, spec: Mapping, shapes: Shapes, path: str = "params") -> None:
+    """Check a nested parameter dict against ``spec``: the same nesting, leaves as shape tokens.
+
+    Missing keys are a ``ValueError`` naming the full path; extra keys are allowed (a Flax
+    state may carry more than a mechanism reads).
+    """
+    if not isinstance(params, Mapping):
+        raise TypeError(f"{path} must be a dict; got {type(params).__name__}")
+    for key, sub in spec.items():
+        where = f"{path}[{key!r}]"
+        if key not in params:
+            raise ValueError(f"{where} is missing; expected keys {sorted(spec)}")
+        if isinstance(sub, Mapping):
+            check_params(params[key], sub, shapes, where)
+        else:
+            leaf = params[key]
+            if not hasattr(leaf, "shape"):
+                raise TypeError(f"{where} must be an array; got {type(leaf).__name__}")
+            shapes.check(where, leaf, sub)
+
+
+def check_sdpa(query, key, value, bias, mask, scale) -> Shapes:
+    """Arguments of ``scaled_dot_product_attention``: returns the bound sizes B, T, S, N, K, H."""
+    shapes = Shapes()
+    shapes.check("query", query, "BTNH")
+    shapes.check("key", key, "BSKH")
+    shapes.check("value", value, "BSKH")
+    check_heads(shapes)
+    scores = tuple(shapes[c] for c in "BNTS")
+    if bias is not None:
+        check_bias(bias, scores, letters="BNTS")
+    if mask is not None:
+        check_mask(mask, scores, letters="BNTS", has_bias=True)
+    if scale is not None:
+        check_scale(scale)
+    return shapes
+
+
+ADDITIVE_SPEC = {"attn": {"kernel": ("2H", "H"), "bias": ("H",)}, "v": ("H",)}
+
+
+def check_additive(params, hidden, encoder_outputs, mask) -> Shapes:
+    """Arguments of ``additive_attention`` (the tutorial's class)."""
+    shapes = Shapes()
+    shapes.check("encoder_outputs", encoder_outputs, "BSH")
+    shapes.check("hidden", hidden, "BH")
+    check_params(params, ADDITIVE_SPEC, shapes)
+    if mask is not None:
+        check_mask(mask, (shapes["B"], shapes["S"]), letters="BS", has_bias=False)
+    return shapes

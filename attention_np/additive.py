@@ -1,0 +1,95 @@
+"""Additive (Bahdanau) attention: the tutorial's PyTorch ``Attention`` class, exactly."""
+
+import numpy as np
+
+from ._masking import compute_dtype, masked_softmax
+from ._validate import check_additive
+
+
+def additive_attention(params, hidden, encoder_outputs, *, mask=None):
+    r"""Additive (Bahdanau) attention, exactly as the tutorial's PyTorch ``Attention``.
+
+    .. math::
+        e_s = v^\top \tanh(W [h; \bar h_s] + b), \quad a = \mathrm{softmax}(e), \quad
+        c = \textstyle\sum_s a_s \bar h_s
+
+    Bahdanau, Cho & Bengio 2015, "Neural machine translation by jointly learning to align
+    and translate", eq. (6) and appendix A.1.2.
+
+    Args:
+      params: ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}``; the kernel is the
+        transpose of PyTorch's ``attn.weight`` (see :func:`additive_params_from_torch`).
+      hidden: decoder state, ``(B, H)``.
+      encoder_outputs: ``(B, S, H)``.
+      mask: optional bool ``(B, S)``, True = attend.
+
+    Returns:
+      ``(context, weights)``: ``(B, 1, H)`` and ``(B, S)``, in the dtype of ``encoder_outputs``.
+    """
+    hidden, encoder_outputs = np.asarray(hidden), np.asarray(encoder_outputs)
+    check_additive(params, hidden, encoder_outputs, mask)
+    B, S, H = encoder_outputs.shape
+    dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
+    hidden, encoder_outputs = hidden.astype(compute), encoder_outputs.astype(compute)
+    W, b, v = (np.asarray(p, compute) for p in (params["attn"]["kernel"], params["attn"]["bias"], params["v"]))
+    # 1. repeat the decoder state over the source steps
+    hidden = np.repeat(hidden[:, None, :], S, axis=1)                      # (B, S, H)
+    # 2. energy = tanh(W [h; h_s] + b)
+    x = np.concatenate([hidden, encoder_outputs], axis=-1)                 # (B, S, 2H)
+    energy = np.tanh(x @ W + b)                                            # (B, S, H)
+    # 3. one score per source step, then weights
+    scores = energy @ v                                                    # (B, S)
+    weights = masked_softmax(scores, mask)                                 # (B, S)
+    # 4. context = weighted sum of encoder outputs
+    if mask is not None:
+        encoder_outputs = np.where(mask[:, :, None], encoder_outputs, 0)   # 0 * NaN cannot leak
+    context = weights[:, None, :] @ encoder_outputs                        # (B, 1, H)
+    return context.astype(dtype), weights.astype(dtype)
+
+
+def init_additive_params(rng, hidden_dim, *, dtype=np.float32):
+    """Parameters distributed as PyTorch initialises the tutorial's class.
+
+    ``attn`` is ``nn.Linear(2H, H)``: kernel and bias uniform in ``+-1/sqrt(2H)``;
+    ``v = torch.rand(H)``: uniform in ``[0, 1)``.
+
+    Args:
+      rng: a ``numpy.random.Generator``.
+      hidden_dim: H.
+    """
+    bound = 1.0 / np.sqrt(2 * hidden_dim)
+    return {
+        "attn": {
+            "kernel": rng.uniform(-bound, bound, (2 * hidden_dim, hidden_dim)).astype(dtype),
+            "bias": rng.uniform(-bound, bound, (hidden_dim,)).astype(dtype),
+        },
+        "v": rng.uniform(0.0, 1.0, (hidden_dim,)).astype(dtype),
+    }
+
+
+def _to_numpy(x):
+    # torch tensors (even ones that require grad) without importing torch
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def additive_params_from_torch(state_dict):
+    """Convert the tutorial module's ``state_dict()`` to the params dict of this package.
+
+    ``{"attn.weight": (H, 2H), "attn.bias": (H,), "v": (H,)}`` (tensors or any array-likes)
+    becomes ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}``: PyTorch's ``Linear``
+    computes ``x @ weight.T``, Flax's ``x @ kernel``.
+    """
+    missing = {"attn.weight", "attn.bias", "v"} - set(state_dict)
+    if missing:
+        raise ValueError(
+            f"state_dict is missing {sorted(missing)}; expected keys ['attn.bias', 'attn.weight', 'v']"
+        )
+    return {
+        "attn": {
+            "kernel": _to_numpy(state_dict["attn.weight"]).T,
+            "bias": _to_numpy(state_dict["attn.bias"]),
+        },
+        "v": _to_numpy(state_dict["v"]),
+    }

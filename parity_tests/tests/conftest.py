@@ -1,0 +1,31 @@
+"""Shared fixtures: float64 JAX for the 1e-12 parity rows, prime sizes, jit on and off."""
+
+import contextlib
+
+import jax
+import numpy as np
+import pytest
+
+# float64 parity needs x64; every float32 test passes float32 arrays explicitly.
+jax.config.update("jax_enable_x64", True)
+
+# Prime sizes so that a transposed axis cannot pass (STYLE.md).
+B, T, S, N, K, H = 2, 3, 5, 7, 3, 11
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(params=[True, False], ids=["jit", "nojit"])
+def jit(request):
+    """Run the JAX half compiled and op by op (``jax.disable_jit``)."""
+    ctx = contextlib.nullcontext() if request.param else jax.disable_jit()
+    with ctx:
+        yield request.param
+
+
+def highest():
+    """Full float32 matmuls for the 1e-5 rows (DESIGN.md section 5)."""
+    return jax.default_matmul_precision("highest")

@@ -1,0 +1,81 @@
+"""Every registered case, every dtype, both halves, against the NumPy float64 reference."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+import attention_jax
+import attention_np
+from parity_tests import DTYPES, REGISTRY, ParityCase, compare, run_case, run_tutorial_golden
+
+PARAMS = [
+    pytest.param(name, dtype, half, id=f"{name}-{dtype}-{half}")
+    for name in REGISTRY
+    for dtype in DTYPES
+    for half in ("numpy", "jax")
+    if not (half == "numpy" and dtype == "float64")
+]
+
+
+@pytest.mark.parametrize("name, dtype, half", PARAMS)
+def test_registered_case(name, dtype, half):
+    result = run_case(REGISTRY[name], dtype, half)
+    c = result.comparison
+    assert c.passed, f"{name} {dtype} {half}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g}, tol {c.tol}: {c.detail}"
+
+
+def test_tutorial_golden_both_halves():
+    results = run_tutorial_golden()
+    assert {r.half for r in results} == {"numpy", "jax"}
+    for r in results:
+        assert r.comparison.passed and r.comparison.max_abs <= 1e-6, r
+
+
+# --- the harness itself must be able to fail ------------------------------------------------
+def _swap_heads(fn):
+    def wrong(*args, **kwargs):
+        out, weights = fn(*args, **kwargs)
+        return out[:, :, ::-1], weights
+    return wrong
+
+
+def test_harness_catches_a_wrong_implementation():
+    case = REGISTRY["scaled_dot_product_attention/plain"]
+    wrong = dataclasses.replace(case, name="wrong", jax_fn=_swap_heads(attention_jax.scaled_dot_product_attention))
+    result = run_case(wrong, "float32", "jax")
+    assert not result.comparison.passed and result.comparison.max_abs > 0.01
+
+
+def test_harness_catches_a_wrong_dtype():
+    case = REGISTRY["additive_attention/plain"]
+
+    def upcast(*args, **kwargs):
+        context, weights = attention_np.additive_attention(*args, **kwargs)
+        return context.astype(np.float64), weights.astype(np.float64)
+
+    result = run_case(dataclasses.replace(case, name="upcast", numpy_fn=upcast, jax_fn=upcast), "float32", "jax")
+    assert not result.comparison.passed and "dtype" in result.comparison.detail
+
+
+@pytest.mark.parametrize(
+    "expected, actual, tol, passed",
+    [
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-6]), 1e-5, True),
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-4]), 1e-5, False),
+        (np.array([1e6]), np.array([1e6 + 1.0]), 1e-5, True),  # relative 1e-6
+        (np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), 1e-5, True),
+        (np.array([0.0, 1.0]), np.array([np.nan, 1.0]), 1e-5, False),
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0]), 1e-5, False),
+    ],
+)
+def test_compare(expected, actual, tol, passed):
+    assert compare(expected, actual, tol).passed is passed
+
+
+def test_register_rejects_a_duplicate_name():
+    from parity_tests import register
+
+    case = next(iter(REGISTRY.values()))
+    with pytest.raises(ValueError, match="registered already"):
+        register(ParityCase(case.name, "x", "", case.build, case.numpy_fn, case.jax_fn))
