@@ -7,7 +7,8 @@ import numpy as np
 from attention_np import additive as _np_additive
 from attention_np._validate import check_additive
 
-from ._masking import compute_dtype, masked_softmax
+from ._dtypes import compute_dtype
+from ._masking import masked_softmax
 
 
 @jax.jit

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 
 from attention_np._validate import check_sdpa
 
-from ._masking import combine_masks, compute_dtype, masked_softmax, zero_unattended
+from ._dtypes import compute_dtype
+from ._masking import attended_keys, combine_masks, masked_softmax
 
 
 @functools.partial(jax.jit, static_argnames=("is_causal", "scale"))
@@ -60,6 +61,7 @@ def scaled_dot_product_attention(
     # 4. out: the weighted average of the values
     value = value.astype(compute)
     if mask is not None:
-        value = zero_unattended(value, mask, T)
+        keep = attended_keys(mask, (B, N, T, S)).transpose(0, 2, 1)      # (B, S, N)
+        value = jnp.where(keep[..., None], value, 0)                     # 0 * NaN cannot leak
     out = jnp.einsum("BNTS,BSNH->BTNH", weights, value)                    # (B, T, N, H)
     return out.astype(dtype), weights.astype(dtype)

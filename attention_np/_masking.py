@@ -7,10 +7,7 @@ float32 (float64 for float64 input).
 
 import numpy as np
 
-
-def compute_dtype(dtype) -> np.dtype:
-    """float64 stays float64; float16, bfloat16 and float32 are computed in float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+from ._dtypes import compute_dtype
 
 
 def masked_softmax(logits, mask=None):
@@ -53,13 +50,11 @@ def combine_masks(mask, is_causal: bool, T: int, S: int):
     return causal if mask is None else np.logical_and(mask, causal)
 
 
-def zero_unattended(values, mask, T: int):
-    """Zero the values that no query attends to, so ``0 * NaN`` from a masked (padding)
-    position cannot leak into the output.
+def attended_keys(mask, shape):
+    """True where any query may attend key s: ``mask`` broadcast to the weights' ``shape``
+    ``(B, [N,] T, S)``, reduced over T to ``(B, [N,] S)``.
 
-    ``values (B, S, N, H)``; ``mask`` broadcastable to ``(B, N, T, S)``. A value is kept where
-    any query of its batch element and head may attend to it.
+    Values of keys nobody attends to are zeroed before the weighted sum, so ``0 * NaN``
+    from a masked (padding) position cannot leak into the output.
     """
-    B, S, N, _ = values.shape
-    attended = np.broadcast_to(mask, (B, N, T, S)).any(axis=2)         # (B, N, S)
-    return np.where(attended.transpose(0, 2, 1)[..., None], values, 0)  # (B, S, N, H)
+    return np.broadcast_to(mask, shape).any(axis=-2)

@@ -79,7 +79,7 @@ class Shapes:
     def check(self, name: str, x, letters, *, floating: bool = True) -> None:
         """Check ``x.shape`` against ``letters`` (a string of single letters, or a tuple of
         tokens such as ``("2H", "H")``), then bind the letters seen for the first time."""
-        tokens = tuple(letters)
+        tokens = tuple(str(t) for t in letters)
         if floating:
             check_float(name, x)
         shape = tuple(int(d) for d in x.shape)
@@ -205,4 +205,130 @@ def check_additive(params, hidden, encoder_outputs, mask) -> Shapes:
     check_params(params, ADDITIVE_SPEC, shapes)
     if mask is not None:
         check_mask(mask, (shapes["B"], shapes["S"]), letters="BS", has_bias=False)
+    return shapes
+
+
+def check_optional_mask(mask, shapes: Shapes, letters: str) -> None:
+    """A boolean mask broadcastable to the weights ``letters`` (e.g. "BTS"), when given."""
+    if mask is not None:
+        check_mask(mask, tuple(shapes[c] for c in letters), letters=letters, has_bias=False)
+
+
+def check_scores(query, keys) -> Shapes:
+    """``query (B, T, H)`` and ``keys (B, S, H)`` of the score functions."""
+    shapes = Shapes()
+    shapes.check("query", query, "BTH")
+    shapes.check("keys", keys, "BSH")
+    return shapes
+
+
+GENERAL_SPEC = {"kernel": ("H", "H")}
+CONCAT_SPEC = {"attn": {"kernel": ("2H", "A"), "bias": ("A",)}, "v": ("A",)}
+LOCATION_SPEC = {"kernel": ("H", "S")}
+SCORES = ("dot", "general", "concat", "location")
+
+
+def check_soft(scores, values, mask) -> Shapes:
+    """``scores (B, T, S)``, ``values (B, S, H)`` and a mask broadcastable to ``(B, T, S)``."""
+    shapes = Shapes()
+    shapes.check("scores", scores, "BTS")
+    shapes.check("values", values, "BSH")
+    check_optional_mask(mask, shapes, "BTS")
+    return shapes
+
+
+def check_hard(scores, values, mask, gumbel_noise, rng) -> Shapes:
+    shapes = check_soft(scores, values, mask)
+    if gumbel_noise is not None:
+        if rng is not None:
+            raise ValueError("pass gumbel_noise or rng, not both")
+        shapes.check("gumbel_noise", gumbel_noise, "BTS")
+    return shapes
+
+
+PROJECTION_SPEC = {name: {"kernel": ("E", "H"), "bias": ("H",)} for name in ("query", "key", "value")}
+
+
+def check_self_attention(params, x, mask) -> Shapes:
+    shapes = Shapes()
+    shapes.check("x", x, "BTE")
+    check_params(params, PROJECTION_SPEC, shapes)
+    check_optional_mask(mask, Shapes(B=shapes["B"], T=shapes["T"], S=shapes["T"]), "BTS")
+    return shapes
+
+
+def check_cross_attention(params, x, context, mask) -> Shapes:
+    shapes = Shapes()
+    shapes.check("x", x, "BTE")
+    shapes.check("context", context, "BSE")
+    check_params(params, PROJECTION_SPEC, shapes)
+    check_optional_mask(mask, shapes, "BTS")
+    return shapes
+
+
+MULTI_HEAD_SPEC = {
+    "query": {"kernel": ("E", "N", "H"), "bias": ("N", "H")},
+    "key": {"kernel": ("E", "K", "H"), "bias": ("K", "H")},
+    "value": {"kernel": ("E", "K", "H"), "bias": ("K", "H")},
+    "out": {"kernel": ("N", "H", "E"), "bias": ("E",)},
+}
+
+
+def check_multi_head(params, query, key, value, mask) -> Shapes:
+    shapes = Shapes()
+    shapes.check("query", query, "BTE")
+    shapes.check("key", key, "BSE")
+    shapes.check("value", value, "BSE")
+    check_params(params, MULTI_HEAD_SPEC, shapes)
+    check_heads(shapes)
+    check_optional_mask(mask, shapes, "BNTS")
+    return shapes
+
+
+def score_spec(score: str):
+    check_choice("score", score, SCORES)
+    return {"dot": {}, "general": GENERAL_SPEC, "concat": CONCAT_SPEC, "location": LOCATION_SPEC}[score]
+
+
+def check_luong(params, decoder_state, encoder_outputs, score, mask) -> Shapes:
+    """Arguments of ``global_attention`` and ``local_attention`` (Luong et al. 2015)."""
+    spec = {"score": score_spec(score), "combine": {"kernel": ("2H", "H")}}
+    shapes = Shapes()
+    shapes.check("encoder_outputs", encoder_outputs, "BSH")
+    shapes.check("decoder_state", decoder_state, "BH")
+    check_params(params, spec, shapes)
+    check_optional_mask(mask, shapes, "BS")
+    return shapes
+
+
+def check_local(params, decoder_state, encoder_outputs, window, score, mask) -> Shapes:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ValueError(f"window must be a positive int (the half-width D of the window); got {window!r}")
+    shapes = check_luong(params, decoder_state, encoder_outputs, score, mask)
+    check_params(params, {"position": {"kernel": ("H", "P"), "v": ("P",)}}, shapes)
+    return shapes
+
+
+LOCATION_SENSITIVE_SPEC = {
+    "query": {"kernel": ("Q", "A")},
+    "keys": {"kernel": ("H", "A")},
+    "conv": {"kernel": ("r", 1, "C")},
+    "location": {"kernel": ("C", "A")},
+    "bias": ("A",),
+    "v": ("A",),
+}
+
+
+def check_location_sensitive(params, query, encoder_outputs, prev_weights, mask) -> Shapes:
+    """Arguments of ``location_sensitive_attention`` (Chorowski et al. 2015)."""
+    shapes = Shapes()
+    shapes.check("encoder_outputs", encoder_outputs, "BSH")
+    shapes.check("query", query, "BQ")
+    shapes.check("prev_weights", prev_weights, "BS")
+    check_params(params, LOCATION_SENSITIVE_SPEC, shapes)
+    if shapes["r"] % 2 == 0:
+        raise ValueError(
+            f"params['conv']['kernel'] must have an odd width r for 'SAME' padding; got r={shapes['r']}"
+        )
+    check_optional_mask(mask, shapes, "BS")
     return shapes

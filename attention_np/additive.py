@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from ._masking import compute_dtype, masked_softmax
+from ._dtypes import compute_dtype
+from ._masking import masked_softmax
 from ._validate import check_additive
 
 

@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 
-from ._masking import combine_masks, compute_dtype, masked_softmax, zero_unattended
+from ._dtypes import compute_dtype
+from ._masking import attended_keys, combine_masks, masked_softmax
 from ._validate import check_sdpa
 
 
@@ -55,6 +56,7 @@ def scaled_dot_product_attention(
     # 4. out: the weighted average of the values
     value = value.astype(compute)
     if mask is not None:
-        value = zero_unattended(value, mask, T)
+        keep = attended_keys(mask, (B, N, T, S)).transpose(0, 2, 1)      # (B, S, N)
+        value = np.where(keep[..., None], value, 0)                     # 0 * NaN cannot leak
     out = np.einsum("BNTS,BSNH->BTNH", weights, value)                     # (B, T, N, H)
     return out.astype(dtype), weights.astype(dtype)
