@@ -1,16 +1,56 @@
 """attention_jax: the mechanisms of ``attention_np`` in JAX, jit-compiled, for research code.
 
-Same function names, signatures and parameter dicts as ``attention_np``; shape and dtype
-validation is shared with it (``attention_np._validate``), so both halves raise the same
-errors. Parameter dicts convert with ``jax.tree.map(jnp.asarray, np_params)``.
+Same function names, signatures and parameter dicts as ``attention_np`` (a line-by-line
+mirror of its code); shape and dtype validation is shared with it
+(``attention_np._validate``), so both halves raise the same errors. Parameter dicts
+convert with ``jax.tree.map(jnp.asarray, np_params)``. JAX-only extras:
+``hard_attention(..., straight_through=True)`` and ``multi_head_params_from_flax``.
 """
 
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
+from .cross_attention import cross_attention, init_cross_attention_params
 from .dot_product import scaled_dot_product_attention
+from .global_attention import global_attention, init_global_params
+from .hard import hard_attention
+from .local_attention import init_local_params, local_attention
+from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
+from .multi_head import init_multi_head_params, multi_head_attention, multi_head_params_from_flax
+from .scores import (
+    concat_scores,
+    dot_scores,
+    general_scores,
+    init_concat_params,
+    init_general_params,
+    scaled_dot_scores,
+)
+from .self_attention import init_self_attention_params, self_attention
+from .soft import soft_attention
 
 __all__ = [
     "additive_attention",
     "additive_params_from_torch",
+    "concat_scores",
+    "cross_attention",
+    "dot_scores",
+    "general_scores",
+    "global_attention",
+    "hard_attention",
     "init_additive_params",
+    "init_concat_params",
+    "init_cross_attention_params",
+    "init_general_params",
+    "init_global_params",
+    "init_local_params",
+    "init_location_sensitive_params",
+    "init_multi_head_params",
+    "init_self_attention_params",
+    "local_attention",
+    "location_scores",
+    "location_sensitive_attention",
+    "multi_head_attention",
+    "multi_head_params_from_flax",
     "scaled_dot_product_attention",
+    "scaled_dot_scores",
+    "self_attention",
+    "soft_attention",
 ]

@@ -2,13 +2,13 @@
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from attention_np import additive as _np_additive
 from attention_np._validate import check_additive
 
 from ._dtypes import compute_dtype
 from ._masking import masked_softmax
+from ._random import init_from_numpy
 
 
 @jax.jit
@@ -54,24 +54,8 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
 
 
 def init_additive_params(rng, hidden_dim, *, dtype=jnp.float32):
-    """Parameters distributed as PyTorch initialises the tutorial's class.
-
-    ``attn`` is ``nn.Linear(2H, H)``: kernel and bias uniform in ``+-1/sqrt(2H)``;
-    ``v = torch.rand(H)``: uniform in ``[0, 1)``.
-
-    Args:
-      rng: a JAX PRNG key.
-      hidden_dim: H.
-    """
-    bound = 1.0 / np.sqrt(2 * hidden_dim)
-    rng_kernel, rng_bias, rng_v = jax.random.split(rng, 3)
-    return {
-        "attn": {
-            "kernel": jax.random.uniform(rng_kernel, (2 * hidden_dim, hidden_dim), dtype, -bound, bound),
-            "bias": jax.random.uniform(rng_bias, (hidden_dim,), dtype, -bound, bound),
-        },
-        "v": jax.random.uniform(rng_v, (hidden_dim,), dtype, 0.0, 1.0),
-    }
+    """As ``attention_np_additive.init_additive_params``, drawing from the JAX PRNG key ``rng``."""
+    return init_from_numpy(_np_additive.init_additive_params, rng, hidden_dim, dtype=dtype)
 
 
 def additive_params_from_torch(state_dict):

@@ -13,7 +13,14 @@ from .hard import hard_attention
 from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention
-from .scores import concat_scores, dot_scores, general_scores, init_concat_params, init_general_params, scaled_dot_scores
+from .scores import (
+    concat_scores,
+    dot_scores,
+    general_scores,
+    init_concat_params,
+    init_general_params,
+    scaled_dot_scores,
+)
 from .self_attention import init_self_attention_params, self_attention
 from .soft import soft_attention
 

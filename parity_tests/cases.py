@@ -4,6 +4,8 @@ Prime sizes (B=2, T=3, S=5, N=7 or N=6 with K=3, H=11) so that a transposed axis
 pass. Each builder returns float64 NumPy inputs; the harness casts them per dtype.
 """
 
+import numpy as np
+
 import attention_jax
 import attention_np
 
@@ -57,3 +59,122 @@ register(ParityCase(
     "additive_attention/mask", "additive_attention", f"B={B} S={S} H={H}",
     lambda rng: (_additive_inputs(rng), {"mask": rng.random((B, S)) < 0.6}), **_both("additive_attention"),
 ))
+
+
+# --- score functions ---------------------------------------------------------------------------
+E, A = 13, 7
+_QK = f"B={B} T={T} S={S} H={H}"
+
+
+def _query_keys(rng):
+    return rng.normal(size=(B, T, H)), rng.normal(size=(B, S, H))
+
+
+def _concat_params(rng, h=H, a=A):
+    return {"attn": {"kernel": rng.normal(size=(2 * h, a)) / h**0.5, "bias": rng.normal(size=(a,))}, "v": rng.normal(size=(a,))}
+
+
+def _case(mechanism, variant, shapes, build):
+    register(ParityCase(f"{mechanism}/{variant}", mechanism, shapes, build, **_both(mechanism)))
+
+
+_case("dot_scores", "plain", _QK, lambda rng: (_query_keys(rng), {}))
+_case("scaled_dot_scores", "plain", _QK, lambda rng: (_query_keys(rng), {}))
+_case("scaled_dot_scores", "scale", _QK, lambda rng: (_query_keys(rng), {"scale": 0.7}))
+_case("general_scores", "plain", _QK, lambda rng: (({"kernel": rng.normal(size=(H, H)) / H**0.5}, *_query_keys(rng)), {}))
+_case("concat_scores", "plain", f"{_QK} A={A}", lambda rng: ((_concat_params(rng), *_query_keys(rng)), {}))
+
+
+# --- soft and hard attention --------------------------------------------------------------------
+def _scores_values(rng):
+    return rng.normal(size=(B, T, S)) * 2, rng.normal(size=(B, S, H))
+
+
+def _mask_bts(rng):
+    mask = rng.random((B, T, S)) < 0.6
+    mask[0, 1] = False  # one query with nothing to attend to
+    return mask
+
+
+_SV = f"B={B} T={T} S={S} H={H}"
+_case("soft_attention", "plain", _SV, lambda rng: (_scores_values(rng), {}))
+_case("soft_attention", "mask", _SV, lambda rng: (_scores_values(rng), {"mask": _mask_bts(rng)}))
+_case("hard_attention", "argmax", _SV, lambda rng: (_scores_values(rng), {}))
+_case("hard_attention", "gumbel+mask", _SV, lambda rng: (_scores_values(rng), {"mask": _mask_bts(rng), "gumbel_noise": rng.gumbel(size=(B, T, S))}))
+
+
+# --- self, cross and multi-head attention -------------------------------------------------------
+def _projections(rng):
+    return {n: {"kernel": rng.normal(size=(E, H)) / E**0.5, "bias": rng.normal(size=(H,))} for n in ("query", "key", "value")}
+
+
+_case("self_attention", "plain", f"B={B} T={T} E={E} H={H}", lambda rng: ((_projections(rng), rng.normal(size=(B, T, E))), {}))
+_case("self_attention", "causal+mask", f"B={B} T={T} E={E} H={H}", lambda rng: ((_projections(rng), rng.normal(size=(B, T, E))), {"is_causal": True, "mask": rng.random((B, 1, T)) < 0.7}))
+_case("cross_attention", "plain", f"B={B} T={T} S={S} E={E} H={H}", lambda rng: ((_projections(rng), rng.normal(size=(B, T, E)), rng.normal(size=(B, S, E))), {}))
+_case("cross_attention", "mask", f"B={B} T={T} S={S} E={E} H={H}", lambda rng: ((_projections(rng), rng.normal(size=(B, T, E)), rng.normal(size=(B, S, E))), {"mask": _mask_bts(rng)}))
+
+
+def _multi_head_params(rng, n, k):
+    def dense(in_shape, out_shape):
+        return {"kernel": rng.normal(size=in_shape + out_shape) / np.prod(in_shape) ** 0.5, "bias": rng.normal(size=out_shape)}
+
+    return {"query": dense((E,), (n, H)), "key": dense((E,), (k, H)), "value": dense((E,), (k, H)), "out": dense((n, H), (E,))}
+
+
+_case("multi_head_attention", "self", f"B={B} T={T} E={E} N={N} H={H}", lambda rng: ((_multi_head_params(rng, N, N), rng.normal(size=(B, T, E))), {}))
+_case("multi_head_attention", "cross+gqa+mask", f"B={B} T={T} S={S} E={E} N=6 K={K} H={H}", lambda rng: (
+    (_multi_head_params(rng, 6, K), rng.normal(size=(B, T, E)), rng.normal(size=(B, S, E))), {"mask": rng.random((B, 1, T, S)) < 0.7}))
+_case("multi_head_attention", "self+gqa+causal", f"B={B} T={T} E={E} N=6 K={K} H={H}", lambda rng: ((_multi_head_params(rng, 6, K), rng.normal(size=(B, T, E))), {"is_causal": True}))
+
+
+# --- Luong global and local attention; location-based scores --------------------------------------
+def _luong_params(rng, score, local=False):
+    score_params = {
+        "dot": {},
+        "general": {"kernel": rng.normal(size=(H, H)) / H**0.5},
+        "concat": _concat_params(rng, H, H),
+        "location": {"kernel": rng.normal(size=(H, S)) / H**0.5},
+    }[score]
+    params = {"score": score_params, "combine": {"kernel": rng.normal(size=(2 * H, H)) / (2 * H) ** 0.5}}
+    if local:
+        params["position"] = {"kernel": rng.normal(size=(H, A)) / H**0.5, "v": rng.normal(size=(A,))}
+    return params
+
+
+def _luong_inputs(rng, score, local=False, mask=False):
+    kwargs = {"score": score}
+    if local:
+        kwargs["window"] = 2
+    if mask:
+        m = rng.random((B, S)) < 0.7
+        m[1] = False  # a batch element with nothing to attend to
+        kwargs["mask"] = m
+    return (_luong_params(rng, score, local), rng.normal(size=(B, H)), rng.normal(size=(B, S, H))), kwargs
+
+
+for _score in ("dot", "general", "concat", "location"):
+    _case("global_attention", _score, f"B={B} S={S} H={H}", lambda rng, s=_score: _luong_inputs(rng, s))
+    _case("local_attention", f"{_score} D=2", f"B={B} S={S} H={H} A={A}", lambda rng, s=_score: _luong_inputs(rng, s, local=True))
+_case("global_attention", "general+mask", f"B={B} S={S} H={H}", lambda rng: _luong_inputs(rng, "general", mask=True))
+_case("local_attention", "concat+mask D=2", f"B={B} S={S} H={H} A={A}", lambda rng: _luong_inputs(rng, "concat", local=True, mask=True))
+_case("location_scores", "plain", f"B={B} S={S} H={H}", lambda rng: (({"kernel": rng.normal(size=(H, S))}, rng.normal(size=(B, H))), {}))
+
+
+# --- location-sensitive attention (Chorowski) -------------------------------------------------------
+def _location_sensitive_inputs(rng, mask=False):
+    Q, C, r = 6, 4, 3
+    params = {
+        "query": {"kernel": rng.normal(size=(Q, A)) / Q**0.5},
+        "keys": {"kernel": rng.normal(size=(H, A)) / H**0.5},
+        "conv": {"kernel": rng.normal(size=(r, 1, C))},
+        "location": {"kernel": rng.normal(size=(C, A)) / C**0.5},
+        "bias": rng.normal(size=(A,)),
+        "v": rng.normal(size=(A,)),
+    }
+    prev = rng.random((B, S))
+    kwargs = {"mask": _mask_bts(rng)[:, 0]} if mask else {}
+    return (params, rng.normal(size=(B, Q)), rng.normal(size=(B, S, H)), prev / prev.sum(-1, keepdims=True)), kwargs
+
+
+_case("location_sensitive_attention", "plain", f"B={B} S={S} H={H} Q=6 A={A} C=4 r=3", lambda rng: _location_sensitive_inputs(rng))
+_case("location_sensitive_attention", "mask", f"B={B} S={S} H={H} Q=6 A={A} C=4 r=3", lambda rng: _location_sensitive_inputs(rng, mask=True))

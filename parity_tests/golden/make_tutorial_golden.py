@@ -23,7 +23,7 @@ OUT = pathlib.Path(__file__).with_name("tutorial_additive.npz")
 # --- the tutorial's class, verbatim -------------------------------------------------------
 class Attention(nn.Module):
     def __init__(self, hidden_dim):
-        super(Attention, self).__init__()
+        super().__init__()
         self.attn = nn.Linear(hidden_dim * 2, hidden_dim)
         self.v = nn.Parameter(torch.rand(hidden_dim))
 

@@ -1,0 +1,90 @@
+"""Multi-head attention with Flax ``nnx.MultiHeadAttention``'s parameters (Vaswani et al. 2017)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+import attention_np as _np
+from attention_np._validate import check_multi_head
+
+from ._dtypes import cast_params, compute_dtype
+from ._random import init_from_numpy
+from .dot_product import scaled_dot_product_attention
+
+
+@functools.partial(jax.jit, static_argnames=("is_causal",))
+def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_causal=False):
+    r"""Multi-head attention, with grouped key/value heads when K < N.
+
+    .. math::
+        \mathrm{head}_n = \mathrm{Attention}(x_q W^Q_n, x_k W^K_{k(n)}, x_v W^V_{k(n)}), \qquad
+        \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O
+
+    Vaswani et al. 2017, "Attention is all you need", section 3.2.2; grouped key/value heads
+    ``k(n) = n // (N / K)`` after Ainslie et al. 2023 (GQA). Numerically the same as
+    ``flax.nnx.MultiHeadAttention`` (no dropout, no qk-norm) given the same parameters,
+    except that a query with every key masked gets a zero attention output (Flax: the mean).
+
+    Args:
+      params: ``{"query": {"kernel": (E, N, H), "bias": (N, H)}, "key"|"value": {"kernel":
+        (E, K, H), "bias": (K, H)}, "out": {"kernel": (N, H, E), "bias": (E,)}}``, Flax's
+        names and shapes; N, K and H are read from the kernels.
+      query: ``(B, T, E)``.
+      key: ``(B, S, E)``; defaults to ``query`` (self-attention).
+      value: ``(B, S, E)``; defaults to ``key``.
+      mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
+      is_causal: if True, query t attends only to keys ``s <= t``.
+
+    Returns:
+      ``(out, weights)``: ``(B, T, E)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+    """
+    query = jnp.asarray(query)
+    key = query if key is None else jnp.asarray(key)
+    value = key if value is None else jnp.asarray(value)
+    check_multi_head(params, query, key, value, mask)
+    dtype, compute = query.dtype, compute_dtype(query.dtype)
+    p = cast_params(params, compute)
+    # 1. project into heads: N query heads, K key/value heads of H features each
+    q = jnp.einsum("BTE,ENH->BTNH", query.astype(compute), p["query"]["kernel"]) + p["query"]["bias"]  # (B, T, N, H)
+    k = jnp.einsum("BSE,EKH->BSKH", key.astype(compute), p["key"]["kernel"]) + p["key"]["bias"]        # (B, S, K, H)
+    v = jnp.einsum("BSE,EKH->BSKH", value.astype(compute), p["value"]["kernel"]) + p["value"]["bias"]  # (B, S, K, H)
+    # 2. scaled dot-product attention in every head at once
+    heads, weights = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # (B, T, N, H)
+    # 3. mix the heads back to the model width
+    out = jnp.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, T, E)
+    return out.astype(dtype), weights.astype(dtype)
+
+
+def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_heads=None, dtype=jnp.float32):
+    """As ``attention_np.init_multi_head_params``, drawing from the JAX PRNG key ``rng``."""
+    return init_from_numpy(_np.init_multi_head_params, rng, in_features, num_heads, head_dim, num_kv_heads=num_kv_heads, dtype=dtype)
+
+
+def multi_head_params_from_flax(module_or_state):
+    """The params dict of a ``flax.nnx.MultiHeadAttention`` (no qk-norm), for
+    :func:`multi_head_attention`.
+
+    Accepts the module itself, its ``nnx.state(module)``, or the pure dict
+    ``nnx.to_pure_dict(nnx.state(module))``. The names and shapes are Flax's already, so
+    this only selects the four projections and drops what the function does not use.
+    """
+    from flax import nnx  # Flax is a dependency of this half; imported late to keep import light
+
+    state = module_or_state
+    if isinstance(state, nnx.Module):
+        if getattr(state, "normalize_qk", False):
+            raise ValueError("multi_head_params_from_flax: modules with normalize_qk=True are not supported")
+        state = nnx.state(state)
+    if isinstance(state, nnx.State):
+        state = nnx.to_pure_dict(state)
+    missing = [name for name in ("query", "key", "value", "out") if name not in state]
+    if missing:
+        raise ValueError(f"module_or_state has no {missing}; expected a flax.nnx.MultiHeadAttention or its state")
+    params = {}
+    for name in ("query", "key", "value", "out"):
+        layer = state[name]
+        if "bias" not in layer or layer["bias"] is None:
+            raise ValueError(f"module_or_state[{name!r}] has no bias; use_bias=False is not supported")
+        params[name] = {"kernel": jnp.asarray(layer["kernel"]), "bias": jnp.asarray(layer["bias"])}
+    return params
