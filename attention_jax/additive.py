@@ -38,6 +38,8 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
     dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
     hidden, encoder_outputs = hidden.astype(compute), encoder_outputs.astype(compute)
     W, b, v = (jnp.asarray(p, compute) for p in (params["attn"]["kernel"], params["attn"]["bias"], params["v"]))
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)
     # 1. repeat the decoder state over the source steps
     hidden = jnp.repeat(hidden[:, None, :], S, axis=1)                     # (B, S, H)
     # 2. energy = tanh(W [h; h_s] + b)
@@ -47,8 +49,6 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
     scores = energy @ v                                                    # (B, S)
     weights = masked_softmax(scores, mask)                                 # (B, S)
     # 4. context = weighted sum of encoder outputs
-    if mask is not None:
-        encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)  # 0 * NaN cannot leak
     context = weights[:, None, :] @ encoder_outputs                        # (B, 1, H)
     return context.astype(dtype), weights.astype(dtype)
 

@@ -50,18 +50,19 @@ def scaled_dot_product_attention(
     # 1. grouped-query attention: each key/value head serves N // K consecutive query heads
     key = jnp.repeat(key, N // K, axis=2)                                  # (B, S, N, H)
     value = jnp.repeat(value, N // K, axis=2)                              # (B, S, N, H)
+    mask = combine_masks(mask, is_causal, T, S)
+    if mask is not None:
+        # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
+        # cannot reach the output or the gradients
+        keep = attended_keys(mask, (B, N, T, S)).transpose(0, 2, 1)[..., None]  # (B, S, N, 1)
+        key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
     # 2. logits: one score per (query, key) pair, scaled, plus the optional bias
     logits = jnp.einsum("BTNH,BSNH->BNTS", query.astype(compute), key.astype(compute))  # (B, N, T, S)
     logits = logits * scale
     if bias is not None:
         logits = logits + jnp.asarray(bias).astype(compute)
     # 3. weights: softmax over the keys a query may attend to
-    mask = combine_masks(mask, is_causal, T, S)
     weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
     # 4. out: the weighted average of the values
-    value = value.astype(compute)
-    if mask is not None:
-        keep = attended_keys(mask, (B, N, T, S)).transpose(0, 2, 1)      # (B, S, N)
-        value = jnp.where(keep[..., None], value, 0)                     # 0 * NaN cannot leak
-    out = jnp.einsum("BNTS,BSNH->BTNH", weights, value)                    # (B, T, N, H)
+    out = jnp.einsum("BNTS,BSNH->BTNH", weights, value.astype(compute))   # (B, T, N, H)
     return out.astype(dtype), weights.astype(dtype)

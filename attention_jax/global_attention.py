@@ -63,6 +63,8 @@ def global_attention(params, decoder_state, encoder_outputs, *, score="general",
     dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
     p = cast_params(params, compute)
     decoder_state, encoder_outputs = decoder_state.astype(compute), encoder_outputs.astype(compute)
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)
     # 1. score every source position
     scores = luong_scores(p["score"], decoder_state, encoder_outputs, score)  # (B, S)
     # 2. soft attention over all of them

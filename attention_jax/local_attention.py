@@ -46,6 +46,8 @@ def local_attention(params, decoder_state, encoder_outputs, *, window, score="ge
     dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
     p = cast_params(params, compute)
     decoder_state, encoder_outputs = decoder_state.astype(compute), encoder_outputs.astype(compute)
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)
     # 1. predict the aligned source position p_t in [0, S]
     hidden = jnp.tanh(decoder_state @ p["position"]["kernel"])              # (B, A)
     position = S * (1 + jnp.tanh(hidden @ p["position"]["v"] / 2)) / 2     # (B,): S * sigmoid, overflow-free
@@ -60,7 +62,6 @@ def local_attention(params, decoder_state, encoder_outputs, *, window, score="ge
     sigma = window / 2
     weights = align * jnp.exp(-(distance**2) / (2 * sigma**2))              # (B, S)
     # 5. context and the attentional hidden state, as in global attention
-    encoder_outputs = jnp.where(mask[..., None], encoder_outputs, 0)        # 0 * NaN cannot leak
     context = (weights[:, None, :] @ encoder_outputs)[:, 0]                # (B, H)
     attentional_hidden = attentional_hidden_state(p["combine"], context, decoder_state)  # (B, H)
     return attentional_hidden.astype(dtype), weights.astype(dtype)

@@ -72,6 +72,8 @@ def location_sensitive_attention(params, query, encoder_outputs, prev_weights, *
     dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
     p = cast_params(params, compute)
     query, encoder_outputs, prev_weights = (x.astype(compute) for x in (query, encoder_outputs, prev_weights))
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)
     # 1. location features: r-wide filters over the previous weights, C channels
     features = conv1d_same(prev_weights, p["conv"]["kernel"])              # (B, S, C)
     # 2. one additive score per source position, from what, where, and where before

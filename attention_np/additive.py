@@ -33,6 +33,8 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
     dtype, compute = encoder_outputs.dtype, compute_dtype(encoder_outputs.dtype)
     hidden, encoder_outputs = hidden.astype(compute), encoder_outputs.astype(compute)
     W, b, v = (np.asarray(p, compute) for p in (params["attn"]["kernel"], params["attn"]["bias"], params["v"]))
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        encoder_outputs = np.where(mask[:, :, None], encoder_outputs, 0)
     # 1. repeat the decoder state over the source steps
     hidden = np.repeat(hidden[:, None, :], S, axis=1)                      # (B, S, H)
     # 2. energy = tanh(W [h; h_s] + b)

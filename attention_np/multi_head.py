@@ -3,6 +3,7 @@
 import numpy as np
 
 from ._dtypes import cast_params, compute_dtype
+from ._masking import combine_masks
 from ._validate import check_multi_head
 from .dot_product import scaled_dot_product_attention
 
@@ -35,7 +36,8 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
     query = np.asarray(query)
     key = query if key is None else np.asarray(key)
     value = key if value is None else np.asarray(value)
-    check_multi_head(params, query, key, value, mask)
+    shapes = check_multi_head(params, query, key, value, mask)
+    B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     p = cast_params(params, compute)
     # 1. project into heads: N query heads, K key/value heads of H features each
@@ -46,6 +48,10 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
     heads, weights = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # (B, T, N, H)
     # 3. mix the heads back to the model width
     out = np.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, T, E)
+    # 4. a query with no key to attend to in any head gets a zero output (not the output bias)
+    if mask is not None:
+        attends = np.broadcast_to(combine_masks(mask, is_causal, T, S), (B, N, T, S)).any(axis=(1, 3))  # (B, T)
+        out = np.where(attends[..., None], out, 0)
     return out.astype(dtype), weights.astype(dtype)
 
 
