@@ -9,7 +9,7 @@ import attention_np as _np
 from attention_np._validate import check_multi_head
 
 from ._dtypes import cast_params, compute_dtype
-from ._masking import combine_masks
+from ._masking import attended_keys, combine_masks
 from ._random import init_from_numpy
 from .dot_product import scaled_dot_product_attention
 
@@ -47,6 +47,9 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
     B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     p = cast_params(params, compute)
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        keep = attended_keys(mask, (B, N, T, S)).any(axis=1)[..., None]    # (B, S, 1): any head
+        key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
     # 1. project into heads: N query heads, K key/value heads of H features each
     q = jnp.einsum("BTE,ENH->BTNH", query.astype(compute), p["query"]["kernel"]) + p["query"]["bias"]  # (B, T, N, H)
     k = jnp.einsum("BSE,EKH->BSKH", key.astype(compute), p["key"]["kernel"]) + p["key"]["bias"]        # (B, S, K, H)

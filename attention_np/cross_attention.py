@@ -3,6 +3,7 @@
 import numpy as np
 
 from ._dtypes import cast_params, compute_dtype
+from ._masking import attended_keys
 from ._validate import check_cross_attention
 from .scores import scaled_dot_scores
 from .self_attention import init_self_attention_params
@@ -32,6 +33,8 @@ def cross_attention(params, x, context, *, mask=None):
     check_cross_attention(params, x, context, mask)
     dtype, compute = x.dtype, compute_dtype(x.dtype)
     p, x, context = cast_params(params, compute), x.astype(compute), context.astype(compute)
+    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        context = np.where(attended_keys(mask, (x.shape[0], x.shape[1], context.shape[1]))[..., None], context, 0)
     # 1. queries from x, keys and values from the other sequence
     query = x @ p["query"]["kernel"] + p["query"]["bias"]                  # (B, T, H)
     key = context @ p["key"]["kernel"] + p["key"]["bias"]                  # (B, S, H)

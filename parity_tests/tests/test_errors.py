@@ -1,75 +1,547 @@
-"""Bad input: both halves raise the same exception type with the same message (DESIGN.md section 4)."""
+"""Bad input: both halves raise the same exception type with the same message (DESIGN.md
+section 4), naming the argument, the expected shape in DESIGN.md's letters with the known
+sizes and where they came from, and what was given. Also: both halves offer the same API."""
 
+import copy
+import inspect
+
+import jax
 import numpy as np
 import pytest
 
 import attention_jax
 import attention_np
 
-from .conftest import B, H, N, S, T
-
 HALVES = {"numpy": attention_np, "jax": attention_jax}
+B, T, S, N, K, H, E, Aa, Q = 2, 3, 5, 6, 3, 11, 13, 7, 6
+f32 = np.float32
 
 
-def _sdpa_args(n=N, k=N, h_key=H, dtype=np.float32):
-    z = lambda *shape: np.zeros(shape, dtype)
-    return z(B, T, n, H), z(B, S, k, h_key), z(B, S, k, h_key)
+def z(*shape, dtype=f32):
+    return np.zeros(shape, dtype)
 
 
-def _additive_args(h=H):
-    params = {"attn": {"kernel": np.zeros((2 * h, h), np.float32), "bias": np.zeros(h, np.float32)}, "v": np.zeros(h, np.float32)}
-    return params, np.zeros((B, h), np.float32), np.zeros((B, S, h), np.float32)
+def drop(params, *path):
+    """A deep copy of ``params`` without the entry at ``path``."""
+    params = copy.deepcopy(params)
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    del node[path[-1]]
+    return params
 
 
-# (function, args, kwargs, exception, exact message)
-BAD_INPUTS = {
-    "sdpa key feature size": (
-        "scaled_dot_product_attention", _sdpa_args(h_key=7), {}, ValueError,
-        "key must have shape (B, S, K, H) with B=2, H=11 from query; got (2, 5, 7, 7)",
+def put(params, value, *path):
+    """A deep copy of ``params`` with ``value`` at ``path``."""
+    params = copy.deepcopy(params)
+    node = params
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return params
+
+
+_r = np.random.default_rng(0)
+gp = attention_np.init_general_params(_r, H)
+cp = attention_np.init_concat_params(_r, H, Aa)
+sp = attention_np.init_self_attention_params(_r, E, H)
+mp = attention_np.init_multi_head_params(_r, E, N, H, num_kv_heads=K)
+glp = attention_np.init_global_params(_r, H)
+lp = attention_np.init_local_params(_r, H)
+lsp = attention_np.init_location_sensitive_params(_r, Q, H, Aa, filters=4, width=3)
+ap = attention_np.init_additive_params(_r, H)
+
+# (function, args, kwargs, exception, the exact message)
+BAD_INPUTS = [
+    (
+        "dot_scores",
+        (z(B, T, H), z(B, S, 7)),
+        {},
+        ValueError,
+        "keys must have shape (B, S, H) with B=2, H=11 from query; got (2, 5, 7)",
     ),
-    "sdpa query rank": (
-        "scaled_dot_product_attention", (np.zeros((B, T, H), np.float32),) + _sdpa_args()[1:], {}, ValueError,
-        "query must have shape (B, T, N, H); got (2, 3, 11)",
+    (
+        "dot_scores",
+        (z(B, T, H), z(3, S, H)),
+        {},
+        ValueError,
+        "keys must have shape (B, S, H) with B=2, H=11 from query; got (3, 5, 11)",
     ),
-    "sdpa heads not divisible": (
-        "scaled_dot_product_attention", _sdpa_args(n=7, k=3), {}, ValueError,
-        "the number of query heads N=7 must be a multiple of the number of key/value heads K=3",
+    (
+        "dot_scores",
+        (z(B, T, H, dtype=np.complex64), z(B, S, H)),
+        {},
+        TypeError,
+        "query must have a floating dtype (float16, bfloat16, float32 or float64); got complex64",
     ),
-    "sdpa int query": (
-        "scaled_dot_product_attention", (np.zeros((B, T, N, H), np.int32),) + _sdpa_args()[1:], {}, TypeError,
-        "query must have a floating dtype (float16, bfloat16, float32 or float64); got int32",
+    (
+        "scaled_dot_scores",
+        (z(B, T, H), z(B, S, H)),
+        {"scale": 0.0},
+        ValueError,
+        "scale must be a positive finite number; got 0.0",
     ),
-    "sdpa float mask": (
-        "scaled_dot_product_attention", _sdpa_args(), {"mask": np.ones((T, S), np.float32)}, TypeError,
-        "mask must have a boolean dtype (True = attend); to add float values to the logits pass them as bias; got float32",
+    (
+        "scaled_dot_scores",
+        (z(B, T, H), z(B, S, H)),
+        {"scale": float("nan")},
+        ValueError,
+        "scale must be a positive finite number; got nan",
     ),
-    "sdpa mask shape": (
-        "scaled_dot_product_attention", _sdpa_args(), {"mask": np.ones((T, 4), bool)}, ValueError,
-        "mask must broadcast to shape (B, N, T, S) = (2, 7, 3, 5); got (3, 4)",
+    (
+        "general_scores",
+        ({"kernel": z(H, 7)}, z(B, T, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['kernel'] must have shape (H, H) with H=11 from query; got (11, 7)",
     ),
-    "sdpa negative scale": (
-        "scaled_dot_product_attention", _sdpa_args(), {"scale": -1.0}, ValueError,
-        "scale must be a positive finite number; got -1.0",
+    (
+        "general_scores",
+        ({}, z(B, T, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['kernel'] is missing; expected keys ['kernel']",
     ),
-    "additive kernel shape": (
-        "additive_attention", (_additive_args(4)[0],) + _additive_args()[1:], {}, ValueError,
-        "params['attn']['kernel'] must have shape (2H, H) with B=2, S=5, H=11 from encoder_outputs; got (8, 4)".replace("B=2, S=5, ", ""),
+    (
+        "concat_scores",
+        (put(cp, z(2 * H + 1, Aa), "attn", "kernel"), z(B, T, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['attn']['kernel'] must have shape (2H, A) with H=11 from query; got (23, 7)",
     ),
-    "additive missing v": (
-        "additive_attention", ({"attn": _additive_args()[0]["attn"]},) + _additive_args()[1:], {}, ValueError,
-        "params['v'] is missing; expected keys ['attn', 'v']",
+    (
+        "concat_scores",
+        (put(cp, z(Aa + 1), "v"), z(B, T, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['v'] must have shape (A,) with A=7 from params['attn']['kernel']; got (8,)",
     ),
-    "additive float mask": (
-        "additive_attention", _additive_args(), {"mask": np.ones((B, S), np.float32)}, TypeError,
+    (
+        "concat_scores",
+        (drop(cp, "attn", "bias"), z(B, T, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['attn']['bias'] is missing; expected keys ['bias', 'kernel']",
+    ),
+    (
+        "soft_attention",
+        (z(B, T, S), z(B, 4, H)),
+        {},
+        ValueError,
+        "values must have shape (B, S, H) with B=2, S=5 from scores; got (2, 4, 11)",
+    ),
+    (
+        "soft_attention",
+        (z(B, T, S), z(B, S, H)),
+        {"mask": np.ones((B, T, S), f32)},
+        TypeError,
         "mask must have a boolean dtype (True = attend); got float32",
     ),
-}
+    (
+        "soft_attention",
+        (z(B, T, S), z(B, S, H)),
+        {"mask": np.ones((B, 2, S), bool)},
+        ValueError,
+        "mask must broadcast to shape (B, T, S) = (2, 3, 5); got (2, 2, 5)",
+    ),
+    (
+        "soft_attention",
+        (z(B, T, S, dtype=bool), z(B, S, H)),
+        {},
+        TypeError,
+        "scores must have a floating dtype (float16, bfloat16, float32 or float64); got bool",
+    ),
+    (
+        "hard_attention",
+        (z(B, T, S), z(B, S, H)),
+        {"gumbel_noise": z(B, T, 4)},
+        ValueError,
+        "gumbel_noise must have shape (B, T, S) with B=2, T=3, S=5 from scores; got (2, 3, 4)",
+    ),
+    (
+        "hard_attention",
+        (z(B, T, S, dtype=np.int32), z(B, S, H)),
+        {},
+        TypeError,
+        "scores must have a floating dtype (float16, bfloat16, float32 or float64); got int32",
+    ),
+    (
+        "self_attention",
+        (sp, z(B, T, E + 1)),
+        {},
+        ValueError,
+        "params['query']['kernel'] must have shape (E, H) with E=14 from x; got (13, 11)",
+    ),
+    (
+        "self_attention",
+        (drop(sp, "value"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['value'] is missing; expected keys ['key', 'query', 'value']",
+    ),
+    (
+        "self_attention",
+        (put(sp, z(E, H + 1), "key", "kernel"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['key']['kernel'] must have shape (E, H) with E=13 from x, H=11 from params['query']['kernel']; got (13, 12)",
+    ),
+    (
+        "self_attention",
+        (sp, z(B, T, E)),
+        {"mask": np.ones((B, T, S), bool)},
+        ValueError,
+        "mask must broadcast to shape (B, T, S) = (2, 3, 3); got (2, 3, 5)",
+    ),
+    ("self_attention", (sp, z(T, E)), {}, ValueError, "x must have shape (B, T, E); got (3, 13)"),
+    (
+        "cross_attention",
+        (sp, z(B, T, E), z(B, S, E + 2)),
+        {},
+        ValueError,
+        "context must have shape (B, S, E) with B=2, E=13 from x; got (2, 5, 15)",
+    ),
+    (
+        "cross_attention",
+        (sp, z(B, T, E), z(B + 1, S, E)),
+        {},
+        ValueError,
+        "context must have shape (B, S, E) with B=2, E=13 from x; got (3, 5, 13)",
+    ),
+    (
+        "cross_attention",
+        (sp, z(B, T, E), z(B, S, E)),
+        {"mask": np.ones((B, T, T), bool)},
+        ValueError,
+        "mask must broadcast to shape (B, T, S) = (2, 3, 5); got (2, 3, 3)",
+    ),
+    (
+        "multi_head_attention",
+        (mp, z(B, T, E)),
+        {"mask": np.ones((B, N, T, 4), bool)},
+        ValueError,
+        "mask must broadcast to shape (B, N, T, S) = (2, 6, 3, 3); got (2, 6, 3, 4)",
+    ),
+    (
+        "multi_head_attention",
+        (put(mp, z(E, 4, H), "key", "kernel"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['key']['bias'] must have shape (K, H) with K=4 from params['key']['kernel'], H=11 from params['query']['kernel']; got (3, 11)",
+    ),
+    (
+        "multi_head_attention",
+        (put(mp, z(N, H, E + 1), "out", "kernel"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['out']['kernel'] must have shape (N, H, E) with N=6, H=11 from params['query']['kernel'], E=13 from query; got (6, 11, 14)",
+    ),
+    (
+        "multi_head_attention",
+        (drop(mp, "out"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['out'] is missing; expected keys ['key', 'out', 'query', 'value']",
+    ),
+    (
+        "multi_head_attention",
+        (mp, z(B, T, E), z(B, S, E), z(B, S + 1, E)),
+        {},
+        ValueError,
+        "value must have shape (B, S, E) with B=2, E=13 from query, S=5 from key; got (2, 6, 13)",
+    ),
+    (
+        "multi_head_attention",
+        (mp, z(B, T, E, dtype=np.int32)),
+        {},
+        TypeError,
+        "query must have a floating dtype (float16, bfloat16, float32 or float64); got int32",
+    ),
+    (
+        "global_attention",
+        (glp, z(B, H), z(B, S, H)),
+        {"score": "cosine"},
+        ValueError,
+        "score must be one of 'dot', 'general', 'concat', 'location'; got 'cosine'",
+    ),
+    (
+        "global_attention",
+        (glp, z(B, H + 1), z(B, S, H)),
+        {},
+        ValueError,
+        "decoder_state must have shape (B, H) with B=2, H=11 from encoder_outputs; got (2, 12)",
+    ),
+    (
+        "global_attention",
+        (drop(glp, "combine"), z(B, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['combine'] is missing; expected keys ['combine', 'score']",
+    ),
+    (
+        "global_attention",
+        (put(glp, {"kernel": z(H, S + 1)}, "score"), z(B, H), z(B, S, H)),
+        {"score": "location"},
+        ValueError,
+        "params['score']['kernel'] must have shape (H, S) with H=11, S=5 from encoder_outputs; got (11, 6)",
+    ),
+    (
+        "global_attention",
+        (glp, z(B, H), z(B, S, H)),
+        {"mask": np.ones((B, S + 1), bool)},
+        ValueError,
+        "mask must broadcast to shape (B, S) = (2, 5); got (2, 6)",
+    ),
+    (
+        "global_attention",
+        (glp, z(B, H), z(B, S, H)),
+        {"mask": np.ones((B, S), np.int8)},
+        TypeError,
+        "mask must have a boolean dtype (True = attend); got int8",
+    ),
+    (
+        "local_attention",
+        (lp, z(B, H), z(B, S, H)),
+        {"window": 0},
+        ValueError,
+        "window must be a positive int (the half-width D of the window); got 0",
+    ),
+    (
+        "local_attention",
+        (lp, z(B, H), z(B, S, H)),
+        {"window": 1.5},
+        ValueError,
+        "window must be a positive int (the half-width D of the window); got 1.5",
+    ),
+    (
+        "local_attention",
+        (drop(lp, "position"), z(B, H), z(B, S, H)),
+        {"window": 2},
+        ValueError,
+        "params['position'] is missing; expected keys ['position']",
+    ),
+    (
+        "local_attention",
+        (put(lp, z(H + 1, H), "position", "kernel"), z(B, H), z(B, S, H)),
+        {"window": 2},
+        ValueError,
+        "params['position']['kernel'] must have shape (H, P) with H=11 from encoder_outputs; got (12, 11)",
+    ),
+    (
+        "local_attention",
+        (lp, z(B, H), z(B, S, H)),
+        {"window": 2, "score": "Dot"},
+        ValueError,
+        "score must be one of 'dot', 'general', 'concat', 'location'; got 'Dot'",
+    ),
+    (
+        "location_sensitive_attention",
+        (put(lsp, z(4, 1, 4), "conv", "kernel"), z(B, Q), z(B, S, H), z(B, S)),
+        {},
+        ValueError,
+        "params['conv']['kernel'] must have an odd width r for 'SAME' padding; got r=4",
+    ),
+    (
+        "location_sensitive_attention",
+        (lsp, z(B, Q), z(B, S, H), z(B, S + 1)),
+        {},
+        ValueError,
+        "prev_weights must have shape (B, S) with B=2, S=5 from encoder_outputs; got (2, 6)",
+    ),
+    (
+        "location_sensitive_attention",
+        (lsp, z(B, Q + 1), z(B, S, H), z(B, S)),
+        {},
+        ValueError,
+        "params['query']['kernel'] must have shape (Q, A) with Q=7 from query; got (6, 7)",
+    ),
+    (
+        "location_sensitive_attention",
+        (put(lsp, z(5, Aa), "location", "kernel"), z(B, Q), z(B, S, H), z(B, S)),
+        {},
+        ValueError,
+        "params['location']['kernel'] must have shape (C, A) with C=4 from params['conv']['kernel'], A=7 from params['query']['kernel']; got (5, 7)",
+    ),
+    (
+        "location_scores",
+        ({"kernel": z(H + 1, S)}, z(B, H)),
+        {},
+        ValueError,
+        "params['kernel'] must have shape (H, S) with H=11 from decoder_state; got (12, 5)",
+    ),
+    (
+        "additive_attention",
+        (ap, z(B, H), z(B, S, H + 1)),
+        {},
+        ValueError,
+        "hidden must have shape (B, H) with B=2, H=12 from encoder_outputs; got (2, 11)",
+    ),
+    (
+        "additive_attention",
+        (ap, z(B + 1, H), z(B, S, H)),
+        {},
+        ValueError,
+        "hidden must have shape (B, H) with B=2, H=11 from encoder_outputs; got (3, 11)",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S + 1, K, H)),
+        {},
+        ValueError,
+        "value must have shape (B, S, K, H) with B=2, H=11 from query, S=5, K=3 from key; got (2, 6, 3, 11)",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
+        {"bias": np.ones((B, N, T, 4), f32)},
+        ValueError,
+        "bias must broadcast to shape (B, N, T, S) = (2, 6, 3, 5); got (2, 6, 3, 4)",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
+        {"bias": np.ones((B, N, T, S), bool)},
+        TypeError,
+        "bias must have a floating dtype (float16, bfloat16, float32 or float64); got bool",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
+        {"scale": True},
+        ValueError,
+        "scale must be a positive finite number; got True",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(2, 3, 7, 11), z(2, 5, 7, 7), z(2, 5, 7, 7)),
+        {},
+        ValueError,
+        "key must have shape (B, S, K, H) with B=2, H=11 from query; got (2, 5, 7, 7)",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, H), z(B, S, K, H), z(B, S, K, H)),
+        {},
+        ValueError,
+        "query must have shape (B, T, N, H); got (2, 3, 11)",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, 7, H), z(B, S, K, H), z(B, S, K, H)),
+        {},
+        ValueError,
+        "the number of query heads N=7 must be a multiple of the number of key/value heads K=3",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
+        {"mask": np.ones((T, S), f32)},
+        TypeError,
+        "mask must have a boolean dtype (True = attend); to add float values to the logits pass them as bias; got float32",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
+        {"scale": -1.0},
+        ValueError,
+        "scale must be a positive finite number; got -1.0",
+    ),
+    (
+        "additive_attention",
+        (drop(ap, "v"), z(B, H), z(B, S, H)),
+        {},
+        ValueError,
+        "params['v'] is missing; expected keys ['attn', 'v']",
+    ),
+    (
+        "additive_attention",
+        (ap, z(B, H), z(B, S, H)),
+        {"mask": np.ones((B, S), f32)},
+        TypeError,
+        "mask must have a boolean dtype (True = attend); got float32",
+    ),
+    ("additive_attention", ([1.0], z(B, H), z(B, S, H)), {}, TypeError, "params must be a dict; got list"),
+]
 
 
 @pytest.mark.parametrize("half", HALVES)
-@pytest.mark.parametrize("case", BAD_INPUTS)
-def test_bad_input_raises_the_same_clear_error(case, half):
-    name, args, kwargs, exception, message = BAD_INPUTS[case]
+@pytest.mark.parametrize(
+    "name, args, kwargs, exception, message",
+    BAD_INPUTS,
+    ids=[f"{i}-{c[0]}" for i, c in enumerate(BAD_INPUTS)],
+)
+def test_bad_input_raises_the_same_clear_error(name, args, kwargs, exception, message, half):
     with pytest.raises(exception) as info:
         getattr(HALVES[half], name)(*args, **kwargs)
     assert str(info.value) == message  # JAX may add a traceback note; the message itself is exact
+
+
+def test_every_public_function_has_bad_input_cases():
+    assert len(BAD_INPUTS) >= 40
+    mechanisms = {
+        n for n in attention_np.__all__ if not n.startswith("init_") and n != "additive_params_from_torch"
+    }
+    assert mechanisms <= {c[0] for c in BAD_INPUTS}
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_hard_attention_takes_noise_or_rng_not_both(half):
+    rng = np.random.default_rng(0) if half == "numpy" else jax.random.key(0)
+    with pytest.raises(ValueError) as info:
+        HALVES[half].hard_attention(z(B, T, S), z(B, S, H), gumbel_noise=z(B, T, S), rng=rng)
+    assert str(info.value) == "pass gumbel_noise or rng, not both"
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_init_rejects_an_unknown_score(half):
+    rng = np.random.default_rng(0) if half == "numpy" else jax.random.key(0)
+    with pytest.raises(
+        ValueError, match="score must be one of 'dot', 'general', 'concat', 'location'; got 'cos'"
+    ):
+        HALVES[half].init_global_params(rng, H, score="cos")
+    with pytest.raises(ValueError, match=r"score='location' needs source_length"):
+        HALVES[half].init_global_params(rng, H, score="location")
+
+
+# --- the two halves offer the same API ------------------------------------------------------------
+JAX_ONLY_NAMES = {"multi_head_params_from_flax"}
+JAX_ONLY_PARAMETERS = {"hard_attention": {"straight_through"}}
+
+
+def _normalized(signature, drop=()):
+    def default(p):
+        if p.default is inspect.Parameter.empty:
+            return "<required>"
+        try:  # np.float32 and jnp.float32 are the same dtype
+            return (
+                np.dtype(p.default)
+                if isinstance(p.default, type) or hasattr(p.default, "dtype")
+                else p.default
+            )
+        except TypeError:
+            return p.default
+
+    return [(p.name, p.kind, default(p)) for p in signature.parameters.values() if p.name not in drop]
+
+
+def test_both_halves_export_the_same_functions():
+    assert set(attention_jax.__all__) - JAX_ONLY_NAMES == set(attention_np.__all__)
+    for name in attention_np.__all__:
+        assert callable(getattr(attention_jax, name)) and callable(getattr(attention_np, name))
+
+
+@pytest.mark.parametrize("name", sorted(attention_np.__all__))
+def test_same_signature_in_both_halves(name):
+    np_sig = inspect.signature(getattr(attention_np, name))
+    jax_sig = inspect.signature(getattr(attention_jax, name))
+    assert _normalized(jax_sig, JAX_ONLY_PARAMETERS.get(name, ())) == _normalized(np_sig)
+
+
+@pytest.mark.parametrize("name", sorted(attention_jax.__all__))
+def test_every_public_function_has_a_docstring_with_shapes(name):
+    doc = getattr(attention_jax, name).__doc__ or ""
+    np_doc = getattr(attention_np, name, None).__doc__ if name in attention_np.__all__ else doc
+    assert len(doc) > 40 and len(np_doc or "") > 40
+    if not name.startswith("init_") and "from_" not in name:
+        for d in (doc, np_doc):
+            assert "(B," in d, f"{name}'s docstring gives no shapes"
