@@ -35,7 +35,9 @@ def masked_softmax(logits, mask=None):
     if mask is not None:
         unnormalized = jnp.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)
-    return unnormalized / jnp.where(total == 0, 1, total)  # all-masked rows: 0 / 1 = 0
+    # an unmasked row has total >= 1 (its max contributes exp(0)); an all-masked row has
+    # total = 0 and gets 0 / tiny = 0. (A maximum, not a where: XLA fuses it.)
+    return unnormalized / jnp.maximum(total, jnp.finfo(total.dtype).tiny)
 
 
 def causal_mask(T: int, S: int):

@@ -47,22 +47,23 @@ def scaled_dot_product_attention(
     S, K = shapes["S"], shapes["K"]
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     scale = 1.0 / math.sqrt(H) if scale is None else scale
-    # 1. grouped-query attention: each key/value head serves N // K consecutive query heads
-    key = jnp.repeat(key, N // K, axis=2)                                  # (B, S, N, H)
-    value = jnp.repeat(value, N // K, axis=2)                              # (B, S, N, H)
+    # 1. heads first, (B, N, T, H): every head is one batched matmul; with grouped-query
+    #    attention each key/value head serves N // K consecutive query heads
+    query = query.astype(compute).transpose(0, 2, 1, 3)                   # (B, N, T, H)
+    key = jnp.repeat(key.astype(compute), N // K, axis=2).transpose(0, 2, 1, 3)    # (B, N, S, H)
+    value = jnp.repeat(value.astype(compute), N // K, axis=2).transpose(0, 2, 1, 3)  # (B, N, S, H)
     mask = combine_masks(mask, is_causal, T, S)
     if mask is not None:
         # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
         # cannot reach the output or the gradients
-        keep = attended_keys(mask, (B, N, T, S)).transpose(0, 2, 1)[..., None]  # (B, S, N, 1)
+        keep = attended_keys(mask, (B, N, T, S))[..., None]                 # (B, N, S, 1)
         key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
     # 2. logits: one score per (query, key) pair, scaled, plus the optional bias
-    logits = jnp.einsum("BTNH,BSNH->BNTS", query.astype(compute), key.astype(compute))  # (B, N, T, S)
-    logits = logits * scale
+    logits = jnp.einsum("BNTH,BNSH->BNTS", query, key) * scale             # (B, N, T, S)
     if bias is not None:
         logits = logits + jnp.asarray(bias).astype(compute)
     # 3. weights: softmax over the keys a query may attend to
     weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
-    # 4. out: the weighted average of the values
-    out = jnp.einsum("BNTS,BSNH->BTNH", weights, value.astype(compute))   # (B, T, N, H)
+    # 4. out: the weighted average of the values, back to (B, T, N, H)
+    out = jnp.einsum("BNTS,BNSH->BNTH", weights, value).transpose(0, 2, 1, 3)  # (B, T, N, H)
     return out.astype(dtype), weights.astype(dtype)

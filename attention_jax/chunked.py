@@ -1,0 +1,316 @@
+"""Memory-efficient attention: online softmax over key chunks, with its own backward pass.
+
+Rabe & Staats 2021, "Self-attention does not need O(n^2) memory"; the forward and
+backward recurrences of FlashAttention-2 (Dao 2023, algorithms 1 and 2). The (T, S) score
+matrix is never materialised: queries are processed in chunks of ``query_chunk_size``
+rows, keys in chunks of ``key_chunk_size``, and only a running max ``m``, a running
+normaliser ``l`` and an output accumulator are kept per query row. The backward pass
+recomputes each score block from the saved log-sum-exp instead of storing the weights,
+so forward and backward both need O(T + S) memory besides one score block.
+"""
+
+import functools
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from attention_np._validate import check_sdpa
+
+from ._dtypes import compute_dtype
+
+# Chosen by benchmarks/attention.py on a 2-core AVX-512 CPU (float32, H=64, L=8192): larger
+# blocks amortise the loop and feed bigger matmuls; beyond 2048 x 1024 nothing improved.
+# Causal attention uses square 1024 blocks so that more blocks above the diagonal are skipped.
+_DEFAULT_CHUNKS = {"cpu": (2048, 1024), "cpu causal": (1024, 1024), "gpu": (512, 512), "gpu causal": (512, 512)}
+
+
+class _Config(NamedTuple):
+    """The static part of a call: block sizes, true lengths and what needs masking."""
+
+    is_causal: bool
+    query_chunk: int
+    key_chunk: int
+    T: int  # true query length (the arrays are padded to a multiple of query_chunk)
+    S: int  # true key length (padded to a multiple of key_chunk)
+    G: int  # query heads per key/value head
+
+
+def _check_chunk(name, size):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"{name} must be a positive int or None; got {size!r}")
+
+
+def _default_chunks(is_causal):
+    backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    return _DEFAULT_CHUNKS[backend + (" causal" if is_causal else "")]
+
+
+def _block(x, start, size, axis):
+    """``x[..., start:start + size, ...]`` along ``axis``, unless that axis broadcasts (size 1)."""
+    if x.shape[axis] == 1:
+        return x
+    return lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def _scores(q, k, bias, mask, i, j, cfg, edge):
+    """Logits and validity of block (query chunk i, key chunk j).
+
+    q: rows layout ``(B, K, Tp, G, H)``, already scaled; k: ``(B, K, Sp, H)``; bias/mask in
+    the rows layout ``(B|1, K|1, Tp|1, G|1, Sp|1)`` or None. ``edge``: this block may hold
+    keys above the diagonal or past S, so the causal/padding mask is built.
+    Returns ``s (B, K, qc * G, kc)`` and ``valid`` of that shape, or None when all are valid.
+    """
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    B, K, _, G, H = q.shape
+    qi = lax.dynamic_slice_in_dim(q, i * qc, qc, axis=2).reshape(B, K, qc * G, H)   # (B, K, R, H)
+    kj = lax.dynamic_slice_in_dim(k, j * kc, kc, axis=2)                            # (B, K, kc, H)
+    s = jnp.einsum("BKRH,BKSH->BKRS", qi, kj)                                       # (B, K, R, kc)
+    shape5 = (B, K, qc, G, kc)
+    if bias is not None:
+        b = _block(_block(bias, i * qc, qc, 2), j * kc, kc, 4)
+        s = s + jnp.broadcast_to(b, shape5).reshape(s.shape).astype(s.dtype)
+    valid = None
+    if mask is not None:
+        m = _block(_block(mask, i * qc, qc, 2), j * kc, kc, 4)
+        valid = jnp.broadcast_to(m, shape5).reshape(s.shape)
+    if edge:
+        t = i * qc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 0)               # query index
+        u = j * kc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 2)               # key index
+        ok = u < cfg.S
+        if cfg.is_causal:
+            ok = ok & (u <= t)
+        ok = ok.reshape(qc * G, kc)
+        valid = ok if valid is None else valid & ok
+    if valid is not None:
+        s = jnp.where(valid, s, jnp.finfo(s.dtype).min)  # replaced, never -inf: no NaN
+    return s, valid
+
+
+def _key_range(i, cfg, nk):
+    """Key chunks [0, full) need no causal/padding mask for query chunk i; [full, end) do;
+    chunks from ``end`` on lie entirely above the diagonal and are skipped."""
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    padded = nk * kc != cfg.S
+    if cfg.is_causal:
+        end = jnp.minimum(nk, ((i + 1) * qc - 1) // kc + 1)   # last key a query of chunk i sees
+        full = jnp.minimum((i * qc + 1) // kc, end)           # chunks wholly at or below the diagonal
+    else:
+        end, full = nk, nk
+    if padded:
+        full = jnp.minimum(full, nk - 1)
+    return full, end
+
+
+def _query_range(j, cfg):
+    """Query chunks that see key chunk j at all (the backward pass's loop bounds)."""
+    return (j * cfg.key_chunk) // cfg.query_chunk if cfg.is_causal else 0
+
+
+def _forward(q, k, v, bias, mask, cfg):
+    """Online-softmax forward: ``out (B, K, Tp, G, H)`` and ``lse (B, K, Tp, G)``."""
+    B, K, Tp, G, H = q.shape
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    nq, nk = Tp // qc, k.shape[2] // kc
+    R = qc * G
+    low = jnp.finfo(q.dtype).min
+
+    def query_chunk(i):
+        def step(edge):
+            def body(j, carry):
+                m, l, acc = carry                                                  # (B, K, R), (B, K, R), (B, K, R, H)
+                s, valid = _scores(q, k, bias, mask, i, j, cfg, edge)              # (B, K, R, kc)
+                vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)               # (B, K, kc, H)
+                m_new = jnp.maximum(m, s.max(-1))
+                p = jnp.exp(s - m_new[..., None])
+                if mask is not None:
+                    # a row with no valid key yet has m_new = s = finfo.min and exp(0) = 1:
+                    # zero it. Causal and padding masks need no such step, since key 0 is
+                    # valid for every row and lies in the first chunk processed.
+                    p = jnp.where(valid, p, 0)
+                correction = jnp.exp(m - m_new)
+                acc = acc * correction[..., None] + jnp.einsum("BKRS,BKSH->BKRH", p, vj)
+                return m_new, l * correction + p.sum(-1), acc
+            return body
+
+        init = (jnp.full((B, K, R), low, q.dtype), jnp.zeros((B, K, R), q.dtype), jnp.zeros((B, K, R, H), q.dtype))
+        full, end = _key_range(i, cfg, nk)
+        carry = lax.fori_loop(0, full, step(False), init)
+        m, l, acc = lax.fori_loop(full, end, step(True), carry)
+        out = jnp.where(l[..., None] > 0, acc / jnp.where(l > 0, l, 1)[..., None], 0)  # all masked: 0
+        lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1)), 0)
+        return out.reshape(B, K, qc, G, H), lse.reshape(B, K, qc, G)
+
+    out, lse = lax.map(query_chunk, jnp.arange(nq))                              # (nq, B, K, qc, G, ...)
+    out = jnp.moveaxis(out, 0, 2).reshape(B, K, Tp, G, H)
+    lse = jnp.moveaxis(lse, 0, 2).reshape(B, K, Tp, G)
+    return out, lse
+
+
+def _backward(q, k, v, bias, mask, out, lse, dout, cfg):
+    """FlashAttention-2 backward: recompute each block's weights from ``lse``."""
+    B, K, Tp, G, H = q.shape
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    nq, nk = Tp // qc, k.shape[2] // kc
+    R = qc * G
+    delta = jnp.sum(dout * out, axis=-1)                                          # (B, K, Tp, G)
+
+    def rows(x, i):  # (B, K, Tp, G, ...) -> chunk i as (B, K, R, ...)
+        x = lax.dynamic_slice_in_dim(x, i * qc, qc, axis=2)
+        return x.reshape((B, K, R) + x.shape[4:])
+
+    def key_chunk(j, grads):
+        dq, dk, dv, dbias = grads
+        kj = lax.dynamic_slice_in_dim(k, j * kc, kc, axis=2)                      # (B, K, kc, H)
+        vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)
+
+        def step(edge):
+            def body(i, carry):
+                dq, dk_j, dv_j, dbias = carry
+                s, _ = _scores(q, k, bias, mask, i, j, cfg, edge)                  # (B, K, R, kc)
+                # the forward's weights; masked logits are finfo.min and lse is finite
+                # (0 for fully masked rows), so they come out exactly 0
+                p = jnp.exp(s - rows(lse, i)[..., None])
+                do_i = rows(dout, i)                                               # (B, K, R, H)
+                dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", p, do_i)
+                dp = jnp.einsum("BKRH,BKSH->BKRS", do_i, vj)
+                ds = p * (dp - rows(delta, i)[..., None])                          # d logits
+                dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds, kj).reshape(B, K, qc, G, H)
+                dq = lax.dynamic_update_slice_in_dim(dq, lax.dynamic_slice_in_dim(dq, i * qc, qc, 2) + dq_i, i * qc, 2)
+                dk_j = dk_j + jnp.einsum("BKRS,BKRH->BKSH", ds, rows(q, i))
+                if dbias is not None:
+                    dbias = _add_bias_block(dbias, ds.reshape(B, K, qc, G, kc), i * qc, j * kc)
+                return dq, dk_j, dv_j, dbias
+            return body
+
+        zeros = jnp.zeros((B, K, kc, H), q.dtype)
+        start = _query_range(j, cfg)
+        # query chunks whose keys in chunk j need no causal/padding mask: those fully below it
+        padded = nk * kc != cfg.S
+        if cfg.is_causal:
+            edge_end = jnp.minimum(nq, ((j + 1) * kc - 1) // qc + 1)  # past it, every query sees all of chunk j
+        else:
+            edge_end = start
+        if padded:
+            edge_end = jnp.where(j == nk - 1, nq, edge_end)
+        edge_end = jnp.maximum(edge_end, start)
+        carry = lax.fori_loop(start, edge_end, step(True), (dq, zeros, zeros, dbias))
+        dq, dk_j, dv_j, dbias = lax.fori_loop(edge_end, nq, step(False), carry)
+        dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * kc, axis=2)
+        dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * kc, axis=2)
+        return dq, dk, dv, dbias
+
+    dbias = None if bias is None else jnp.zeros(bias.shape, q.dtype)
+    init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
+    dq, dk, dv, dbias = lax.fori_loop(0, nk, key_chunk, init)
+    return dq, dk, dv, dbias  # d/d(scaled q): the scale's own factor is autodiff's, outside
+
+
+def _add_bias_block(dbias, ds, t0, s0):
+    """Add the block's ``d logits (B, K, qc, G, kc)`` into ``dbias``, summing over the axes
+    along which the bias broadcasts."""
+    axes = tuple(a for a in range(5) if dbias.shape[a] == 1 and ds.shape[a] != 1)
+    ds = ds.sum(axis=axes, keepdims=True)
+    t0 = t0 if dbias.shape[2] != 1 else 0
+    s0 = s0 if dbias.shape[4] != 1 else 0
+    start = (0, 0, t0, 0, s0)
+    return lax.dynamic_update_slice(dbias, lax.dynamic_slice(dbias, start, ds.shape) + ds.astype(dbias.dtype), start)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
+def _flash(q, k, v, bias, mask, cfg):
+    return _forward(q, k, v, bias, mask, cfg)[0]
+
+
+def _flash_fwd(q, k, v, bias, mask, cfg):
+    out, lse = _forward(q, k, v, bias, mask, cfg)
+    return out, (q, k, v, bias, mask, out, lse)
+
+
+def _flash_bwd(cfg, residuals, dout):
+    q, k, v, bias, mask, out, lse = residuals
+    dq, dk, dv, dbias = _backward(q, k, v, bias, mask, out, lse, dout.astype(q.dtype), cfg)
+    return dq, dk, dv, dbias, None
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def _to_rows_layout(x, B, K, G, T, S, pad_T, pad_S, fill):
+    """A bias or mask broadcastable to ``(B, N, T, S)`` as ``(B|1, K|1, Tp|1, G|1, Sp|1)``, padded."""
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)                                  # (B|1, N|1, T|1, S|1)
+    b, n, t, s = x.shape
+    x = x.reshape(b, K if n != 1 else 1, G if n != 1 else 1, t, s).transpose(0, 1, 3, 2, 4)
+    pads = [(0, 0), (0, 0), (0, pad_T if t != 1 else 0), (0, 0), (0, pad_S if s != 1 else 0)]
+    return jnp.pad(x, pads, constant_values=fill)
+
+
+@functools.partial(
+    jax.jit, static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size")
+)
+def chunked_attention(
+    query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
+    query_chunk_size=None, key_chunk_size=None,
+):
+    r"""Memory-efficient scaled dot-product attention: the same result as
+    :func:`scaled_dot_product_attention`, without its ``(B, N, T, S)`` weights.
+
+    .. math::
+        m_t \leftarrow \max(m_t, \max_s x_{ts}), \quad
+        \ell_t \leftarrow \ell_t e^{m_t^{old} - m_t} + \textstyle\sum_s e^{x_{ts} - m_t}, \quad
+        o_t \leftarrow o_t e^{m_t^{old} - m_t} + \textstyle\sum_s e^{x_{ts} - m_t} v_s
+
+    over key chunks, then :math:`o_t / \ell_t`. Rabe & Staats 2021, "Self-attention does not
+    need O(n^2) memory"; Dao 2023, "FlashAttention-2", algorithms 1 (forward) and 2
+    (backward, recomputing each block from the saved log-sum-exp, via ``jax.custom_vjp``).
+    Activation memory is O(T + S) in forward and backward (plus one score block); with
+    ``is_causal`` the key chunks above the diagonal are never computed. Semantics as
+    :func:`scaled_dot_product_attention`, including zeros for fully masked queries; a full
+    ``(B, N, T, S)`` bias or mask is read block by block, its own size aside.
+
+    Shapes: B batch, T query length, S key length, N query heads, K key/value heads
+    (N % K == 0), H features per head.
+
+    Args:
+      query: ``(B, T, N, H)``.
+      key: ``(B, S, K, H)``.
+      value: ``(B, S, K, H)``.
+      bias: optional float array broadcastable to ``(B, N, T, S)``; gradients flow to it.
+      mask: optional bool array broadcastable to ``(B, N, T, S)``, True = attend.
+      is_causal: if True, query t attends only to keys ``s <= t``.
+      scale: multiplies the logits; default ``1 / sqrt(H)``.
+      query_chunk_size, key_chunk_size: rows of queries and keys per block; defaults tuned
+        per backend (CPU: 2048 x 1024, causal 1024 x 1024; GPU: 512 x 512). Lengths that
+        are not multiples are padded (and the padding masked).
+
+    Returns:
+      ``out``: ``(B, T, N, H)`` in the dtype of ``query``.
+    """
+    query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    shapes = check_sdpa(query, key, value, bias, mask, scale)
+    _check_chunk("query_chunk_size", query_chunk_size)
+    _check_chunk("key_chunk_size", key_chunk_size)
+    B, T, N, H = query.shape
+    S, K = shapes["S"], shapes["K"]
+    G = N // K
+    dtype, compute = query.dtype, compute_dtype(query.dtype)
+    scale = 1.0 / math.sqrt(H) if scale is None else scale
+    default_q, default_k = _default_chunks(is_causal)
+    qc = min(query_chunk_size or default_q, T)
+    kc = min(key_chunk_size or default_k, S)
+    pad_T, pad_S = -T % qc, -S % kc
+    cfg = _Config(bool(is_causal), qc, kc, T, S, G)
+    # rows layout: each key/value head with its G query heads, query rows contiguous per chunk
+    q = (query.astype(compute) * scale).reshape(B, T, K, G, H).transpose(0, 2, 1, 3, 4)  # (B, K, T, G, H)
+    q = jnp.pad(q, [(0, 0), (0, 0), (0, pad_T), (0, 0), (0, 0)])
+    k = jnp.pad(key.astype(compute).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])    # (B, K, Sp, H)
+    v = jnp.pad(value.astype(compute).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])  # (B, K, Sp, H)
+    if bias is not None:
+        bias = _to_rows_layout(jnp.asarray(bias).astype(compute), B, K, G, T, S, pad_T, pad_S, 0)
+    if mask is not None:
+        mask = _to_rows_layout(jnp.asarray(mask), B, K, G, T, S, pad_T, pad_S, False)
+    out = _flash(q, k, v, bias, mask, cfg)                                        # (B, K, Tp, G, H)
+    out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H)
+    return out.astype(dtype)
