@@ -4,10 +4,12 @@ Same function names, signatures and parameter dicts as ``attention_np`` (a line-
 mirror of its code); shape and dtype validation is shared with it
 (``attention_np._validate``), so both halves raise the same errors. Parameter dicts
 convert with ``jax.tree.map(jnp.asarray, np_params)``. JAX-only extras:
-``hard_attention(..., straight_through=True)`` and ``multi_head_params_from_flax``.
+``hard_attention(..., straight_through=True)``, ``multi_head_params_from_flax`` and
+``chunked_attention`` (memory-efficient attention with its own backward pass).
 """
 
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
+from .chunked import chunked_attention
 from .cross_attention import cross_attention, init_cross_attention_params
 from .dot_product import scaled_dot_product_attention
 from .global_attention import global_attention, init_global_params
@@ -29,6 +31,7 @@ from .soft import soft_attention
 __all__ = [
     "additive_attention",
     "additive_params_from_torch",
+    "chunked_attention",
     "concat_scores",
     "cross_attention",
     "dot_scores",

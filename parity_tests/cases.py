@@ -178,3 +178,21 @@ def _location_sensitive_inputs(rng, mask=False):
 
 _case("location_sensitive_attention", "plain", f"B={B} S={S} H={H} Q=6 A={A} C=4 r=3", lambda rng: _location_sensitive_inputs(rng))
 _case("location_sensitive_attention", "mask", f"B={B} S={S} H={H} Q=6 A={A} C=4 r=3", lambda rng: _location_sensitive_inputs(rng, mask=True))
+
+
+# --- chunked attention (JAX only): against the NumPy reference's output -----------------------------
+def _sdpa_out(*args, query_chunk_size=None, key_chunk_size=None, **kwargs):
+    return attention_np.scaled_dot_product_attention(*args, **kwargs)[0]
+
+
+def _chunked(variant, shapes, build):
+    register(ParityCase(f"chunked_attention/{variant}", "chunked_attention", shapes, build, _sdpa_out, attention_jax.chunked_attention, halves=("jax",)))
+
+
+_chunked("plain q2 k2", _SDPA, lambda rng: (_sdpa_inputs(rng), {"query_chunk_size": 2, "key_chunk_size": 2}))
+def _chunked_all_options(rng):
+    args, kwargs = _all_options(rng)
+    return args, {**kwargs, "query_chunk_size": 2, "key_chunk_size": 3}
+
+
+_chunked("gqa+mask+bias+causal q2 k3", _GQA, _chunked_all_options)

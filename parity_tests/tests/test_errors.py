@@ -504,7 +504,7 @@ def test_init_rejects_an_unknown_score(half):
 
 
 # --- the two halves offer the same API ------------------------------------------------------------
-JAX_ONLY_NAMES = {"multi_head_params_from_flax"}
+JAX_ONLY_NAMES = {"multi_head_params_from_flax", "chunked_attention"}
 JAX_ONLY_PARAMETERS = {"hard_attention": {"straight_through"}}
 
 

@@ -13,7 +13,7 @@ PARAMS = [
     pytest.param(name, dtype, half, id=f"{name}-{dtype}-{half}")
     for name in REGISTRY
     for dtype in DTYPES
-    for half in ("numpy", "jax")
+    for half in REGISTRY[name].halves
     if not (half == "numpy" and dtype == "float64")
 ]
 
