@@ -1,12 +1,8 @@
 """The precision rule of DESIGN.md section 4: compute in float32 (float64 for float64 input)."""
 
 import jax.numpy as jnp
-import numpy as np
 
-
-def compute_dtype(dtype) -> np.dtype:
-    """float64 stays float64; float16, bfloat16 and float32 are computed in float32."""
-    return np.dtype(np.float64) if np.dtype(dtype) == np.float64 else np.dtype(np.float32)
+from attention_np._dtypes import compute_dtype  # noqa: F401  (one rule for both halves)
 
 
 def cast_params(params, dtype):

@@ -219,19 +219,43 @@ def _add_bias_block(dbias, ds, t0, s0):
     return lax.dynamic_update_slice(dbias, lax.dynamic_slice(dbias, start, ds.shape) + ds.astype(dbias.dtype), start)
 
 
+def _each_head(fn, cfg, *arrays):
+    """``fn`` on one (batch, key/value head) slice at a time, outputs stacked back to (B, K, ...).
+
+    One head at a time makes every block product a plain 2-D matmul, which XLA's CPU
+    backend spreads over all cores; batched block products ran about 1.5x slower
+    (benchmarks/attention.py, B=2, N=4, L=2048). Tiny blocks (below 256 x 256) stay
+    batched: there the loop's overhead outweighs it.
+    """
+    B, K = arrays[0].shape[:2]
+    if B * K == 1 or cfg.query_chunk * cfg.key_chunk < 2**16:
+        return fn(*arrays)
+
+    def one(bk):
+        b, h = bk // K, bk % K
+        return fn(*(None if x is None else _block(_block(x, b, 1, 0), h, 1, 1) for x in arrays))
+
+    stacked = lax.map(one, jnp.arange(B * K))                                    # (B * K, 1, 1, ...)
+    return jax.tree.map(lambda x: x.reshape((B, K) + x.shape[3:]), stacked)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
 def _flash(q, k, v, bias, mask, cfg):
-    return _forward(q, k, v, bias, mask, cfg)[0]
+    return _flash_fwd(q, k, v, bias, mask, cfg)[0]
 
 
 def _flash_fwd(q, k, v, bias, mask, cfg):
-    out, lse = _forward(q, k, v, bias, mask, cfg)
+    out, lse = _each_head(lambda *a: _forward(*a, cfg), cfg, q, k, v, bias, mask)
     return out, (q, k, v, bias, mask, out, lse)
 
 
 def _flash_bwd(cfg, residuals, dout):
     q, k, v, bias, mask, out, lse = residuals
-    dq, dk, dv, dbias = _backward(q, k, v, bias, mask, out, lse, dout.astype(q.dtype), cfg)
+    dout = dout.astype(q.dtype)
+    dq, dk, dv, dbias = _each_head(lambda *a: _backward(*a, cfg), cfg, q, k, v, bias, mask, out, lse, dout)
+    if dbias is not None:  # per-head slices of a broadcast bias: sum back to its shape
+        axes = tuple(a for a in (0, 1) if bias.shape[a] == 1 and dbias.shape[a] != 1)
+        dbias = dbias.sum(axis=axes, keepdims=True)
     return dq, dk, dv, dbias, None
 
 

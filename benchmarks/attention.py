@@ -186,9 +186,11 @@ def main(argv=None):
     print("GEMM GFLOP/s (2048^3 float32): " + ", ".join(f"{k} {v:.0f}" for k, v in gemm.items()))
 
     rows = []
-    for B, N, L in shapes:
-        for causal in (False, True):
-            for impl in impls:
+    # one implementation at a time: torch's and OpenBLAS's worker threads keep spinning for a
+    # while after their last parallel region and would slow whatever ran next
+    for impl in impls:
+        for B, N, L in shapes:
+            for causal in (False, True):
                 limit_f, limit_b = LIMITS[impl]
                 if L > limit_f:
                     continue
@@ -261,8 +263,8 @@ def render(rows, memory, gemm, machine, args):
             for impl in dict.fromkeys(m["impl"] for m in memory):
                 got = {m["mode"]: m["peak_mib"] for m in memory if m["L"] == L and m["impl"] == impl}
                 if got:
-                    cell = lambda mode: "-" if got.get(mode) is None else f"{got[mode]:.0f}"
-                    lines.append(f"| {L} | {impl} | {cell('forward')} | {cell('forward_backward')} |")
+                    cells = ["-" if got.get(mode) is None else f"{got[mode]:.0f}" for mode in ("forward", "forward_backward")]
+                    lines.append(f"| {L} | {impl} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 

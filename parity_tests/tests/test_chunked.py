@@ -19,6 +19,8 @@ SHAPES = {
     "one chunk": (1, 9, 9, 2, 1, 3, 16, 16),
     "square chunks": (1, 16, 16, 2, 2, 4, 4, 4),
     "defaults": (2, 37, 29, 2, 1, 8, None, None),
+    # blocks of >= 256 x 256 logits run one (batch, key/value head) at a time
+    "one head at a time": (2, 300, 290, 4, 2, 8, 256, 256),
 }
 OPTIONS = {
     "plain": {},
