@@ -45,7 +45,7 @@ LIMITS = {
     "numpy": (4096, 0),
     "torch": (32768, 32768),
 }
-MEMORY_LENGTHS = (8192, 16384, 32768)
+MEMORY_LENGTHS = (128, 8192, 16384, 32768)  # 128: the runtime's own footprint
 
 
 def has_torch() -> bool:
@@ -203,7 +203,7 @@ def main(argv=None):
 
     memory = []
     if not args.no_memory:
-        lengths = (8192,) if args.quick else MEMORY_LENGTHS
+        lengths = (128, 8192) if args.quick else MEMORY_LENGTHS
         for L in lengths:
             for impl in impls:
                 for mode in ("forward", "forward_backward"):
@@ -257,7 +257,7 @@ def render(rows, memory, gemm, machine, args):
               + ", ".join(f"{B}x{N}x{L}: {x:.2f}x" for L, B, N, x in sorted(causal_lines)) + "."]
     if memory:
         lines += ["", "Peak resident memory of a fresh process (MiB), B=N=1, H=64, non-causal; it includes the "
-                  "Python/JAX runtime (about 200 MiB for JAX, see the smallest rows):", "",
+                  "Python runtime and the library itself (the L=128 rows, where measured):", "",
                   "| L | implementation | forward | forward+backward |", "|---|---|---|---|"]
         for L in sorted({m["L"] for m in memory}):
             for impl in dict.fromkeys(m["impl"] for m in memory):
