@@ -68,7 +68,7 @@ def global_attention(params, decoder_state, encoder_outputs, *, score="general",
     return attentional_hidden.astype(dtype), weights.astype(dtype)
 
 
-def init_luong_score_params(rng, hidden_dim, score, *, source_length=None, dtype=np.float32):
+def _init_luong_score_params(rng, hidden_dim, score, *, source_length=None, dtype=np.float32):
     """The ``params["score"]`` of a Luong score; ``"location"`` needs ``source_length`` (S)."""
     check_choice("score", score, SCORES)
     if score == "dot":
@@ -85,6 +85,6 @@ def init_luong_score_params(rng, hidden_dim, score, *, source_length=None, dtype
 def init_global_params(rng, hidden_dim, *, score="general", source_length=None, dtype=np.float32):
     """``{"score": ..., "combine": {"kernel": (2H, H)}}``, LeCun-normal kernels."""
     return {
-        "score": init_luong_score_params(rng, hidden_dim, score, source_length=source_length, dtype=dtype),
+        "score": _init_luong_score_params(rng, hidden_dim, score, source_length=source_length, dtype=dtype),
         "combine": {"kernel": (rng.normal(size=(2 * hidden_dim, hidden_dim)) / np.sqrt(2 * hidden_dim)).astype(dtype)},
     }
