@@ -79,3 +79,21 @@ def test_register_rejects_a_duplicate_name():
     case = next(iter(REGISTRY.values()))
     with pytest.raises(ValueError, match="registered already"):
         register(ParityCase(case.name, "x", "", case.build, case.numpy_fn, case.jax_fn))
+
+
+def test_report_exits_nonzero_on_a_failure_and_writes_json(tmp_path, monkeypatch, capsys):
+    import json
+
+    from parity_tests import __main__ as report
+
+    case = REGISTRY["scaled_dot_product_attention/plain"]
+    wrong = dataclasses.replace(case, name="zz-wrong/plain", jax_fn=_swap_heads(attention_jax.scaled_dot_product_attention))
+    monkeypatch.setitem(REGISTRY, wrong.name, wrong)
+    path = tmp_path / "report.json"
+    assert report.main(["--case", "zz-wrong", "--dtype", "float32", "--json", str(path)]) == 1
+    data = json.loads(path.read_text())
+    assert data["passed"] is False
+    assert {r["half"]: r["passed"] for r in data["results"] if r["case"] == wrong.name} == {"numpy": True, "jax": False}
+    assert "FAIL" in capsys.readouterr().out
+    # the built-in cases alone pass
+    assert report.main(["--case", "additive_attention/plain", "--dtype", "float32"]) == 0

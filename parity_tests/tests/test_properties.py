@@ -63,14 +63,14 @@ def test_adding_a_constant_to_a_row_of_logits_changes_nothing(half, inputs, shif
     row_shift = np.random.default_rng(0).normal(size=(B, N, T, 1)) * shift  # one constant per row
     out, weights = HALVES[half].scaled_dot_product_attention(query, key, value, mask=mask)
     out_s, weights_s = HALVES[half].scaled_dot_product_attention(query, key, value, mask=mask, bias=row_shift)
-    np.testing.assert_allclose(out_s, out, atol=1e-10)
-    np.testing.assert_allclose(weights_s, weights, atol=1e-10)
+    np.testing.assert_allclose(out_s, out, atol=1e-12)
+    np.testing.assert_allclose(weights_s, weights, atol=1e-12)
     # the same for soft attention, directly on the scores
     scores = np.random.default_rng(1).normal(size=(B, T, key.shape[1]))
     c1, w1 = HALVES[half].soft_attention(scores, value[:, :, 0], mask=mask[:, 0])
     c2, w2 = HALVES[half].soft_attention(scores + row_shift[:, 0], value[:, :, 0], mask=mask[:, 0])
-    np.testing.assert_allclose(c2, c1, atol=1e-10)
-    np.testing.assert_allclose(w2, w1, atol=1e-10)
+    np.testing.assert_allclose(c2, c1, atol=1e-12)
+    np.testing.assert_allclose(w2, w1, atol=1e-12)
 
 
 @pytest.mark.parametrize("half", HALVES)
