@@ -44,11 +44,6 @@ def check_float(name: str, x) -> None:
         )
 
 
-def compute_dtype_name(x) -> str:
-    """The dtype softmax and accumulation run in: float64 for float64 input, else float32."""
-    return "float64" if _dtype_name(x) == "float64" else "float32"
-
-
 class Shapes:
     """Binds shape letters to sizes while checking arguments, for messages that explain.
 

@@ -14,6 +14,7 @@ import pytest
 
 import attention_jax
 import attention_np
+from parity_tests.harness import to_jax
 
 from .conftest import B, H, S, T
 
@@ -77,10 +78,6 @@ IDS = [m.name for m in MECHANISMS]
 
 def fn(half, mechanism):
     return getattr(HALVES[half], mechanism.name.split("/")[0])
-
-
-def to_jax(tree):
-    return jax.tree.map(lambda x: jnp.asarray(x) if isinstance(x, np.ndarray) else x, tree)
 
 
 @pytest.mark.parametrize("half", HALVES)
