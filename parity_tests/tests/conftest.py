@@ -6,8 +6,14 @@ import jax
 import numpy as np
 import pytest
 
+import attention_jax
+import attention_np
+
 # float64 parity needs x64; every float32 test passes float32 arrays explicitly.
 jax.config.update("jax_enable_x64", True)
+
+# The two halves, by name, for tests parametrized over both.
+HALVES = {"numpy": attention_np, "jax": attention_jax}
 
 # Prime sizes so that a transposed axis cannot pass (STYLE.md).
 B, T, S, N, K, H = 2, 3, 5, 7, 3, 11

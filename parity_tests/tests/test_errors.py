@@ -12,7 +12,8 @@ import pytest
 import attention_jax
 import attention_np
 
-HALVES = {"numpy": attention_np, "jax": attention_jax}
+from .conftest import HALVES
+
 B, T, S, N, K, H, E, Aa, Q = 2, 3, 5, 6, 3, 11, 13, 7, 6
 f32 = np.float32
 

@@ -10,9 +10,8 @@ from flax import nnx
 import attention_jax
 import attention_np
 
-from .conftest import B, H, K, N, S, T, highest
+from .conftest import HALVES, B, H, K, N, S, T, highest
 
-HALVES = {"numpy": attention_np, "jax": attention_jax}
 E, A = 13, 7
 
 

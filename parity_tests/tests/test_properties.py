@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 import attention_jax
 import attention_np
 
-HALVES = {"numpy": attention_np, "jax": attention_jax}
+from .conftest import HALVES
+
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
 
 

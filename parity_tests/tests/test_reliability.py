@@ -12,14 +12,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import attention_jax
 import attention_np
 from parity_tests.harness import to_jax
 
-from .conftest import B, H, S, T
+from .conftest import HALVES, B, H, S, T
 
 E, A, Q = 13, 7, 6
-HALVES = {"numpy": attention_np, "jax": attention_jax}
 
 
 def padding(s=S):
