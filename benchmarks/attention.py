@@ -1,6 +1,6 @@
 """Attention benchmark: time and peak memory of every implementation, in one run.
 
-    python -m benchmarks.attention            # full run (about 10 minutes on 2 cores)
+    python -m benchmarks.attention            # full run (about 15 minutes on 2 cores)
     python -m benchmarks.attention --quick    # L <= 8192, fewer memory probes
 
 Measures, for float32, H=64 and shapes (B, N, L) from (8, 8, 128) to (1, 1, 32768), causal
@@ -14,8 +14,8 @@ compiling/warm-up run) of
 - ``torch.nn.functional.scaled_dot_product_attention`` when torch is installed,
 
 plus the machine's GEMM throughput in the same run, so every row is also a fraction of
-it, and the peak resident memory of a fresh process per configuration (a separate process,
-so one measurement cannot inherit another's peak). Implementations whose (T, S) matrices
+it, and the peak resident memory of a fresh process per (non-causal) configuration (a
+separate process, so one measurement cannot inherit another's peak). Implementations whose (T, S) matrices
 would not fit are skipped at large L, and say so. Writes ``attention.md``, ``attention.json``
 and (with matplotlib) ``attention.png`` to ``--out``.
 """
@@ -45,7 +45,6 @@ LIMITS = {
     "numpy": (4096, 0),
     "torch": (32768, 32768),
 }
-MEMORY_LENGTHS = (128, 8192, 16384, 32768)  # 128: the runtime's own footprint
 
 
 def has_torch() -> bool:
@@ -166,7 +165,7 @@ def fmt(seconds):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.attention", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="L <= 8192 and memory at L=8192 only")
+    parser.add_argument("--quick", action="store_true", help="only L <= 8192")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory probes")
@@ -203,15 +202,13 @@ def main(argv=None):
 
     memory = []
     if not args.no_memory:
-        lengths = (128, 8192) if args.quick else MEMORY_LENGTHS
-        for L in lengths:
+        for B, N, L in [(1, 1, 128)] + shapes:  # (1, 1, 128): the runtime's own footprint
             for impl in impls:
                 for mode in ("forward", "forward_backward"):
-                    limit = LIMITS[impl][0 if mode == "forward" else 1]
-                    if L <= limit:
-                        peak = peak_memory_mib(impl, 1, 1, L, False, mode)
-                        memory.append({"L": L, "impl": impl, "mode": mode, "peak_mib": peak})
-                        print(f"  memory L={L} {impl:9} {mode:16} {peak if peak is None else round(peak)} MiB", flush=True)
+                    if L <= LIMITS[impl][0 if mode == "forward" else 1]:
+                        peak = peak_memory_mib(impl, B, N, L, False, mode)
+                        memory.append({"B": B, "N": N, "L": L, "impl": impl, "mode": mode, "peak_mib": peak})
+                        print(f"  memory {B}x{N}x{L} {impl:9} {mode:16} {peak if peak is None else round(peak)} MiB", flush=True)
 
     report = render(rows, memory, gemm, machine, args)
     print("\n" + report)
@@ -256,15 +253,15 @@ def render(rows, memory, gemm, machine, args):
     lines += ["", "Causal speed-up of chunked_attention (non-causal time / causal time, forward): "
               + ", ".join(f"{B}x{N}x{L}: {x:.2f}x" for L, B, N, x in sorted(causal_lines)) + "."]
     if memory:
-        lines += ["", "Peak resident memory of a fresh process (MiB), B=N=1, H=64, non-causal; it includes the "
-                  "Python runtime and the library itself (the L=128 rows, where measured):", "",
-                  "| L | implementation | forward | forward+backward |", "|---|---|---|---|"]
-        for L in sorted({m["L"] for m in memory}):
+        lines += ["", "Peak resident memory of a fresh process (MiB), H=64, non-causal; it includes the Python "
+                  "runtime and the library itself (the 1x1x128 rows):", "",
+                  "| B x N x L | implementation | forward | forward+backward |", "|---|---|---|---|"]
+        for shape in dict.fromkeys((m["B"], m["N"], m["L"]) for m in memory):
             for impl in dict.fromkeys(m["impl"] for m in memory):
-                got = {m["mode"]: m["peak_mib"] for m in memory if m["L"] == L and m["impl"] == impl}
+                got = {m["mode"]: m["peak_mib"] for m in memory if (m["B"], m["N"], m["L"]) == shape and m["impl"] == impl}
                 if got:
                     cells = ["-" if got.get(mode) is None else f"{got[mode]:.0f}" for mode in ("forward", "forward_backward")]
-                    lines.append(f"| {L} | {impl} | {cells[0]} | {cells[1]} |")
+                    lines.append(f"| {shape[0]}x{shape[1]}x{shape[2]} | {impl} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
 
 
@@ -288,10 +285,11 @@ def plot(rows, memory, path):
     axes[0].legend(fontsize=7)
     for impl in dict.fromkeys(m["impl"] for m in memory):
         for mode, style in (("forward", "-o"), ("forward_backward", "--x")):
-            pts = sorted((m["L"], m["peak_mib"]) for m in memory if m["impl"] == impl and m["mode"] == mode and m["peak_mib"])
+            pts = sorted((m["L"], m["peak_mib"]) for m in memory
+                         if m["impl"] == impl and m["mode"] == mode and m["B"] == m["N"] == 1 and m["peak_mib"])
             if pts:
                 axes[1].loglog(*zip(*pts), style, label=f"{impl} {mode}")
-    axes[1].set(xlabel="L", ylabel="peak process memory (MiB)", title="memory")
+    axes[1].set(xlabel="L (B=N=1, H=64)", ylabel="peak process memory (MiB)", title="memory")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
