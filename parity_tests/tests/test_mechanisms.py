@@ -1,6 +1,7 @@
 """Every mechanism of the tutorial against an independent oracle: closed forms, Flax, the
 papers' formulas written out here with plain loops, and jax.lax's convolution."""
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -210,7 +211,7 @@ def test_multi_head_params_from_flax_accepts_state_and_pure_dict():
     module = nnx.MultiHeadAttention(num_heads=2, in_features=4, qkv_features=6, decode=False, rngs=nnx.Rngs(0))
     from_module = attention_jax.multi_head_params_from_flax(module)
     for source in (nnx.state(module), nnx.to_pure_dict(nnx.state(module))):
-        jax.tree.map(np.testing.assert_array_equal, attention_jax.multi_head_params_from_flax(source), from_module)
+        chex.assert_trees_all_equal(attention_jax.multi_head_params_from_flax(source), from_module)
     with pytest.raises(ValueError, match="expected a flax.nnx.MultiHeadAttention"):
         attention_jax.multi_head_params_from_flax({"query": {}})
 
@@ -327,6 +328,5 @@ def test_init_functions_agree_in_structure_and_dtype(name):
     args, kwargs = INITS[name]
     np_params = getattr(attention_np, name)(np.random.default_rng(0), *args, **kwargs)
     jax_params = getattr(attention_jax, name)(jax.random.key(0), *args, **kwargs)
-    assert jax.tree.structure(np_params) == jax.tree.structure(jax_params)
-    for a, b in zip(jax.tree.leaves(np_params), jax.tree.leaves(jax_params)):
-        assert a.shape == b.shape and a.dtype == np.float32 and b.dtype == jnp.float32
+    chex.assert_trees_all_equal_shapes_and_dtypes(np_params, jax.tree.map(np.asarray, jax_params))
+    assert {leaf.dtype for leaf in jax.tree.leaves(np_params)} == {np.dtype(np.float32)}
