@@ -5,6 +5,7 @@ import numpy as np
 from ._dtypes import compute_dtype
 from ._masking import masked_softmax
 from ._validate import check_additive
+from .scores import init_concat_params
 
 
 def additive_attention(params, hidden, encoder_outputs, *, mask=None):
@@ -60,14 +61,7 @@ def init_additive_params(rng, hidden_dim, *, dtype=np.float32):
       rng: a ``numpy.random.Generator``.
       hidden_dim: H.
     """
-    bound = 1.0 / np.sqrt(2 * hidden_dim)
-    return {
-        "attn": {
-            "kernel": rng.uniform(-bound, bound, (2 * hidden_dim, hidden_dim)).astype(dtype),
-            "bias": rng.uniform(-bound, bound, (hidden_dim,)).astype(dtype),
-        },
-        "v": rng.uniform(0.0, 1.0, (hidden_dim,)).astype(dtype),
-    }
+    return init_concat_params(rng, hidden_dim, dtype=dtype)  # the tutorial's class: A = H
 
 
 def _to_numpy(x):
