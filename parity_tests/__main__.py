@@ -2,6 +2,9 @@
 
 Runs every registered case on both halves in every dtype against the NumPy float64
 reference, plus the tutorial golden, prints one table and exits 1 on any failure.
+
+``python -m parity_tests tutorial`` prints the tutorial notebook's Step 4 (its seed-0 run)
+for both halves beside the stored PyTorch values, and exits 1 if either is off by > 1e-6.
 """
 
 import argparse
@@ -34,7 +37,14 @@ def format_table(results) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m parity_tests", description=__doc__)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tutorial"]:
+        from .tutorial import main as tutorial_main
+
+        return tutorial_main()
+    parser = argparse.ArgumentParser(
+        prog="python -m parity_tests", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="only these dtypes (repeatable)")
     parser.add_argument("--case", default="", help="only cases whose name contains this")

@@ -204,15 +204,15 @@ GOLDEN_PATH = pathlib.Path(__file__).with_name("golden") / "tutorial_additive.np
 
 
 def load_tutorial_golden():
-    """The tutorial's run (``torch.manual_seed(0)``, B=1, S=4, H=8), as stored by
-    ``parity_tests/golden/make_tutorial_golden.py``: ``(params, hidden, encoder_outputs,
-    context, weights)`` with ``params`` already in this package's layout."""
+    """The notebook's own run (``torch.manual_seed(0)``, B=1, S=4, H=8), as stored by
+    ``parity_tests/golden/make_tutorial_golden.py``: ``(params, decoder_hidden,
+    encoder_outputs, context, attn_weights)`` with ``params`` already in this package's layout."""
     import attention_np
 
     with np.load(GOLDEN_PATH) as g:
         state = {"attn.weight": g["attn_weight"], "attn.bias": g["attn_bias"], "v": g["v"]}
         params = attention_np.additive_params_from_torch(state)
-        return params, g["hidden"], g["encoder_outputs"], g["context"], g["weights"]
+        return params, g["decoder_hidden"], g["encoder_outputs"], g["context"], g["attn_weights"]
 
 
 def run_tutorial_golden() -> list[Result]:
