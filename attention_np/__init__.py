@@ -6,6 +6,7 @@ against, and imports neither JAX nor PyTorch.
 """
 
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
+from .backward import additive_attention_vjp, multi_head_attention_vjp, scaled_dot_product_attention_vjp
 from .cross_attention import cross_attention, init_cross_attention_params
 from .dot_product import scaled_dot_product_attention
 from .global_attention import global_attention, init_global_params
@@ -21,16 +22,19 @@ from .scores import (
     init_general_params,
     scaled_dot_scores,
 )
+from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .self_attention import init_self_attention_params, self_attention
 from .soft import soft_attention
 
 __all__ = [
     "additive_attention",
+    "additive_attention_vjp",
     "additive_params_from_torch",
     "concat_scores",
     "cross_attention",
     "dot_scores",
     "general_scores",
+    "greedy_decode",
     "global_attention",
     "hard_attention",
     "init_additive_params",
@@ -42,12 +46,16 @@ __all__ = [
     "init_location_sensitive_params",
     "init_multi_head_params",
     "init_self_attention_params",
+    "init_seq2seq_params",
     "local_attention",
     "location_scores",
     "location_sensitive_attention",
     "multi_head_attention",
+    "multi_head_attention_vjp",
     "scaled_dot_product_attention",
+    "scaled_dot_product_attention_vjp",
     "scaled_dot_scores",
     "self_attention",
+    "seq2seq_forward",
     "soft_attention",
 ]

@@ -464,6 +464,85 @@ BAD_INPUTS = [
     ("additive_attention", ([1.0], z(B, H), z(B, S, H)), {}, TypeError, "params must be a dict; got list"),
 ]
 
+# The hand-written VJPs are NumPy-only (JAX has jax.vjp): the same table, run on attention_np.
+# A VJP validates like its forward function, plus the cotangent (d_out, d_context, d_weights).
+NUMPY_ONLY_BAD_INPUTS = [
+    (
+        "scaled_dot_product_attention_vjp",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H), z(B, T, N, H + 1)),
+        {},
+        ValueError,
+        "d_out must have shape (B, T, N, H) with B=2, T=3, N=6, H=11 from query; got (2, 3, 6, 12)",
+    ),
+    (
+        "scaled_dot_product_attention_vjp",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H), z(B, T, N, H, dtype=np.int32)),
+        {},
+        TypeError,
+        "d_out must have a floating dtype (float16, bfloat16, float32 or float64); got int32",
+    ),
+    (
+        "scaled_dot_product_attention_vjp",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S + 1, K, H), z(B, T, N, H)),
+        {},
+        ValueError,
+        "value must have shape (B, S, K, H) with B=2, H=11 from query, S=5, K=3 from key; got (2, 6, 3, 11)",
+    ),
+    (
+        "scaled_dot_product_attention_vjp",
+        (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H), z(B, T, N, H)),
+        {"mask": np.ones((T, S), f32)},
+        TypeError,
+        "mask must have a boolean dtype (True = attend); to add float values to the logits pass them as bias; got float32",
+    ),
+    (
+        "additive_attention_vjp",
+        (ap, z(B, H), z(B, S, H), z(B, H)),
+        {},
+        ValueError,
+        "d_context must have shape (B, 1, H) with B=2, H=11 from encoder_outputs; got (2, 11)",
+    ),
+    (
+        "additive_attention_vjp",
+        (ap, z(B, H), z(B, S, H), z(B, 1, H), z(B, S + 1)),
+        {},
+        ValueError,
+        "d_weights must have shape (B, S) with B=2, S=5 from encoder_outputs; got (2, 6)",
+    ),
+    (
+        "additive_attention_vjp",
+        (drop(ap, "v"), z(B, H), z(B, S, H), z(B, 1, H)),
+        {},
+        ValueError,
+        "params['v'] is missing; expected keys ['attn', 'v']",
+    ),
+    (
+        "multi_head_attention_vjp",
+        (mp, z(B, T, E), z(B, S, E), z(B, S, E), z(B, T, E + 1)),
+        {},
+        ValueError,
+        "d_out must have shape (B, T, E) with B=2, T=3, E=13 from query; got (2, 3, 14)",
+    ),
+    (
+        "multi_head_attention_vjp",
+        (mp, z(B, T, E), z(B, S, E), z(B, S + 1, E), z(B, T, E)),
+        {},
+        ValueError,
+        "value must have shape (B, S, E) with B=2, E=13 from query, S=5 from key; got (2, 6, 13)",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    "name, args, kwargs, exception, message",
+    NUMPY_ONLY_BAD_INPUTS,
+    ids=[f"{i}-{c[0]}" for i, c in enumerate(NUMPY_ONLY_BAD_INPUTS)],
+)
+def test_vjp_bad_input_raises_a_clear_error(name, args, kwargs, exception, message):
+    with pytest.raises(exception) as info:
+        getattr(attention_np, name)(*args, **kwargs)
+    assert str(info.value) == message
+
 
 @pytest.mark.parametrize("half", HALVES)
 @pytest.mark.parametrize(
@@ -482,7 +561,7 @@ def test_every_public_function_has_bad_input_cases():
     mechanisms = {
         n for n in attention_np.__all__ if not n.startswith("init_") and n != "additive_params_from_torch"
     }
-    assert mechanisms <= {c[0] for c in BAD_INPUTS}
+    assert mechanisms <= {c[0] for c in BAD_INPUTS + NUMPY_ONLY_BAD_INPUTS}
 
 
 @pytest.mark.parametrize("half", HALVES)
@@ -506,6 +585,8 @@ def test_init_rejects_an_unknown_score(half):
 
 # --- the two halves offer the same API ------------------------------------------------------------
 JAX_ONLY_NAMES = {"multi_head_params_from_flax", "chunked_attention"}
+# the hand-written backward passes: JAX gets them from jax.vjp
+NUMPY_ONLY_NAMES = {"scaled_dot_product_attention_vjp", "additive_attention_vjp", "multi_head_attention_vjp"}
 JAX_ONLY_PARAMETERS = {"hard_attention": {"straight_through"}}
 
 
@@ -526,12 +607,14 @@ def _normalized(signature, drop=()):
 
 
 def test_both_halves_export_the_same_functions():
-    assert set(attention_jax.__all__) - JAX_ONLY_NAMES == set(attention_np.__all__)
-    for name in attention_np.__all__:
+    assert set(attention_jax.__all__) - JAX_ONLY_NAMES == set(attention_np.__all__) - NUMPY_ONLY_NAMES
+    assert NUMPY_ONLY_NAMES <= set(attention_np.__all__)
+    assert not NUMPY_ONLY_NAMES & set(attention_jax.__all__)
+    for name in set(attention_np.__all__) - NUMPY_ONLY_NAMES:
         assert callable(getattr(attention_jax, name)) and callable(getattr(attention_np, name))
 
 
-@pytest.mark.parametrize("name", sorted(attention_np.__all__))
+@pytest.mark.parametrize("name", sorted(set(attention_np.__all__) - NUMPY_ONLY_NAMES))
 def test_same_signature_in_both_halves(name):
     np_sig = inspect.signature(getattr(attention_np, name))
     jax_sig = inspect.signature(getattr(attention_jax, name))
