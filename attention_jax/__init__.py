@@ -25,6 +25,7 @@ from .scores import (
     init_general_params,
     scaled_dot_scores,
 )
+from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .self_attention import init_self_attention_params, self_attention
 from .soft import soft_attention
 
@@ -36,6 +37,7 @@ __all__ = [
     "cross_attention",
     "dot_scores",
     "general_scores",
+    "greedy_decode",
     "global_attention",
     "hard_attention",
     "init_additive_params",
@@ -47,6 +49,7 @@ __all__ = [
     "init_location_sensitive_params",
     "init_multi_head_params",
     "init_self_attention_params",
+    "init_seq2seq_params",
     "local_attention",
     "location_scores",
     "location_sensitive_attention",
@@ -55,5 +58,6 @@ __all__ = [
     "scaled_dot_product_attention",
     "scaled_dot_scores",
     "self_attention",
+    "seq2seq_forward",
     "soft_attention",
 ]

@@ -196,3 +196,42 @@ def _chunked_all_options(rng):
 
 
 _chunked("gqa+mask+bias+causal q2 k3", _GQA, _chunked_all_options)
+
+
+# --- encoder - attention - decoder (seq2seq) -----------------------------------------------------------
+V_SRC, V_TGT, D_EMB, H_S2S = 11, 7, 5, 6
+_S2S = f"B={B} S={S} T={T} V={V_TGT} D={D_EMB} H={H_S2S}"
+
+
+def _seq2seq_inputs(rng, attention, with_target=True):
+    """float64 params, ids, and a padded batch: row 1 holds 3 real tokens of S."""
+    params = attention_np.init_seq2seq_params(
+        rng, source_vocab=V_SRC, target_vocab=V_TGT, embed=D_EMB, hidden=H_S2S, attention=attention, dtype=np.float64
+    )
+    source_ids = rng.integers(0, V_SRC, (B, S))
+    source_mask = np.ones((B, S), bool)
+    source_mask[1, 3:] = False
+    if with_target:
+        return (params, source_ids, rng.integers(0, V_TGT, (B, T))), {"source_mask": source_mask}
+    return (params, source_ids), {"source_mask": source_mask, "bos_id": 0, "max_len": T + 1}
+
+
+def _decoded(decode):
+    """``greedy_decode`` with the ids as floats in the weights' dtype, so the harness compares
+    them exactly (an id that differs is off by >= 1, beyond every tolerance)."""
+
+    def run(*args, **kwargs):
+        ids, weights = decode(*args, **kwargs)
+        return np.asarray(ids).astype(weights.dtype), weights
+
+    return run
+
+
+for _attention in ("additive", "dot", "general", "concat", "location_sensitive"):
+    _case("seq2seq_forward", f"{_attention}+padding", _S2S, lambda rng, a=_attention: _seq2seq_inputs(rng, a))
+    register(ParityCase(
+        f"greedy_decode/{_attention}+padding", "greedy_decode", f"{_S2S} max_len={T + 1}",
+        lambda rng, a=_attention: _seq2seq_inputs(rng, a, with_target=False),
+        _decoded(attention_np.greedy_decode), _decoded(attention_jax.greedy_decode),
+        dtypes=("float64", "float32"),  # argmax ids in low precision may legitimately differ
+    ))
