@@ -51,6 +51,12 @@ glp = attention_np.init_global_params(_r, H)
 lp = attention_np.init_local_params(_r, H)
 lsp = attention_np.init_location_sensitive_params(_r, Q, H, Aa, filters=4, width=3)
 ap = attention_np.init_additive_params(_r, H)
+s2s = attention_np.init_seq2seq_params(_r, source_vocab=8, target_vocab=9, embed=4, hidden=H)
+
+
+def ids(*shape):
+    return np.zeros(shape, np.int32)
+
 
 # (function, args, kwargs, exception, the exact message)
 BAD_INPUTS = [
@@ -462,6 +468,20 @@ BAD_INPUTS = [
         "mask must have a boolean dtype (True = attend); got float32",
     ),
     ("additive_attention", ([1.0], z(B, H), z(B, S, H)), {}, TypeError, "params must be a dict; got list"),
+    # encoder - attention - decoder
+    ("seq2seq_forward", (s2s, ids(B, S), z(B, T)), {}, TypeError, "target_in_ids must have an integer dtype (token ids); got float32"),
+    ("seq2seq_forward", (s2s, ids(B, S, 1), ids(B, T)), {}, ValueError, "source_ids must have shape (B, S); got (2, 5, 1)"),
+    ("seq2seq_forward", (s2s, ids(B, S), ids(B, T)), {"source_mask": np.ones((B, S + 1), bool)}, ValueError,
+     "source_mask must have shape (B, S) with B=2, S=5 from source_ids; got (2, 6)"),
+    ("seq2seq_forward", ([1.0], ids(B, S), ids(B, T)), {}, TypeError, "params must be a dict; got list"),
+    ("greedy_decode", (s2s, ids(B, 0)), {"bos_id": 0, "max_len": 3}, ValueError,
+     "source_ids must hold at least one position (S >= 1) to attend to; got shape (2, 0)"),
+    ("greedy_decode", (s2s, ids(B, S)), {"bos_id": 0, "max_len": 2.5}, ValueError, "max_len must be a non-negative int; got 2.5"),
+    ("greedy_decode", (s2s, ids(B, S)), {"bos_id": 9, "max_len": 3}, ValueError,
+     "bos_id must be an int in [0, 9) (a target token id); got 9"),
+    ("greedy_decode", (drop(s2s, "attention"), ids(B, S)), {"bos_id": 0, "max_len": 3}, ValueError,
+     "params['attention'] is missing; expected the keys of init_seq2seq_params: "
+     "['attention', 'decoder', 'encoder', 'out', 'source_embed', 'target_embed']"),
 ]
 
 # The hand-written VJPs are NumPy-only (JAX has jax.vjp): the same table, run on attention_np.
