@@ -26,6 +26,7 @@ from .scores import (
     scaled_dot_scores,
 )
 from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
+from . import nnx  # noqa: E402, I001  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
 from .self_attention import init_self_attention_params, self_attention
 from .soft import soft_attention
 
