@@ -31,7 +31,8 @@ def masked_softmax(logits, mask=None):
     if mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    # (initial=-inf: a row of S = 0 entries has nothing to normalise, not an error)
+    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True, initial=-jnp.inf)))
     if mask is not None:
         unnormalized = jnp.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)

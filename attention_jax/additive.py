@@ -7,11 +7,12 @@ from attention_np import additive as _np_additive
 from attention_np._validate import check_additive
 
 from ._dtypes import compute_dtype
+from ._jit import jit
 from ._masking import masked_softmax
 from ._random import init_from_numpy
 
 
-@jax.jit
+@jit
 def additive_attention(params, hidden, encoder_outputs, *, mask=None):
     r"""Additive (Bahdanau) attention: the formulation of the tutorial's PyTorch ``Attention``.
 

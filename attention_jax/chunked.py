@@ -19,7 +19,9 @@ from jax import lax
 
 from attention_np._validate import check_sdpa
 
+from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype
+from ._jit import jit
 
 # Chosen by benchmarks/attention.py on a 2-core AVX-512 CPU (float32, H=64, L=8192): larger
 # blocks amortise the loop and feed bigger matmuls; beyond 2048 x 1024 nothing improved.
@@ -271,9 +273,33 @@ def _to_rows_layout(x, B, K, G, T, S, pad_T, pad_S, fill):
     return jnp.pad(x, pads, constant_values=fill)
 
 
-@functools.partial(
-    jax.jit, static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size")
+def _attended_keys(mask, cfg, Sp):
+    """``(B|1, K|1, Sp|1)``: True where a query of some head of the key/value head may attend
+    key s (the caller's mask in rows layout, and the causal mask). Keys no query attends
+    (padding) are zeroed before the loops, as in the dense path, so NaN or inf stored there
+    cannot reach the output or the gradients; None when every key is attended."""
+    s = lax.broadcasted_iota(jnp.int32, (1, 1, Sp), 2)                            # key index
+    if mask is None:
+        return s < cfg.T if cfg.is_causal else None                               # query T-1 sees keys <= T-1
+    if not cfg.is_causal:
+        return mask.any(axis=(2, 3))
+    if mask.shape[2] == 1:                                                        # the same for every query
+        return mask.any(axis=(2, 3)) & (s < cfg.T)
+    t = lax.broadcasted_iota(jnp.int32, (1, 1, mask.shape[2], 1, 1), 2)           # query index
+    if mask.shape[4] == 1:                                                        # the same for every key
+        last = jnp.where(mask, t, -1).max(axis=(2, 3))                            # last query that attends at all
+        return s <= last
+    return (mask & (lax.broadcasted_iota(jnp.int32, (1, 1, 1, 1, Sp), 4) <= t)).any(axis=(2, 3))
+
+
+_NO_FORWARD_MODE = (
+    "chunked_attention does not support forward-mode autodiff (jax.jvp, jax.jacfwd, "
+    "jax.linearize): its memory-efficient backward pass is a jax.custom_vjp, which JAX "
+    "cannot differentiate forward. Use scaled_dot_product_attention (the same numbers, "
+    "O(T S) memory) for forward mode, or reverse mode (jax.grad, jax.vjp, jax.jacrev)."
 )
+
+
 def chunked_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
     query_chunk_size=None, key_chunk_size=None,
@@ -291,20 +317,22 @@ def chunked_attention(
     (backward, recomputing each block from the saved log-sum-exp, via ``jax.custom_vjp``).
     Activation memory is O(T + S) in forward and backward (plus one score block); with
     ``is_causal`` the key chunks above the diagonal are never computed. Semantics as
-    :func:`scaled_dot_product_attention`, including zeros for fully masked queries; a full
-    ``(B, N, T, S)`` bias or mask is read block by block, its own size aside.
+    :func:`scaled_dot_product_attention`, including zeros for fully masked queries, batch
+    axes ``B...``, T = 0 and S = 0; a full ``(B, N, T, S)`` bias or mask is read block by
+    block, its own size aside. Reverse-mode only: forward-mode autodiff (``jax.jvp``,
+    ``jax.jacfwd``) is a ``TypeError`` that names the alternatives.
 
-    Shapes: B batch, T query length, S key length, N query heads, K key/value heads
-    (N % K == 0), H features per head.
+    Shapes: B batch (any number of axes), T query length, S key length, N query heads,
+    K key/value heads (N % K == 0), H features per head.
 
     Args:
       query: ``(B, T, N, H)``.
-      key: ``(B, S, K, H)``.
-      value: ``(B, S, K, H)``.
+      key: ``(B, S, K, H)``, the dtype of ``query``.
+      value: ``(B, S, K, H)``, the dtype of ``query``.
       bias: optional float array broadcastable to ``(B, N, T, S)``; gradients flow to it.
       mask: optional bool array broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
-      scale: multiplies the logits; default ``1 / sqrt(H)``.
+      scale: multiplies the logits, any finite number; default ``1 / sqrt(H)``.
       query_chunk_size, key_chunk_size: rows of queries and keys per block; defaults tuned
         per backend (CPU: 2048 x 1024, causal 1024 x 1024; GPU: 512 x 512). Lengths that
         are not multiples are padded (and the padding masked).
@@ -312,15 +340,36 @@ def chunked_attention(
     Returns:
       ``out``: ``(B, T, N, H)`` in the dtype of ``query``.
     """
+    try:
+        return _chunked_attention(
+            query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
+            query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size,
+        )
+    except TypeError as error:
+        if "forward-mode autodiff" in str(error) and "custom_vjp" in str(error):
+            raise TypeError(_NO_FORWARD_MODE) from None
+        raise
+
+
+@jit(static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size"))
+def _chunked_attention(
+    query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
+    query_chunk_size=None, key_chunk_size=None,
+):
+    """:func:`chunked_attention`, jit-compiled (the public function adds the forward-mode message)."""
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
     shapes = check_sdpa(query, key, value, bias, mask, scale)
     _check_chunk("query_chunk_size", query_chunk_size)
     _check_chunk("key_chunk_size", key_chunk_size)
-    B, T, N, H = query.shape
-    S, K = shapes["S"], shapes["K"]
-    G = N // K
+    batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
+    T, S, N, H, K = (shapes[c] for c in "TSNHK")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
-    scale = 1.0 / math.sqrt(H) if scale is None else scale
+    if T == 0 or S == 0:  # no query, or nothing to attend to: empty, or zeros (as the dense path)
+        return jnp.zeros(query.shape, dtype)
+    query, key, value = (fold_batch(x, batch) for x in (query, key, value))
+    bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
+    B, G = query.shape[0], N // K
+    scale = 1.0 / math.sqrt(max(H, 1)) if scale is None else float(scale)  # H = 0: the logits are empty sums, 0
     default_q, default_k = _default_chunks(is_causal)
     qc = min(query_chunk_size or default_q, T)
     kc = min(key_chunk_size or default_k, S)
@@ -335,6 +384,9 @@ def chunked_attention(
         bias = _to_rows_layout(jnp.asarray(bias).astype(compute), B, K, G, T, S, pad_T, pad_S, 0)
     if mask is not None:
         mask = _to_rows_layout(jnp.asarray(mask), B, K, G, T, S, pad_T, pad_S, False)
+    keep = _attended_keys(mask, cfg, k.shape[2])                                  # (B|1, K|1, Sp|1)
+    if keep is not None:
+        k, v = jnp.where(keep[..., None], k, 0), jnp.where(keep[..., None], v, 0)
     out = _flash(q, k, v, bias, mask, cfg)                                        # (B, K, Tp, G, H)
     out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H)
-    return out.astype(dtype)
+    return unfold_batch(out.astype(dtype), batch)

@@ -6,13 +6,14 @@ import jax.numpy as jnp
 from attention_np._validate import check_cross_attention
 
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._masking import attended_keys
 from .scores import scaled_dot_scores
 from .self_attention import init_self_attention_params
 from .soft import soft_attention
 
 
-@jax.jit
+@jit
 def cross_attention(params, x, context, *, mask=None):
     r"""Single-head scaled dot-product cross-attention (encoder-decoder attention).
 

@@ -1,7 +1,5 @@
 """Luong global attention: attend to every source position (Luong et al. 2015, section 3.1)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -9,6 +7,7 @@ import attention_np as _np
 from attention_np._validate import check_luong
 
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._random import init_from_numpy
 from .location import location_scores
 from .scores import concat_scores, dot_scores, general_scores
@@ -33,7 +32,7 @@ def attentional_hidden_state(params, context, decoder_state):
     return jnp.tanh(x @ params["kernel"])                                   # (B, H)
 
 
-@functools.partial(jax.jit, static_argnames=("score",))
+@jit(static_argnames=("score",))
 def global_attention(params, decoder_state, encoder_outputs, *, score="general", mask=None):
     r"""Luong global attention.
 

@@ -1,17 +1,16 @@
 """Hard attention: attend to exactly one source position (Xu et al. 2015)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 from attention_np._validate import check_hard
 
 from ._dtypes import compute_dtype
+from ._jit import jit
 from ._masking import attended_keys, masked_softmax
 
 
-@functools.partial(jax.jit, static_argnames=("straight_through",))
+@jit(static_argnames=("straight_through",))
 def hard_attention(scores, values, *, mask=None, gumbel_noise=None, rng=None, straight_through=False):
     r"""Hard attention: one-hot weights at the best (or a sampled) source position.
 

@@ -1,7 +1,5 @@
 """Luong local-p attention: a Gaussian window around a predicted source position."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -9,12 +7,13 @@ import attention_np as _np
 from attention_np._validate import check_local
 
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._masking import masked_softmax
 from ._random import init_from_numpy
 from .global_attention import attentional_hidden_state, luong_scores
 
 
-@functools.partial(jax.jit, static_argnames=("window", "score"))
+@jit(static_argnames=("window", "score"))
 def local_attention(params, decoder_state, encoder_outputs, *, window, score="general", mask=None):
     r"""Luong local-p attention (predictive alignment).
 

@@ -9,11 +9,12 @@ import attention_np as _np
 from attention_np._validate import LOCATION_SPEC, Shapes, check_location_sensitive, check_params
 
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._random import init_from_numpy
 from .soft import soft_attention
 
 
-@jax.jit
+@jit
 def location_scores(params, decoder_state):
     r"""Luong's location-based scores :math:`e_t = W_a h_t`: one score per source position,
     computed from the decoder state only (Luong et al. 2015, eq. 8).
@@ -44,7 +45,7 @@ def conv1d_same(x, kernel):
     return windows @ kernel[:, 0, :]                                       # (B, S, C)
 
 
-@jax.jit
+@jit
 def location_sensitive_attention(params, query, encoder_outputs, prev_weights, *, mask=None):
     r"""Location-sensitive attention: additive scores that also see the previous alignment.
 

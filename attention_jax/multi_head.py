@@ -1,20 +1,20 @@
 """Multi-head attention with Flax ``nnx.MultiHeadAttention``'s parameters (Vaswani et al. 2017)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
 import attention_np as _np
-from attention_np._validate import check_multi_head
+from attention_np._validate import check_key_value, check_multi_head
 
+from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._masking import attended_keys, combine_masks
 from ._random import init_from_numpy
 from .dot_product import scaled_dot_product_attention
 
 
-@functools.partial(jax.jit, static_argnames=("is_causal",))
+@jit(static_argnames=("is_causal",))
 def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_causal=False):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
@@ -31,19 +31,25 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
       params: ``{"query": {"kernel": (E, N, H), "bias": (N, H)}, "key"|"value": {"kernel":
         (E, K, H), "bias": (K, H)}, "out": {"kernel": (N, H, E), "bias": (E,)}}``, Flax's
         names and shapes; N, K and H are read from the kernels.
-      query: ``(B, T, E)``.
-      key: ``(B, S, E)``; defaults to ``query`` (self-attention).
-      value: ``(B, S, E)``; defaults to ``key``.
+      query: ``(B, T, E)``; ``B`` may be any number of batch axes ``B...``, as in Flax.
+      key: ``(B, S, E)``, the dtype of ``query``; defaults to ``query`` (self-attention).
+      value: ``(B, S, E)``, the dtype of ``query``; defaults to ``key``. Passing ``value``
+        without ``key`` is a ``ValueError``, as in Flax.
       mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
 
     Returns:
       ``(out, weights)``: ``(B, T, E)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+      T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to, so no output bias).
     """
+    check_key_value(key, value)
     query = jnp.asarray(query)
     key = query if key is None else jnp.asarray(key)
     value = key if value is None else jnp.asarray(value)
     shapes = check_multi_head(params, query, key, value, mask)
+    batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
+    query, key, value = (fold_batch(x, batch) for x in (query, key, value))
+    mask = None if mask is None else fold_broadcast(mask, batch, 3)
     B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     p = cast_params(params, compute)
@@ -59,10 +65,12 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
     # 3. mix the heads back to the model width
     out = jnp.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, T, E)
     # 4. a query with no key to attend to in any head gets a zero output (not the output bias)
+    if S == 0:
+        out = jnp.zeros_like(out)  # no key at all: every query has nothing to attend to
     if mask is not None:
         attends = jnp.broadcast_to(combine_masks(mask, is_causal, T, S), (B, N, T, S)).any(axis=(1, 3))  # (B, T)
         out = jnp.where(attends[..., None], out, 0)
-    return out.astype(dtype), weights.astype(dtype)
+    return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
 
 
 def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_heads=None, dtype=jnp.float32):

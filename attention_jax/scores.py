@@ -4,7 +4,6 @@ Luong, Pham & Manning 2015, "Effective approaches to attention-based neural mach
 translation", section 3.1 (dot, general, concat); Vaswani et al. 2017 (scaled dot).
 """
 
-import functools
 import math
 
 import jax
@@ -14,10 +13,11 @@ import attention_np as _np
 from attention_np._validate import CONCAT_SPEC, GENERAL_SPEC, check_params, check_scale, check_scores
 
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._random import init_from_numpy
 
 
-@jax.jit
+@jit
 def dot_scores(query, keys):
     r"""Dot-product scores :math:`e_{ts} = q_t^\top k_s` (Luong "dot").
 
@@ -35,7 +35,7 @@ def dot_scores(query, keys):
     return scores.astype(query.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("scale",))
+@jit(static_argnames=("scale",))
 def scaled_dot_scores(query, keys, *, scale=None):
     r"""Scaled dot-product scores :math:`e_{ts} = q_t^\top k_s / \sqrt{H}` (Vaswani et al. 2017).
 
@@ -57,7 +57,7 @@ def scaled_dot_scores(query, keys, *, scale=None):
     return scores.astype(query.dtype)
 
 
-@jax.jit
+@jit
 def general_scores(params, query, keys):
     r"""Luong's "general" scores :math:`e_{ts} = q_t^\top (W^\top k_s)`, i.e. ``q . (k @ W)``.
 
@@ -78,7 +78,7 @@ def general_scores(params, query, keys):
     return scores.astype(query.dtype)
 
 
-@jax.jit
+@jit
 def concat_scores(params, query, keys):
     r"""Luong's "concat" scores, the tutorial's energy: :math:`e_{ts} = v^\top \tanh(W [q_t; k_s] + b)`.
 

@@ -1,7 +1,5 @@
 """Self-attention: queries, keys and values all come from one sequence (Vaswani et al. 2017)."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
@@ -9,13 +7,14 @@ import attention_np as _np
 from attention_np._validate import check_self_attention
 
 from ._dtypes import cast_params, compute_dtype
+from ._jit import jit
 from ._masking import combine_masks
 from ._random import init_from_numpy
 from .scores import scaled_dot_scores
 from .soft import soft_attention
 
 
-@functools.partial(jax.jit, static_argnames=("is_causal",))
+@jit(static_argnames=("is_causal",))
 def self_attention(params, x, *, mask=None, is_causal=False):
     r"""Single-head scaled dot-product self-attention.
 

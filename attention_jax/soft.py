@@ -6,10 +6,11 @@ import jax.numpy as jnp
 from attention_np._validate import check_soft
 
 from ._dtypes import compute_dtype
+from ._jit import jit
 from ._masking import attended_keys, masked_softmax
 
 
-@jax.jit
+@jit
 def soft_attention(scores, values, *, mask=None):
     r"""Soft attention: softmax weights over the source, then the weighted average of the values.
 

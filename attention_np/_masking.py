@@ -29,7 +29,8 @@ def masked_softmax(logits, mask=None):
     if mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = np.where(mask, logits, np.finfo(logits.dtype).min)
-    unnormalized = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    # (initial=-inf: a row of S = 0 entries has nothing to normalise, not an error)
+    unnormalized = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
     if mask is not None:
         unnormalized = np.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)

@@ -26,10 +26,18 @@ FLOAT_DTYPES = ("float16", "bfloat16", "float32", "float64")
 
 # A shape token is a letter ("H") or a multiple of one ("2H"); anything else is a literal.
 _TOKEN = re.compile(r"^(\d*)([A-Za-z]\w*)$")
+# "B..." (first token only): any number of leading batch axes, zero included, as Flax's
+# ``batch_sizes...``; it also binds "B" to their product, the batch of the folded arrays.
+BATCH = "B..."
 
 
 def _fmt(letters) -> str:
     return "(" + ", ".join(str(t) for t in letters) + ("," if len(letters) == 1 else "") + ")"
+
+
+def batch_letters(batch, letters: str) -> tuple:
+    """``letters`` with the batch written "B" for one batch axis, "B..." for any other number."""
+    return ("B" if len(batch) == 1 else BATCH,) + tuple(letters)
 
 
 def _dtype_name(x) -> str:
@@ -74,27 +82,44 @@ class Shapes:
 
     def check(self, name: str, x, letters, *, floating: bool = True) -> None:
         """Check ``x.shape`` against ``letters`` (a string of single letters, or a tuple of
-        tokens such as ``("2H", "H")``), then bind the letters seen for the first time."""
+        tokens such as ``("2H", "H")`` or ``("B...", "T", "E")``), then bind the letters
+        seen for the first time."""
         tokens = tuple(str(t) for t in letters)
         if floating:
             check_float(name, x)
         shape = tuple(int(d) for d in x.shape)
-        bad = len(shape) != len(tokens) or any(
-            (want := self._expected(t)) is not None and want != got for t, got in zip(tokens, shape)
+        batched = tokens[:1] == (BATCH,)
+        core = tokens[1:] if batched else tokens
+        n_lead = len(shape) - len(core) if batched else 0  # leading batch axes
+        lead, rest = shape[: max(n_lead, 0)], shape[max(n_lead, 0) :]
+        bad = n_lead < 0 or len(rest) != len(core) or any(
+            (want := self._expected(t)) is not None and want != got for t, got in zip(core, rest)
         )
+        if batched and BATCH in self.sizes:
+            bad = bad or lead != self.sizes[BATCH]
         if bad:
             raise ValueError(f"{name} must have shape {self.describe(tokens)}; got {shape}")
+        if batched and BATCH not in self.sizes:
+            self.sizes[BATCH], self.sizes["B"] = lead, math.prod(lead)
+            self.origin[BATCH] = self.origin["B"] = name
+        tokens, shape = core, rest
         for token, size in zip(tokens, shape):
             if _TOKEN.match(token) and token.isalpha() and token not in self.sizes:
                 self.sizes[token] = size
                 self.origin[token] = name
 
     def describe(self, tokens) -> str:
-        """``(B, S, K, H) with B=2, H=11 from query``: the known sizes, grouped by source."""
+        """``(B, S, K, H) with B=2, H=11 from query``: the known sizes, grouped by source.
+        Batch axes read "B" when there is one of them (``B=2``), else "B..." (``B...=(2, 4)``)."""
+        if tokens[:1] == (BATCH,) and len(self.sizes.get(BATCH, ())) == 1:
+            tokens = ("B",) + tokens[1:]
         by_origin: dict[str, list[str]] = {}
         for token in tokens:
             m = _TOKEN.match(token)
-            if m and m.group(2) in self.sizes:
+            if token == BATCH and BATCH in self.sizes:
+                group = by_origin.setdefault(self.origin[BATCH], [])
+                group.append(f"{BATCH}={self.sizes[BATCH]}")
+            elif m and m.group(2) in self.sizes:
                 letter = m.group(2)
                 entry = f"{letter}={self.sizes[letter]}"
                 group = by_origin.setdefault(self.origin[letter], [])
@@ -107,6 +132,8 @@ class Shapes:
 def check_heads(shapes: Shapes) -> None:
     """Grouped-query attention needs every key/value head to serve the same number of query heads."""
     n, k = shapes["N"], shapes["K"]
+    if k == 0:
+        raise ValueError(f"the number of key/value heads K must be at least 1; got K=0 from {shapes.origin['K']}")
     if n % k:
         raise ValueError(
             f"the number of query heads N={n} must be a multiple of the number of "
@@ -140,11 +167,25 @@ def check_broadcast(name: str, x, target, letters: str) -> None:
 
 
 def check_scale(scale) -> None:
-    """``scale`` is a positive finite Python number (or a traced scalar, not checked)."""
-    if isinstance(scale, bool) or (
-        isinstance(scale, (int, float)) and not (math.isfinite(scale) and scale > 0)
-    ):
-        raise ValueError(f"scale must be a positive finite number; got {scale!r}")
+    """``scale`` is a finite real number of any sign, zero included (as in ``jax.nn`` and
+    PyTorch): a Python or NumPy int or float, not a bool."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise TypeError(f"scale must be a finite real number (int or float); got {scale!r} ({type(scale).__name__})")
+    if not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite real number; got {scale!r}")
+
+
+def check_same_dtype(name: str, x, reference: str, ref) -> None:
+    """Arrays that attention combines share one dtype (as ``jax.nn`` and PyTorch require):
+    mixed input is a ``TypeError``, never a silent promotion."""
+    if _dtype_name(x) != _dtype_name(ref):
+        raise TypeError(f"{name} must have the dtype of {reference} ({_dtype_name(ref)}); got {_dtype_name(x)}")
+
+
+def check_key_value(key, value) -> None:
+    """``value`` defaults to ``key``; passing it without ``key`` is ambiguous (Flax's rule)."""
+    if key is None and value is not None:
+        raise ValueError("`key` cannot be None if `value` is not None")
 
 
 def check_choice(name: str, value, choices) -> None:
@@ -174,17 +215,21 @@ def check_params(params, spec: Mapping, shapes: Shapes, path: str = "params") ->
 
 
 def check_sdpa(query, key, value, bias, mask, scale) -> Shapes:
-    """Arguments of ``scaled_dot_product_attention``: returns the bound sizes B, T, S, N, K, H."""
+    """Arguments of ``scaled_dot_product_attention``: returns the bound sizes B... (the batch
+    axes, any number), B (their product), T, S, N, K, H."""
     shapes = Shapes()
-    shapes.check("query", query, "BTNH")
-    shapes.check("key", key, "BSKH")
-    shapes.check("value", value, "BSKH")
+    shapes.check("query", query, (BATCH, "T", "N", "H"))
+    shapes.check("key", key, (BATCH, "S", "K", "H"))
+    check_same_dtype("key", key, "query", query)
+    shapes.check("value", value, (BATCH, "S", "K", "H"))
+    check_same_dtype("value", value, "query", query)
     check_heads(shapes)
-    scores = tuple(shapes[c] for c in "BNTS")
+    batch = shapes[BATCH]
+    scores = batch + tuple(shapes[c] for c in "NTS")
     if bias is not None:
-        check_bias(bias, scores, letters="BNTS")
+        check_bias(bias, scores, letters=batch_letters(batch, "NTS"))
     if mask is not None:
-        check_mask(mask, scores, letters="BNTS", has_bias=True)
+        check_mask(mask, scores, letters=batch_letters(batch, "NTS"), has_bias=True)
     if scale is not None:
         check_scale(scale)
     return shapes
@@ -271,13 +316,20 @@ MULTI_HEAD_SPEC = {
 
 
 def check_multi_head(params, query, key, value, mask) -> Shapes:
+    """Arguments of ``multi_head_attention`` (after ``key``/``value`` took their defaults):
+    ``query (B..., T, E)``, ``key``/``value (B..., S, E)``, any number of batch axes."""
     shapes = Shapes()
-    shapes.check("query", query, "BTE")
-    shapes.check("key", key, "BSE")
-    shapes.check("value", value, "BSE")
+    shapes.check("query", query, (BATCH, "T", "E"))
+    shapes.check("key", key, (BATCH, "S", "E"))
+    check_same_dtype("key", key, "query", query)
+    shapes.check("value", value, (BATCH, "S", "E"))
+    check_same_dtype("value", value, "query", query)
     check_params(params, MULTI_HEAD_SPEC, shapes)
     check_heads(shapes)
-    check_optional_mask(mask, shapes, "BNTS")
+    if mask is not None:
+        batch = shapes[BATCH]
+        target = batch + tuple(shapes[c] for c in "NTS")
+        check_mask(mask, target, letters=batch_letters(batch, "NTS"), has_bias=False)
     return shapes
 
 

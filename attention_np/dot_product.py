@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 
+from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype
 from ._masking import attended_keys, combine_masks, masked_softmax
 from ._validate import check_sdpa
@@ -22,26 +23,31 @@ def scaled_dot_product_attention(
     that a query with every key masked gets zero weights and a zero output.
 
     Shapes: B batch, T query length, S key length, N query heads, K key/value heads
-    (N % K == 0), H features per head.
+    (N % K == 0), H features per head. ``B`` may be any number of batch axes ``B...``
+    (none, as ``jax.nn``'s ``(T, N, H)``, or several, as Flax's), shared by all three inputs.
 
     Args:
       query: ``(B, T, N, H)``.
-      key: ``(B, S, K, H)``.
-      value: ``(B, S, K, H)``.
+      key: ``(B, S, K, H)``, the dtype of ``query``.
+      value: ``(B, S, K, H)``, the dtype of ``query``.
       bias: optional float array broadcastable to ``(B, N, T, S)``, added to the scaled logits.
       mask: optional bool array broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
-      scale: multiplies the logits; default ``1 / sqrt(H)``.
+      scale: multiplies the logits, any finite number; default ``1 / sqrt(H)``.
 
     Returns:
       ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+      T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to).
     """
     query, key, value = np.asarray(query), np.asarray(key), np.asarray(value)
     shapes = check_sdpa(query, key, value, bias, mask, scale)
+    batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
+    query, key, value = (fold_batch(x, batch) for x in (query, key, value))
+    bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
     B, T, N, H = query.shape
     S, K = shapes["S"], shapes["K"]
     dtype, compute = query.dtype, compute_dtype(query.dtype)
-    scale = 1.0 / math.sqrt(H) if scale is None else scale
+    scale = 1.0 / math.sqrt(max(H, 1)) if scale is None else float(scale)  # H = 0: the logits are empty sums, 0
     # 1. heads first, (B, N, T, H): every head is one batched matmul; with grouped-query
     #    attention each key/value head serves N // K consecutive query heads
     query = query.astype(compute).transpose(0, 2, 1, 3)                   # (B, N, T, H)
@@ -61,4 +67,4 @@ def scaled_dot_product_attention(
     weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
     # 4. out: the weighted average of the values, back to (B, T, N, H)
     out = np.einsum("BNTS,BNSH->BNTH", weights, value).transpose(0, 2, 1, 3)  # (B, T, N, H)
-    return out.astype(dtype), weights.astype(dtype)
+    return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)

@@ -84,16 +84,16 @@ BAD_INPUTS = [
     (
         "scaled_dot_scores",
         (z(B, T, H), z(B, S, H)),
-        {"scale": 0.0},
-        ValueError,
-        "scale must be a positive finite number; got 0.0",
+        {"scale": "0.5"},
+        TypeError,
+        "scale must be a finite real number (int or float); got '0.5' (str)",
     ),
     (
         "scaled_dot_scores",
         (z(B, T, H), z(B, S, H)),
         {"scale": float("nan")},
         ValueError,
-        "scale must be a positive finite number; got nan",
+        "scale must be a finite real number; got nan",
     ),
     (
         "general_scores",
@@ -257,6 +257,34 @@ BAD_INPUTS = [
         ValueError,
         "value must have shape (B, S, E) with B=2, E=13 from query, S=5 from key; got (2, 6, 13)",
     ),
+    (  # as Flax: `inputs_k` cannot be None if `inputs_v` is not None
+        "multi_head_attention",
+        (mp, z(B, T, E), None, z(B, S, E)),
+        {},
+        ValueError,
+        "`key` cannot be None if `value` is not None",
+    ),
+    (
+        "multi_head_attention",
+        (mp, z(B, T, E), z(B, S, E, dtype=np.float16)),
+        {},
+        TypeError,
+        "key must have the dtype of query (float32); got float16",
+    ),
+    (
+        "multi_head_attention",
+        (mp, z(B, 4, T, E), z(4, B, S, E)),
+        {},
+        ValueError,
+        "key must have shape (B..., S, E) with B...=(2, 4), E=13 from query; got (4, 2, 5, 13)",
+    ),
+    (
+        "multi_head_attention",
+        (mp, z(B, T, E, dtype=np.int64)),
+        {},
+        TypeError,
+        "query must have a floating dtype (float16, bfloat16, float32 or float64); got int64",
+    ),
     (
         "multi_head_attention",
         (mp, z(B, T, E, dtype=np.int32)),
@@ -415,8 +443,8 @@ BAD_INPUTS = [
         "scaled_dot_product_attention",
         (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
         {"scale": True},
-        ValueError,
-        "scale must be a positive finite number; got True",
+        TypeError,
+        "scale must be a finite real number (int or float); got True (bool)",
     ),
     (
         "scaled_dot_product_attention",
@@ -427,10 +455,59 @@ BAD_INPUTS = [
     ),
     (
         "scaled_dot_product_attention",
-        (z(B, T, H), z(B, S, K, H), z(B, S, K, H)),
+        (z(T, H), z(B, S, K, H), z(B, S, K, H)),
         {},
         ValueError,
-        "query must have shape (B, T, N, H); got (2, 3, 11)",
+        "query must have shape (B..., T, N, H); got (3, 11)",
+    ),
+    (  # batch axes: any number (B...), the same for query, key and value
+        "scaled_dot_product_attention",
+        (z(B, 4, T, N, H), z(B, 5, S, K, H), z(B, 5, S, K, H)),
+        {},
+        ValueError,
+        "key must have shape (B..., S, K, H) with B...=(2, 4), H=11 from query; got (2, 5, 5, 3, 11)",
+    ),
+    (  # (T, N, H), no batch axis, as jax.nn: key must then have none either
+        "scaled_dot_product_attention",
+        (z(T, N, H), z(B, S, K, H), z(B, S, K, H)),
+        {},
+        ValueError,
+        "key must have shape (B..., S, K, H) with B...=(), H=11 from query; got (2, 5, 3, 11)",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, 4, T, N, H), z(B, 4, S, K, H), z(B, 4, S, K, H)),
+        {"mask": np.ones((3, 1, 1, S), bool)},
+        ValueError,
+        "mask must broadcast to shape (B..., N, T, S) = (2, 4, 6, 3, 5); got (3, 1, 1, 5)",
+    ),
+    (  # mixed dtypes are rejected, as by jax.nn and torch (no silent promotion)
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, K, H, dtype=np.float16), z(B, S, K, H, dtype=np.float16)),
+        {},
+        TypeError,
+        "key must have the dtype of query (float32); got float16",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H, dtype=np.float64), z(B, S, K, H, dtype=np.float64), z(B, S, K, H)),
+        {},
+        TypeError,
+        "value must have the dtype of query (float64); got float32",
+    ),
+    (
+        "scaled_dot_product_attention",
+        (z(B, T, N, H), z(B, S, 0, H), z(B, S, 0, H)),
+        {},
+        ValueError,
+        "the number of key/value heads K must be at least 1; got K=0 from key",
+    ),
+    (  # the caller's dtype, not the int32 JAX converts int64 to when x64 is off
+        "scaled_dot_product_attention",
+        (z(B, T, N, H, dtype=np.int64), z(B, S, K, H), z(B, S, K, H)),
+        {},
+        TypeError,
+        "query must have a floating dtype (float16, bfloat16, float32 or float64); got int64",
     ),
     (
         "scaled_dot_product_attention",
@@ -449,9 +526,9 @@ BAD_INPUTS = [
     (
         "scaled_dot_product_attention",
         (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
-        {"scale": -1.0},
+        {"scale": float("-inf")},
         ValueError,
-        "scale must be a positive finite number; got -1.0",
+        "scale must be a finite real number; got -inf",
     ),
     (
         "additive_attention",
@@ -574,6 +651,29 @@ def test_bad_input_raises_the_same_clear_error(name, args, kwargs, exception, me
     with pytest.raises(exception) as info:
         getattr(HALVES[half], name)(*args, **kwargs)
     assert str(info.value) == message  # JAX may add a traceback note; the message itself is exact
+
+
+X64_OFF_CASES = [case for case in BAD_INPUTS if "int64" in case[4]] + [
+    ("soft_attention", (z(B, T, S, dtype=np.int64), z(B, S, H)), {}, TypeError,
+     "scores must have a floating dtype (float16, bfloat16, float32 or float64); got int64"),
+    ("soft_attention", (z(B, T, S), z(B, S, H)), {"mask": np.ones((B, T, S), np.uint64)}, TypeError,
+     "mask must have a boolean dtype (True = attend); got uint64"),
+    ("additive_attention", (ap, z(B, H), z(B, S, H, dtype=np.complex128)), {}, TypeError,
+     "encoder_outputs must have a floating dtype (float16, bfloat16, float32 or float64); got complex128"),
+]
+
+
+@pytest.mark.parametrize("name, args, kwargs, exception, message", X64_OFF_CASES, ids=[c[0] for c in X64_OFF_CASES])
+def test_dtype_errors_name_the_callers_dtype_with_x64_off(name, args, kwargs, exception, message):
+    # JAX's default (x64 off) converts int64 NumPy input to int32, uint64 to uint32 and
+    # complex128 to complex64 before a jitted function sees it; the message must still
+    # name what the caller passed, exactly as the NumPy half does
+    assert len(X64_OFF_CASES) >= 5
+    with jax.enable_x64(False):
+        for half in HALVES.values():
+            with pytest.raises(exception) as info:
+                getattr(half, name)(*args, **kwargs)
+            assert str(info.value) == message
 
 
 def test_every_public_function_has_bad_input_cases():
