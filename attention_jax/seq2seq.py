@@ -22,7 +22,8 @@ from attention_np._validate import check_decode_options, check_seq2seq
 from ._dtypes import cast_params, compute_dtype
 from ._random import init_from_numpy
 from .additive import additive_attention
-from .global_attention import global_attention
+from .global_attention import attentional_hidden_state, global_attention
+from .hard import hard_attention
 from .location import location_sensitive_attention
 
 BAHDANAU = _np_seq2seq.BAHDANAU
@@ -86,9 +87,25 @@ def init_decoder_state(encoder_state, source_length):
     return {"hidden": encoder_state, "attentional": zeros, "weights": jnp.zeros((B, source_length), encoder_state.dtype)}
 
 
-def decoder_step(params, state, prev_ids, encoder_outputs, source_mask):
+def harden(weights, encoder_outputs, source_mask):
+    """Hard attention on the mechanism's own scores: one-hot weights at the best source
+    position and its encoder output as the context (Xu et al. 2015, section 4.1).
+
+    ``log(weights)`` are the mechanism's scores up to a per-row constant, so they have the
+    same argmax and the same softmax; clamping at the smallest normal float keeps them finite
+    at masked positions (which ``hard_attention`` never chooses).
+    Trained with the straight-through estimator: the forward pass is one-hot, the gradient
+    is the soft weights' (``hard_attention(..., straight_through=True)``).
+    """
+    scores = jnp.log(jnp.maximum(weights, jnp.finfo(weights.dtype).tiny))[:, None, :]  # (B, 1, S)
+    mask = None if source_mask is None else source_mask[:, None, :]
+    context, weights = hard_attention(scores, encoder_outputs, mask=mask, straight_through=True)
+    return context[:, 0], weights[:, 0]                                    # (B, H), (B, S)
+
+
+def decoder_step(params, state, prev_ids, encoder_outputs, source_mask, hard=False):
     """One decoder step: ``prev_ids (B,)`` and ``state`` -> ``(logits (B, V), new state)``;
-    the new state's ``"weights" (B, S)`` are this step's attention weights."""
+    the new state's ``"weights" (B, S)`` are this step's attention weights (one-hot if ``hard``)."""
     (kind, attention), = params["attention"].items()
     x = embed(params["target_embed"]["embedding"], prev_ids, "target_in_ids")  # (B, D)
     if kind in BAHDANAU:
@@ -100,6 +117,8 @@ def decoder_step(params, state, prev_ids, encoder_outputs, source_mask):
             context, weights = location_sensitive_attention(
                 attention, state["hidden"], encoder_outputs, state["weights"], mask=source_mask
             )                                                              # (B, H), (B, S)
+        if hard:
+            context, weights = harden(weights, encoder_outputs, source_mask)
         # 2. the GRU reads the previous token and the context
         hidden = gru_cell(params["decoder"], jnp.concatenate([x, context], -1), state["hidden"])  # (B, H)
         # 3. predict from the new state and the context
@@ -109,6 +128,9 @@ def decoder_step(params, state, prev_ids, encoder_outputs, source_mask):
         hidden = gru_cell(params["decoder"], jnp.concatenate([x, state["attentional"]], -1), state["hidden"])  # (B, H)
         # 2. attend from the new state: h~ = tanh(W_c [c; h])
         attentional, weights = global_attention(attention, hidden, encoder_outputs, score=kind, mask=source_mask)
+        if hard:
+            context, weights = harden(weights, encoder_outputs, source_mask)
+            attentional = attentional_hidden_state(attention["combine"], context, hidden)  # (B, H)
         # 3. predict from h~
         features = attentional                                             # (B, H)
     logits = features @ params["out"]["kernel"] + params["out"]["bias"]   # (B, V)
@@ -123,8 +145,8 @@ def _prepare(params, source_ids, target_ids, source_mask, target_name="target_in
     return source_ids, source_mask, shapes, dtype, cast_params(params, compute_dtype(dtype))
 
 
-@jax.jit
-def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None):
+@functools.partial(jax.jit, static_argnames=("hard",))
+def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None, hard=False):
     r"""The encoder - attention - decoder with teacher forcing: the true previous token at
     every step.
 
@@ -142,6 +164,8 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None):
       source_ids: int ``(B, S)``.
       target_in_ids: int ``(B, T)``: the decoder's inputs (BOS, then the target shifted right).
       source_mask: optional bool ``(B, S)``, True = a real token (False = padding).
+      hard: hard attention (one-hot weights at the argmax of the mechanism's weights),
+        trained with the straight-through estimator (static).
 
     Returns:
       ``(logits, weights)``: ``(B, T, V)`` and ``(B, T, S)`` (rows sum to 1 over the real
@@ -155,15 +179,15 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None):
 
     # 2. decode, one target step at a time, feeding the true previous token
     def step(state, prev_ids):
-        logits, state = decoder_step(p, state, prev_ids, encoder_outputs, source_mask)
+        logits, state = decoder_step(p, state, prev_ids, encoder_outputs, source_mask, hard)
         return state, (logits, state["weights"])
 
     _, (logits, weights) = lax.scan(step, init_decoder_state(encoder_state, S), target_in_ids.T)  # (T, B, V), (T, B, S)
     return logits.swapaxes(0, 1).astype(dtype), weights.swapaxes(0, 1).astype(dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("bos_id", "max_len"))
-def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None):
+@functools.partial(jax.jit, static_argnames=("bos_id", "max_len", "hard"))
+def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard=False):
     """Decode without a target: start from ``bos_id``, feed back the most likely token.
 
     Args:
@@ -172,6 +196,8 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None):
       bos_id: the token the decoder starts from (an int; static).
       max_len: the number of tokens to produce (an int >= 0; static).
       source_mask: optional bool ``(B, S)``, True = a real token.
+      hard: hard attention (one-hot weights at the argmax of the mechanism's weights),
+        trained with the straight-through estimator (static).
 
     Returns:
       ``(ids, weights)``: int32 ``(B, max_len)`` (BOS not included) and ``(B, max_len, S)``
@@ -184,7 +210,7 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None):
 
     def step(carry, _):
         state, prev = carry
-        logits, state = decoder_step(p, state, prev, encoder_outputs, source_mask)
+        logits, state = decoder_step(p, state, prev, encoder_outputs, source_mask, hard)
         prev = logits.argmax(-1).astype(jnp.int32)                         # the most likely token
         return (state, prev), (prev, state["weights"])
 

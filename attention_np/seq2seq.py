@@ -13,6 +13,9 @@ context it returns informs the next prediction. Two classic decoders, chosen by
   from the *new* state with :func:`global_attention`, predict from
   :math:`\tilde h_t = \tanh(W_c [c_t; h_t])`.
 
+``hard=True`` replaces the soft weights by one-hot weights at their argmax (hard attention,
+Xu et al. 2015); the JAX half trains it with the straight-through estimator.
+
 Shape letters: B batch, S source length, T target length, H hidden size (the attention's H),
 D embedding size, V target vocabulary.
 """
@@ -22,7 +25,8 @@ import numpy as np
 from ._dtypes import cast_params, compute_dtype
 from ._validate import SEQ2SEQ_ATTENTIONS, check_choice, check_decode_options, check_seq2seq
 from .additive import additive_attention, init_additive_params
-from .global_attention import global_attention, init_global_params
+from .global_attention import attentional_hidden_state, global_attention, init_global_params
+from .hard import hard_attention
 from .location import init_location_sensitive_params, location_sensitive_attention
 
 BAHDANAU = ("additive", "location_sensitive")  # attend before the GRU step; the rest: Luong, after it
@@ -92,9 +96,23 @@ def init_decoder_state(encoder_state, source_length):
     return {"hidden": encoder_state, "attentional": zeros, "weights": np.zeros((B, source_length), encoder_state.dtype)}
 
 
-def decoder_step(params, state, prev_ids, encoder_outputs, source_mask):
+def harden(weights, encoder_outputs, source_mask):
+    """Hard attention on the mechanism's own scores: one-hot weights at the best source
+    position and its encoder output as the context (Xu et al. 2015, section 4.1).
+
+    ``log(weights)`` are the mechanism's scores up to a per-row constant, so they have the
+    same argmax and the same softmax; clamping at the smallest normal float keeps them finite
+    at masked positions (which ``hard_attention`` never chooses).
+    """
+    scores = np.log(np.maximum(weights, np.finfo(weights.dtype).tiny))[:, None, :]  # (B, 1, S)
+    mask = None if source_mask is None else source_mask[:, None, :]
+    context, weights = hard_attention(scores, encoder_outputs, mask=mask)
+    return context[:, 0], weights[:, 0]                                    # (B, H), (B, S)
+
+
+def decoder_step(params, state, prev_ids, encoder_outputs, source_mask, hard=False):
     """One decoder step: ``prev_ids (B,)`` and ``state`` -> ``(logits (B, V), new state)``;
-    the new state's ``"weights" (B, S)`` are this step's attention weights."""
+    the new state's ``"weights" (B, S)`` are this step's attention weights (one-hot if ``hard``)."""
     (kind, attention), = params["attention"].items()
     x = embed(params["target_embed"]["embedding"], prev_ids, "target_in_ids")   # (B, D)
     if kind in BAHDANAU:
@@ -106,6 +124,8 @@ def decoder_step(params, state, prev_ids, encoder_outputs, source_mask):
             context, weights = location_sensitive_attention(
                 attention, state["hidden"], encoder_outputs, state["weights"], mask=source_mask
             )                                                              # (B, H), (B, S)
+        if hard:
+            context, weights = harden(weights, encoder_outputs, source_mask)
         # 2. the GRU reads the previous token and the context
         hidden = gru_cell(params["decoder"], np.concatenate([x, context], -1), state["hidden"])  # (B, H)
         # 3. predict from the new state and the context
@@ -115,6 +135,9 @@ def decoder_step(params, state, prev_ids, encoder_outputs, source_mask):
         hidden = gru_cell(params["decoder"], np.concatenate([x, state["attentional"]], -1), state["hidden"])  # (B, H)
         # 2. attend from the new state: h~ = tanh(W_c [c; h])
         attentional, weights = global_attention(attention, hidden, encoder_outputs, score=kind, mask=source_mask)
+        if hard:
+            context, weights = harden(weights, encoder_outputs, source_mask)
+            attentional = attentional_hidden_state(attention["combine"], context, hidden)  # (B, H)
         # 3. predict from h~
         features = attentional                                             # (B, H)
     logits = features @ params["out"]["kernel"] + params["out"]["bias"]   # (B, V)
@@ -129,7 +152,7 @@ def _prepare(params, source_ids, target_ids, source_mask, target_name="target_in
     return source_ids, source_mask, shapes, dtype, cast_params(params, compute_dtype(dtype))
 
 
-def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None):
+def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None, hard=False):
     r"""The encoder - attention - decoder with teacher forcing: the true previous token at
     every step.
 
@@ -148,6 +171,8 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None):
       source_ids: int ``(B, S)``.
       target_in_ids: int ``(B, T)``: the decoder's inputs (BOS, then the target shifted right).
       source_mask: optional bool ``(B, S)``, True = a real token (False = padding).
+      hard: hard attention (one-hot weights at the argmax of the mechanism's weights)
+        instead of soft.
 
     Returns:
       ``(logits, weights)``: ``(B, T, V)`` and ``(B, T, S)`` (rows sum to 1 over the real
@@ -163,12 +188,12 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None):
     logits = np.zeros((B, T, p["out"]["kernel"].shape[1]), encoder_outputs.dtype)  # (B, T, V)
     weights = np.zeros((B, T, S), encoder_outputs.dtype)                   # (B, T, S)
     for t in range(T):
-        logits[:, t], state = decoder_step(p, state, target_in_ids[:, t], encoder_outputs, source_mask)
+        logits[:, t], state = decoder_step(p, state, target_in_ids[:, t], encoder_outputs, source_mask, hard)
         weights[:, t] = state["weights"]
     return logits.astype(dtype), weights.astype(dtype)
 
 
-def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None):
+def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard=False):
     """Decode without a target: start from ``bos_id``, feed back the most likely token.
 
     Args:
@@ -177,6 +202,8 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None):
       bos_id: the token the decoder starts from (an int).
       max_len: the number of tokens to produce (an int >= 0).
       source_mask: optional bool ``(B, S)``, True = a real token.
+      hard: hard attention (one-hot weights at the argmax of the mechanism's weights)
+        instead of soft.
 
     Returns:
       ``(ids, weights)``: int32 ``(B, max_len)`` (BOS not included) and ``(B, max_len, S)``
@@ -191,7 +218,7 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None):
     weights = np.zeros((B, max_len, S), encoder_outputs.dtype)             # (B, max_len, S)
     prev = np.full((B,), bos_id, np.int32)                                 # (B,)
     for t in range(max_len):
-        logits, state = decoder_step(p, state, prev, encoder_outputs, source_mask)
+        logits, state = decoder_step(p, state, prev, encoder_outputs, source_mask, hard)
         prev = logits.argmax(-1).astype(np.int32)                          # the most likely token
         ids[:, t], weights[:, t] = prev, state["weights"]
     return ids, weights.astype(dtype)

@@ -221,3 +221,40 @@ def test_additive_model_is_the_tutorial_class_inside_torch_grus(half, rng):
     logits, weights = HALVES[half].seq2seq_forward(_as(half, params), source_ids, target_in_ids, source_mask=mask)
     np.testing.assert_allclose(logits, expected_logits, atol=1e-12)
     np.testing.assert_allclose(weights, expected_weights, atol=1e-12)
+
+
+# --- hard attention (both halves; JAX trains it with the straight-through estimator) -------------------
+@pytest.mark.parametrize("attention", ATTENTIONS)
+def test_hard_attention_halves_agree_and_are_one_hot_at_the_soft_argmax(attention, rng):
+    params = _params(rng, attention)
+    source_ids, target_in_ids, mask = _batch(rng)
+    expected = attention_np.seq2seq_forward(params, source_ids, target_in_ids, source_mask=mask, hard=True)
+    actual = HALVES["jax"].seq2seq_forward(_as("jax", params), source_ids, target_in_ids, source_mask=mask, hard=True)
+    for e, a in zip(expected, actual):
+        np.testing.assert_allclose(a, e, atol=1e-12)
+    ids = [m.greedy_decode(_as(h, params), source_ids, bos_id=0, max_len=4, source_mask=mask, hard=True)[0] for h, m in HALVES.items()]
+    np.testing.assert_array_equal(ids[1], ids[0])
+    hard_weights = expected[1]
+    np.testing.assert_array_equal(np.sort(hard_weights, -1)[..., -1], 1.0)
+    np.testing.assert_array_equal(hard_weights.sum(-1), 1.0)
+    assert not hard_weights[~np.broadcast_to(mask[:, None, :], hard_weights.shape)].any()
+    # the first step's attention does not depend on earlier contexts: one-hot at the soft argmax
+    _, soft_weights = attention_np.seq2seq_forward(params, source_ids, target_in_ids, source_mask=mask)
+    np.testing.assert_array_equal(hard_weights[:, 0].argmax(-1), soft_weights[:, 0].argmax(-1))
+
+
+@pytest.mark.parametrize("attention", ["additive", "general"])
+def test_hard_attention_trains_by_straight_through_gradients(attention, rng):
+    import attention_jax
+
+    params = _as("jax", _params(rng, attention))
+    source_ids, target_in_ids, mask = _batch(rng)
+
+    def loss(p, hard):
+        logits, _ = attention_jax.seq2seq_forward(p, source_ids, target_in_ids, source_mask=mask, hard=hard)
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), target_in_ids[..., None], -1).mean()
+
+    grads = jax.grad(loss)(params, True)
+    attention_grads = jax.tree.leaves(grads["attention"])
+    assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
+    assert max(float(jnp.abs(g).max()) for g in attention_grads) > 1e-4  # argmax alone would give exactly 0
