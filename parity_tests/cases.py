@@ -4,12 +4,14 @@ Prime sizes (B=2, T=3, S=5, N=7 or N=6 with K=3, H=11) so that a transposed axis
 pass. Each builder returns float64 NumPy inputs; the harness casts them per dtype.
 """
 
+import dataclasses
+
 import numpy as np
 
 import attention_jax
 import attention_np
 
-from .harness import ParityCase, register
+from .harness import REGISTRY, ParityCase, register
 
 B, T, S, N, K, H = 2, 3, 5, 7, 3, 11
 
@@ -235,3 +237,60 @@ for _attention in ("additive", "dot", "general", "concat", "location_sensitive")
         _decoded(attention_np.greedy_decode), _decoded(attention_jax.greedy_decode),
         dtypes=("float64", "float32"),  # argmax ids in low precision may legitimately differ
     ))
+
+
+# --- gradients: a backward row for every mechanism -----------------------------------------------
+# jax.vjp of the JAX half against the hand-written NumPy VJPs (attention_np/backward.py) where
+# one exists, against central finite differences of the NumPy float64 forward otherwise. Every
+# floating positional argument (inputs and params dicts) is differentiated; masks, noise and
+# options are not.
+def _sdpa_vjp(args, kwargs, cotangent):
+    kwargs = {k: v for k, v in kwargs.items() if not k.endswith("_chunk_size")}  # chunked_attention's
+    d_out = cotangent[0] if isinstance(cotangent, tuple) else cotangent  # chunked returns out alone
+    return attention_np.scaled_dot_product_attention_vjp(*args, d_out, **kwargs)
+
+
+def _additive_vjp(args, kwargs, cotangent):
+    d_context, d_weights = cotangent
+    return attention_np.additive_attention_vjp(*args, d_context, d_weights, **kwargs)
+
+
+def _multi_head_vjp(args, kwargs, cotangent):
+    params, query, key, value = (*args, None, None)[:4]
+    key = query if key is None else key        # the defaults of multi_head_attention
+    value = key if value is None else value
+    d_params, d_query, d_key, d_value = attention_np.multi_head_attention_vjp(params, query, key, value, cotangent[0], **kwargs)
+    if len(args) == 2:  # self-attention: query, key and value are one argument
+        return d_params, d_query + d_key + d_value
+    if len(args) == 3:  # value defaulted to key
+        return d_params, d_query, d_key + d_value
+    return d_params, d_query, d_key, d_value
+
+
+_NUMPY_VJPS = {  # mechanism: (NumPy VJP, the outputs it takes a cotangent for)
+    "scaled_dot_product_attention": (_sdpa_vjp, (0,)),  # out, not weights
+    "chunked_attention": (_sdpa_vjp, None),
+    "additive_attention": (_additive_vjp, None),  # context and weights
+    "multi_head_attention": (_multi_head_vjp, (0,)),
+}
+_FINITE_DIFFERENCES = (
+    "dot_scores", "scaled_dot_scores", "general_scores", "concat_scores", "soft_attention", "hard_attention",
+    "self_attention", "cross_attention", "global_attention", "local_attention", "location_scores",
+    "location_sensitive_attention",
+)
+
+
+def _floating_arguments(case):
+    def leaves(x):
+        return [leaf for v in x.values() for leaf in leaves(v)] if isinstance(x, dict) else [x]
+
+    args, _ = case.build(np.random.default_rng(case.seed))
+    return tuple(i for i, a in enumerate(args) if all(np.asarray(leaf).dtype.kind == "f" for leaf in leaves(a)))
+
+
+for _name, _registered in list(REGISTRY.items()):
+    if _registered.mechanism in _NUMPY_VJPS or _registered.mechanism in _FINITE_DIFFERENCES:
+        _vjp, _outputs = _NUMPY_VJPS.get(_registered.mechanism, (None, None))
+        REGISTRY[_name] = dataclasses.replace(
+            _registered, differentiable=_floating_arguments(_registered), numpy_vjp=_vjp, cotangent_outputs=_outputs
+        )

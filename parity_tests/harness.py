@@ -3,8 +3,13 @@
 A :class:`ParityCase` names a mechanism, builds float64 NumPy inputs from a seed, and says
 which NumPy and JAX functions to run. :func:`run_case` runs one case in one dtype on one
 half and compares it with the NumPy float64 reference, computed from the *same* (rounded)
-inputs, at the tolerance of DESIGN.md section 5. Register your own module's case with
-:func:`register` and it appears in ``python -m parity_tests``::
+inputs, at the tolerance of DESIGN.md section 5 (or the case's own). A case that names its
+``differentiable`` arguments also gets backward rows (``direction="backward"``): the
+gradient of ``sum(cotangent * output)`` from ``jax.vjp`` of the JAX function, against the
+NumPy VJP in float64 where the case has one (``numpy_vjp``) and against central finite
+differences of the NumPy float64 forward otherwise. Register your own module's case with
+:func:`register` and it appears in ``python -m parity_tests``; :func:`pytest_params` and
+:func:`assert_parity` turn the registry into parametrized tests::
 
     from parity_tests import ParityCase, register, run_case
 
@@ -12,15 +17,19 @@ inputs, at the tolerance of DESIGN.md section 5. Register your own module's case
         name="my_attention/basic", mechanism="my_attention", shapes="B=2 T=3 S=5 H=11",
         build=lambda rng: ((rng.normal(size=(2, 3, 11)), rng.normal(size=(2, 5, 11))), {}),
         numpy_fn=my_np_attention, jax_fn=my_jax_attention,
+        differentiable=(0, 1),             # gradients w.r.t. both inputs, by finite differences
+        tolerances={"float16": 1e-2},      # this case only; the others keep DESIGN.md's
     ))
     print(run_case(case, "float32", half="jax"))
+    print(run_case(case, "float64", half="jax", direction="backward"))
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +41,20 @@ TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e
 TUTORIAL_TOLERANCE = 1e-6  # either half vs the tutorial's PyTorch class, float32
 DTYPES = tuple(TOLERANCES)
 HALVES = ("numpy", "jax")
+DIRECTIONS = ("forward", "backward")
+
+# Gradients (backward rows) against the NumPy VJP in float64: the same budget as the outputs.
+GRAD_TOLERANCES = dict(TOLERANCES)
+# Central finite differences of the NumPy float64 forward, (L(x + h) - L(x - h)) / 2h for the
+# loss L = sum(cotangent * output), one element at a time. With h = 1e-5 the truncation error
+# is h^2 / 6 times the third derivative, ~1e-10, and the rounding error eps |L| / h ~ 1e-11 |L|
+# (measured: <= 4e-10 on the registered cases), so 1e-6 (abs or rel, as everywhere) leaves
+# four orders of margin, while a wrong gradient is off by 1e-2 or more. float64 only.
+FD_STEP = 1e-5
+FD_TOLERANCE = 1e-6
+# Finite differences cost two forward calls per element: arrays larger than this are checked
+# on this many elements, drawn from a generator seeded by the case (``fd_samples=None``: all).
+FD_SAMPLES = 64
 
 _NP_DTYPES = {
     "float64": np.dtype(np.float64),
@@ -58,6 +81,18 @@ class ParityCase:
       dtypes: the dtypes it is compared in (default: all four). A case with a discrete
         output (``greedy_decode``'s argmax ids) names the dtypes in which that output is
         defined to match the float64 reference.
+      differentiable: the arguments its gradient is taken with respect to: positional
+        indices (``0`` = the first argument, e.g. a whole params dict) and keyword names
+        (``"bias"``), every floating leaf of each. Empty (the default): no backward rows.
+      numpy_vjp: ``(args, kwargs, cotangent) -> gradients``, a tuple in ``differentiable``'s
+        order, e.g. a wrapper around ``attention_np.scaled_dot_product_attention_vjp``.
+        Without one the backward reference is finite differences (float64 rows only).
+      cotangent_outputs: indices of the outputs the loss reads, e.g. ``(0,)`` for
+        ``(out, weights)`` functions whose VJP takes ``d_out`` only; None: every output.
+      tolerances, grad_tolerances: per-dtype overrides of :data:`TOLERANCES` (outputs) and
+        :data:`GRAD_TOLERANCES` (gradients) for this case; ``grad_tolerances`` may also
+        set ``"finite_differences"`` (default :data:`FD_TOLERANCE`).
+      fd_samples: elements per array checked by finite differences (None: every element).
     """
 
     name: str
@@ -69,6 +104,21 @@ class ParityCase:
     seed: int = 0
     halves: tuple = HALVES
     dtypes: tuple = DTYPES
+    differentiable: tuple = ()
+    numpy_vjp: Callable | None = None
+    cotangent_outputs: tuple | None = None
+    tolerances: Mapping | None = None
+    grad_tolerances: Mapping | None = None
+    fd_samples: int | None = FD_SAMPLES
+
+    def tolerance(self, dtype: str, direction: str = "forward", reference: str = "") -> float:
+        """The tolerance of one row: the case's override, else DESIGN.md's."""
+        if direction == "forward":
+            return {**TOLERANCES, **(self.tolerances or {})}[dtype]
+        overrides = self.grad_tolerances or {}
+        if reference == FINITE_DIFFERENCES:
+            return overrides.get("finite_differences", FD_TOLERANCE)
+        return {**GRAD_TOLERANCES, **overrides}[dtype]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,14 +138,44 @@ class Comparison:
     detail: str = ""
 
 
+# what a row is compared against
+NUMPY_FLOAT64 = "numpy float64"
+NUMPY_VJP = "numpy VJP float64"
+FINITE_DIFFERENCES = "finite differences"
+
+
 @dataclasses.dataclass(frozen=True)
 class Result:
+    """One row of the report: a case in one dtype on one half, forward or backward.
+
+    ``reference`` says what it was compared with. ``skipped`` is the reason a row was not
+    run (JAX float64 without ``jax_enable_x64``; finite differences below float64); a
+    skipped row has ``comparison.passed`` False but is not ``failed``.
+    """
+
     case: str
     mechanism: str
     shapes: str
     dtype: str
     half: str
     comparison: Comparison
+    direction: str = "forward"
+    reference: str = NUMPY_FLOAT64
+    skipped: str = ""
+
+    @property
+    def failed(self) -> bool:
+        return not self.skipped and not self.comparison.passed
+
+    @property
+    def status(self) -> str:
+        return "skip" if self.skipped else "pass" if self.comparison.passed else "FAIL"
+
+    @property
+    def ratio(self) -> float:
+        """The worst error relative to the tolerance, as compared (abs, else rel): <= 1 passes."""
+        c = self.comparison
+        return (c.max_abs if c.max_abs <= c.tol else c.max_rel) / c.tol
 
     def as_dict(self) -> dict:
         return {
@@ -104,6 +184,9 @@ class Result:
             "shapes": self.shapes,
             "dtype": self.dtype,
             "half": self.half,
+            "direction": self.direction,
+            "reference": self.reference,
+            "skipped": self.skipped,
             **dataclasses.asdict(self.comparison),
         }
 
@@ -165,18 +248,59 @@ def compare(expected, actual, tol: float) -> Comparison:
     return Comparison(max_abs, max_rel, tol, passed, detail)
 
 
-def run_case(case: ParityCase, dtype: str, half: str = "jax") -> Result:
+def _check_dtypes(comparison: Comparison, actual, dtype: str, what: str) -> Comparison:
+    if comparison.passed:
+        dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(actual)}
+        if dtypes != {dtype}:
+            return dataclasses.replace(comparison, passed=False, detail=f"{what} dtypes {sorted(dtypes)}, expected {dtype}")
+    return comparison
+
+
+def _skipped(case, dtype, half, direction, reference, reason, tol) -> Result:
+    comparison = Comparison(np.nan, np.nan, tol, False, f"skipped: {reason}")
+    return Result(case.name, case.mechanism, case.shapes, dtype, half, comparison, direction, reference, reason)
+
+
+def backward_reference(case: ParityCase, dtype: str, half: str) -> str:
+    """What a backward row compares with: the NumPy VJP in float64 where the case has one
+    (except the NumPy half's own float64 row: that VJP is checked against finite
+    differences), else finite differences of the NumPy float64 forward."""
+    if case.numpy_vjp is None or (half == "numpy" and dtype == "float64"):
+        return FINITE_DIFFERENCES
+    return NUMPY_VJP
+
+
+def run_case(
+    case: ParityCase, dtype: str, half: str = "jax", direction: str = "forward", *, tolerance: float | None = None
+) -> Result:
     """Run ``case`` on ``half`` ("numpy" or "jax") in ``dtype`` and compare with the NumPy
-    float64 reference on the same rounded inputs. JAX float64 needs ``jax_enable_x64``; JAX
-    float32 runs at matmul precision "highest" (DESIGN.md section 5)."""
+    float64 reference on the same rounded inputs. JAX float64 needs ``jax_enable_x64``
+    (without it the row is skipped, with the reason); JAX float32 runs at matmul precision
+    "highest" (DESIGN.md section 5). ``direction="backward"`` compares gradients (see
+    :class:`ParityCase`'s ``differentiable``). ``tolerance`` overrides the case's for this call."""
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     if half not in HALVES:
         raise ValueError(f"half must be one of {', '.join(HALVES)}; got {half!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
+    if direction == "backward" and not case.differentiable:
+        raise ValueError(f"case {case.name!r} declares no differentiable arguments")
+    reference = NUMPY_FLOAT64 if direction == "forward" else backward_reference(case, dtype, half)
+    tol = case.tolerance(dtype, direction, reference) if tolerance is None else tolerance
     if half == "jax" and dtype == "float64" and not jax.config.jax_enable_x64:
-        raise RuntimeError("float64 parity on the JAX half needs jax.config.update('jax_enable_x64', True)")
+        reason = "float64 on the JAX half needs jax.config.update('jax_enable_x64', True)"
+        return _skipped(case, dtype, half, direction, reference, reason, tol)
+    if direction == "backward" and half == "numpy" and case.numpy_vjp is None:
+        return _skipped(case, dtype, half, direction, reference, "no NumPy VJP", tol)
+    if reference == FINITE_DIFFERENCES and dtype != "float64":
+        return _skipped(case, dtype, half, direction, reference, "finite differences are float64 only", tol)
     args, kwargs = case.build(np.random.default_rng(case.seed))
     args, kwargs = cast_floats((args, kwargs), dtype)
+    if direction == "backward":
+        expected, actual = _backward(case, args, kwargs, dtype, half, reference)
+        comparison = _check_dtypes(compare(expected, actual, tol), actual, dtype, "gradient")
+        return Result(case.name, case.mechanism, case.shapes, dtype, half, comparison, direction, reference)
     expected = case.numpy_fn(*cast_floats(args, "float64"), **cast_floats(kwargs, "float64"))
     if half == "numpy":
         actual = case.numpy_fn(*args, **kwargs)
@@ -184,24 +308,198 @@ def run_case(case: ParityCase, dtype: str, half: str = "jax") -> Result:
         with jax.default_matmul_precision("highest"):
             actual = case.jax_fn(*to_jax(args), **to_jax(kwargs))
         actual = jax.device_get(actual)
-    comparison = compare(expected, actual, TOLERANCES[dtype])
-    if comparison.passed:
-        dtypes = {str(leaf.dtype) for leaf in jax.tree.leaves(actual)}
-        if dtypes != {dtype}:
-            comparison = dataclasses.replace(comparison, passed=False, detail=f"output dtypes {sorted(dtypes)}, expected {dtype}")
+    comparison = _check_dtypes(compare(expected, actual, tol), actual, dtype, "output")
     return Result(case.name, case.mechanism, case.shapes, dtype, half, comparison)
 
 
-def run_all(cases=None, dtypes=DTYPES, halves=HALVES) -> list[Result]:
-    """Every case x dtype x half, skipping the trivial NumPy float64 self-comparison."""
+# --- gradients ---------------------------------------------------------------------------------
+def _pick(args, kwargs, differentiable) -> tuple:
+    """The differentiable arguments, in ``differentiable``'s order."""
+    return tuple(kwargs[d] if isinstance(d, str) else args[d] for d in differentiable)
+
+
+def _put(args, kwargs, differentiable, values):
+    """``(args, kwargs)`` with the differentiable arguments replaced by ``values``."""
+    args, kwargs = list(args), dict(kwargs)
+    for d, value in zip(differentiable, values):
+        if isinstance(d, str):
+            kwargs[d] = value
+        else:
+            args[d] = value
+    return tuple(args), kwargs
+
+
+def _select(outputs, indices):
+    return outputs if indices is None else tuple(outputs[i] for i in indices)
+
+
+def draw_cotangent(case: ParityCase, outputs):
+    """A standard-normal cotangent shaped like ``outputs``, from a generator seeded by the
+    case (the same draw in every dtype)."""
+    rng = np.random.default_rng([case.seed, 1])
+    return jax.tree.map(lambda out: rng.normal(size=np.shape(out)), outputs)
+
+
+def _loss(case, args, kwargs, cotangent) -> float:
+    outputs = _select(case.numpy_fn(*args, **kwargs), case.cotangent_outputs)
+    return sum(
+        float(np.sum(np.asarray(c, np.float64) * np.asarray(o, np.float64)))
+        for c, o in zip(jax.tree.leaves(cotangent), jax.tree.leaves(outputs))
+    )
+
+
+def finite_differences(case: ParityCase, args, kwargs, cotangent, *, step: float = FD_STEP, samples=None) -> tuple:
+    """Central finite differences of ``L = sum(cotangent * numpy_fn(*args, **kwargs))`` with
+    respect to the case's differentiable arguments, in float64: ``(L(x + h e_i) - L(x - h
+    e_i)) / 2h`` for each element ``i``. With ``samples``, an array larger than that is
+    differenced on ``samples`` elements drawn by a generator seeded by the case; its other
+    elements are NaN."""
+    rng = np.random.default_rng([case.seed, 2])
+    values = [jax.tree.map(lambda x: np.array(x, np.float64), v) for v in _pick(args, kwargs, case.differentiable)]
+    perturbed = lambda: _put(args, kwargs, case.differentiable, values)
+    grads = []
+    for value in values:
+        leaves, treedef = jax.tree.flatten(value)
+        grad_leaves = []
+        for leaf in leaves:
+            flat = leaf.reshape(-1)  # a view: changing flat[i] changes the argument
+            grad = np.full(flat.size, np.nan)
+            if samples is None or flat.size <= samples:
+                chosen = range(flat.size)
+            else:
+                chosen = np.sort(rng.choice(flat.size, samples, replace=False))
+            for i in chosen:
+                x = flat[i]
+                flat[i] = x + step
+                plus = _loss(case, *perturbed(), cotangent)
+                flat[i] = x - step
+                minus = _loss(case, *perturbed(), cotangent)
+                flat[i] = x
+                grad[i] = (plus - minus) / (2 * step)
+            grad_leaves.append(grad.reshape(leaf.shape))
+        grads.append(jax.tree.unflatten(treedef, grad_leaves))
+    return tuple(grads)
+
+
+def jax_vjp(case: ParityCase, args, kwargs, cotangent) -> tuple:
+    """``jax.vjp`` of the case's JAX function with respect to its differentiable arguments,
+    at matmul precision "highest"; the cotangent is cast to each output's dtype."""
+    jargs, jkwargs = to_jax((args, kwargs))
+
+    def fn(*values):
+        a, k = _put(jargs, jkwargs, case.differentiable, values)
+        return _select(case.jax_fn(*a, **k), case.cotangent_outputs)
+
+    @jax.jit  # one compiled program for forward and backward: faster than op-by-op vjp
+    def gradients(values, cotangent):
+        _, vjp = jax.vjp(fn, *values)
+        return tuple(vjp(cotangent))
+
+    values = _pick(jargs, jkwargs, case.differentiable)
+    with jax.default_matmul_precision("highest"):
+        outputs = jax.eval_shape(fn, *values)
+        cotangent = jax.tree.map(lambda c, o: jnp.asarray(c, o.dtype), cotangent, outputs)
+        return jax.device_get(gradients(values, cotangent))
+
+
+def _backward(case, args, kwargs, dtype, half, reference):
+    """``(expected, actual)`` gradients on the same rounded inputs and cotangent; against
+    finite differences only the differenced elements are compared."""
+    args64, kwargs64 = cast_floats((args, kwargs), "float64")
+    outputs = _select(case.numpy_fn(*args64, **kwargs64), case.cotangent_outputs)
+    cotangent = cast_floats(draw_cotangent(case, outputs), dtype)
+    cotangent64 = cast_floats(cotangent, "float64")
+    if half == "jax":
+        actual = jax_vjp(case, args, kwargs, cotangent)
+    else:
+        actual = tuple(case.numpy_vjp(args, kwargs, cotangent))
+    if reference == NUMPY_VJP:
+        return tuple(case.numpy_vjp(args64, kwargs64, cotangent64)), actual
+    expected = finite_differences(case, args64, kwargs64, cotangent64, samples=case.fd_samples)
+    if jax.tree.structure(expected) != jax.tree.structure(actual):
+        return expected, actual  # compare() reports the mismatch
+    differenced = [~np.isnan(e) for e in jax.tree.leaves(expected)]
+    take = lambda tree: [np.asarray(x)[m] for x, m in zip(jax.tree.leaves(tree), differenced)]
+    return take(expected), take(actual)
+
+
+# --- which rows exist, running them all, pytest --------------------------------------------------
+def planned_rows(cases=None, dtypes=DTYPES, halves=HALVES, directions=DIRECTIONS) -> list[tuple]:
+    """``(case, dtype, half, direction)`` of every row the report runs. Forward: the case's
+    dtypes on its halves, except the trivial NumPy float64 self-comparison. Backward (cases
+    with ``differentiable`` arguments): every dtype where a NumPy VJP is the reference,
+    float64 where finite differences are (the NumPy half only with a NumPy VJP)."""
     cases = REGISTRY.values() if cases is None else cases
+    rows = []
+    for case in cases:
+        for direction in directions:
+            if direction == "backward" and not case.differentiable:
+                continue
+            for dtype in dtypes:
+                for half in halves:
+                    if half not in case.halves or dtype not in case.dtypes:
+                        continue
+                    if direction == "forward" and half == "numpy" and dtype == "float64":
+                        continue
+                    if direction == "backward" and half == "numpy" and case.numpy_vjp is None:
+                        continue
+                    if direction == "backward" and backward_reference(case, dtype, half) == FINITE_DIFFERENCES and dtype != "float64":
+                        continue
+                    rows.append((case, dtype, half, direction))
+    return rows
+
+
+def run_all(
+    cases=None, dtypes=DTYPES, halves=HALVES, directions=DIRECTIONS, *, tolerances=None, grad_tolerances=None
+) -> list[Result]:
+    """Every row of :func:`planned_rows`. ``tolerances`` / ``grad_tolerances`` (dtype ->
+    tolerance) override the cases' own for this call."""
+    results = []
+    for case, dtype, half, direction in planned_rows(cases, dtypes, halves, directions):
+        override = (tolerances if direction == "forward" else grad_tolerances) or {}
+        results.append(run_case(case, dtype, half, direction, tolerance=override.get(dtype)))
+    return results
+
+
+def pytest_params(cases=None, dtypes=DTYPES, halves=HALVES, directions=DIRECTIONS) -> list:
+    """The registry's rows as ``pytest.param(case, dtype, half, direction)`` with readable ids
+    (``additive_attention/mask-backward-float32-jax``)::
+
+        @pytest.mark.parametrize("case, dtype, half, direction", parity_tests.pytest_params())
+        def test_parity(case, dtype, half, direction):
+            parity_tests.assert_parity(case, dtype, half, direction)
+    """
+    import pytest
+
     return [
-        run_case(case, dtype, half)
-        for case in cases
-        for dtype in dtypes
-        for half in halves
-        if half in case.halves and dtype in case.dtypes and not (half == "numpy" and dtype == "float64")
+        pytest.param(case, dtype, half, direction, id=f"{case.name}-{direction}-{dtype}-{half}")
+        for case, dtype, half, direction in planned_rows(cases, dtypes, halves, directions)
     ]
+
+
+def assert_parity(case: ParityCase, dtype: str, half: str = "jax", direction: str = "forward", *, tolerance=None) -> Result:
+    """:func:`run_case` as a pytest check: a skipped row skips the test with its reason, a
+    failing one fails with the errors and the tolerance. Returns the result."""
+    import pytest
+
+    result = run_case(case, dtype, half, direction, tolerance=tolerance)
+    if result.skipped:
+        pytest.skip(result.skipped)
+    c = result.comparison
+    assert c.passed, (
+        f"{case.name} {direction} {dtype} {half} vs {result.reference}: max abs {c.max_abs:.3g}, "
+        f"max rel {c.max_rel:.3g}, tol {c.tol:g}: {c.detail}"
+    )
+    return result
+
+
+def load_cases(*modules: str) -> list[ParityCase]:
+    """Import modules (``"mypackage.my_cases"``) that :func:`register` cases and return the
+    cases they added; ``python -m parity_tests --cases mypackage.my_cases`` calls this."""
+    before = set(REGISTRY)
+    for module in modules:
+        importlib.import_module(module)
+    return [case for name, case in REGISTRY.items() if name not in before]
 
 
 GOLDEN_PATH = pathlib.Path(__file__).with_name("golden") / "tutorial_additive.npz"
