@@ -1,0 +1,30 @@
+"""plot_attention: a heatmap of either half's weights, with clear errors on mismatched labels."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("matplotlib")
+
+import attention_jax  # noqa: E402
+import attention_np  # noqa: E402
+from attention_np.viz import plot_attention  # noqa: E402
+
+
+@pytest.mark.parametrize("half", ["numpy", "jax"])
+def test_plots_either_halfs_weights(half, tmp_path, rng):
+    scores, values = rng.normal(size=(1, 3, 5)), rng.normal(size=(1, 5, 4))
+    module = attention_np if half == "numpy" else attention_jax
+    _, weights = module.soft_attention(scores, values)
+    path = tmp_path / "w.png"
+    ax = plot_attention(weights, list("abcde"), ["x", "y", "z"], path=path, title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    np.testing.assert_allclose(ax.images[0].get_array(), np.asarray(weights)[0], rtol=1e-6)
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("abcde")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x", "y", "z"]
+
+
+def test_bad_labels_and_shapes():
+    with pytest.raises(ValueError, match=r"weights are \(T, S\) = \(2, 3\); got 2 target_tokens and 2 source_tokens"):
+        plot_attention(np.zeros((2, 3)), ["a", "b"], ["x", "y"])
+    with pytest.raises(ValueError, match=r"weights must have shape \(T, S\) or \(1, T, S\); got \(2, 2, 3\)"):
+        plot_attention(np.zeros((2, 2, 3)), ["a", "b", "c"], ["x", "y"])
