@@ -1,7 +1,14 @@
-"""``python -m parity_tests [--json PATH] [--dtype D ...] [--case SUBSTRING]``: the parity report.
+"""``python -m parity_tests [--cases MODULE ...] [--only-external] [--verbose] [--json PATH]
+[--dtype D ...] [--direction forward|backward] [--case SUBSTRING]``: the parity report.
 
 Runs every registered case on both halves in every dtype against the NumPy float64
-reference, plus the tutorial golden, prints one table and exits 1 on any failure.
+reference, forward (outputs) and backward (gradients: ``jax.vjp`` against the NumPy VJPs,
+or central finite differences in float64), plus the tutorial golden. Prints a summary
+matrix (mechanism x direction x half x dtype, each cell the worst error as a percentage of
+its tolerance), then the failing rows (every row with ``--verbose``); exits 1 on any failure.
+
+``--cases mypackage.my_cases`` imports a module that registers its own cases with
+``parity_tests.register``; they run with the built-in ones, or alone with ``--only-external``.
 
 ``python -m parity_tests tutorial`` prints the tutorial notebook's Step 4 (its seed-0 run)
 for both halves beside the stored PyTorch values, and exits 1 if either is off by > 1e-6.
@@ -9,6 +16,7 @@ for both halves beside the stored PyTorch values, and exits 1 if either is off b
 
 import argparse
 import json
+import math
 import sys
 import time
 
@@ -16,24 +24,103 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 parity; float32 cases stay float32
 
-from . import DTYPES, REGISTRY, run_all, run_tutorial_golden  # noqa: E402
+from . import DIRECTIONS, DTYPES, REGISTRY, load_cases, run_all, run_tutorial_golden  # noqa: E402
+from .harness import HALVES  # noqa: E402
 
-COLUMNS = ("mechanism", "case", "shapes", "dtype", "half", "max abs err", "max rel err", "tol", "result")
+COLUMNS = ("mechanism", "case", "shapes", "direction", "dtype", "half", "reference", "max abs err", "max rel err", "tol", "result")
+SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "b16"}
+GOLDEN = "tutorial golden (PyTorch)"  # the case name of run_tutorial_golden's rows
 
 
 def _row(result):
     c = result.comparison
-    verdict = "pass" if c.passed else f"FAIL {c.detail}"
+    verdict = {"pass": "pass", "skip": f"skip: {result.skipped}", "FAIL": f"FAIL {c.detail}"}[result.status]
     variant = result.case.split("/", 1)[-1]
-    return (result.mechanism, variant, result.shapes, result.dtype, result.half, f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", f"{c.tol:.0e}", verdict)
+    return (result.mechanism, variant, result.shapes, result.direction, result.dtype, result.half, result.reference,
+            f"{c.max_abs:.2e}", f"{c.max_rel:.2e}", f"{c.tol:.0e}", verdict)
 
 
 def format_table(results) -> str:
+    """Every row of ``results``, one line each."""
     rows = [COLUMNS] + [_row(r) for r in results]
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def _cell(results) -> tuple:
+    """``(text, style)`` of one summary cell: the worst row's error as % of its tolerance."""
+    if not results:
+        return "-", "dim"
+    if any(r.failed for r in results):
+        return "F", "bold red"
+    ran = [r for r in results if not r.skipped]
+    if not ran:
+        return "s", "yellow"
+    percent = max(100 * r.ratio for r in ran)
+    return ("<1" if percent < 1 else str(min(100, math.ceil(percent)))), "green"
+
+
+def summary_rows(results) -> list:
+    """The summary matrix as rows of ``(text, style)`` cells, the first two rows the header."""
+    groups = {}
+    for r in results:
+        groups.setdefault("tutorial golden" if r.case == GOLDEN else r.mechanism, []).append(r)
+    columns = [(direction, half, dtype) for direction in DIRECTIONS for half in HALVES for dtype in DTYPES
+               if not (direction == "forward" and half == "numpy" and dtype == "float64")]
+    name_width = max([len("mechanism")] + [len(name.removesuffix("_attention")) for name in groups])
+    header1, header2 = [("", "")], [("mechanism".ljust(name_width), "bold")]
+    previous = None
+    for direction, half, dtype in columns:
+        header1.append((f"{'fwd' if direction == 'forward' else 'bwd'} {half}" if (direction, half) != previous else "", "bold"))
+        header2.append((SHORT[dtype], "bold"))
+        previous = (direction, half)
+    rows = [header1, header2]
+    for name, rs in groups.items():
+        row = [(name.removesuffix("_attention").ljust(name_width), "")]
+        for direction, half, dtype in columns:
+            row.append(_cell([r for r in rs if (r.direction, r.half, r.dtype) == (direction, half, dtype)]))
+        rows.append(row)
+    return rows
+
+
+def _render(rows, console=None) -> str:
+    """Fixed-width text of :func:`summary_rows`; also printed through ``rich``, with colour,
+    when ``console`` is given."""
+    groups, cells = rows[0], rows[1:]
+    widths = [max(len(row[i][0]) for row in cells) for i in range(len(cells[0]))]
+    # one space between columns, two before each group (direction x half)
+    gaps = ["" if i == 0 else "  " if label else " " for i, (label, _) in enumerate(groups)]
+    starts = [sum(widths[:i]) + sum(len(g) for g in gaps[: i + 1]) for i in range(len(widths))]
+    header = ""
+    for start, (label, _) in zip(starts, groups):
+        if label:
+            header = header.ljust(start) + label
+    lines = [[(header, "bold")]]
+    for row in cells:
+        line = []
+        for i, ((text, style), width) in enumerate(zip(row, widths)):
+            line += [(gaps[i], ""), (text.rjust(width) if i else text.ljust(width), style)]
+        lines.append(line)
+    if console is not None:
+        from rich.text import Text
+
+        for line in lines:
+            console.print(Text.assemble(*[(t, s or "") for t, s in line]), soft_wrap=True)
+    return "\n".join("".join(t for t, _ in line).rstrip() for line in lines)
+
+
+def _console():
+    """A ``rich`` console when writing to a terminal that supports colour, else None."""
+    if not sys.stdout.isatty():
+        return None
+    try:
+        from rich.console import Console
+    except ImportError:
+        return None
+    console = Console(highlight=False)
+    return console if console.color_system else None
 
 
 def main(argv=None) -> int:
@@ -45,23 +132,43 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m parity_tests", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON to PATH")
+    parser.add_argument("--cases", action="append", default=[], metavar="MODULE",
+                        help="import MODULE, which registers its own cases (repeatable)")
+    parser.add_argument("--only-external", action="store_true", help="run only the cases the --cases modules registered")
+    parser.add_argument("--verbose", "-v", action="store_true", help="print every row, not only the failing ones")
+    parser.add_argument("--json", metavar="PATH", help="also write every row as JSON to PATH")
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="only these dtypes (repeatable)")
+    parser.add_argument("--direction", action="append", choices=DIRECTIONS, help="only outputs or only gradients")
     parser.add_argument("--case", default="", help="only cases whose name contains this")
     args = parser.parse_args(argv)
+    if args.only_external and not args.cases:
+        parser.error("--only-external needs --cases MODULE")
 
     start = time.perf_counter()
-    cases = [c for name, c in REGISTRY.items() if args.case in name]
-    results = run_all(cases, dtypes=args.dtype or DTYPES) + run_tutorial_golden()
-    failed = [r for r in results if not r.comparison.passed]
+    external = load_cases(*args.cases)
+    pool = external if args.only_external else list(REGISTRY.values())
+    cases = [c for c in pool if args.case in c.name]
+    results = run_all(cases, dtypes=args.dtype or DTYPES, directions=args.direction or DIRECTIONS)
+    if not args.only_external:
+        results += run_tutorial_golden()
+    failed = [r for r in results if r.failed]
+    skipped = [r for r in results if r.skipped]
 
-    print(format_table(results))
+    console = _console()
+    text = _render(summary_rows(results), console)
+    if console is None:
+        print(text)
+    print("cells: worst error as % of the tolerance (abs or rel; <= 100 passes), F failed, s skipped, - no such row")
+    if failed or args.verbose:
+        print("\n" + ("every row:" if args.verbose else "failing rows:"))
+        print(format_table(results if args.verbose else failed))
+    for reason in sorted({r.skipped for r in skipped}):
+        print(f"skipped {sum(r.skipped == reason for r in skipped)} rows: {reason}")
     print(
-        f"\n{len(results) - len(failed)} passed, {len(failed)} failed "
-        f"({len(cases)} cases, {time.perf_counter() - start:.1f} s; reference: attention_np in float64; "
-        f"jax {jax.__version__} on {jax.default_backend()})\n"
-        "An element passes when its abs or its rel error is within tol; max rel err is over "
-        "the elements whose abs error exceeds tol."
+        f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped "
+        f"({len(cases)} cases{f', {len(external)} from --cases' if external else ''}, "
+        f"{time.perf_counter() - start:.1f} s; jax {jax.__version__} on {jax.default_backend()}). Reference: attention_np "
+        "in float64; gradients: its VJPs, else central finite differences (float64)."
     )
     if args.json:
         with open(args.json, "w") as f:

@@ -529,5 +529,5 @@ def run_tutorial_golden() -> list[Result]:
         with jax.default_matmul_precision("highest"):
             actual = jax.device_get(fn(*args))
         comparison = compare((context, weights), actual, TUTORIAL_TOLERANCE)
-        results.append(Result("tutorial golden (PyTorch)", "additive_attention", "B=1 S=4 H=8", "float32", half, comparison))
+        results.append(Result("tutorial golden (PyTorch)", "additive_attention", "B=1 S=4 H=8", "float32", half, comparison, reference="PyTorch, stored"))
     return results
