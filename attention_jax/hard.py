@@ -42,6 +42,8 @@ def hard_attention(scores, values, *, mask=None, gumbel_noise=None, rng=None, st
     check_hard(scores, values, mask, gumbel_noise, rng)
     dtype, compute = values.dtype, compute_dtype(values.dtype)
     B, T, S = scores.shape
+    if S == 0:  # nothing to attend to: a zero context, as for a query whose every position is masked
+        return jnp.zeros((B, T, values.shape[-1]), dtype), jnp.zeros((B, T, 0), dtype)
     logits = scores.astype(compute)
     if rng is not None:
         gumbel_noise = jax.random.gumbel(rng, (B, T, S), compute)

@@ -33,6 +33,8 @@ def hard_attention(scores, values, *, mask=None, gumbel_noise=None, rng=None):
     check_hard(scores, values, mask, gumbel_noise, rng)
     dtype, compute = values.dtype, compute_dtype(values.dtype)
     B, T, S = scores.shape
+    if S == 0:  # nothing to attend to: a zero context, as for a query whose every position is masked
+        return np.zeros((B, T, values.shape[-1]), dtype), np.zeros((B, T, 0), dtype)
     logits = scores.astype(compute)
     if rng is not None:
         gumbel_noise = rng.gumbel(size=(B, T, S))

@@ -44,6 +44,15 @@ MECHANISMS = [
     Mechanism("scaled_dot_product_attention", lambda rng: (
         (rng.normal(size=(B, T, 6, H)), rng.normal(size=(B, S, 3, H)), rng.normal(size=(B, S, 3, H))),
         {"mask": padding()[:, None, None, :], "bias": rng.normal(size=(B, 6, T, S))}), source_args=(1, 2)),
+    # JAX only: blocks of 2 x 2 so padding, ragged chunks and skipped blocks are all exercised;
+    # an output per (batch, query, head) and no weights
+    Mechanism("chunked_attention", lambda rng: (
+        (rng.normal(size=(B, T, 6, H)), rng.normal(size=(B, S, 3, H)), rng.normal(size=(B, S, 3, H))),
+        {"mask": padding()[:, None, None, :], "bias": rng.normal(size=(B, 6, T, S)), "is_causal": True,
+         "query_chunk_size": 2, "key_chunk_size": 2}), source_args=(1, 2), zero_outputs=(0,)),
+    Mechanism("chunked_attention/no mask, causal", lambda rng: (
+        (rng.normal(size=(B, T, 6, H)), rng.normal(size=(B, S, 3, H)), rng.normal(size=(B, S, 3, H))),
+        {"is_causal": True, "query_chunk_size": 2, "key_chunk_size": 2}), source_args=(1, 2), zero_outputs=()),
     Mechanism("additive_attention", lambda rng: (
         (attention_np.init_additive_params(rng, H, dtype=np.float64), rng.normal(size=(B, H)), rng.normal(size=(B, S, H))),
         {"mask": padding()}), source_args=(2,)),
@@ -74,12 +83,32 @@ MECHANISMS = [
 IDS = [m.name for m in MECHANISMS]
 
 
+def poison_padding(x, mechanism, poison):
+    """A copy of ``x`` (source positions on axis 1) with ``poison`` where no query may look:
+    the masked padding, or with a causal mask and no other the keys past the last query."""
+    x = x.copy()
+    if "no mask, causal" in mechanism.name:
+        x[:, T:] = poison  # S > T: query T - 1 sees keys 0..T-1 only
+    else:
+        x[~padding()] = poison
+    return x
+
+
 def fn(half, mechanism):
-    return getattr(HALVES[half], mechanism.name.split("/")[0])
+    name = mechanism.name.split("/")[0]
+    if not hasattr(HALVES[half], name):
+        pytest.skip(f"{name} is JAX only")
+    function = getattr(HALVES[half], name)
+    if name == "chunked_attention":  # one output, no weights: as a 1-tuple like the others' (out, weights)
+        return lambda *args, **kwargs: (function(*args, **kwargs),)
+    return function
+
+
+WITH_MASKED_ROWS = [m for m in MECHANISMS if m.zero_outputs]
 
 
 @pytest.mark.parametrize("half", HALVES)
-@pytest.mark.parametrize("mechanism", MECHANISMS, ids=IDS)
+@pytest.mark.parametrize("mechanism", WITH_MASKED_ROWS, ids=[m.name for m in WITH_MASKED_ROWS])
 def test_fully_masked_rows_give_zeros(mechanism, half, rng, jit):
     args, kwargs = mechanism.build(rng)
     outputs = fn(half, mechanism)(*args, **kwargs)
@@ -96,10 +125,8 @@ def test_masked_positions_holding_nan_or_inf_change_nothing(mechanism, half, poi
     args, kwargs = mechanism.build(rng)
     clean = fn(half, mechanism)(*args, **kwargs)
     args = list(args)
-    pad = ~padding()
     for i in mechanism.source_args:
-        args[i] = args[i].copy()
-        args[i][pad] = poison
+        args[i] = poison_padding(args[i], mechanism, poison)
     poisoned = fn(half, mechanism)(*args, **kwargs)
     for a, b in zip(clean, poisoned):
         np.testing.assert_array_equal(a, b)
@@ -113,7 +140,7 @@ def _float_leaves_grad(mechanism, rng, loss_of_outputs):
     return jax.grad(lambda a: loss_of_outputs(function(*a, **kwargs)))(args)
 
 
-@pytest.mark.parametrize("mechanism", MECHANISMS, ids=IDS)
+@pytest.mark.parametrize("mechanism", WITH_MASKED_ROWS, ids=[m.name for m in WITH_MASKED_ROWS])
 def test_fully_masked_rows_have_zero_finite_gradients(mechanism, rng, jit):
     # d(fully masked outputs) / d(every input, parameters included) is exactly zero
     def loss(outputs):
@@ -128,8 +155,7 @@ def test_gradients_stay_finite_with_nan_padding(mechanism, rng, jit):
     args, kwargs = mechanism.build(rng)
     args = list(args)
     for i in mechanism.source_args:
-        args[i] = args[i].copy()
-        args[i][~padding()] = np.nan
+        args[i] = poison_padding(args[i], mechanism, np.nan)
     poisoned = dataclasses.replace(mechanism, build=lambda _: (tuple(args), kwargs))
     grads = _float_leaves_grad(poisoned, rng, lambda outputs: sum(jnp.sum(jnp.sin(o)) for o in outputs))
     for g in jax.tree.leaves(grads):
