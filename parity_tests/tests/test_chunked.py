@@ -122,3 +122,40 @@ def test_memory_grows_linearly_not_quadratically():
     # the reference materialises the weights in its backward pass: the check can tell them apart
     reference = _temp_bytes(lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v)[0], 4096)
     assert reference[1] >= 64 * MiB
+
+
+@pytest.mark.parametrize("args, kwargs", [
+    ((np.zeros((2, 3, 2, 4), np.float32), np.zeros((2, 5, 2, 4), np.float16), np.zeros((2, 5, 2, 4), np.float16)), {}),
+    ((np.zeros((2, 4, 3, 2, 4), np.float32), np.zeros((2, 5, 5, 2, 4), np.float32), np.zeros((2, 5, 5, 2, 4), np.float32)), {}),
+    ((np.zeros((3, 4), np.float32), np.zeros((2, 5, 2, 4), np.float32), np.zeros((2, 5, 2, 4), np.float32)), {}),
+    ((np.zeros((2, 3, 2, 4), np.float32), np.zeros((2, 5, 0, 4), np.float32), np.zeros((2, 5, 0, 4), np.float32)), {}),
+    ((np.zeros((2, 3, 2, 4), np.float32), np.zeros((2, 5, 2, 4), np.float32), np.zeros((2, 5, 2, 4), np.float32)), {"scale": float("inf")}),
+    ((np.zeros((2, 3, 2, 4), np.float32), np.zeros((2, 5, 2, 4), np.float32), np.zeros((2, 5, 2, 4), np.float32)), {"scale": "1"}),
+], ids=["mixed dtypes", "batch axes", "rank", "K=0", "inf scale", "str scale"])
+def test_bad_input_raises_what_the_dense_path_raises(args, kwargs):
+    import attention_np
+
+    with pytest.raises((ValueError, TypeError)) as expected:
+        attention_np.scaled_dot_product_attention(*args, **kwargs)
+    with pytest.raises(expected.type) as info:
+        chunked_attention(*args, **kwargs)
+    assert str(info.value) == str(expected.value)
+
+
+@pytest.mark.parametrize("T, S", [(0, 5), (3, 0), (0, 0)])
+def test_zero_lengths_give_empty_or_zero_output(T, S, rng):
+    q, k = rng.normal(size=(2, T, 2, 4)), rng.normal(size=(2, S, 1, 4))
+    out = chunked_attention(q, k, k, query_chunk_size=2, key_chunk_size=2)
+    assert out.shape == (2, T, 2, 4)
+    np.testing.assert_array_equal(out, np.zeros((2, T, 2, 4)))  # jax.nn and torch: zeros for S = 0 too
+    np.testing.assert_array_equal(jax.grad(lambda q: chunked_attention(q, k, k).sum())(q), np.zeros_like(q))
+
+
+def test_per_head_mask_within_a_key_value_group_matches_dense_values(rng):
+    # head 0 of a group attends key 4, head 1 does not: the key is not padding for the
+    # group (documented), so it must still give the dense path's numbers on clean input
+    q, k, v = rng.normal(size=(1, 3, 2, 4)), rng.normal(size=(1, 5, 1, 4)), rng.normal(size=(1, 5, 1, 4))
+    mask = np.ones((1, 2, 3, 5), bool)
+    mask[0, 1, :, 4] = False
+    expected = attention_jax.scaled_dot_product_attention(q, k, v, mask=mask)[0]
+    np.testing.assert_allclose(chunked_attention(q, k, v, mask=mask, key_chunk_size=2), expected, rtol=1e-12, atol=1e-12)
