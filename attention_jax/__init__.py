@@ -11,9 +11,11 @@ convert with ``jax.tree.map(jnp.asarray, np_params)``. JAX-only extras:
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
 from .chunked import chunked_attention
 from .cross_attention import cross_attention, init_cross_attention_params
+from .diagnostics import alignment_diagnostics
 from .dot_product import scaled_dot_product_attention
 from .global_attention import global_attention, init_global_params
 from .hard import hard_attention
+from .kv_cache import init_kv_cache, multi_head_attention_step
 from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention, multi_head_params_from_flax
@@ -31,6 +33,7 @@ from .self_attention import init_self_attention_params, self_attention
 from .soft import soft_attention
 
 __all__ = [
+    "alignment_diagnostics",
     "additive_attention",
     "additive_params_from_torch",
     "chunked_attention",
@@ -45,6 +48,7 @@ __all__ = [
     "init_concat_params",
     "init_cross_attention_params",
     "init_general_params",
+    "init_kv_cache",
     "init_global_params",
     "init_local_params",
     "init_location_sensitive_params",
@@ -55,6 +59,7 @@ __all__ = [
     "location_scores",
     "location_sensitive_attention",
     "multi_head_attention",
+    "multi_head_attention_step",
     "multi_head_params_from_flax",
     "scaled_dot_product_attention",
     "scaled_dot_scores",

@@ -425,3 +425,37 @@ def check_decode_options(bos_id, max_len, vocab) -> None:
         raise ValueError(f"max_len must be a non-negative int; got {max_len!r}")
     if isinstance(bos_id, bool) or not isinstance(bos_id, numbers.Integral) or not 0 <= bos_id < vocab:
         raise ValueError(f"bos_id must be an int in [0, {vocab}) (a target token id); got {bos_id!r}")
+
+
+# --- incremental decoding (kv_cache.py) ------------------------------------------------------------
+def check_kv_cache_step(params, x_new, cache) -> Shapes:
+    """Arguments of ``multi_head_attention_step``: ``x_new (B, k, E)`` with k >= 1, the
+    multi-head params, and a cache ``{"key", "value": (B, L, K, H), "length": (B,) int}``."""
+    shapes = Shapes()
+    shapes.check("x_new", x_new, ("B", "k", "E"))
+    if shapes["k"] == 0:
+        raise ValueError(f"x_new must hold at least one new token (k >= 1); got shape {tuple(x_new.shape)}")
+    check_params(params, MULTI_HEAD_SPEC, shapes)
+    check_heads(shapes)
+    if not isinstance(cache, Mapping):
+        raise TypeError(f"cache must be a dict from init_kv_cache; got {type(cache).__name__}")
+    missing = {"key", "value", "length"} - set(cache)
+    if missing:
+        raise ValueError(f"cache is missing {sorted(missing)}; expected keys ['key', 'length', 'value'] (from init_kv_cache)")
+    shapes.check("cache['key']", cache["key"], ("B", "L", "K", "H"))
+    shapes.check("cache['value']", cache["value"], ("B", "L", "K", "H"))
+    check_same_dtype("cache['value']", cache["value"], "cache['key']", cache["key"])
+    length_dtype = _dtype_name(cache["length"])
+    if not length_dtype.startswith(("int", "uint")):
+        raise TypeError(f"cache['length'] must have an integer dtype; got {length_dtype}")
+    shapes.check("cache['length']", cache["length"], ("B",), floating=False)
+    return shapes
+
+
+def check_alignment_weights(weights, band) -> None:
+    """``alignment_diagnostics``: float weights ``(..., T, S)`` and a band >= 0."""
+    check_float("weights", weights)
+    if len(weights.shape) < 2:
+        raise ValueError(f"weights must have shape (..., T, S); got {tuple(weights.shape)}")
+    if isinstance(band, bool) or not isinstance(band, numbers.Real) or not band >= 0 or not math.isfinite(band):
+        raise ValueError(f"band must be a non-negative number of source positions; got {band!r}")

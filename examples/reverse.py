@@ -156,10 +156,10 @@ def main(argv=None):
     results = [run(args.attention, False, args)] + ([run(args.attention, True, args)] if args.hard else [])
     print(f"\nreverse digit sequences of length {MIN_LEN}-{MAX_LEN}; {args.steps} steps of batch {args.batch}; "
           f"held-out: {args.heldout} sequences, greedy decoding")
-    print(f"{'attention':<26}{'token acc':>10}{'exact seq':>10}{'train s':>9}{'NumPy == JAX':>15}")
+    print(f"{'attention':<36}{'token acc':>10}{'exact seq':>10}{'train s':>9}{'NumPy == JAX':>15}")
     for r in results:
         name = f"{r['attention']} ({'hard, straight-through' if r['hard'] else 'soft'})"
-        print(f"{name:<26}{r['token_accuracy']:>10.2%}{r['exact_accuracy']:>10.2%}{r['seconds']:>9.0f}"
+        print(f"{name:<36}{r['token_accuracy']:>10.2%}{r['exact_accuracy']:>10.2%}{r['seconds']:>9.0f}"
               f"{r['numpy_agrees']:>9}/{r['n']}")
     print(f"loss: {results[0]['losses'][0]:.3f} at the first step, {np.mean(results[0]['losses'][-20:]):.3f} over the last 20")
     if args.plot:

@@ -294,3 +294,27 @@ for _name, _registered in list(REGISTRY.items()):
         REGISTRY[_name] = dataclasses.replace(
             _registered, differentiable=_floating_arguments(_registered), numpy_vjp=_vjp, cotangent_outputs=_outputs
         )
+
+
+# --- incremental decoding: three chunks through the KV cache ---------------------------------------------
+def _stepped(module):
+    """Chunks of 2, 1 and 2 tokens through ``multi_head_attention_step``: every output, the
+    weights of the last chunk, and the final cache's keys and values."""
+
+    def run(params, x, max_len):
+        K, H = params["key"]["kernel"].shape[1:]
+        cache = module.init_kv_cache(x.shape[0], max_len, K, H, dtype=x.dtype)
+        outs = []
+        for start, stop in ((0, 2), (2, 3), (3, 5)):
+            out, weights, cache = module.multi_head_attention_step(params, x[:, start:stop], cache)
+            outs.append(out)
+        return outs, weights, cache["key"], cache["value"]
+
+    return run
+
+
+register(ParityCase(
+    "multi_head_attention_step/gqa 2+1+2", "multi_head_attention_step", f"B={B} k=2,1,2 L=7 E={E} N=6 K={K} H={H}",
+    lambda rng: ((_multi_head_params(rng, 6, K), rng.normal(size=(B, 5, E)), 7), {}),
+    _stepped(attention_np), _stepped(attention_jax),
+))

@@ -54,6 +54,9 @@ ap = attention_np.init_additive_params(_r, H)
 s2s = attention_np.init_seq2seq_params(_r, source_vocab=8, target_vocab=9, embed=4, hidden=H)
 
 
+kv = attention_np.init_kv_cache(B, 4, K, H)
+
+
 def ids(*shape):
     return np.zeros(shape, np.int32)
 
@@ -559,6 +562,14 @@ BAD_INPUTS = [
     ("greedy_decode", (drop(s2s, "attention"), ids(B, S)), {"bos_id": 0, "max_len": 3}, ValueError,
      "params['attention'] is missing; expected the keys of init_seq2seq_params: "
      "['attention', 'decoder', 'encoder', 'out', 'source_embed', 'target_embed']"),
+    # incremental decoding
+    ("multi_head_attention_step", (mp, z(B, 1, E + 1), kv), {}, ValueError,
+     "params['query']['kernel'] must have shape (E, N, H) with E=14 from x_new; got (13, 6, 11)"),
+    ("multi_head_attention_step", (mp, z(B, 1, E), {**kv, "value": z(B, 4, K, H, dtype=np.float64)}), {}, TypeError,
+     "cache['value'] must have the dtype of cache['key'] (float32); got float64"),
+    # alignment diagnostics
+    ("alignment_diagnostics", (z(3, S),), {"band": float("nan")}, ValueError, "band must be a non-negative number of source positions; got nan"),
+    ("alignment_diagnostics", (z(S),), {}, ValueError, "weights must have shape (..., T, S); got (5,)"),
 ]
 
 # The hand-written VJPs are NumPy-only (JAX has jax.vjp): the same table, run on attention_np.
