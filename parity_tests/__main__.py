@@ -90,8 +90,8 @@ def _render(rows, console=None) -> str:
     when ``console`` is given."""
     groups, cells = rows[0], rows[1:]
     widths = [max(len(row[i][0]) for row in cells) for i in range(len(cells[0]))]
-    # one space between columns, two before each group (direction x half)
-    gaps = ["" if i == 0 else "  " if label else " " for i, (label, _) in enumerate(groups)]
+    # one space between columns, two between the forward and the backward ones: 80 columns
+    gaps = ["" if i == 0 else "  " if label.startswith("bwd numpy") else " " for i, (label, _) in enumerate(groups)]
     starts = [sum(widths[:i]) + sum(len(g) for g in gaps[: i + 1]) for i in range(len(widths))]
     header = ""
     for start, (label, _) in zip(starts, groups):
@@ -167,7 +167,7 @@ def main(argv=None) -> int:
     print(
         f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped "
         f"({len(cases)} cases{f', {len(external)} from --cases' if external else ''}, "
-        f"{time.perf_counter() - start:.1f} s; jax {jax.__version__} on {jax.default_backend()}). Reference: attention_np "
+        f"{time.perf_counter() - start:.1f} s; jax {jax.__version__} on {jax.default_backend()}).\nReference: attention_np "
         "in float64; gradients: its VJPs, else central finite differences (float64)."
     )
     if args.json:

@@ -276,8 +276,12 @@ _NUMPY_VJPS = {  # mechanism: (NumPy VJP, the outputs it takes a cotangent for)
 _FINITE_DIFFERENCES = (
     "dot_scores", "scaled_dot_scores", "general_scores", "concat_scores", "soft_attention", "hard_attention",
     "self_attention", "cross_attention", "global_attention", "local_attention", "location_scores",
-    "location_sensitive_attention",
+    "location_sensitive_attention", "seq2seq_forward",  # seq2seq: w.r.t. params (the ids are integers)
 )
+
+
+# finite differences cost two forward calls an element; seq2seq unrolls GRUs over every step
+_FD_SAMPLES = {"seq2seq_forward": 8}
 
 
 def _floating_arguments(case):
@@ -292,7 +296,8 @@ for _name, _registered in list(REGISTRY.items()):
     if _registered.mechanism in _NUMPY_VJPS or _registered.mechanism in _FINITE_DIFFERENCES:
         _vjp, _outputs = _NUMPY_VJPS.get(_registered.mechanism, (None, None))
         REGISTRY[_name] = dataclasses.replace(
-            _registered, differentiable=_floating_arguments(_registered), numpy_vjp=_vjp, cotangent_outputs=_outputs
+            _registered, differentiable=_floating_arguments(_registered), numpy_vjp=_vjp, cotangent_outputs=_outputs,
+            fd_samples=_FD_SAMPLES.get(_registered.mechanism, _registered.fd_samples),
         )
 
 
