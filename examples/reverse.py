@@ -108,6 +108,20 @@ def evaluate(params, *, hard=False, n=1000, seed=12345):
             "source": source, "mask": mask, "ids": ids, "weights": weights}
 
 
+def diagnose(result):
+    """``alignment_diagnostics`` of each held-out sequence's (length x length) weights, averaged;
+    also on the source read backwards, where a perfect reversal is a monotonic diagonal."""
+    rows = []
+    for weights, n in zip(result["weights"], result["mask"].sum(1)):
+        block = weights[:n, :n]
+        forward = attention_np.alignment_diagnostics(block, band=0)
+        backward = attention_np.alignment_diagnostics(block[:, ::-1], band=0)
+        rows.append((forward["entropy"], forward["monotonicity"], backward["monotonicity"],
+                     backward["diagonal_focus"], forward["coverage"].min(), forward["coverage"].max()))
+    names = ("entropy", "monotonicity", "monotonicity_reversed_source", "anti_diagonal_focus", "coverage_min", "coverage_max")
+    return dict(zip(names, np.mean(rows, axis=0)))
+
+
 def plot(result, path, *, rows=(0, 1, 2), title=""):
     """Heatmaps of the held-out weights for a few sequences, side by side, saved to ``path``."""
     import matplotlib
@@ -162,6 +176,12 @@ def main(argv=None):
         print(f"{name:<36}{r['token_accuracy']:>10.2%}{r['exact_accuracy']:>10.2%}{r['seconds']:>9.0f}"
               f"{r['numpy_agrees']:>9}/{r['n']}")
     print(f"loss: {results[0]['losses'][0]:.3f} at the first step, {np.mean(results[0]['losses'][-20:]):.3f} over the last 20")
+    print("alignment diagnostics of the held-out weights (attention_np.alignment_diagnostics, band 0, mean over sequences):")
+    for r in results:
+        d = diagnose(r)
+        print(f"  {'hard' if r['hard'] else 'soft'}: entropy {d['entropy']:.3f} nats, monotonicity {d['monotonicity']:.2f} "
+              f"(reading the source backwards: {d['monotonicity_reversed_source']:.2f}), weight on the anti-diagonal "
+              f"{d['anti_diagonal_focus']:.2f}, coverage per source token {d['coverage_min']:.2f}-{d['coverage_max']:.2f}")
     if args.plot:
         r = results[0]
         plot(r, args.plot, title=f"{r['attention']} attention after {args.steps} steps: the anti-diagonal is the reversal")
