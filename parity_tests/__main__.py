@@ -62,6 +62,11 @@ def _cell(results) -> tuple:
     return ("<1" if percent < 1 else str(min(100, math.ceil(percent)))), "green"
 
 
+def _short(mechanism: str, width: int = 19) -> str:
+    """``multi_head_attention_step`` -> ``multi_head_step``: the summary keeps to 80 columns."""
+    return mechanism.replace("_attention", "")[:width]
+
+
 def summary_rows(results) -> list:
     """The summary matrix as rows of ``(text, style)`` cells, the first two rows the header."""
     groups = {}
@@ -69,7 +74,7 @@ def summary_rows(results) -> list:
         groups.setdefault("tutorial golden" if r.case == GOLDEN else r.mechanism, []).append(r)
     columns = [(direction, half, dtype) for direction in DIRECTIONS for half in HALVES for dtype in DTYPES
                if not (direction == "forward" and half == "numpy" and dtype == "float64")]
-    name_width = max([len("mechanism")] + [len(name.removesuffix("_attention")) for name in groups])
+    name_width = max([len("mechanism")] + [len(_short(name)) for name in groups])
     header1, header2 = [("", "")], [("mechanism".ljust(name_width), "bold")]
     previous = None
     for direction, half, dtype in columns:
@@ -78,7 +83,7 @@ def summary_rows(results) -> list:
         previous = (direction, half)
     rows = [header1, header2]
     for name, rs in groups.items():
-        row = [(name.removesuffix("_attention").ljust(name_width), "")]
+        row = [(_short(name).ljust(name_width), "")]
         for direction, half, dtype in columns:
             row.append(_cell([r for r in rs if (r.direction, r.half, r.dtype) == (direction, half, dtype)]))
         rows.append(row)

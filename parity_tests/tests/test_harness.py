@@ -1,0 +1,160 @@
+"""The harness as a tool for other people's code: gradient rows that can fail, per-case and
+per-call tolerances, float64 skipped (not raised) without x64, the pytest entry point, cases
+loaded from an outside module into the report, a summary that fits a screen; and the
+"how attention learns" example."""
+
+import dataclasses
+import json
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import attention_jax
+from parity_tests import REGISTRY, Comparison, Result, assert_parity, planned_rows, pytest_params, run_case
+from parity_tests import __main__ as report
+from parity_tests.harness import FINITE_DIFFERENCES, NUMPY_VJP
+
+SDPA = REGISTRY["scaled_dot_product_attention/plain"]
+SOFT = REGISTRY["soft_attention/plain"]  # a finite-differences case
+
+
+def _stop_key_gradient(*args, **kwargs):  # same forward, no gradient through the key
+    query, key, value = args
+    return attention_jax.scaled_dot_product_attention(query, jax.lax.stop_gradient(key), value, **kwargs)
+
+
+def test_backward_row_catches_a_wrong_jax_gradient():
+    wrong = dataclasses.replace(SDPA, name="wrong-grad", jax_fn=_stop_key_gradient)
+    assert run_case(wrong, "float64", "jax").comparison.passed  # the forward cannot tell
+    result = run_case(wrong, "float64", "jax", "backward")
+    assert result.reference == NUMPY_VJP and result.failed and result.comparison.max_abs > 1e-3
+
+
+def test_backward_row_catches_a_wrong_numpy_vjp():
+    def off_by_one_percent(args, kwargs, cotangent):
+        return tuple(g * 1.01 for g in SDPA.numpy_vjp(args, kwargs, cotangent))
+
+    wrong = dataclasses.replace(SDPA, name="wrong-vjp", numpy_vjp=off_by_one_percent)
+    result = run_case(wrong, "float64", "numpy", "backward")
+    assert result.reference == FINITE_DIFFERENCES and result.failed
+
+
+def test_finite_differences_catch_a_wrong_jax_gradient():
+    def stop_values(scores, values, **kwargs):
+        return attention_jax.soft_attention(scores, jax.lax.stop_gradient(values), **kwargs)
+
+    assert run_case(SOFT, "float64", "jax", "backward").comparison.passed
+    result = run_case(dataclasses.replace(SOFT, name="wrong-fd", jax_fn=stop_values), "float64", "jax", "backward")
+    assert result.reference == FINITE_DIFFERENCES and result.failed
+
+
+def test_per_case_and_per_call_tolerances():
+    strict = dataclasses.replace(SDPA, name="strict", tolerances={"float32": 1e-12}, grad_tolerances={"float32": 1e-12})
+    assert run_case(SDPA, "float32", "jax").comparison.passed
+    assert run_case(strict, "float32", "jax").failed and run_case(strict, "float32", "jax", "backward").failed
+    assert run_case(strict, "float32", "jax", tolerance=1e-5).comparison.passed  # the call overrides the case
+    assert run_case(SDPA, "float32", "jax", tolerance=1e-12).failed
+    assert strict.tolerance("float16") == 5e-3  # dtypes the case leaves alone keep DESIGN.md's
+
+
+def test_float64_is_skipped_not_raised_without_x64():
+    with jax.enable_x64(False):
+        for direction in ("forward", "backward"):
+            result = run_case(SDPA, "float64", "jax", direction)
+            assert result.skipped and "jax_enable_x64" in result.skipped and not result.failed
+        with pytest.raises(pytest.skip.Exception, match="jax_enable_x64"):
+            assert_parity(SDPA, "float64", "jax")
+
+
+def test_planned_rows():
+    def backward(case):
+        return {(dtype, half) for c, dtype, half, direction in planned_rows([case]) if direction == "backward"}
+
+    assert backward(SOFT) == {("float64", "jax")}  # finite differences: float64, JAX half
+    assert backward(SDPA) == {(d, h) for d in ("float64", "float32", "float16", "bfloat16") for h in ("numpy", "jax")}
+    assert backward(REGISTRY["chunked_attention/plain q2 k2"]) == {(d, "jax") for d in ("float64", "float32", "float16", "bfloat16")}
+    forward = [r for r in planned_rows([SDPA]) if r[3] == "forward"]
+    assert len(forward) == 7  # 4 dtypes x 2 halves, less NumPy float64 against itself
+
+
+def test_pytest_params_have_readable_ids():
+    ids = [p.id for p in pytest_params([SDPA], directions=("backward",), dtypes=("float32",))]
+    assert ids == ["scaled_dot_product_attention/plain-backward-float32-numpy", "scaled_dot_product_attention/plain-backward-float32-jax"]
+
+
+# --- the report: one's own cases, failures, the summary -------------------------------------------
+@pytest.fixture
+def restore_registry():
+    saved = dict(REGISTRY)
+    yield
+    REGISTRY.clear()
+    REGISTRY.update(saved)
+
+
+EXTERNAL = '''
+import attention_jax, attention_np
+from parity_tests import ParityCase, register
+
+def numpy_version(query, keys):
+    return attention_np.soft_attention(attention_np.dot_scores(query, keys), keys)
+
+def jax_version(query, keys):
+    return attention_jax.soft_attention(attention_jax.dot_scores(query, keys), keys)
+
+register(ParityCase("zz_dot_soft/basic", "zz_dot_soft", "B=2 T=3 S=5 H=11",
+                    build=lambda rng: ((rng.normal(size=(2, 3, 11)), rng.normal(size=(2, 5, 11))), {}),
+                    numpy_fn=numpy_version, jax_fn=jax_version, differentiable=(0, 1),
+                    tolerances={"float32": 2e-5}))
+'''
+
+
+def test_report_runs_cases_from_an_outside_module(tmp_path, monkeypatch, capsys, restore_registry):
+    (tmp_path / "zz_external_cases.py").write_text(textwrap.dedent(EXTERNAL))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zz_external_cases", raising=False)
+    path = tmp_path / "report.json"
+    argv = ["--cases", "zz_external_cases", "--only-external", "--dtype", "float64", "--dtype", "float32", "--json", str(path)]
+    assert report.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "zz_dot_soft" in out and "1 from --cases" in out
+    rows = json.loads(path.read_text())["results"]
+    assert {r["case"] for r in rows} == {"zz_dot_soft/basic"}
+    assert {(r["direction"], r["dtype"], r["half"]) for r in rows} == {
+        ("forward", "float32", "numpy"), ("forward", "float64", "jax"), ("forward", "float32", "jax"), ("backward", "float64", "jax")}
+    assert {r["tol"] for r in rows if r["dtype"] == "float32"} == {2e-5}
+
+
+def test_report_exits_nonzero_on_a_gradient_failure(monkeypatch, capsys):
+    wrong = dataclasses.replace(SDPA, name="zz-wrong-grad/plain", mechanism="zz_wrong", jax_fn=_stop_key_gradient)
+    monkeypatch.setitem(REGISTRY, wrong.name, wrong)
+    assert report.main(["--case", "zz-wrong-grad", "--dtype", "float64", "--direction", "backward"]) == 1
+    out = capsys.readouterr().out
+    assert "failing rows:" in out and "FAIL" in out
+    summary_line = next(line for line in out.splitlines() if line.startswith("zz_wrong"))
+    assert "F" in summary_line.split()  # the backward jax float64 cell
+
+
+def test_summary_of_the_whole_registry_fits_a_screen():
+    """Without running anything: a passing result for every planned row."""
+    results = [
+        Result(c.name, c.mechanism, c.shapes, dtype, half, Comparison(1e-7, 0.0, c.tolerance(dtype), True), direction)
+        for c, dtype, half, direction in planned_rows()
+    ]
+    text = report._render(report.summary_rows(results))
+    lines = text.splitlines()
+    assert len(lines) <= 2 + len({r.mechanism for r in results}) <= 30
+    assert max(map(len, lines)) <= 80
+    assert len(results) > 400  # the full table would not fit: that is what --verbose is for
+
+
+# --- how attention learns -------------------------------------------------------------------------
+def test_how_attention_learns_example_fits_the_target():
+    from examples import how_attention_learns as example
+
+    _, losses, before, after = example.fit(steps=100)
+    assert losses[-1] < 0.4 * losses[0]
+    assert np.abs(after - example.TARGET).max() < 0.1 < np.abs(before - example.TARGET).max()
+    assert "jax" not in example.__dict__ and "attention_jax" not in example.__dict__  # NumPy only
