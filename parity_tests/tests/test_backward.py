@@ -27,10 +27,18 @@ def _jax_grads(fn, primals, cotangent):
     return jax.device_get(vjp(cotangent))
 
 
-def _fd(numpy_fn, args, kwargs, differentiable, cotangent, outputs=None):
-    """Finite differences of every element, through the harness (an ad hoc case)."""
+def _fd(numpy_fn, args, kwargs, differentiable, cotangent, outputs=None, samples=None):
+    """Finite differences through the harness (an ad hoc case): every element, or ``samples``
+    elements an array (the others NaN, compared as NaN == NaN: skip them)."""
     case = ParityCase("fd", "fd", "", None, numpy_fn, None, differentiable=differentiable, cotangent_outputs=outputs)
-    return finite_differences(case, args, kwargs, cotangent, samples=None)
+    return finite_differences(case, args, kwargs, cotangent, samples=samples)
+
+
+def _assert_close_where_differenced(actual, fd, tol):
+    for a, e in zip(jax.tree.leaves(actual), jax.tree.leaves(fd)):
+        done = ~np.isnan(e)
+        assert done.any()
+        np.testing.assert_allclose(np.asarray(a)[done], e[done], rtol=tol, atol=tol)
 
 
 # --- scaled dot-product attention ---------------------------------------------------------------
@@ -172,8 +180,9 @@ def test_multi_head_vjp_equals_jax_vjp_and_finite_differences(rng, variant):
     assert jax.tree.structure(grads[0]) == jax.tree.structure(args[0])
     expected = _jax_grads(lambda *a: attention_jax.multi_head_attention(*a, **kwargs)[0], args, d_out)
     _assert_close(grads, expected, TOL64)
-    if variant in ("plain", "mask+fully-masked"):  # ~2000 elements: two of the four suffice here
-        _assert_close(grads, _fd(attention_np.multi_head_attention, args, kwargs, (0, 1, 2, 3), (d_out,), outputs=(0,)), FD_TOLERANCE)
+    # ~3000 elements: 32 an array (all of the output bias, E=13) keep the test fast
+    fd = _fd(attention_np.multi_head_attention, args, kwargs, (0, 1, 2, 3), (d_out,), outputs=(0,), samples=32)
+    _assert_close_where_differenced(grads, fd, FD_TOLERANCE)
     if "mask" in variant:
         _, d_query, d_key, d_value = grads
         assert not d_query[0, 1].any() and not d_key[1, 3].any() and not d_value[1, 3].any()
@@ -187,13 +196,13 @@ def test_multi_head_vjp_self_attention_is_the_sum_of_three(rng):
 
 
 # --- the registry's backward rows, through the pytest entry point ---------------------------------
-# The report runs every backward row (about 120, minutes on 2 cores); the suite runs the rows of
-# one case per hand-written VJP and chunked_attention in float64 and float32.
+# The report runs every backward row (about 130, minutes on 2 cores); the suite runs the float64
+# rows of one case per hand-written VJP and of chunked_attention.
 _BACKWARD = ["scaled_dot_product_attention/gqa+mask+bias+causal", "additive_attention/mask",
              "multi_head_attention/cross+gqa+mask", "chunked_attention/gqa+mask+bias+causal q2 k3"]
 
 
 @pytest.mark.parametrize("case, dtype, half, direction", pytest_params(
-    [REGISTRY[name] for name in _BACKWARD], dtypes=("float64", "float32"), directions=("backward",)))
+    [REGISTRY[name] for name in _BACKWARD], dtypes=("float64",), directions=("backward",)))
 def test_registered_backward_row(case, dtype, half, direction):
     assert_parity(case, dtype, half, direction)
