@@ -49,6 +49,15 @@ def _like(grads, params):
     return grads.astype(np.asarray(params).dtype)
 
 
+def _one_batch_axis(query, letters):
+    """The forward functions take any number of batch axes; the VJPs are written for one."""
+    if query.ndim != len(letters.split(",")):
+        raise ValueError(
+            f"query must have shape {letters}: the VJPs take exactly one batch axis "
+            f"(reshape the others into B); got {tuple(query.shape)}"
+        )
+
+
 def scaled_dot_product_attention_vjp(
     query, key, value, d_out, *, bias=None, mask=None, is_causal=False, scale=None
 ):
@@ -84,6 +93,7 @@ def scaled_dot_product_attention_vjp(
     """
     query, key, value, d_out = (np.asarray(x) for x in (query, key, value, d_out))
     shapes = check_sdpa(query, key, value, bias, mask, scale)
+    _one_batch_axis(query, "(B, T, N, H)")
     shapes.check("d_out", d_out, "BTNH")
     B, T, N, H = query.shape
     S, K = shapes["S"], shapes["K"]
@@ -229,6 +239,7 @@ def multi_head_attention_vjp(params, query, key, value, d_out, *, mask=None, is_
     """
     query, key, value, d_out = (np.asarray(x) for x in (query, key, value, d_out))
     shapes = check_multi_head(params, query, key, value, mask)
+    _one_batch_axis(query, "(B, T, E)")
     shapes.check("d_out", d_out, "BTE")
     B, T, S, N = (shapes[c] for c in "BTSN")
     compute = compute_dtype(query.dtype)

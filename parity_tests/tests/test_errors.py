@@ -575,6 +575,10 @@ BAD_INPUTS = [
 # The hand-written VJPs are NumPy-only (JAX has jax.vjp): the same table, run on attention_np.
 # A VJP validates like its forward function, plus the cotangent (d_out, d_context, d_weights).
 NUMPY_ONLY_BAD_INPUTS = [
+    ("scaled_dot_product_attention_vjp", (z(2, B, T, N, H), z(2, B, S, K, H), z(2, B, S, K, H), z(2, B, T, N, H)), {}, ValueError,
+     "query must have shape (B, T, N, H): the VJPs take exactly one batch axis (reshape the others into B); got (2, 2, 3, 6, 11)"),
+    ("multi_head_attention_vjp", (mp, z(T, E), z(S, E), z(S, E), z(T, E)), {}, ValueError,
+     "query must have shape (B, T, E): the VJPs take exactly one batch axis (reshape the others into B); got (3, 13)"),
     (
         "scaled_dot_product_attention_vjp",
         (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H), z(B, T, N, H + 1)),
