@@ -1,0 +1,430 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # A tour of attention, on both halves
+#
+# This notebook walks through the tutorial this library is built from, section by section:
+# the eight types of attention, the encoder - attention - decoder architecture, and the
+# tutorial's own PyTorch `Attention` class with its seed-0 run (Steps 1-4). Every mechanism
+# is called twice: once in `attention_np` (the NumPy reference, written to be read) and once
+# in `attention_jax` (the jit-compiled mirror), and the largest difference between the two
+# is printed. At the end, one backward pass: the hand-written NumPy gradient beside `jax.vjp`.
+#
+# It runs top to bottom in well under a minute on a laptop CPU
+# (`pip install -e '.[docs]'`, then open `docs/tour.ipynb`, or run `python docs/tour.py`).
+# The test suite executes it, so every number below is checked on every change.
+
+# %%
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+import attention_jax
+import attention_np
+from attention_np.viz import plot_attention
+
+np.set_printoptions(precision=3, suppress=True)
+
+
+def to_jax(tree):
+    """The same parameters or inputs as JAX arrays: one dict works in both halves."""
+    return jax.tree.map(jnp.asarray, tree)
+
+
+def parity(numpy_result, jax_result, tolerance=1e-5):
+    """Print and check the largest |NumPy - JAX| over every array of the two results.
+
+    float32 in both halves, so the contract's float32 tolerance applies (1e-5)."""
+    errors = jax.tree.map(
+        lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0)),
+        numpy_result, jax_result,
+    )
+    worst = max(jax.tree.leaves(errors))
+    print(f"max |attention_np - attention_jax| = {worst:.1e}  (float32 tolerance {tolerance:.0e})")
+    assert worst <= tolerance, errors
+    return worst
+
+
+# %% [markdown]
+# ## A sentence to attend over
+#
+# The examples use one English sentence and its French translation. Each word gets a fixed
+# toy embedding of `H = 8` numbers drawn from a seeded generator; a French word's embedding
+# is its English translation's plus a little noise, so a query from "chat" really does match
+# the key of "cat". (In a trained model the embeddings are learned; here they are made so
+# that the pictures are easy to read.) Words are lower-cased first, so "The" and "the" are
+# one vector.
+
+# %%
+english = "The cat sat on the mat".split()
+french = "Le chat s'est assis sur le tapis".split()
+translation = {"le": "the", "chat": "cat", "s'est": "sat", "assis": "sat", "sur": "on", "tapis": "mat"}
+
+H = 8
+rng = np.random.default_rng(0)
+english_vectors = {w: rng.normal(size=H) for w in dict.fromkeys(w.lower() for w in english)}
+french_vectors = {w: english_vectors[translation[w]] + 0.3 * rng.normal(size=H)
+                  for w in dict.fromkeys(w.lower() for w in french)}
+
+# one batch element: (B, S, H) for the source, (B, T, H) for the target
+source = np.stack([english_vectors[w.lower()] for w in english])[None].astype(np.float32)  # (1, 6, 8)
+target = np.stack([french_vectors[w.lower()] for w in french])[None].astype(np.float32)    # (1, 7, 8)
+S, T = len(english), len(french)
+print("source", source.shape, "target", target.shape)
+
+# %% [markdown]
+# ## Types of attention
+#
+# ### 1. Soft attention
+#
+# Every source position gets a weight, the weights are a softmax of the scores (positive,
+# summing to one), and the result is the weighted average of the values. Because every step
+# is smooth, the whole thing trains by gradient descent (Xu et al. 2015, section 4.2).
+#
+# $$a_{ts} = \frac{\exp e_{ts}}{\sum_{s'} \exp e_{ts'}}, \qquad c_t = \sum_s a_{ts}\, v_s$$
+#
+# Here the scores are plain dot products $e_{ts} = q_t^\top k_s$ of each French word (the
+# query) with each English word (the key), and the values are the English words themselves.
+
+# %%
+scores = attention_np.dot_scores(target, source)                   # (1, T, S)
+context, weights = attention_np.soft_attention(scores, source)      # (1, T, H), (1, T, S)
+print("weights of 'chat' over the English words:", weights[0, 1])
+plot_attention(weights[0], english, french, title="soft attention")
+plt.show()
+
+scores_jax = attention_jax.dot_scores(target, source)
+parity((scores, context, weights), (scores_jax, *attention_jax.soft_attention(scores_jax, source)))
+
+# %% [markdown]
+# ### 2. Hard attention
+#
+# Instead of a weighted average, pick one position: the weights are one-hot at the best
+# score, and the context is that one value. Adding Gumbel noise $g$ before the argmax turns
+# the choice into an exact sample from $\mathrm{softmax}(e)$ (Xu et al. 2015, section 4.1).
+#
+# $$s^*_t = \arg\max_s\, (e_{ts} + g_{ts}), \qquad a_{ts} = [s = s^*_t], \qquad c_t = v_{s^*_t}$$
+
+# %%
+context, weights = attention_np.hard_attention(scores, source)      # one-hot (1, T, S)
+print("chosen English word for each French word:", [english[s] for s in weights[0].argmax(-1)])
+plot_attention(weights[0], english, french, title="hard attention (argmax)")
+plt.show()
+
+parity((context, weights), attention_jax.hard_attention(scores_jax, source))
+
+# %% [markdown]
+# ### 3. Self-attention
+#
+# One sequence attends to itself: every word is a query, a key and a value, after three
+# learned projections $q = x W_q + b_q$ (and the same for $k$, $v$; the kernels are
+# `(E, H)` and multiply from the right). The tutorial's example is "The dog ran across the
+# field"; ours is the English sentence (Vaswani et al. 2017, section 3.2.1).
+#
+# $$\mathrm{out} = \mathrm{softmax}\!\big(q k^\top / \sqrt{H}\big)\, v$$
+#
+# The parameters are a plain dict. With identity kernels the projections keep the words as
+# they are, so the picture shows which words are alike: "The" and "the" attend to each
+# other. A trained model learns kernels that pick out other relations.
+
+# %%
+identity = {"kernel": np.eye(H, dtype=np.float32), "bias": np.zeros(H, np.float32)}
+self_params = {"query": identity, "key": identity, "value": identity}
+out, weights = attention_np.self_attention(self_params, source)     # (1, S, H), (1, S, S)
+plot_attention(weights[0], english, english, title="self-attention")
+plt.show()
+
+parity((out, weights), attention_jax.self_attention(to_jax(self_params), source))
+
+# %% [markdown]
+# With `is_causal=True` position $t$ sees only positions $\le t$, as in a decoder that
+# writes one word at a time:
+
+# %%
+out, weights = attention_np.self_attention(self_params, source, is_causal=True)
+print(weights[0])
+parity((out, weights), attention_jax.self_attention(to_jax(self_params), source, is_causal=True))
+
+# %% [markdown]
+# ### 4. Multi-head attention
+#
+# Several attentions run side by side, each with its own projections into a smaller space,
+# and their outputs are projected back and summed; each head can look for a different
+# relation (the tutorial's example: one head links "cat" with "sat", another "on" with
+# "mat"). Parameters have `flax.nnx.MultiHeadAttention`'s names and shapes (Vaswani et al.
+# 2017, section 3.2.2).
+#
+# $$\mathrm{head}_n = \mathrm{Attention}(x W^Q_n, x W^K_n, x W^V_n), \qquad
+#   \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O$$
+#
+# These three heads are randomly initialised, so their patterns are arbitrary; training is
+# what gives each a job.
+
+# %%
+mha_params = attention_np.init_multi_head_params(np.random.default_rng(1), H, 3, 4)  # E=8, N=3, H=4
+print(jax.tree.map(np.shape, mha_params))
+out, weights = attention_np.multi_head_attention(mha_params, source)  # (1, S, E), (1, N, S, S)
+fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+for n, ax in enumerate(axes):
+    plot_attention(weights[0, n], english, english, ax=ax, title=f"head {n + 1}")
+plt.show()
+
+parity((out, weights), attention_jax.multi_head_attention(to_jax(mha_params), source))
+
+# %% [markdown]
+# ### 5. Cross-attention
+#
+# Two sequences: the queries come from one (the French being written), the keys and values
+# from the other (the English being read). This is how a translation model finds the source
+# word that belongs to "chat" (Vaswani et al. 2017, section 3.2.3, "encoder-decoder
+# attention").
+#
+# $$q = x W_q + b_q,\; k = c\, W_k + b_k,\; v = c\, W_v + b_v, \qquad
+#   \mathrm{out} = \mathrm{softmax}\!\big(q k^\top / \sqrt{H}\big)\, v$$
+
+# %%
+out, weights = attention_np.cross_attention(self_params, target, source)  # (1, T, H), (1, T, S)
+plot_attention(weights[0], english, french, title="cross-attention: French queries, English keys")
+plt.show()
+print("'chat' attends most to:", english[weights[0, 1].argmax()])
+
+parity((out, weights), attention_jax.cross_attention(to_jax(self_params), target, source))
+
+# %% [markdown]
+# ### 6. Scaled dot-product attention
+#
+# The core of the Transformer: dot-product scores divided by $\sqrt{H}$, a softmax, a
+# weighted sum. The tensors have heads: query `(B, T, N, H)`, key and value `(B, S, K, H)`,
+# weights `(B, N, T, S)`, as `jax.nn.dot_product_attention` (Vaswani et al. 2017, eq. 1).
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\Big(\frac{Q K^\top}{\sqrt{H}}\Big) V$$
+#
+# Why $\sqrt{H}$: if the $H$ entries of $q$ and $k$ are independent with mean 0 and variance
+# 1, then $q^\top k = \sum_{i=1}^H q_i k_i$ is a sum of $H$ terms of variance 1, so its
+# variance is $H$. Without the scale, wide heads give large scores, the softmax saturates to
+# nearly one-hot and its gradients vanish; dividing by $\sqrt{H}$ brings the variance back
+# to 1. Measured:
+
+# %%
+for width in (8, 64, 512):
+    q, k = np.random.default_rng(2).normal(size=(2, 10_000, width))
+    dots = (q * k).sum(-1)
+    print(f"H = {width:3d}: variance of q.k = {dots.var():7.1f},  of q.k / sqrt(H) = {(dots / np.sqrt(width)).var():.2f}")
+
+# %%
+query, key = target[:, :, None, :], source[:, :, None, :]          # (1, T, 1, H), (1, S, 1, H): one head
+out, weights = attention_np.scaled_dot_product_attention(query, key, key)  # (1, T, 1, H), (1, 1, T, S)
+plot_attention(weights[0, 0], english, french, title="scaled dot-product attention")
+plt.show()
+
+parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, key))
+
+# %% [markdown]
+# ### 7. Location-based attention
+#
+# The score depends on *where* a position is, not only on what it holds. Luong et al. (2015,
+# eq. 8) score the source positions from the decoder state alone, $a_t =
+# \mathrm{softmax}(h_t^\top W_a)$ with a kernel `(H, S)`: one score per position. Chorowski
+# et al. (2015), for speech, add features of the previous step's weights (a convolution $F *
+# a_{i-1}$) to an additive score, so the attention can learn to move forward along the input:
+#
+# $$e_{i,s} = v^\top \tanh\!\big(q_i^\top W + h_s^\top V + f_s^\top U + b\big), \qquad f = F * a_{i-1}$$
+#
+# Below, the location-sensitive attention steps through the French words, each step given
+# the previous step's weights (random parameters again).
+
+# %%
+location_params = {"kernel": np.random.default_rng(3).normal(size=(H, S)).astype(np.float32)}
+location = attention_np.location_scores(location_params, target[:, 0])   # (1, S): from 'Le' alone
+print("Luong location scores for 'Le':", location[0])
+parity(location, attention_jax.location_scores(to_jax(location_params), target[:, 0]))
+
+ls_params = attention_np.init_location_sensitive_params(np.random.default_rng(4), H, H, 8, filters=4, width=3)
+prev = np.eye(S, dtype=np.float32)[None, 0]                        # (1, S): start at the first word
+rows, rows_jax, prev_jax = [], [], prev
+for t in range(T):
+    context, prev = attention_np.location_sensitive_attention(ls_params, target[:, t], source, prev)
+    context_jax, prev_jax = attention_jax.location_sensitive_attention(to_jax(ls_params), target[:, t], source, prev_jax)
+    rows, rows_jax = rows + [prev[0]], rows_jax + [prev_jax[0]]
+plot_attention(np.stack(rows), english, french, title="location-sensitive attention, step by step")
+plt.show()
+parity(np.stack(rows), np.stack(rows_jax))
+
+# %% [markdown]
+# ### 8. Global attention
+#
+# Every target step looks at every source position (as opposed to Luong's *local*
+# attention, `local_attention`, which looks at a window). Luong et al. (2015, section 3.1)
+# score the decoder state $h_t$ against each encoder output $\bar h_s$ ("dot", "general",
+# "concat" or "location"), take the context, and combine it with the state into the
+# attentional state that predicts the next word:
+#
+# $$a_t = \mathrm{softmax}(\mathrm{score}(h_t, \bar h_s)), \quad c_t = \sum_s a_{ts} \bar h_s,
+#   \quad \tilde h_t = \tanh([c_t; h_t]^\top W_c)$$
+#
+# The decoder state is one vector `(B, H)` per step; here each French word is one batch row,
+# attending to the same English sentence.
+
+# %%
+global_params = attention_np.init_global_params(np.random.default_rng(5), H, score="dot")
+decoder_states = target[0]                                          # (T, H): T rows of one step each
+encoder_outputs = np.repeat(source, T, axis=0)                      # (T, S, H)
+attentional, weights = attention_np.global_attention(global_params, decoder_states, encoder_outputs, score="dot")
+plot_attention(weights, english, french, title="global attention (dot score)")
+plt.show()
+
+parity((attentional, weights),
+       attention_jax.global_attention(to_jax(global_params), decoder_states, encoder_outputs, score="dot"))
+
+# %% [markdown]
+# ## How attention works, in three lines
+#
+# Every type above is the same three steps, in different clothes: **score** how well a
+# query matches each key ($e_{ts}$: a dot product, a small network, a position), turn the
+# scores into **weights** ($a_{ts}$: a softmax, or a one-hot choice), and take the
+# **context**, the weighted sum of the values ($c_t = \sum_s a_{ts} v_s$). In the NumPy
+# reference these are the numbered steps of every function; the types differ in where the
+# queries, keys and values come from and how the score is computed.
+
+# %% [markdown]
+# ## The architecture: encoder - attention - decoder
+#
+# The tutorial's second part puts attention between two recurrent networks. The **encoder**
+# (a GRU) reads the source and keeps its state at every position: the `encoder_outputs`.
+# At each output step the **attention** scores the decoder's state against every encoder
+# output and forms a context vector; the **decoder** (another GRU) takes the previous word
+# and the context and predicts the next word. `seq2seq_forward` runs this with teacher
+# forcing (the true previous words) and returns the logits and the attention weights of
+# every step; `greedy_decode` feeds back its own predictions.
+#
+# Here on the sentence, with word ids and an untrained model: the shapes and the loop are
+# the point, and both halves agree.
+
+# %%
+src_vocab = {w: i + 2 for i, w in enumerate(dict.fromkeys(w.lower() for w in english))}   # 0 pad, 1 bos
+tgt_vocab = {w: i + 2 for i, w in enumerate(dict.fromkeys(w.lower() for w in french))}
+source_ids = np.array([[src_vocab[w.lower()] for w in english]], np.int32)                # (1, S)
+target_out = np.array([[tgt_vocab[w.lower()] for w in french]], np.int32)                  # (1, T)
+target_in = np.concatenate([[[1]], target_out[:, :-1]], axis=1).astype(np.int32)           # shifted right, bos = 1
+
+s2s_params = attention_np.init_seq2seq_params(np.random.default_rng(6), source_vocab=len(src_vocab) + 2,
+                                              target_vocab=len(tgt_vocab) + 2, embed=8, hidden=16)
+logits, weights = attention_np.seq2seq_forward(s2s_params, source_ids, target_in)   # (1, T, V), (1, T, S)
+ids, decode_weights = attention_np.greedy_decode(s2s_params, source_ids, bos_id=1, max_len=T)
+print("logits", logits.shape, "weights", weights.shape, "greedy ids", ids[0])
+
+parity((logits, weights), attention_jax.seq2seq_forward(to_jax(s2s_params), source_ids, target_in))
+ids_jax, _ = attention_jax.greedy_decode(to_jax(s2s_params), source_ids, bos_id=1, max_len=T)
+print("both halves decode the same ids:", bool((np.asarray(ids_jax) == ids).all()))
+
+# %% [markdown]
+# A trained model's weights tell the story. `python -m examples.reverse` trains this model
+# (in JAX, about half a minute) to reverse digit sequences, then decodes with the NumPy
+# reference; reversing needs attention, and the learned weights form the anti-diagonal:
+# output step $t$ looks at source position $S - 1 - t$. The script writes the picture below
+# to `examples/reverse_attention.png`.
+
+# %%
+from pathlib import Path
+
+from IPython.display import Image, display
+
+for folder in (Path.cwd(), *Path.cwd().parents):
+    picture = folder / "examples" / "reverse_attention.png"
+    if picture.exists():
+        display(Image(filename=str(picture)))
+        break
+else:
+    print("run `python -m examples.reverse` to draw examples/reverse_attention.png")
+
+# %% [markdown]
+# Why this helps (the tutorial's "How attention improves traditional models"): an RNN
+# encoder alone must squeeze the whole source into its last state; with attention the
+# decoder reads a fresh context vector at every step, so long inputs lose nothing on the way.
+
+# %% [markdown]
+# ## The tutorial's implementation: Steps 1-4
+#
+# The tutorial's Step 1 defines a PyTorch class: the decoder state is repeated over the
+# source steps, concatenated with each encoder output, passed through a linear layer and
+# `tanh` (the "energy"), scored against a vector `v`, and softmaxed. That is additive
+# (Bahdanau) attention, `attention_np.additive_attention`:
+#
+# $$e_s = v^\top \tanh\!\big([h; \bar h_s]^\top W + b\big), \quad a = \mathrm{softmax}(e), \quad
+#   c = \sum_s a_s \bar h_s$$
+#
+# with `params = {"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}`; the kernel is
+# the transpose of PyTorch's `attn.weight`. Steps 2-4 seed PyTorch with 0, draw
+# `encoder_outputs (1, 4, 8)` and `decoder_hidden (1, 8)`, run the class and print. That
+# run is stored in the repository (`parity_tests/golden/`, regenerated by running the
+# notebook's cells verbatim), so no PyTorch is needed here: both halves get the same inputs
+# and weights and are compared with PyTorch's printed numbers.
+
+# %%
+from parity_tests.tutorial import tutorial_step4
+
+step4 = tutorial_step4()    # {quantity: {"pytorch": ..., "numpy": ..., "jax": ...}}
+for name in ("attn_weights", "context"):
+    print(name)
+    for half in ("pytorch", "numpy", "jax"):
+        value = step4[name][half]
+        error = np.abs(value - step4[name]["pytorch"]).max()
+        print(f"  {half:8s}{np.array2string(value.ravel(), precision=4)}   max abs err {error:.1e}")
+        assert error <= 1e-6   # the contract's tolerance against the tutorial's PyTorch class
+
+# %% [markdown]
+# The same call, written out, for your own inputs:
+
+# %%
+import parity_tests
+
+params, decoder_hidden, encoder_outputs, context_pt, weights_pt = parity_tests.load_tutorial_golden()
+context, weights = attention_np.additive_attention(params, decoder_hidden, encoder_outputs)
+print("attention weights:", weights)          # the tutorial prints [[0.3385, 0.1583, 0.2507, 0.2526]]
+plot_attention(weights, [f"s={s}" for s in range(4)], ["step 4"], title="the tutorial's attention weights")
+plt.show()
+parity((context, weights), attention_jax.additive_attention(to_jax(params), decoder_hidden, encoder_outputs))
+
+# %% [markdown]
+# ## How attention learns: one backward pass
+#
+# Training needs the gradient of a loss with respect to the queries, keys and values.
+# `attention_np` writes the backward pass out by hand (`attention_np/backward.py`); for
+# $P = \mathrm{softmax}(s\, Q K^\top)$ and $O = P V$, given $dO$:
+#
+# $$dV = P^\top dO, \quad dP = dO\, V^\top, \quad
+#   dL = P \odot \big(dP - \mathrm{rowsum}(dP \odot P)\big), \quad
+#   dQ = s\, dL\, K, \quad dK = s\, dL^\top Q$$
+#
+# JAX derives the same gradients by itself (`jax.vjp`). Both, for the cross-attention of
+# section 6 (the French queries over the English keys and values):
+
+# %%
+d_out = np.random.default_rng(7).normal(size=query.shape).astype(np.float32)    # dL/d out, (1, T, 1, H)
+grads_np = attention_np.scaled_dot_product_attention_vjp(query, key, key + 1.0, d_out)
+
+out_jax, vjp = jax.vjp(lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v)[0],
+                       *to_jax((query, key, key + 1.0)))
+grads_jax = vjp(jnp.asarray(d_out))
+for name, g in zip(("d_query", "d_key", "d_value"), grads_np):
+    print(name, g.shape)
+parity(grads_np, grads_jax)
+
+# %% [markdown]
+# ## Where next
+#
+# - The design page: shapes, parameter dicts, masking, dtypes, errors and tolerances.
+# - The API reference: every function's docstring, with its equation.
+# - `python -m parity_tests`: every mechanism, every dtype, both halves, forward and backward.

@@ -1,0 +1,91 @@
+"""The tour notebook (docs/tour.ipynb): in sync with its py:percent twin, committed without
+outputs, and executed top to bottom in under a minute, so it cannot rot.
+
+After editing ``docs/tour.py``, regenerate the notebook with ``jupytext --sync docs/tour.py``.
+"""
+
+import time
+from pathlib import Path
+
+import pytest
+
+jupytext = pytest.importorskip("jupytext")
+nbformat = pytest.importorskip("nbformat")
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+NOTEBOOK, TWIN = DOCS / "tour.ipynb", DOCS / "tour.py"
+RUNTIME_LIMIT_S = 60
+
+
+def cells(notebook):
+    return [(cell.cell_type, cell.source.strip()) for cell in notebook.cells]
+
+
+def test_notebook_and_py_twin_have_the_same_cells():
+    from_ipynb, from_py = jupytext.read(NOTEBOOK), jupytext.read(TWIN)
+    assert from_ipynb.metadata["jupytext"]["formats"] == "ipynb,py:percent"
+    assert len(cells(from_ipynb)) > 20
+    for i, (a, b) in enumerate(zip(cells(from_ipynb), cells(from_py), strict=False)):
+        assert a == b, f"cell {i} differs between tour.ipynb and tour.py: run `jupytext --sync docs/tour.py`"
+    assert len(cells(from_ipynb)) == len(cells(from_py)), "run `jupytext --sync docs/tour.py`"
+
+
+def test_notebook_is_committed_without_outputs():
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert code
+    with_outputs = [i for i, cell in enumerate(code) if cell.outputs or cell.execution_count is not None]
+    assert not with_outputs, f"code cells {with_outputs} have outputs: clear them (jupytext --sync docs/tour.py)"
+
+
+def test_tour_follows_the_tutorial_in_order():
+    text = TWIN.read_text()
+    sections = [
+        "### 1. Soft attention", "### 2. Hard attention", "### 3. Self-attention", "### 4. Multi-head attention",
+        "### 5. Cross-attention", "### 6. Scaled dot-product attention", "### 7. Location-based attention",
+        "### 8. Global attention", "## The architecture: encoder - attention - decoder",
+        "## The tutorial's implementation: Steps 1-4", "## How attention learns: one backward pass",
+    ]
+    positions = [text.index(s) for s in sections]
+    assert positions == sorted(positions)
+
+
+@pytest.fixture(scope="module")
+def executed():
+    nbclient = pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    pytest.importorskip("matplotlib")
+    notebook = nbformat.read(NOTEBOOK, as_version=4)
+    start = time.perf_counter()
+    nbclient.NotebookClient(notebook, timeout=RUNTIME_LIMIT_S, kernel_name="python3",
+                            resources={"metadata": {"path": str(DOCS)}}).execute()
+    return notebook, time.perf_counter() - start
+
+
+def _text(notebook) -> str:
+    parts = []
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            parts.append(output.get("text", "") or output.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def test_tour_runs_top_to_bottom_in_under_a_minute(executed):
+    notebook, seconds = executed
+    assert seconds < RUNTIME_LIMIT_S, f"the tour took {seconds:.0f} s"
+    errors = [o for c in notebook.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert not errors
+
+
+def test_tour_shows_heatmaps_and_parity(executed):
+    notebook, _ = executed
+    images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
+    # eight types (multi-head in one figure), the tutorial's weights (and the trained model's, when drawn)
+    assert images >= 9
+    text = _text(notebook)
+    # every parity line printed is within the float32 tolerance (the notebook asserts it too)
+    errors = [float(line.split("=")[1].split()[0]) for line in text.splitlines() if line.startswith("max |attention_np")]
+    assert len(errors) >= 13   # one per mechanism call (13 in the tour)
+    assert max(errors) <= 1e-5
+    # the tutorial's own printed weights (Step 4), from the stored PyTorch run
+    assert "[0.3385 0.1583 0.2507 0.2526]" in text
