@@ -10,3 +10,10 @@ def cast_params(params, dtype):
     if isinstance(params, dict):
         return {name: cast_params(p, dtype) for name, p in params.items()}
     return jnp.asarray(params).astype(dtype)
+
+
+def operand_dtype(dtype):
+    """The dtype of matmul operands: float16/bfloat16 stay as they are (accumulated in float32
+    with ``preferred_element_type``, as Flax and cuDNN), others compute in ``compute_dtype``."""
+    dtype = jnp.dtype(dtype)
+    return dtype if dtype in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16)) else compute_dtype(dtype)

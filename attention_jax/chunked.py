@@ -17,11 +17,13 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attention_np._validate import check_sdpa
+from attention_np._validate import check_sdpa, check_sdpa_options
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
-from ._dtypes import compute_dtype
+from ._dtypes import compute_dtype, operand_dtype
 from ._jit import jit
+from .dot_product import split_scale, static_rng
+from .dropout import keep_mask, rng_words
 
 # Chosen by benchmarks/attention.py on a 2-core AVX-512 CPU (float32, H=64, L=8192): larger
 # blocks amortise the loop and feed bigger matmuls; beyond 2048 x 1024 nothing improved.
@@ -38,6 +40,16 @@ class _Config(NamedTuple):
     T: int  # true query length (the arrays are padded to a multiple of query_chunk)
     S: int  # true key length (padded to a multiple of key_chunk)
     G: int  # query heads per key/value head
+    window: tuple | None = None  # (left, right): query t sees keys t - left .. t + right
+    lengths: bool = False  # per-row query/key lengths are given (every block is masked)
+    dropout_rate: float = 0.0
+    broadcast_dropout: bool = False  # one dropout mask for every batch row and head
+    compute: object = jnp.float32  # softmax / accumulation dtype (operands may be bf16/f16)
+
+    @property
+    def banded(self):
+        """Every block needs the iota mask (windows, lengths): no block is known to be full."""
+        return self.window is not None or self.lengths
 
 
 def _check_chunk(name, size):
@@ -57,19 +69,21 @@ def _block(x, start, size, axis):
     return lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
-def _scores(q, k, bias, mask, i, j, cfg, edge):
+def _scores(q, k, bias, mask, aux, i, j, cfg, edge):
     """Logits and validity of block (query chunk i, key chunk j).
 
     q: rows layout ``(B, K, Tp, G, H)``, already scaled; k: ``(B, K, Sp, H)``; bias/mask in
-    the rows layout ``(B|1, K|1, Tp|1, G|1, Sp|1)`` or None. ``edge``: this block may hold
-    keys above the diagonal or past S, so the causal/padding mask is built.
-    Returns ``s (B, K, qc * G, kc)`` and ``valid`` of that shape, or None when all are valid.
+    the rows layout ``(B|1, K|1, Tp|1, G|1, Sp|1)`` or None; ``aux`` the per-row lengths
+    and indices (:func:`_aux`). ``edge``: this block may hold keys above the diagonal,
+    outside the window, past S or past a row's length, so that mask is built.
+    Returns ``s (B, K, qc * G, kc)`` (in the compute dtype) and ``valid`` broadcastable to
+    it, or None when all are valid.
     """
     qc, kc = cfg.query_chunk, cfg.key_chunk
     B, K, _, G, H = q.shape
     qi = lax.dynamic_slice_in_dim(q, i * qc, qc, axis=2).reshape(B, K, qc * G, H)   # (B, K, R, H)
     kj = lax.dynamic_slice_in_dim(k, j * kc, kc, axis=2)                            # (B, K, kc, H)
-    s = jnp.einsum("BKRH,BKSH->BKRS", qi, kj)                                       # (B, K, R, kc)
+    s = jnp.einsum("BKRH,BKSH->BKRS", qi, kj, preferred_element_type=cfg.compute)  # (B, K, R, kc)
     shape5 = (B, K, qc, G, kc)
     if bias is not None:
         b = _block(_block(bias, i * qc, qc, 2), j * kc, kc, 4)
@@ -84,18 +98,52 @@ def _scores(q, k, bias, mask, i, j, cfg, edge):
         ok = u < cfg.S
         if cfg.is_causal:
             ok = ok & (u <= t)
+        if cfg.window is not None:
+            left, right = cfg.window
+            ok = ok & (u >= t - left) & (u <= t + right)
         ok = ok.reshape(qc * G, kc)
+        if cfg.lengths:
+            qlen, kvlen = aux[0][:, :, None, None], aux[1][:, :, None, None]       # (B, 1, 1, 1)
+            ok = ok & (t.reshape(qc * G, kc) < qlen) & (u.reshape(qc * G, kc) < kvlen)  # (B, 1, R, kc)
         valid = ok if valid is None else valid & ok
     if valid is not None:
         s = jnp.where(valid, s, jnp.finfo(s.dtype).min)  # replaced, never -inf: no NaN
     return s, valid
 
 
+def _dropout_scale(aux, i, j, cfg, shape):
+    """``keep / (1 - rate)`` of block (i, j), ``shape (B, K, R, kc)``: the keep-mask of
+    :mod:`attention_jax.dropout` at the block's global (b, n, t, s), so any chunking drops
+    the same weights as the dense path and the NumPy half."""
+    qc, kc, G = cfg.query_chunk, cfg.key_chunk, cfg.G
+    index, words = aux[2], aux[3]
+    r = lax.broadcasted_iota(jnp.int32, (1, 1, qc * G, 1), 2)                     # row = t * G + g
+    b = index[..., 0][:, :, None, None]                                            # (B, K, 1, 1)
+    n = index[..., 1][:, :, None, None] * G + r % G                                # (B, K, R, 1)
+    if cfg.broadcast_dropout:
+        b, n = b * 0, n * 0
+    t = i * qc + r // G
+    u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
+    keep = keep_mask((words.reshape(-1)[0], words.reshape(-1)[1]), cfg.dropout_rate, b, n, t, u)
+    return jnp.broadcast_to(jnp.where(keep, 1 / (1 - cfg.dropout_rate), 0).astype(cfg.compute), shape)
+
+
 def _key_range(i, cfg, nk):
-    """Key chunks [0, full) need no causal/padding mask for query chunk i; [full, end) do;
-    chunks from ``end`` on lie entirely above the diagonal and are skipped."""
+    """Key chunks [start, full) need no causal/padding mask for query chunk i; [full, end) do;
+    the others lie entirely above the diagonal or outside the window and are skipped."""
     qc, kc = cfg.query_chunk, cfg.key_chunk
     padded = nk * kc != cfg.S
+    if cfg.banded:
+        last = cfg.S - 1                                          # last key any query of chunk i sees
+        if cfg.is_causal:
+            last = jnp.minimum(last, (i + 1) * qc - 1)
+        start = 0
+        if cfg.window is not None:
+            left, right = cfg.window
+            last = jnp.minimum(last, (i + 1) * qc - 1 + right)
+            start = jnp.maximum(i * qc - left, 0) // kc
+        end = jnp.minimum(nk, last // kc + 1)
+        return start, start, jnp.maximum(end, start)
     if cfg.is_causal:
         end = jnp.minimum(nk, ((i + 1) * qc - 1) // kc + 1)   # last key a query of chunk i sees
         full = jnp.minimum((i * qc + 1) // kc, end)           # chunks wholly at or below the diagonal
@@ -103,43 +151,70 @@ def _key_range(i, cfg, nk):
         end, full = nk, nk
     if padded:
         full = jnp.minimum(full, nk - 1)
-    return full, end
+    return 0, full, end
 
 
-def _query_range(j, cfg):
-    """Query chunks that see key chunk j at all (the backward pass's loop bounds)."""
-    return (j * cfg.key_chunk) // cfg.query_chunk if cfg.is_causal else 0
+def _query_range(j, cfg, nq):
+    """Query chunks ``[start, edge_end)`` see key chunk j through a causal/padding/window mask,
+    ``[edge_end, stop)`` without one (the backward pass's loop bounds)."""
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    nk = -(-cfg.S // kc)
+    if cfg.banded:
+        first = j * kc                                            # first key of chunk j
+        lowest = first if cfg.is_causal else 0                    # lowest query that sees it
+        stop = nq
+        if cfg.window is not None:
+            left, right = cfg.window
+            lowest = jnp.maximum(lowest, first - right)
+            stop = jnp.minimum(nq, ((j + 1) * kc - 1 + left) // qc + 1)
+        start = jnp.maximum(lowest, 0) // qc
+        stop = jnp.maximum(stop, start)
+        return start, stop, stop
+    start = (j * kc) // qc if cfg.is_causal else 0
+    padded = nk * kc != cfg.S
+    if cfg.is_causal:
+        edge_end = jnp.minimum(nq, ((j + 1) * kc - 1) // qc + 1)  # past it, every query sees all of chunk j
+    else:
+        edge_end = start
+    if padded:
+        edge_end = jnp.where(j == nk - 1, nq, edge_end)
+    return start, jnp.maximum(edge_end, start), nq
 
 
-def _forward(q, k, v, bias, mask, cfg):
-    """Online-softmax forward: ``out (B, K, Tp, G, H)`` and ``lse (B, K, Tp, G)``."""
+def _forward(q, k, v, bias, mask, *aux, cfg):
+    """Online-softmax forward: ``out (B, K, Tp, G, H)`` and ``lse (B, K, Tp, G)``, in the
+    compute dtype (``q``, ``k``, ``v`` may be float16/bfloat16 operands)."""
     B, K, Tp, G, H = q.shape
     qc, kc = cfg.query_chunk, cfg.key_chunk
     nq, nk = Tp // qc, k.shape[2] // kc
     R = qc * G
-    low = jnp.finfo(q.dtype).min
+    low = jnp.finfo(cfg.compute).min
+    # rows with no valid key in the first block processed need their exp(0) = 1 zeroed:
+    # never the case for causal and padding masks alone (key 0 is valid for every row)
+    zero_invalid = mask is not None or cfg.banded
 
     def query_chunk(i):
         def step(edge):
             def body(j, carry):
                 m, l, acc = carry                                                  # (B, K, R), (B, K, R), (B, K, R, H)
-                s, valid = _scores(q, k, bias, mask, i, j, cfg, edge)              # (B, K, R, kc)
+                s, valid = _scores(q, k, bias, mask, aux, i, j, cfg, edge)         # (B, K, R, kc)
                 vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)               # (B, K, kc, H)
                 m_new = jnp.maximum(m, s.max(-1))
                 p = jnp.exp(s - m_new[..., None])
-                if mask is not None:
-                    # a row with no valid key yet has m_new = s = finfo.min and exp(0) = 1:
-                    # zero it. Causal and padding masks need no such step, since key 0 is
-                    # valid for every row and lies in the first chunk processed.
+                if zero_invalid and valid is not None:
+                    # a row with no valid key yet has m_new = s = finfo.min and exp(0) = 1: zero it
                     p = jnp.where(valid, p, 0)
                 correction = jnp.exp(m - m_new)
-                acc = acc * correction[..., None] + jnp.einsum("BKRS,BKSH->BKRH", p, vj)
+                kept = p * _dropout_scale(aux, i, j, cfg, p.shape) if cfg.dropout_rate > 0 else p
+                acc = acc * correction[..., None] + jnp.einsum(
+                    "BKRS,BKSH->BKRH", kept.astype(vj.dtype), vj, preferred_element_type=cfg.compute)
                 return m_new, l * correction + p.sum(-1), acc
             return body
 
-        init = (jnp.full((B, K, R), low, q.dtype), jnp.zeros((B, K, R), q.dtype), jnp.zeros((B, K, R, H), q.dtype))
-        full, end = _key_range(i, cfg, nk)
-        carry = lax.fori_loop(0, full, step(False), init)
+        c = cfg.compute
+        init = (jnp.full((B, K, R), low, c), jnp.zeros((B, K, R), c), jnp.zeros((B, K, R, H), c))
+        start, full, end = _key_range(i, cfg, nk)
+        carry = lax.fori_loop(start, full, step(False), init)
         m, l, acc = lax.fori_loop(full, end, step(True), carry)
         out = jnp.where(l[..., None] > 0, acc / jnp.where(l > 0, l, 1)[..., None], 0)  # all masked: 0
         lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1)), 0)
@@ -151,13 +226,16 @@ def _forward(q, k, v, bias, mask, cfg):
     return out, lse
 
 
-def _backward(q, k, v, bias, mask, out, lse, dout, cfg):
-    """FlashAttention-2 backward: recompute each block's weights from ``lse``."""
+def _backward(q, k, v, bias, mask, out, lse, dout, *aux, cfg):
+    """FlashAttention-2 backward: recompute each block's weights from ``lse``; with dropout
+    ``d logits = p (z dp - delta)``, z the block's keep / (1 - rate)."""
     B, K, Tp, G, H = q.shape
     qc, kc = cfg.query_chunk, cfg.key_chunk
     nq, nk = Tp // qc, k.shape[2] // kc
     R = qc * G
+    c = cfg.compute
     delta = jnp.sum(dout * out, axis=-1)                                          # (B, K, Tp, G)
+    do_operand = dout.astype(q.dtype)
 
     def rows(x, i):  # (B, K, Tp, G, ...) -> chunk i as (B, K, R, ...)
         x = lax.dynamic_slice_in_dim(x, i * qc, qc, axis=2)
@@ -171,41 +249,38 @@ def _backward(q, k, v, bias, mask, out, lse, dout, cfg):
         def step(edge):
             def body(i, carry):
                 dq, dk_j, dv_j, dbias = carry
-                s, _ = _scores(q, k, bias, mask, i, j, cfg, edge)                  # (B, K, R, kc)
+                s, _ = _scores(q, k, bias, mask, aux, i, j, cfg, edge)             # (B, K, R, kc)
                 # the forward's weights; masked logits are finfo.min and lse is finite
                 # (0 for fully masked rows), so they come out exactly 0
                 p = jnp.exp(s - rows(lse, i)[..., None])
-                do_i = rows(dout, i)                                               # (B, K, R, H)
-                dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", p, do_i)
-                dp = jnp.einsum("BKRH,BKSH->BKRS", do_i, vj)
+                do_i = rows(do_operand, i)                                         # (B, K, R, H)
+                dp = jnp.einsum("BKRH,BKSH->BKRS", do_i, vj, preferred_element_type=c)
+                if cfg.dropout_rate > 0:
+                    z = _dropout_scale(aux, i, j, cfg, p.shape)
+                    kept, dp = p * z, dp * z
+                else:
+                    kept = p
+                dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", kept.astype(q.dtype), do_i, preferred_element_type=c)
                 ds = p * (dp - rows(delta, i)[..., None])                          # d logits
-                dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds, kj).reshape(B, K, qc, G, H)
+                dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds.astype(q.dtype), kj, preferred_element_type=c)
+                dq_i = dq_i.reshape(B, K, qc, G, H)
                 dq = lax.dynamic_update_slice_in_dim(dq, lax.dynamic_slice_in_dim(dq, i * qc, qc, 2) + dq_i, i * qc, 2)
-                dk_j = dk_j + jnp.einsum("BKRS,BKRH->BKSH", ds, rows(q, i))
+                dk_j = dk_j + jnp.einsum("BKRS,BKRH->BKSH", ds.astype(q.dtype), rows(q, i), preferred_element_type=c)
                 if dbias is not None:
                     dbias = _add_bias_block(dbias, ds.reshape(B, K, qc, G, kc), i * qc, j * kc)
                 return dq, dk_j, dv_j, dbias
             return body
 
-        zeros = jnp.zeros((B, K, kc, H), q.dtype)
-        start = _query_range(j, cfg)
-        # query chunks whose keys in chunk j need no causal/padding mask: those fully below it
-        padded = nk * kc != cfg.S
-        if cfg.is_causal:
-            edge_end = jnp.minimum(nq, ((j + 1) * kc - 1) // qc + 1)  # past it, every query sees all of chunk j
-        else:
-            edge_end = start
-        if padded:
-            edge_end = jnp.where(j == nk - 1, nq, edge_end)
-        edge_end = jnp.maximum(edge_end, start)
+        zeros = jnp.zeros((B, K, kc, H), c)
+        start, edge_end, stop = _query_range(j, cfg, nq)
         carry = lax.fori_loop(start, edge_end, step(True), (dq, zeros, zeros, dbias))
-        dq, dk_j, dv_j, dbias = lax.fori_loop(edge_end, nq, step(False), carry)
+        dq, dk_j, dv_j, dbias = lax.fori_loop(edge_end, stop, step(False), carry)
         dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * kc, axis=2)
         dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * kc, axis=2)
         return dq, dk, dv, dbias
 
-    dbias = None if bias is None else jnp.zeros(bias.shape, q.dtype)
-    init = (jnp.zeros_like(q), jnp.zeros_like(k), jnp.zeros_like(v), dbias)
+    dbias = None if bias is None else jnp.zeros(bias.shape, c)
+    init = (jnp.zeros(q.shape, c), jnp.zeros(k.shape, c), jnp.zeros(v.shape, c), dbias)
     dq, dk, dv, dbias = lax.fori_loop(0, nk, key_chunk, init)
     return dq, dk, dv, dbias  # d/d(scaled q): the scale's own factor is autodiff's, outside
 
@@ -241,24 +316,28 @@ def _each_head(fn, cfg, *arrays):
     return jax.tree.map(lambda x: x.reshape((B, K) + x.shape[3:]), stacked)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5,))
-def _flash(q, k, v, bias, mask, cfg):
-    return _flash_fwd(q, k, v, bias, mask, cfg)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9,))
+def _flash(q, k, v, bias, mask, qlen, kvlen, index, words, cfg):
+    return _flash_fwd(q, k, v, bias, mask, qlen, kvlen, index, words, cfg)[0]
 
 
-def _flash_fwd(q, k, v, bias, mask, cfg):
-    out, lse = _each_head(lambda *a: _forward(*a, cfg), cfg, q, k, v, bias, mask)
-    return out, (q, k, v, bias, mask, out, lse)
+def _flash_fwd(q, k, v, bias, mask, qlen, kvlen, index, words, cfg):
+    aux = (qlen, kvlen, index, words)
+    out, lse = _each_head(lambda q, k, v, bias, mask, *aux: _forward(q, k, v, bias, mask, *aux, cfg=cfg),
+                          cfg, q, k, v, bias, mask, *aux)
+    return out, (q, k, v, bias, mask, out, lse, aux)
 
 
 def _flash_bwd(cfg, residuals, dout):
-    q, k, v, bias, mask, out, lse = residuals
-    dout = dout.astype(q.dtype)
-    dq, dk, dv, dbias = _each_head(lambda *a: _backward(*a, cfg), cfg, q, k, v, bias, mask, out, lse, dout)
+    q, k, v, bias, mask, out, lse, aux = residuals
+    dout = dout.astype(cfg.compute)
+    dq, dk, dv, dbias = _each_head(
+        lambda q, k, v, bias, mask, out, lse, dout, *aux: _backward(q, k, v, bias, mask, out, lse, dout, *aux, cfg=cfg),
+        cfg, q, k, v, bias, mask, out, lse, dout, *aux)
     if dbias is not None:  # per-head slices of a broadcast bias: sum back to its shape
         axes = tuple(a for a in (0, 1) if bias.shape[a] == 1 and dbias.shape[a] != 1)
-        dbias = dbias.sum(axis=axes, keepdims=True)
-    return dq, dk, dv, dbias, None
+        dbias = dbias.sum(axis=axes, keepdims=True).astype(bias.dtype)
+    return dq.astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype), dbias, None, None, None, None, None
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -302,7 +381,8 @@ _NO_FORWARD_MODE = (
 
 def chunked_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
-    query_chunk_size=None, key_chunk_size=None,
+    query_chunk_size=None, key_chunk_size=None, query_seq_lengths=None, key_value_seq_lengths=None,
+    local_window_size=None, dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
 ):
     r"""Memory-efficient scaled dot-product attention: the same result as
     :func:`scaled_dot_product_attention`, without its ``(B, N, T, S)`` weights.
@@ -336,14 +416,32 @@ def chunked_attention(
       query_chunk_size, key_chunk_size: rows of queries and keys per block; defaults tuned
         per backend (CPU: 2048 x 1024, causal 1024 x 1024; GPU: 512 x 512). Lengths that
         are not multiples are padded (and the padding masked).
+      query_seq_lengths, key_value_seq_lengths: optional int ``(B,)``, as
+        :func:`scaled_dot_product_attention` (built per block from the lengths: no
+        ``(T, S)`` mask exists).
+      local_window_size: optional ``(left, right)`` or an int: query t attends keys
+        ``t - left <= s <= t + right``; key chunks wholly outside the band are skipped, in
+        forward and backward, so time grows as O(L * window), not O(L^2).
+      dropout_rate, dropout_rng, broadcast_dropout: attention dropout, as
+        :func:`scaled_dot_product_attention`: the keep-mask is computed per block from the
+        global (b, n, t, s), so every chunking (and the backward pass) drops the same
+        weights as the dense path and the NumPy half.
+
+    Precision: float16/bfloat16 inputs keep their dtype as the block matmuls' operands,
+    accumulated in float32 (``preferred_element_type``); the running max, normaliser and
+    output accumulator are float32.
 
     Returns:
       ``out``: ``(B, T, N, H)`` in the dtype of ``query``.
     """
+    scale, scale_value = split_scale(scale)
     try:
         return _chunked_attention(
-            query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
+            query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale, scale_value=scale_value,
             query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size,
+            query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+            local_window_size=local_window_size, dropout_rate=dropout_rate,
+            dropout_rng=static_rng(dropout_rng, dropout_rate), broadcast_dropout=broadcast_dropout,
         )
     except TypeError as error:
         if "forward-mode autodiff" in str(error) and "custom_vjp" in str(error):
@@ -351,42 +449,60 @@ def chunked_attention(
         raise
 
 
-@jit(static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size"))
+@jit(static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size", "local_window_size",
+                      "dropout_rate", "broadcast_dropout"))
 def _chunked_attention(
-    query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
-    query_chunk_size=None, key_chunk_size=None,
+    query, key, value, *, bias, mask, is_causal, scale, scale_value, query_chunk_size, key_chunk_size,
+    query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng, broadcast_dropout,
 ):
     """:func:`chunked_attention`, jit-compiled (the public function adds the forward-mode message)."""
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
     shapes = check_sdpa(query, key, value, bias, mask, scale)
+    window, dropout_rate = check_sdpa_options(
+        shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng
+    )
     _check_chunk("query_chunk_size", query_chunk_size)
     _check_chunk("key_chunk_size", key_chunk_size)
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     T, S, N, H, K = (shapes[c] for c in "TSNHK")
-    dtype, compute = query.dtype, compute_dtype(query.dtype)
+    dtype, compute, operand = query.dtype, compute_dtype(query.dtype), operand_dtype(query.dtype)
     if T == 0 or S == 0:  # no query, or nothing to attend to: empty, or zeros (as the dense path)
         return jnp.zeros(query.shape, dtype)
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
     B, G = query.shape[0], N // K
-    scale = 1.0 / math.sqrt(max(H, 1)) if scale is None else float(scale)  # H = 0: the logits are empty sums, 0
+    if scale_value is not None:
+        scale = jnp.asarray(scale_value).astype(compute)
+    else:
+        scale = 1.0 / math.sqrt(max(H, 1)) if scale is None else float(scale)  # H = 0: the logits are empty sums, 0
     default_q, default_k = _default_chunks(is_causal)
     qc = min(query_chunk_size or default_q, T)
     kc = min(key_chunk_size or default_k, S)
     pad_T, pad_S = -T % qc, -S % kc
-    cfg = _Config(bool(is_causal), qc, kc, T, S, G)
-    # rows layout: each key/value head with its G query heads, query rows contiguous per chunk
-    q = (query.astype(compute) * scale).reshape(B, T, K, G, H).transpose(0, 2, 1, 3, 4)  # (B, K, T, G, H)
+    lengths = query_seq_lengths is not None or key_value_seq_lengths is not None
+    cfg = _Config(bool(is_causal), qc, kc, T, S, G, window, lengths, dropout_rate, bool(broadcast_dropout), compute)
+    # rows layout: each key/value head with its G query heads, query rows contiguous per chunk;
+    # float16/bfloat16 stay the matmul operands (accumulated in float32)
+    q = (query.astype(compute) * scale).astype(operand).reshape(B, T, K, G, H).transpose(0, 2, 1, 3, 4)  # (B, K, T, G, H)
     q = jnp.pad(q, [(0, 0), (0, 0), (0, pad_T), (0, 0), (0, 0)])
-    k = jnp.pad(key.astype(compute).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])    # (B, K, Sp, H)
-    v = jnp.pad(value.astype(compute).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])  # (B, K, Sp, H)
+    k = jnp.pad(key.astype(operand).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])    # (B, K, Sp, H)
+    v = jnp.pad(value.astype(operand).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])  # (B, K, Sp, H)
     if bias is not None:
         bias = _to_rows_layout(jnp.asarray(bias).astype(compute), B, K, G, T, S, pad_T, pad_S, 0)
     if mask is not None:
         mask = _to_rows_layout(jnp.asarray(mask), B, K, G, T, S, pad_T, pad_S, False)
+    qlen = jnp.full((B, 1), T, jnp.int32) if query_seq_lengths is None else jnp.asarray(query_seq_lengths).reshape(B, 1).astype(jnp.int32)
+    kvlen = jnp.full((B, 1), S, jnp.int32) if key_value_seq_lengths is None else jnp.asarray(key_value_seq_lengths).reshape(B, 1).astype(jnp.int32)
     keep = _attended_keys(mask, cfg, k.shape[2])                                  # (B|1, K|1, Sp|1)
+    if key_value_seq_lengths is not None:                                         # keys past a row's length: padding
+        in_length = lax.broadcasted_iota(jnp.int32, (1, 1, k.shape[2]), 2) < kvlen[:, :, None]  # (B, 1, Sp)
+        keep = in_length if keep is None else keep & in_length
     if keep is not None:
         k, v = jnp.where(keep[..., None], k, 0), jnp.where(keep[..., None], v, 0)
-    out = _flash(q, k, v, bias, mask, cfg)                                        # (B, K, Tp, G, H)
+    index = jnp.stack(jnp.meshgrid(jnp.arange(B), jnp.arange(K), indexing="ij"), axis=-1).astype(jnp.int32)  # (B, K, 2): b, k
+    words = jnp.zeros((1, 1, 2), jnp.uint32)
+    if dropout_rate > 0:
+        words = jnp.stack(rng_words(dropout_rng)).reshape(1, 1, 2)
+    out = _flash(q, k, v, bias, mask, qlen, kvlen, index, words, cfg)              # (B, K, Tp, G, H)
     out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H)
     return unfold_batch(out.astype(dtype), batch)

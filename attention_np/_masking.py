@@ -61,3 +61,37 @@ def attended_keys(mask, shape):
     from a masked (padding) position cannot leak into the output.
     """
     return np.broadcast_to(mask, shape).any(axis=-2)
+
+
+def window_mask(T: int, S: int, window):
+    """``(T, S)`` bool, True where ``t - left <= s <= t + right`` for ``window = (left, right)``
+    (``jax.nn.dot_product_attention``'s ``local_window_size``)."""
+    left, right = window
+    t = np.arange(T)[:, None]
+    s = np.arange(S)[None, :]
+    return (s >= t - left) & (s <= t + right)
+
+
+def length_mask(query_seq_lengths, key_value_seq_lengths, B: int, T: int, S: int):
+    """``(B, 1, T, S)`` bool (or None): query t of row b is valid when
+    ``t < query_seq_lengths[b]``, key s when ``s < key_value_seq_lengths[b]``."""
+    if query_seq_lengths is None and key_value_seq_lengths is None:
+        return None
+    mask = np.ones((B, 1, T, S), dtype=bool)
+    if query_seq_lengths is not None:
+        lengths = np.asarray(query_seq_lengths).reshape(B, 1, 1, 1)
+        mask = mask & (np.arange(T).reshape(1, 1, T, 1) < lengths)
+    if key_value_seq_lengths is not None:
+        lengths = np.asarray(key_value_seq_lengths).reshape(B, 1, 1, 1)
+        mask = mask & (np.arange(S).reshape(1, 1, 1, S) < lengths)
+    return mask
+
+
+def combine_all_masks(mask, is_causal: bool, window, lengths, T: int, S: int):
+    """The caller's ``mask``, the causal mask, the local window and the sequence-length mask,
+    combined with ``and``; None when there is none of them."""
+    mask = combine_masks(mask, is_causal, T, S)
+    for extra in (None if window is None else window_mask(T, S, window), lengths):
+        if extra is not None:
+            mask = extra if mask is None else np.logical_and(mask, extra)
+    return mask

@@ -166,9 +166,18 @@ def check_broadcast(name: str, x, target, letters: str) -> None:
         )
 
 
+def is_scalar_array(x) -> bool:
+    """A 0-d array with a floating dtype (NumPy, JAX, or a JAX tracer): a scale that may be
+    traced (a learnable temperature)."""
+    return hasattr(x, "shape") and hasattr(x, "dtype") and tuple(x.shape) == () and _dtype_name(x) in FLOAT_DTYPES
+
+
 def check_scale(scale) -> None:
     """``scale`` is a finite real number of any sign, zero included (as in ``jax.nn`` and
-    PyTorch): a Python or NumPy int or float, not a bool."""
+    PyTorch): a Python or NumPy int or float, not a bool; or a 0-d float array (in JAX, a
+    traced scalar such as a learnable temperature: its finiteness is then not checked)."""
+    if is_scalar_array(scale) and not isinstance(scale, numbers.Real):
+        return
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise TypeError(f"scale must be a finite real number (int or float); got {scale!r} ({type(scale).__name__})")
     if not math.isfinite(scale):
@@ -233,6 +242,57 @@ def check_sdpa(query, key, value, bias, mask, scale) -> Shapes:
     if scale is not None:
         check_scale(scale)
     return shapes
+
+
+def check_window(local_window_size):
+    """``local_window_size``: None, an int w >= 0 (the window ``(w, w)``) or a pair
+    ``(left, right)`` of ints >= 0, as in ``jax.nn.dot_product_attention``: query t attends
+    keys ``t - left <= s <= t + right``. Returns the pair, or None."""
+    if local_window_size is None:
+        return None
+    pair = (local_window_size, local_window_size) if isinstance(local_window_size, numbers.Integral) else local_window_size
+    ok = isinstance(pair, (tuple, list)) and len(pair) == 2 and all(
+        isinstance(w, numbers.Integral) and not isinstance(w, bool) and w >= 0 for w in pair
+    )
+    if not ok or isinstance(local_window_size, bool):
+        raise ValueError(
+            "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; "
+            f"got {local_window_size!r}"
+        )
+    return int(pair[0]), int(pair[1])
+
+
+def check_seq_lengths(name: str, lengths, shapes: Shapes) -> None:
+    """``query_seq_lengths`` / ``key_value_seq_lengths``: an integer array with one length per
+    batch row, shape ``(B,)`` (or the caller's batch axes ``B...``)."""
+    if lengths is None:
+        return
+    dtype = _dtype_name(lengths)
+    if not dtype.startswith(("int", "uint")):
+        raise TypeError(f"{name} must have an integer dtype (one length per batch row); got {dtype}")
+    shape = tuple(int(d) for d in lengths.shape)
+    batch = shapes[BATCH]
+    if shape not in (tuple(batch), (shapes["B"],)):
+        raise ValueError(f"{name} must have shape (B,) = ({shapes['B']},), one length per batch row; got {shape}")
+
+
+def check_dropout(dropout_rate, dropout_rng) -> float:
+    """``dropout_rate`` a number in [0, 1); a ``dropout_rng`` is required when it is > 0.
+    Returns the rate as a float."""
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, numbers.Real) or not 0 <= dropout_rate < 1:
+        raise ValueError(f"dropout_rate must be a number in [0, 1); got {dropout_rate!r}")
+    if dropout_rate > 0 and dropout_rng is None:
+        raise ValueError(f"dropout_rate={dropout_rate!r} needs a dropout_rng (a JAX key, its key_data, or an int)")
+    return float(dropout_rate)
+
+
+def check_sdpa_options(shapes: Shapes, query_seq_lengths, key_value_seq_lengths, local_window_size,
+                       dropout_rate, dropout_rng):
+    """The options of ``scaled_dot_product_attention`` beyond the arrays: returns the window
+    pair (or None) and the dropout rate."""
+    check_seq_lengths("query_seq_lengths", query_seq_lengths, shapes)
+    check_seq_lengths("key_value_seq_lengths", key_value_seq_lengths, shapes)
+    return check_window(local_window_size), check_dropout(dropout_rate, dropout_rng)
 
 
 ADDITIVE_SPEC = {"attn": {"kernel": ("2H", "H"), "bias": ("H",)}, "v": ("H",)}

@@ -6,12 +6,15 @@ import numpy as np
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype
-from ._masking import attended_keys, combine_masks, masked_softmax
-from ._validate import check_sdpa
+from ._masking import attended_keys, combine_all_masks, length_mask, masked_softmax
+from ._validate import check_sdpa, check_sdpa_options
+from .dropout import dropout_weights
 
 
 def scaled_dot_product_attention(
-    query, key, value, *, bias=None, mask=None, is_causal=False, scale=None
+    query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
+    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+    dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
 ):
     r"""Scaled dot-product attention, with grouped key/value heads.
 
@@ -34,13 +37,30 @@ def scaled_dot_product_attention(
       mask: optional bool array broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
       scale: multiplies the logits, any finite number; default ``1 / sqrt(H)``.
+      query_seq_lengths: optional int ``(B,)``: queries ``t >= query_seq_lengths[b]`` are
+        padding (zero weights, zero output), as ``jax.nn.dot_product_attention``.
+      key_value_seq_lengths: optional int ``(B,)``: keys ``s >= key_value_seq_lengths[b]``
+        are padding.
+      local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``): query t
+        attends only keys ``t - left <= s <= t + right`` (sliding-window attention,
+        Beltagy et al. 2020, "Longformer"), as ``jax.nn``.
+      dropout_rate: probability of dropping an attention weight (after the softmax); kept
+        weights are scaled by ``1 / (1 - rate)``. The keep-mask is a hash of ``(dropout_rng,
+        b, n, t, s)`` (:mod:`attention_np.dropout`), the same in the JAX half.
+      dropout_rng: an int, or a JAX key's data (``numpy.asarray(jax.random.key_data(key))``).
+      broadcast_dropout: one dropout mask for every batch row and head (Flax's default in
+        its modules).
 
     Returns:
       ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``.
-      T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to).
+      ``weights`` are the softmax probabilities before dropout (what Flax sows); ``out``
+      uses the dropped ones. T = 0 gives empty arrays; S = 0 a zero ``out``.
     """
     query, key, value = np.asarray(query), np.asarray(key), np.asarray(value)
     shapes = check_sdpa(query, key, value, bias, mask, scale)
+    window, dropout_rate = check_sdpa_options(
+        shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng
+    )
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
@@ -53,7 +73,8 @@ def scaled_dot_product_attention(
     query = query.astype(compute).transpose(0, 2, 1, 3)                   # (B, N, T, H)
     key = np.repeat(key.astype(compute), N // K, axis=2).transpose(0, 2, 1, 3)    # (B, N, S, H)
     value = np.repeat(value.astype(compute), N // K, axis=2).transpose(0, 2, 1, 3)  # (B, N, S, H)
-    mask = combine_masks(mask, is_causal, T, S)
+    lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
+    mask = combine_all_masks(mask, is_causal, window, lengths, T, S)
     if mask is not None:
         # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
         # cannot reach the output or the gradients
@@ -65,6 +86,7 @@ def scaled_dot_product_attention(
         logits = logits + np.asarray(bias).astype(compute)
     # 3. weights: softmax over the keys a query may attend to
     weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
+    dropped = dropout_weights(weights, dropout_rng, dropout_rate, broadcast=broadcast_dropout)
     # 4. out: the weighted average of the values, back to (B, T, N, H)
-    out = np.einsum("BNTS,BNSH->BNTH", weights, value).transpose(0, 2, 1, 3)  # (B, T, N, H)
+    out = np.einsum("BNTS,BNSH->BNTH", dropped, value).transpose(0, 2, 1, 3)  # (B, T, N, H)
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
