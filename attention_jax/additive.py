@@ -21,8 +21,12 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
     The class's ``bmm(v, energy.permute(0, 2, 1))`` is written here as ``energy @ v``.
 
     .. math::
-        e_s = v^\top \tanh(W [h; \bar h_s] + b), \quad a = \mathrm{softmax}(e), \quad
+        e_s = \tanh\big([h; \bar h_s]\, W + b\big)\, v, \quad a = \mathrm{softmax}(e), \quad
         c = \textstyle\sum_s a_s \bar h_s
+
+    Vectors are rows, as in the code: :math:`[h; \bar h_s]` is the ``(2H,)`` concatenation
+    (decoder state first), :math:`W` the ``(2H, H)`` kernel applied as ``x @ W``, :math:`v`
+    the ``(H,)`` vector that turns each energy into one score.
 
     Bahdanau, Cho & Bengio 2015, "Neural machine translation by jointly learning to align
     and translate", eq. (6) and appendix A.1.2.
@@ -36,6 +40,20 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
 
     Returns:
       ``(context, weights)``: ``(B, 1, H)`` and ``(B, S)``, in the dtype of ``encoder_outputs``.
+
+    Example: with ``v = 0`` every score is 0, so the weights are uniform and the context is
+    the mean of the encoder outputs; a mask removes the last step.
+
+    >>> import numpy as np
+    >>> params = {"attn": {"kernel": np.ones((4, 2)), "bias": np.zeros(2)}, "v": np.zeros(2)}
+    >>> hidden = np.array([[1.0, -1.0]], np.float32)                                  # (B, H) = (1, 2)
+    >>> encoder_outputs = np.array([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]], np.float32)  # (B, S, H) = (1, 3, 2)
+    >>> context, weights = additive_attention(params, hidden, encoder_outputs)
+    >>> np.asarray(weights).round(4), np.asarray(context)
+    (array([[0.3333, 0.3333, 0.3333]], dtype=float32), array([[[1., 1.]]], dtype=float32))
+    >>> context, weights = additive_attention(params, hidden, encoder_outputs, mask=np.array([[True, True, False]]))
+    >>> np.asarray(weights), np.asarray(context)
+    (array([[0.5, 0.5, 0. ]], dtype=float32), array([[[0.5, 0.5]]], dtype=float32))
     """
     hidden, encoder_outputs = jnp.asarray(hidden), jnp.asarray(encoder_outputs)
     check_additive(params, hidden, encoder_outputs, mask)
@@ -47,7 +65,7 @@ def additive_attention(params, hidden, encoder_outputs, *, mask=None):
         encoder_outputs = jnp.where(mask[:, :, None], encoder_outputs, 0)
     # 1. repeat the decoder state over the source steps
     hidden = jnp.repeat(hidden[:, None, :], S, axis=1)                     # (B, S, H)
-    # 2. energy = tanh(W [h; h_s] + b)
+    # 2. energy = tanh([h; h_s] W + b)
     x = jnp.concatenate([hidden, encoder_outputs], axis=-1)                # (B, S, 2H)
     energy = jnp.tanh(x @ W + b)                                           # (B, S, H)
     # 3. one score per source step, then weights

@@ -1,8 +1,8 @@
 """Softmax with a boolean mask, and the causal mask: the numerics every mechanism shares.
 
-DESIGN.md section 4: masked logits are *replaced* (``where``), never added to ``-inf``, so
-no NaN can appear; a row with every key masked gets all-zero weights; softmax runs in
-float32 (float64 for float64 input).
+The rules (docs/design.md, section 4): masked logits are *replaced* (``where``), never
+added to ``-inf``, so no NaN can appear; a row with every key masked gets all-zero weights;
+softmax runs in float32 (float64 for float64 input).
 """
 
 import numpy as np
@@ -24,6 +24,14 @@ def masked_softmax(logits, mask=None):
 
     Returns:
       weights, same shape as ``logits``, in float32 (float64 for float64 ``logits``).
+
+    Example: the masked entry gets exactly zero and the others share the rest,
+    ``e / (1 + e) = 0.7311`` and ``1 / (1 + e) = 0.2689``; a fully masked row is all zeros.
+
+    >>> masked_softmax(np.array([1.0, 2.0, 3.0]), np.array([True, True, False])).round(4)
+    array([0.2689, 0.7311, 0.    ])
+    >>> masked_softmax(np.array([1.0, 2.0, 3.0]), np.array([False, False, False]))
+    array([0., 0., 0.])
     """
     logits = logits.astype(compute_dtype(logits.dtype))
     if mask is not None:
@@ -35,7 +43,7 @@ def masked_softmax(logits, mask=None):
         unnormalized = np.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)
     # an unmasked row has total >= 1 (its max contributes exp(0)); an all-masked row has
-    # total = 0 and gets 0 / tiny = 0. (A maximum, not a where: XLA fuses it.)
+    # total = 0 and gets 0 / tiny = 0
     return unnormalized / np.maximum(total, np.finfo(total.dtype).tiny)
 
 

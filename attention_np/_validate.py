@@ -1,7 +1,7 @@
 """Shape and dtype validation shared by both halves.
 
 Pure Python on ``.shape`` and ``.dtype``: no array math, so the JAX half calls the very
-same checks at trace time (under ``jax.jit`` they cost nothing at run time) and both halves
+same checks while it traces a function (they cost nothing at run time) and both halves
 raise the same exception type with the same message by construction.
 
 Shapes are written with DESIGN.md's letters::
@@ -56,9 +56,18 @@ def check_float(name: str, x) -> None:
 class Shapes:
     """Binds shape letters to sizes while checking arguments, for messages that explain.
 
+    Only ``.shape`` and ``.dtype`` are read, so any array type works (here NumPy):
+
+    >>> import numpy as np
     >>> shapes = Shapes()
-    >>> shapes.check("query", query, "BTNH")      # binds B, T, N, H
-    >>> shapes.check("key", key, "BSKH")          # checks B, H; binds S, K
+    >>> shapes.check("query", np.zeros((2, 3, 7, 11)), "BTNH")    # binds B, T, N, H
+    >>> shapes["H"]
+    11
+    >>> shapes.check("key", np.zeros((2, 5, 3, 11)), "BSKH")      # checks B, H; binds S, K
+    >>> shapes.check("value", np.zeros((2, 5, 3, 7)), "BSKH")
+    Traceback (most recent call last):
+      ...
+    ValueError: value must have shape (B, S, K, H) with B=2, H=11 from query, S=5, K=3 from key; got (2, 5, 3, 7)
     """
 
     def __init__(self, **known: int):

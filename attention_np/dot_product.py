@@ -25,6 +25,11 @@ def scaled_dot_product_attention(
     Ainslie et al. 2023 (GQA). Same semantics as ``jax.nn.dot_product_attention``, except
     that a query with every key masked gets zero weights and a zero output.
 
+    Why :math:`1/\sqrt{H}`: if the H entries of a query and a key are independent with mean
+    0 and variance 1, their dot product is a sum of H products of variance 1, so its variance
+    is H; dividing by :math:`\sqrt{H}` brings it back to 1, so wide heads do not push the
+    softmax into saturation, where it is nearly one-hot and its gradients vanish.
+
     Shapes: B batch, T query length, S key length, N query heads, K key/value heads
     (N % K == 0), H features per head. ``B`` may be any number of batch axes ``B...``
     (none, as ``jax.nn``'s ``(T, N, H)``, or several, as Flax's), shared by all three inputs.
@@ -55,6 +60,24 @@ def scaled_dot_product_attention(
       ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``.
       ``weights`` are the softmax probabilities before dropout (what Flax sows); ``out``
       uses the dropped ones. T = 0 gives empty arrays; S = 0 a zero ``out``.
+
+    Example: three equal keys get equal weights, so ``out`` is the mean of the values; with
+    ``is_causal`` the first query sees only the first key, so its ``out`` is that value.
+
+    >>> query, key = np.ones((1, 3, 1, 2)), np.zeros((1, 3, 1, 2))     # B=1, T=S=3, N=K=1, H=2
+    >>> value = np.arange(6.0).reshape(1, 3, 1, 2)                     # values [0, 1], [2, 3], [4, 5]
+    >>> out, weights = scaled_dot_product_attention(query, key, value)
+    >>> weights[0, 0].round(4), out[0, :, 0]
+    (array([[0.3333, 0.3333, 0.3333],
+           [0.3333, 0.3333, 0.3333],
+           [0.3333, 0.3333, 0.3333]]), array([[2., 3.],
+           [2., 3.],
+           [2., 3.]]))
+    >>> out, weights = scaled_dot_product_attention(query, key, value, is_causal=True)
+    >>> out[0, :, 0]                                                   # means of the first 1, 2, 3 values
+    array([[0., 1.],
+           [1., 2.],
+           [2., 3.]])
     """
     query, key, value = np.asarray(query), np.asarray(key), np.asarray(value)
     shapes = check_sdpa(query, key, value, bias, mask, scale)

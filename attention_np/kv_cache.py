@@ -28,8 +28,8 @@ def init_kv_cache(batch, max_len, num_kv_heads, head_dim, *, dtype=np.float32):
 
 
 def check_capacity(length, k, max_len):
-    """A ``ValueError`` if ``k`` new tokens do not fit in a row of the cache (needs the values
-    of ``length``: NumPy always, JAX outside ``jit``)."""
+    """A ``ValueError`` if ``k`` new tokens do not fit in a row of the cache (it reads the
+    values of ``length``, so the JAX half can call it only when they are concrete)."""
     longest = int(length.max()) if length.size else 0
     if longest + k > max_len:
         raise ValueError(

@@ -21,6 +21,13 @@ def dot_scores(query, keys):
 
     Returns:
       scores ``(B, T, S)``, in the dtype of ``query``.
+
+    Example: the query matches the first key, is orthogonal to the second.
+
+    >>> query = np.array([[[1.0, 0.0]]])                          # (B, T, H) = (1, 1, 2)
+    >>> keys = np.array([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])  # (B, S, H) = (1, 3, 2)
+    >>> dot_scores(query, keys)
+    array([[[1., 0., 2.]]])
     """
     query, keys = np.asarray(query), np.asarray(keys)
     check_scores(query, keys)
@@ -32,6 +39,11 @@ def dot_scores(query, keys):
 def scaled_dot_scores(query, keys, *, scale=None):
     r"""Scaled dot-product scores :math:`e_{ts} = q_t^\top k_s / \sqrt{H}` (Vaswani et al. 2017).
 
+    Why :math:`1/\sqrt{H}`: if the H entries of q and k are independent with mean 0 and
+    variance 1, :math:`q^\top k` is a sum of H products of variance 1, so its variance is H;
+    dividing by :math:`\sqrt{H}` brings it back to 1, so wide heads do not push the softmax
+    into saturation, where it is nearly one-hot and its gradients vanish.
+
     Args:
       query: ``(B, T, H)``.
       keys: ``(B, S, H)``.
@@ -39,6 +51,13 @@ def scaled_dot_scores(query, keys, *, scale=None):
 
     Returns:
       scores ``(B, T, S)``, in the dtype of ``query``.
+
+    Example: the dot products ``[1, 0, 2]`` divided by ``sqrt(2)``.
+
+    >>> query = np.array([[[1.0, 0.0]]])                          # (B, T, H) = (1, 1, 2)
+    >>> keys = np.array([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])  # (B, S, H) = (1, 3, 2)
+    >>> scaled_dot_scores(query, keys).round(4)
+    array([[[0.7071, 0.    , 1.4142]]])
     """
     query, keys = np.asarray(query), np.asarray(keys)
     check_scores(query, keys)
@@ -51,7 +70,9 @@ def scaled_dot_scores(query, keys, *, scale=None):
 
 
 def general_scores(params, query, keys):
-    r"""Luong's "general" scores :math:`e_{ts} = q_t^\top (W^\top k_s)`, i.e. ``q . (k @ W)``.
+    r"""Luong's "general" scores :math:`e_{ts} = q_t \cdot (k_s W)`, i.e. ``q . (k @ W)``.
+
+    Vectors are rows, as in the code: :math:`k_s W` is the key times the ``(H, H)`` kernel.
 
     Args:
       params: ``{"kernel": (H, H)}``.
@@ -60,6 +81,13 @@ def general_scores(params, query, keys):
 
     Returns:
       scores ``(B, T, S)``, in the dtype of ``query``.
+
+    Example: a kernel that swaps the two features makes the query match the second key.
+
+    >>> query = np.array([[[1.0, 0.0]]])                          # (B, T, H) = (1, 1, 2)
+    >>> keys = np.array([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])  # (B, S, H) = (1, 3, 2)
+    >>> general_scores({"kernel": np.array([[0.0, 1.0], [1.0, 0.0]])}, query, keys)
+    array([[[0., 1., 2.]]])
     """
     query, keys = np.asarray(query), np.asarray(keys)
     check_params(params, GENERAL_SPEC, check_scores(query, keys))
@@ -71,11 +99,13 @@ def general_scores(params, query, keys):
 
 
 def concat_scores(params, query, keys):
-    r"""Luong's "concat" scores, the tutorial's energy: :math:`e_{ts} = v^\top \tanh(W [q_t; k_s] + b)`.
+    r"""Luong's "concat" scores, the tutorial's energy: :math:`e_{ts} = \tanh([q_t; k_s]\, W + b)\, v`.
 
-    Bahdanau et al. 2015's additive score; the tutorial's class is this with T=1, A=H.
-    Since :math:`W [q; k] = W_q q + W_k k`, the query and key halves of the kernel are applied
-    once per query and once per key, not once per (query, key) pair.
+    Vectors are rows, as in the code: :math:`[q_t; k_s]` is the ``(2H,)`` concatenation,
+    :math:`W` the ``(2H, A)`` kernel applied as ``x @ W``. Bahdanau et al. 2015's additive
+    score; the tutorial's class is this with T=1, A=H. Since
+    :math:`[q; k]\, W = q W_q + k W_k` (``W_q``, ``W_k``: the first and last H rows of the
+    kernel), each half is applied once per query and once per key, not once per pair.
 
     Args:
       params: ``{"attn": {"kernel": (2H, A), "bias": (A,)}, "v": (A,)}``; the first H rows
@@ -85,6 +115,15 @@ def concat_scores(params, query, keys):
 
     Returns:
       scores ``(B, T, S)``, in the dtype of ``query``.
+
+    Example: with A = 1, a kernel that adds the first feature of query and key, and v = 1,
+    the scores are ``tanh([2, 1, 3]) = [0.964, 0.7616, 0.9951]``.
+
+    >>> query = np.array([[[1.0, 0.0]]])                          # (B, T, H) = (1, 1, 2)
+    >>> keys = np.array([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0]]])  # (B, S, H) = (1, 3, 2)
+    >>> params = {"attn": {"kernel": np.array([[1.0], [0.0], [1.0], [0.0]]), "bias": np.zeros(1)}, "v": np.ones(1)}
+    >>> concat_scores(params, query, keys).round(4)
+    array([[[0.964 , 0.7616, 0.9951]]])
     """
     query, keys = np.asarray(query), np.asarray(keys)
     shapes = check_scores(query, keys)
@@ -93,7 +132,7 @@ def concat_scores(params, query, keys):
     compute = compute_dtype(query.dtype)
     p = cast_params(params, compute)
     W_query, W_keys = p["attn"]["kernel"][:H], p["attn"]["kernel"][H:]     # (H, A) each
-    # 1. W [q; k] + b = (q @ W_q) + (k @ W_k) + b, broadcast over every (t, s) pair
+    # 1. [q; k] W + b = (q @ W_q) + (k @ W_k) + b, broadcast over every (t, s) pair
     query_part = query.astype(compute) @ W_query                           # (B, T, A)
     keys_part = keys.astype(compute) @ W_keys                              # (B, S, A)
     energy = np.tanh(query_part[:, :, None, :] + keys_part[:, None, :, :] + p["attn"]["bias"])  # (B, T, S, A)
