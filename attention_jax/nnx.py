@@ -48,8 +48,22 @@ class AdditiveAttention(ParamTree):
     "bias": (H,)}``) and ``v`` ``(H,)``, initialised as PyTorch initialises the class.
     Bahdanau et al. 2015.
 
+    >>> import numpy as np
     >>> module = AdditiveAttention(8, rngs=nnx.Rngs(0))
-    >>> module = AdditiveAttention.from_torch(torch_module.state_dict())   # the tutorial's weights
+    >>> hidden, encoder_outputs = np.ones((1, 8), np.float32), np.ones((1, 4, 8), np.float32)
+    >>> context, weights = module(hidden, encoder_outputs)
+    >>> context.shape, weights.shape
+    ((1, 1, 8), (1, 4))
+    >>> np.asarray(weights)                        # four equal encoder outputs: uniform weights
+    array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
+
+    The tutorial's weights load from its ``state_dict()`` (PyTorch tensors, or any
+    array-likes in PyTorch's layout; importing torch is not needed):
+
+    >>> state_dict = {"attn.weight": np.zeros((8, 16), np.float32), "attn.bias": np.zeros(8, np.float32),
+    ...               "v": np.ones(8, np.float32)}
+    >>> AdditiveAttention.from_torch(state_dict).attn.kernel[...].shape   # Flax layout: the transpose
+    (16, 8)
     """
 
     def __init__(self, hidden_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
