@@ -27,7 +27,8 @@ def luong_scores(params, decoder_state, encoder_outputs, score):
 
 
 def attentional_hidden_state(params, context, decoder_state):
-    r""":math:`\tilde h_t = \tanh(W_c [c_t; h_t])`, context first (Luong et al. 2015, eq. 5)."""
+    r""":math:`\tilde h_t = \tanh([c_t; h_t]\, W_c)`, context first, ``W_c`` the ``(2H, H)``
+    kernel (Luong et al. 2015, eq. 5)."""
     x = jnp.concatenate([context, decoder_state], axis=-1)                  # (B, 2H)
     return jnp.tanh(x @ params["kernel"])                                   # (B, H)
 
@@ -39,7 +40,7 @@ def global_attention(params, decoder_state, encoder_outputs, *, score="general",
     .. math::
         a_t = \mathrm{softmax}(\mathrm{score}(h_t, \bar h_s)), \quad
         c_t = \textstyle\sum_s a_{ts} \bar h_s, \quad
-        \tilde h_t = \tanh(W_c [c_t; h_t])
+        \tilde h_t = \tanh([c_t; h_t]\, W_c)
 
     Luong, Pham & Manning 2015, "Effective approaches to attention-based neural machine
     translation", section 3.1, eqs. (5), (7) and (8).

@@ -16,7 +16,7 @@ from .soft import soft_attention
 
 @jit
 def location_scores(params, decoder_state):
-    r"""Luong's location-based scores :math:`e_t = W_a h_t`: one score per source position,
+    r"""Luong's location-based scores :math:`e_t = h_t W_a`: one score per source position,
     computed from the decoder state only (Luong et al. 2015, eq. 8).
 
     Args:
@@ -51,7 +51,7 @@ def location_sensitive_attention(params, query, encoder_outputs, prev_weights, *
 
     .. math::
         f = F * a_{i-1}, \qquad
-        e_{i,s} = v^\top \tanh(W q_i + V h_s + U f_s + b), \qquad
+        e_{i,s} = \tanh(q_i W + h_s V + f_s U + b)\, v, \qquad
         a_i = \mathrm{softmax}(e_i), \qquad c_i = \textstyle\sum_s a_{i,s} h_s
 
     Chorowski et al. 2015, "Attention-based models for speech recognition", eqs. (5)-(9):

@@ -12,12 +12,12 @@ def local_attention(params, decoder_state, encoder_outputs, *, window, score="ge
     r"""Luong local-p attention (predictive alignment).
 
     .. math::
-        p_t = S \cdot \sigma\big(v_p^\top \tanh(W_p h_t)\big), \quad
+        p_t = S \cdot \sigma\big(\tanh(h_t W_p)\, v_p\big), \quad
         a_{ts} = \mathrm{align}(h_t, \bar h_s) \exp\Big(-\frac{(s - p_t)^2}{2\sigma^2}\Big), \quad
         \sigma = D / 2
 
     where ``align`` is the softmax of the scores over the window ``|s - p_t| <= D`` (0 outside
-    it); then :math:`c_t = \sum_s a_{ts} \bar h_s` and :math:`\tilde h_t = \tanh(W_c[c_t; h_t])`.
+    it); then :math:`c_t = \sum_s a_{ts} \bar h_s` and :math:`\tilde h_t = \tanh([c_t; h_t]\, W_c)`.
     The Gaussian makes the weights sum to less than 1, as in the paper. Luong, Pham &
     Manning 2015, section 3.2, eqs. (9) and (10).
 
