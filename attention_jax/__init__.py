@@ -12,6 +12,7 @@ from .additive import additive_attention, additive_params_from_torch, init_addit
 from .chunked import chunked_attention
 from .cross_attention import cross_attention, init_cross_attention_params
 from .diagnostics import alignment_diagnostics
+from .dispatch import dot_product_attention
 from .dot_product import scaled_dot_product_attention
 from .global_attention import global_attention, init_global_params
 from .hard import hard_attention
@@ -39,6 +40,7 @@ __all__ = [
     "chunked_attention",
     "concat_scores",
     "cross_attention",
+    "dot_product_attention",
     "dot_scores",
     "general_scores",
     "greedy_decode",

@@ -79,29 +79,43 @@ def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_head
 
 
 def multi_head_params_from_flax(module_or_state):
-    """The params dict of a ``flax.nnx.MultiHeadAttention`` (no qk-norm), for
-    :func:`multi_head_attention`.
+    """The params dict of a ``flax.nnx.MultiHeadAttention``, for :func:`multi_head_attention`.
 
     Accepts the module itself, its ``nnx.state(module)``, or the pure dict
     ``nnx.to_pure_dict(nnx.state(module))``. The names and shapes are Flax's already, so
-    this only selects the four projections and drops what the function does not use.
+    this only selects the four projections and drops what the function does not use. A
+    module with ``use_bias=False`` gets zero biases (the same function). ``normalize_qk``
+    (its ``query_ln``/``key_ln``) and output or key/value widths that differ from the
+    query's (``out_features``, ``in_kv_features``) are beyond ``multi_head_attention``: the
+    ``ValueError`` names :class:`attention_jax.nnx.MultiHeadAttention`, which loads such a
+    module with ``nnx.update(ours, nnx.state(flax_module, nnx.Param))``.
     """
     from flax import nnx  # Flax is a dependency of this half; imported late to keep import light
 
+    beyond = "; attention_jax.nnx.MultiHeadAttention loads it (nnx.update(ours, nnx.state(flax_module, nnx.Param)))"
     state = module_or_state
     if isinstance(state, nnx.Module):
-        if getattr(state, "normalize_qk", False):
-            raise ValueError("multi_head_params_from_flax: modules with normalize_qk=True are not supported")
-        state = nnx.state(state)
+        state = nnx.state(state, nnx.Param)
     if isinstance(state, nnx.State):
         state = nnx.to_pure_dict(state)
     missing = [name for name in ("query", "key", "value", "out") if name not in state]
     if missing:
         raise ValueError(f"module_or_state has no {missing}; expected a flax.nnx.MultiHeadAttention or its state")
+    if state.get("query_ln") is not None or state.get("key_ln") is not None:
+        raise ValueError("multi_head_params_from_flax: normalize_qk=True (query_ln, key_ln) is beyond multi_head_attention" + beyond)
     params = {}
     for name in ("query", "key", "value", "out"):
         layer = state[name]
-        if "bias" not in layer or layer["bias"] is None:
-            raise ValueError(f"module_or_state[{name!r}] has no bias; use_bias=False is not supported")
-        params[name] = {"kernel": jnp.asarray(layer["kernel"]), "bias": jnp.asarray(layer["bias"])}
+        kernel = jnp.asarray(layer["kernel"])
+        bias = layer.get("bias")
+        if bias is None:  # use_bias=False: a zero bias is the same layer
+            bias = jnp.zeros(kernel.shape[1:] if name != "out" else kernel.shape[-1:], kernel.dtype)
+        params[name] = {"kernel": kernel, "bias": jnp.asarray(bias)}
+    width = params["query"]["kernel"].shape[0]
+    if params["key"]["kernel"].shape[0] != width or params["out"]["kernel"].shape[-1] != width:
+        raise ValueError(
+            "multi_head_params_from_flax: in_kv_features or out_features differ from in_features "
+            f"({params['key']['kernel'].shape[0]}, {params['out']['kernel'].shape[-1]} vs {width}), beyond "
+            "multi_head_attention" + beyond
+        )
     return params

@@ -105,3 +105,270 @@ class Seq2Seq(ParamTree):
 
     def generate(self, source_ids, *, bos_id: int, max_len: int, source_mask=None):
         return greedy_decode(self.params(), source_ids, bos_id=bos_id, max_len=max_len, source_mask=source_mask)
+
+
+# --- multi-head attention: a drop-in for flax.nnx.MultiHeadAttention ------------------------------
+from flax.nnx import rnglib as _rnglib  # noqa: E402
+from flax.nnx.module import first_from as _first_from  # noqa: E402
+from flax.nnx.nn import initializers as _initializers  # noqa: E402
+from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init  # noqa: E402
+
+from attention_np._validate import check_window as _check_window  # noqa: E402
+
+from ._masking import combine_all_masks as _combine_all_masks  # noqa: E402
+from .dispatch import dot_product_attention  # noqa: E402
+from .dot_product import scaled_dot_product_attention as _sdpa  # noqa: E402
+
+
+def _project(x, layer, dtype, precision, n_in_axes=1):
+    """``x W + b`` of a ``LinearGeneral``'s parameters, in Flax's dtype rule (``dtype`` if
+    given, else the promoted dtype of the input and the parameters)."""
+    kernel = layer.kernel[...]
+    bias = None if layer.bias is None else layer.bias[...]
+    dtype = dtype or jnp.result_type(x, kernel, *(() if bias is None else (bias,)))
+    x, kernel = x.astype(dtype), kernel.astype(dtype)
+    if n_in_axes == 1:                                                    # (B..., L, E) @ (E, N, H)
+        y = jnp.einsum("...E,ENH->...NH", x, kernel, precision=precision)
+    else:                                                                 # (B..., T, N, H) @ (N, H, F)
+        y = jnp.einsum("...NH,NHF->...F", x, kernel, precision=precision)
+    return y if bias is None else y + bias.astype(dtype)
+
+
+class MultiHeadAttention(nnx.Module):
+    r"""Multi-head attention, a drop-in for ``flax.nnx.MultiHeadAttention``.
+
+    .. math::
+        \mathrm{head}_n = \mathrm{Attention}(x_q W^Q_n, x_k W^K_{k(n)}, x_v W^V_{k(n)}), \qquad
+        \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O
+
+    Vaswani et al. 2017, section 3.2.2; grouped key/value heads (Ainslie et al. 2023); QK
+    layer-norm (Dehghani et al. 2023, ViT-22B). The same constructor arguments, call
+    arguments and parameter tree as Flax's module (``query``/``key``/``value``/``out``
+    ``LinearGeneral`` s, ``query_ln``/``key_ln`` with ``normalize_qk``), initialised in the
+    same order, so ``nnx.update(ours, nnx.state(flax_module, nnx.Param))`` loads a Flax
+    model and gives its outputs. The attention itself is :func:`attention_jax.dot_product_attention`.
+
+    Differences from Flax: a query whose keys are all masked gets a zero output row (Flax:
+    the mean of the values, projected); dropout draws its keep-mask from the positional
+    hash of :mod:`attention_jax.dropout` (Flax: ``jax.random.bernoulli``), so the dropped
+    weights differ from Flax's for the same rng; with ``decode``, ``is_causal`` is ignored
+    (the cache is causal already; Flax would mask all but the first cached key) and more
+    than one token may be fed per call (a prefill). Additions to the call: ``bias``,
+    ``local_window_size`` and ``implementation``. A float ``mask`` is read as Flax reads
+    it (nonzero = attend).
+
+    Shapes: inputs ``(B..., T, E)`` and ``(B..., S, E_kv)``, output ``(B..., T, F)``; N heads,
+    K key/value heads, H = qkv_features / N.
+    """
+
+    def __init__(
+        self,
+        num_heads: int,
+        in_features: int,
+        qkv_features: int | None = None,
+        out_features: int | None = None,
+        num_kv_heads: int | None = None,
+        in_kv_features: int | None = None,
+        *,
+        dtype=None,
+        param_dtype=jnp.float32,
+        broadcast_dropout: bool = True,
+        dropout_rate: float = 0.0,
+        deterministic: bool | None = None,
+        precision=None,
+        kernel_init=_default_kernel_init,
+        out_kernel_init=None,
+        bias_init=_initializers.zeros_init(),
+        out_bias_init=None,
+        use_bias: bool = True,
+        decode: bool | None = None,
+        normalize_qk: bool = False,
+        rngs: nnx.Rngs,
+        keep_rngs: bool = True,
+    ):
+        self.num_heads = num_heads
+        self.in_features = in_features
+        self.qkv_features = qkv_features if qkv_features is not None else in_features
+        self.out_features = out_features if out_features is not None else in_features
+        self.in_kv_features = in_kv_features if in_kv_features is not None else in_features
+        self.num_kv_heads = num_kv_heads if num_kv_heads is not None else num_heads
+        if self.num_heads % self.num_kv_heads != 0:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads}).")
+        if self.qkv_features % self.num_heads != 0:
+            raise ValueError(
+                f"Memory dimension ({self.qkv_features}) must be divisible by 'num_heads' heads ({self.num_heads})."
+            )
+        self.dtype = dtype
+        self.param_dtype = param_dtype
+        self.broadcast_dropout = broadcast_dropout
+        self.dropout_rate = dropout_rate
+        self.deterministic = deterministic
+        self.precision = precision
+        self.use_bias = use_bias
+        self.decode = decode
+        self.normalize_qk = normalize_qk
+        self.head_dim = self.qkv_features // self.num_heads
+        linear = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
+                      use_bias=use_bias, precision=precision, rngs=rngs)
+        # the parameters, created in Flax's order (so the same rngs give the same weights)
+        self.query = nnx.LinearGeneral(self.in_features, out_features=(self.num_heads, self.head_dim), **linear)
+        self.key = nnx.LinearGeneral(self.in_kv_features, out_features=(self.num_kv_heads, self.head_dim), **linear)
+        self.value = nnx.LinearGeneral(self.in_kv_features, out_features=(self.num_kv_heads, self.head_dim), **linear)
+        if normalize_qk:
+            ln = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
+            self.query_ln = nnx.LayerNorm(self.head_dim, **ln)
+            self.key_ln = nnx.LayerNorm(self.head_dim, **ln)
+        else:
+            self.query_ln = nnx.data(None)
+            self.key_ln = nnx.data(None)
+        self.out = nnx.LinearGeneral(
+            in_features=(self.num_heads, self.head_dim), out_features=self.out_features, axis=(-2, -1),
+            kernel_init=out_kernel_init or kernel_init, bias_init=out_bias_init or bias_init,
+            use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs,
+        )
+        self.rngs = rngs.dropout.fork() if keep_rngs and dropout_rate > 0 else None
+        self.cached_key = nnx.data(None)
+        self.cached_value = nnx.data(None)
+        self.cache_index = nnx.data(None)
+
+    def __call__(
+        self,
+        inputs_q,
+        inputs_k=None,
+        inputs_v=None,
+        *,
+        mask=None,
+        deterministic: bool | None = None,
+        rngs=None,
+        sow_weights: bool = False,
+        decode: bool | None = None,
+        is_causal: bool = False,
+        bias=None,
+        local_window_size=None,
+        implementation=None,
+    ):
+        """Multi-head attention of ``inputs_q (B..., T, E)`` over ``inputs_k``/``inputs_v``
+        ``(B..., S, E_kv)`` (default: ``inputs_q``, then ``inputs_k``), as Flax's ``__call__``.
+
+        Args beyond Flax's: ``bias`` (float, broadcastable to ``(B..., N, T, S)``: ALiBi,
+        relative positions), ``local_window_size`` (``(left, right)`` or an int) and
+        ``implementation`` (None, "dense", "chunked": see :mod:`attention_jax.dispatch`).
+
+        Returns:
+          ``(B..., T, out_features)``.
+        """
+        if rngs is None:
+            rngs = self.rngs
+        elif isinstance(rngs, _rnglib.Rngs):
+            rngs = rngs.dropout
+        if inputs_k is None:
+            if inputs_v is not None:
+                raise ValueError(
+                    "`inputs_k` cannot be None if `inputs_v` is not None. To have both `inputs_k` and "
+                    "`inputs_v` be the same value, pass in the value to `inputs_k` and leave `inputs_v` as None."
+                )
+            inputs_k = inputs_q
+        if inputs_v is None:
+            inputs_v = inputs_k
+        if inputs_q.shape[-1] != self.in_features:
+            raise ValueError(
+                f"Incompatible input dimension, got {inputs_q.shape[-1]} but module expects {self.in_features}."
+            )
+        # 1. project into heads: (B..., T, N, H) and (B..., S, K, H)
+        query = _project(inputs_q, self.query, self.dtype, self.precision)
+        key = _project(inputs_k, self.key, self.dtype, self.precision)
+        value = _project(inputs_v, self.value, self.dtype, self.precision)
+        if self.normalize_qk:
+            query, key = self.query_ln(query), self.key_ln(key)
+        if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
+            mask = jnp.asarray(mask) != 0  # Flax's float masks: nonzero = attend
+        # 2. autoregressive decoding: write the new keys and values at cache_index
+        decode = _first_from(decode, self.decode, error_msg="No `decode` argument was provided to MultiHeadAttention "
+                             "as either a __call__ argument, class attribute, or nnx.flag.")
+        if decode:
+            key, value, mask = self._update_cache(key, value, mask)
+            is_causal = False  # the cache mask is causal already
+        # 3. dropout, Flax's rule for `deterministic`
+        dropout_rng = None
+        if self.dropout_rate > 0.0:
+            deterministic = _first_from(deterministic, self.deterministic, error_msg="No `deterministic` argument "
+                                        "was provided to MultiHeadAttention as either a __call__ argument, class "
+                                        "attribute, or nnx.flag.")
+            if not deterministic:
+                if rngs is None:
+                    raise ValueError("'rngs' must be provided to __call__ method if MultiHeadAttention instance "
+                                     "is defined with keep_rngs=False.")
+                dropout_rng = rngs()
+        rate = self.dropout_rate if dropout_rng is not None else 0.0
+        # 4. attention in every head
+        options = dict(bias=bias, mask=mask, is_causal=is_causal, local_window_size=local_window_size,
+                       dropout_rate=rate, dropout_rng=dropout_rng, broadcast_dropout=self.broadcast_dropout)
+        if sow_weights:
+            heads, weights = _sdpa(query, key, value, **options)
+            self.sow(nnx.Intermediate, "attention_weights", weights)
+        else:
+            heads = dot_product_attention(query, key, value, implementation=implementation, **options)
+        # 5. mix the heads back to out_features; a query with no key in any head gets zeros
+        out = _project(heads, self.out, self.dtype, self.precision, n_in_axes=2)
+        attends = self._attends(mask, is_causal, local_window_size, query.shape, key.shape[-3])
+        return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
+
+    @staticmethod
+    def _attends(mask, is_causal, local_window_size, query_shape, S):
+        """``(B..., T)`` bool: True where a query has some key to attend to in some head, or
+        None when every query has one (no mask and no window)."""
+        window = _check_window(local_window_size)
+        if mask is None and window is None:
+            return None
+        T = query_shape[-3]
+        combined = _combine_all_masks(None if mask is None else jnp.asarray(mask), is_causal, window, None, T, S)
+        batch = query_shape[:-3]
+        return jnp.broadcast_to(combined, (*batch, combined.shape[-3] if combined.ndim >= 3 else 1, T, S)).any(axis=(-3, -1))
+
+    def _update_cache(self, key, value, mask):
+        """Write ``key``/``value (B..., k, K, H)`` at ``cache_index`` and return the whole cache
+        with the mask of the positions each new token may see (``s <= index + j``)."""
+        if self.cached_key is None or self.cached_value is None or self.cache_index is None:
+            raise ValueError("Autoregressive cache not initialized, call ``init_cache`` first.")
+        *batch, max_length, num_kv_heads, head_dim = self.cached_key.shape
+        k = key.shape[-3]
+        expected = tuple(batch) + (k, num_kv_heads, head_dim)
+        if tuple(key.shape) != expected or k < 1:
+            raise ValueError(f"Autoregressive cache shape error, expected key shape {expected} instead got {key.shape}.")
+        index = self.cache_index[...]
+        if not isinstance(index, jax.core.Tracer) and int(index) + k > max_length:
+            raise ValueError(f"the decode cache holds {max_length} positions; {int(index)} are used and {k} more "
+                             f"do not fit (init_cache with a longer input_shape)")
+        zero = jnp.array(0, dtype=index.dtype)
+        start = (zero,) * len(batch) + (index, zero, zero)
+        key = jax.lax.dynamic_update_slice(self.cached_key[...], key.astype(self.cached_key.dtype), start)
+        value = jax.lax.dynamic_update_slice(self.cached_value[...], value.astype(self.cached_value.dtype), start)
+        self.cached_key[...] = key
+        self.cached_value[...] = value
+        self.cache_index[...] = index + k
+        visible = jnp.arange(max_length)[None, :] <= index + jnp.arange(k)[:, None]      # (k, L)
+        visible = jnp.broadcast_to(visible, tuple(batch) + (1, k, max_length))
+        mask = visible if mask is None else jnp.logical_and(mask, visible)
+        return key, value, mask
+
+    def init_cache(self, input_shape, dtype=jnp.float32):
+        """The decode cache for inputs of ``input_shape (B..., L, E)``, as Flax's ``init_cache``:
+        ``cached_key``/``cached_value (B..., L, K, H)`` and ``cache_index`` (int32 0), ``nnx.Cache``."""
+        cache_shape = (*input_shape[:-1], self.num_kv_heads, self.head_dim)
+        self.cached_key = nnx.Cache(jnp.zeros(cache_shape, dtype))
+        self.cached_value = nnx.Cache(jnp.zeros(cache_shape, dtype))
+        self.cache_index = nnx.Cache(jnp.array(0, dtype=jnp.int32))
+
+    def set_view(self, deterministic: bool | None = None, decode: bool | None = None,
+                 batch_size=None, max_length: int | None = None):
+        """Used by ``nnx.view``, as Flax's: set ``deterministic``/``decode``; a cache of
+        ``(batch_size..., max_length)`` is made when decoding starts without one."""
+        if deterministic is not None:
+            self.deterministic = deterministic
+        if decode is not None:
+            self.decode = decode
+            if decode and self.cached_key is None:
+                if batch_size is None or max_length is None:
+                    raise TypeError("'batch_size' and 'max_length' must be provided when initializing cache.")
+                batch_size = (batch_size,) if isinstance(batch_size, int) else tuple(batch_size)
+                self.init_cache((*batch_size, max_length, self.in_features), self.dtype or jnp.float32)

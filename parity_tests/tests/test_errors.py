@@ -63,6 +63,19 @@ def ids(*shape):
 
 # (function, args, kwargs, exception, the exact message)
 BAD_INPUTS = [
+    # windows, sequence lengths and dropout (issue 11)
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": -1}, ValueError,
+     "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; got -1"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": (1, 2, 3)}, ValueError,
+     "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; got (1, 2, 3)"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"query_seq_lengths": z(B)}, TypeError,
+     "query_seq_lengths must have an integer dtype (one length per batch row); got float32"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"key_value_seq_lengths": ids(B + 1)}, ValueError,
+     "key_value_seq_lengths must have shape (B,) = (2,), one length per batch row; got (3,)"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"dropout_rate": 1.0, "dropout_rng": 0}, ValueError,
+     "dropout_rate must be a number in [0, 1); got 1.0"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"dropout_rate": 0.1}, ValueError,
+     "dropout_rate=0.1 needs a dropout_rng (a JAX key, its key_data, or an int)"),
     (
         "dot_scores",
         (z(B, T, H), z(B, S, 7)),
@@ -719,7 +732,7 @@ def test_init_rejects_an_unknown_score(half):
 
 
 # --- the two halves offer the same API ------------------------------------------------------------
-JAX_ONLY_NAMES = {"multi_head_params_from_flax", "chunked_attention"}
+JAX_ONLY_NAMES = {"multi_head_params_from_flax", "chunked_attention", "dot_product_attention"}
 # the hand-written backward passes: JAX gets them from jax.vjp
 NUMPY_ONLY_NAMES = {"scaled_dot_product_attention_vjp", "additive_attention_vjp", "multi_head_attention_vjp"}
 JAX_ONLY_PARAMETERS = {"hard_attention": {"straight_through"}}

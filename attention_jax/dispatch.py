@@ -1,0 +1,113 @@
+"""``dot_product_attention``: ``jax.nn.dot_product_attention``'s signature, the fastest correct path.
+
+Which path runs (``implementation=None``), decided from static facts at trace time:
+
+1. ``"cudnn"`` (``jax.nn.dot_product_attention(implementation="cudnn")``) on a GPU backend
+   when all of cuDNN's constraints hold *and* its answer equals ours: float16/bfloat16
+   inputs, ``H <= 128`` and ``H % 8 == 0``, no ``mask``, no ``key_value_seq_lengths``
+   (a query could then have no key, where cuDNN returns the mean of the values and we
+   return zeros), no dropout, a window only with ``is_causal`` (cuDNN supports only a left
+   window), and no traced ``scale``.
+2. ``"dense"`` (:func:`scaled_dot_product_attention`) when ``T * S <= 2**16`` (L <= 256):
+   at those lengths one batched matmul beats the blockwise loop
+   (``benchmarks/results/attention.md``: 8x8x128, 3.5 ms dense vs 4.4 ms chunked).
+3. ``"chunked"`` (:func:`chunked_attention`) otherwise: from L = 512 on it is 1.3-4.7x
+   faster than the dense path on CPU and needs O(T + S) memory.
+
+Forward-mode autodiff (``jax.jvp``) needs ``implementation="dense"`` at long lengths: the
+chunked path is reverse-mode only.
+"""
+
+import jax
+import jax.numpy as jnp
+
+from attention_np._validate import check_choice, check_window, is_scalar_array
+
+from .chunked import chunked_attention
+from .dot_product import scaled_dot_product_attention
+
+IMPLEMENTATIONS = (None, "dense", "chunked", "cudnn")
+DENSE_MAX_SCORES = 2**16  # T * S up to which the dense path runs (L <= 256)
+
+
+def choose_implementation(query, key, *, bias=None, mask=None, is_causal=False, scale=None,
+                          key_value_seq_lengths=None, local_window_size=None, dropout_rate=0.0,
+                          backend=None):
+    """The path ``dot_product_attention(..., implementation=None)`` takes: ``"cudnn"``,
+    ``"dense"`` or ``"chunked"`` (the rule in this module's docstring). ``query (B..., T, N, H)``,
+    ``key (B..., S, K, H)``; ``backend`` defaults to ``jax.default_backend()``."""
+    backend = jax.default_backend() if backend is None else backend
+    T, H = query.shape[-3], query.shape[-1]
+    S = key.shape[-3]
+    window = check_window(local_window_size)
+    cudnn_ok = (
+        backend == "gpu"
+        and jnp.dtype(query.dtype) in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
+        and H <= 128 and H % 8 == 0
+        and mask is None and key_value_seq_lengths is None and dropout_rate == 0
+        and (window is None or is_causal)
+        and not (scale is not None and is_scalar_array(scale) and not isinstance(scale, (int, float)))
+    )
+    if cudnn_ok:
+        return "cudnn"
+    return "dense" if T * S <= DENSE_MAX_SCORES else "chunked"
+
+
+def dot_product_attention(
+    query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
+    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+    dropout_rate=0.0, dropout_rng=None, implementation=None, broadcast_dropout=False,
+):
+    r"""Scaled dot-product attention with ``jax.nn.dot_product_attention``'s signature, plus dropout.
+
+    .. math::
+        \mathrm{out} = \mathrm{dropout}\Big(\mathrm{softmax}\big(\mathrm{scale} \cdot Q K^\top + \text{bias}\big)\Big) V
+
+    Vaswani et al. 2017, eq. (1); grouped-query heads (Ainslie et al. 2023); sliding windows
+    (Beltagy et al. 2020); the chunked path after Rabe & Staats 2021 and Dao 2023. Same
+    semantics as ``jax.nn.dot_product_attention`` on every query that has a key to attend
+    to; a query with none gets a zero output (``jax.nn``: the mean of the values), on every
+    path but cuDNN, which the automatic rule never picks when that could happen.
+
+    Shapes: B batch (any number of axes, or none), T query length, S key length, N query
+    heads, K key/value heads (N % K == 0), H features per head.
+
+    Args:
+      query: ``(B, T, N, H)``. key, value: ``(B, S, K, H)``, the dtype of ``query``.
+      bias: optional float, broadcastable to ``(B, N, T, S)``.
+      mask: optional bool, broadcastable to ``(B, N, T, S)``, True = attend.
+      scale: a number (static) or a 0-d float array (traced); default ``1 / sqrt(H)``.
+      is_causal: query t attends keys ``s <= t``.
+      query_seq_lengths, key_value_seq_lengths: optional int ``(B,)``.
+      local_window_size: optional ``(left, right)`` or an int: keys ``t - left <= s <= t + right``.
+      dropout_rate: probability of dropping an attention weight; ``dropout_rng`` a JAX key
+        (or its ``key_data``, or an int). The keep-mask is the same on every path
+        (:mod:`attention_jax.dropout`).
+      implementation: None (the rule of :mod:`attention_jax.dispatch`), ``"dense"``,
+        ``"chunked"`` or ``"cudnn"``.
+      broadcast_dropout: one dropout mask for every batch row and head (Flax's modules).
+
+    Returns:
+      ``out``: ``(B, T, N, H)`` in the dtype of ``query``.
+    """
+    check_choice("implementation", implementation, IMPLEMENTATIONS)
+    query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    if implementation is None:
+        implementation = choose_implementation(
+            query, key, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
+            key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
+            dropout_rate=dropout_rate,
+        )
+    options = dict(bias=bias, mask=mask, is_causal=is_causal, scale=scale, query_seq_lengths=query_seq_lengths,
+                   key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
+                   dropout_rate=dropout_rate, dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout)
+    if implementation == "dense":
+        return scaled_dot_product_attention(query, key, value, **options)[0]
+    if implementation == "chunked":
+        return chunked_attention(query, key, value, **options)
+    if dropout_rate:
+        raise ValueError("implementation='cudnn' has no attention dropout; use 'dense' or 'chunked'")
+    return jax.nn.dot_product_attention(
+        query, key, value, bias, mask, scale=scale, is_causal=is_causal, query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size, implementation="cudnn",
+    )

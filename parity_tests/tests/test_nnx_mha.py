@@ -1,0 +1,278 @@
+"""attention_jax.nnx.MultiHeadAttention against flax.nnx.MultiHeadAttention: the same
+parameter tree, Flax's weights loaded with nnx.update give Flax's outputs (1e-5, float32)
+in prefill and decode, sow_weights sows the same weights; and what it adds (bias, windows,
+implementation, zeros for fully masked queries, positional dropout)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import attention_jax
+from attention_jax.nnx import MultiHeadAttention
+
+from .conftest import highest
+
+B, T, S, E, E_KV = 2, 5, 7, 10, 9
+TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def _pair(seed_flax=0, seed_ours=1, **kwargs):
+    """A Flax module and ours (initialised differently), with Flax's weights loaded into ours."""
+    theirs = nnx.MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(seed_flax))
+    ours = MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(seed_ours))
+    nnx.update(ours, nnx.state(theirs, nnx.Param))
+    return theirs, ours
+
+
+def _inputs(cross, seed=0):
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(B, T, E)).astype(np.float32)
+    context = r.normal(size=(B, S, E_KV)).astype(np.float32) if cross else None
+    return x, context
+
+
+def _mask(kind, n_heads, t, s, seed=0):
+    """A mask with at least one key per query (Flax gives the mean elsewhere)."""
+    r = np.random.default_rng(seed)
+    if kind == "padding":  # (B, 1, 1, S): row 1 sees its first 3 keys
+        mask = np.ones((B, 1, 1, s), bool)
+        mask[1, ..., 3:] = False
+        return mask
+    mask = r.random((B, n_heads, t, s)) < 0.5  # per head, per query
+    mask[..., 0] = True
+    return mask
+
+
+CONFIGS = {
+    "plain": dict(num_heads=2, in_features=E),
+    "no-bias": dict(num_heads=2, in_features=E, use_bias=False),
+    "qk-norm": dict(num_heads=2, in_features=E, qkv_features=12, normalize_qk=True),
+    "out-features": dict(num_heads=3, in_features=E, qkv_features=9, out_features=7),
+    "gqa": dict(num_heads=6, in_features=E, qkv_features=12, num_kv_heads=3),
+    "cross": dict(num_heads=4, in_features=E, qkv_features=8, in_kv_features=E_KV, out_features=11),
+    "all": dict(num_heads=6, in_features=E, qkv_features=18, out_features=7, num_kv_heads=2,
+                in_kv_features=E_KV, use_bias=False, normalize_qk=True),
+}
+
+
+def test_the_parameter_tree_and_the_initialisation_are_flaxs():
+    kwargs = CONFIGS["all"] | {"use_bias": True}
+    theirs = nnx.MultiHeadAttention(**kwargs, rngs=nnx.Rngs(0))
+    ours = MultiHeadAttention(**kwargs, rngs=nnx.Rngs(0))
+    a, b = nnx.to_pure_dict(nnx.state(theirs, nnx.Param)), nnx.to_pure_dict(nnx.state(ours, nnx.Param))
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    assert set(a) == {"query", "key", "value", "out", "query_ln", "key_ln"}
+    jax.tree.map(np.testing.assert_array_equal, a, b)  # same rngs, same order: the same weights
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("mask_kind", [None, "padding", "per-head"])
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_flax_weights_give_flax_outputs(config, mask_kind, is_causal):
+    kwargs = CONFIGS[config]
+    cross = "in_kv_features" in kwargs
+    theirs, ours = _pair(**kwargs)
+    x, context = _inputs(cross)
+    s = S if cross else T
+    mask = None if mask_kind is None else _mask(mask_kind, kwargs["num_heads"], T, s)
+    with highest():
+        expected = theirs(x, context, mask=None if mask is None else jnp.asarray(mask), is_causal=is_causal)
+        actual = ours(x, context, mask=mask, is_causal=is_causal)
+    assert actual.shape == (B, T, kwargs.get("out_features", E))
+    np.testing.assert_allclose(actual, expected, **TOL)
+
+
+@pytest.mark.parametrize("implementation", [None, "dense", "chunked"])
+def test_every_implementation_gives_flaxs_outputs(implementation):
+    theirs, ours = _pair(**CONFIGS["gqa"])
+    x, _ = _inputs(False)
+    with highest():
+        expected = theirs(x, is_causal=True)
+        actual = ours(x, is_causal=True, implementation=implementation)
+    np.testing.assert_allclose(actual, expected, **TOL)
+
+
+def test_sow_weights_sows_flaxs_weights():
+    theirs, ours = _pair(**CONFIGS["gqa"])
+    x, _ = _inputs(False)
+    mask = _mask("per-head", 6, T, T)
+    with highest():
+        theirs(x, mask=jnp.asarray(mask), sow_weights=True)
+        ours(x, mask=mask, sow_weights=True)
+    (expected,) = nnx.state(theirs, nnx.Intermediate)["attention_weights"].get_value()
+    (actual,) = nnx.state(ours, nnx.Intermediate)["attention_weights"].get_value()
+    assert actual.shape == (B, 6, T, T)
+    np.testing.assert_allclose(actual, expected, **TOL)
+    np.testing.assert_array_equal(np.asarray(actual)[~np.broadcast_to(mask, actual.shape)], 0)
+
+
+@pytest.mark.parametrize("config", ["plain", "gqa", "all"])
+def test_decode_steps_equal_flaxs_decode_and_the_causal_full_pass(config):
+    kwargs = {k: v for k, v in CONFIGS[config].items() if k != "in_kv_features"}
+    theirs, ours = _pair(**kwargs)
+    x, _ = _inputs(False)
+    with highest():
+        full = ours(x, is_causal=True)
+        theirs.init_cache(x.shape)
+        ours.init_cache(x.shape)
+        for t in range(T):
+            expected = theirs(x[:, t : t + 1], decode=True)
+            actual = ours(x[:, t : t + 1], decode=True)
+            np.testing.assert_allclose(actual, expected, **TOL)
+            np.testing.assert_allclose(actual[:, 0], full[:, t], **TOL)
+    np.testing.assert_allclose(nnx.state(ours, nnx.Cache)["cached_key"][...],
+                               nnx.state(theirs, nnx.Cache)["cached_key"][...], **TOL)
+    assert int(ours.cache_index[...]) == T
+
+
+def test_decode_prefill_then_steps_and_overflow():
+    theirs, ours = _pair(**CONFIGS["gqa"])
+    x, _ = _inputs(False)
+    with highest():
+        full = ours(x, is_causal=True)
+        ours.init_cache(x.shape)
+        np.testing.assert_allclose(ours(x[:, :3], decode=True), full[:, :3], **TOL)  # 3 tokens at once
+        np.testing.assert_allclose(ours(x[:, 3:], decode=True), full[:, 3:], **TOL)
+    with pytest.raises(ValueError, match="the decode cache holds 5 positions; 5 are used and 1 more do not fit"):
+        ours(x[:, :1], decode=True)
+    fresh = MultiHeadAttention(**CONFIGS["gqa"], decode=False, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="Autoregressive cache not initialized"):
+        fresh(x[:, :1], decode=True)
+
+
+def test_decode_under_nnx_jit_equals_flax():
+    theirs, ours = _pair(**CONFIGS["plain"])
+    x, _ = _inputs(False)
+
+    @nnx.jit
+    def step(module, token):
+        return module(token, decode=True)
+
+    with highest():
+        theirs.init_cache(x.shape)
+        ours.init_cache(x.shape)
+        for t in range(T):
+            np.testing.assert_allclose(step(ours, x[:, t : t + 1]), step(theirs, x[:, t : t + 1]), **TOL)
+
+
+def test_a_fully_masked_query_gets_a_zero_row():
+    theirs, ours = _pair(**CONFIGS["gqa"])
+    x, _ = _inputs(False)
+    mask = np.ones((B, 1, T, T), bool)
+    mask[0, :, 2] = False  # query 2 of row 0 sees nothing, in every head
+    with highest():
+        actual = np.asarray(ours(x, mask=mask))
+        expected = np.asarray(theirs(x, mask=jnp.asarray(mask)))
+    np.testing.assert_array_equal(actual[0, 2], 0)
+    assert np.abs(expected[0, 2]).max() > 1e-3  # Flax: the mean of the values, projected
+    keep = np.ones((B, T), bool)
+    keep[0, 2] = False
+    np.testing.assert_allclose(actual[keep], expected[keep], **TOL)
+
+
+def test_a_float_mask_reads_as_flax_reads_it():
+    theirs, ours = _pair(**CONFIGS["plain"])
+    x, _ = _inputs(False)
+    mask = nnx.make_causal_mask(jnp.ones((B, T)))  # float32, Flax's helper
+    with highest():
+        np.testing.assert_allclose(ours(x, mask=mask), theirs(x, mask=mask), **TOL)
+
+
+def test_bias_and_window_equal_flax_with_the_same_bias_and_window_mask():
+    kwargs = CONFIGS["gqa"]
+    slopes = 2.0 ** -np.arange(1, 7)                                     # ALiBi, one slope per head
+    distance = np.arange(T)[None, :] - np.arange(T)[:, None]             # s - t
+    alibi = (slopes[:, None, None] * -np.abs(distance)).astype(np.float32)[None]  # (1, N, T, T)
+    window = np.abs(distance) <= 1
+    attention_fn = functools.partial(nnx.dot_product_attention, bias=jnp.asarray(alibi))
+    theirs = nnx.MultiHeadAttention(**kwargs, attention_fn=attention_fn, decode=False, rngs=nnx.Rngs(0))
+    ours = MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(1))
+    nnx.update(ours, nnx.state(theirs, nnx.Param))
+    x, _ = _inputs(False)
+    with highest():
+        expected = theirs(x, mask=jnp.asarray(window)[None, None])
+        for implementation in ("dense", "chunked"):
+            actual = ours(x, bias=alibi, local_window_size=1, implementation=implementation)
+            np.testing.assert_allclose(actual, expected, **TOL)
+
+
+@pytest.mark.parametrize("broadcast_dropout", [False, True])
+def test_deterministic_dropout_is_flaxs_and_training_dropout_is_the_functional_mask(broadcast_dropout):
+    kwargs = CONFIGS["gqa"] | {"dropout_rate": 0.25, "broadcast_dropout": broadcast_dropout}
+    theirs, ours = _pair(**kwargs)
+    x, _ = _inputs(False)
+    with highest():
+        np.testing.assert_allclose(ours(x, deterministic=True), theirs(x, deterministic=True), **TOL)
+        trained = ours(x, deterministic=False, rngs=nnx.Rngs(dropout=5))
+        # the same computation by hand: projections, then the functional core with the same key
+        q = jnp.einsum("BTE,ENH->BTNH", x, ours.query.kernel[...]) + ours.query.bias[...]
+        k = jnp.einsum("BTE,EKH->BTKH", x, ours.key.kernel[...]) + ours.key.bias[...]
+        v = jnp.einsum("BTE,EKH->BTKH", x, ours.value.kernel[...]) + ours.value.bias[...]
+        heads = attention_jax.dot_product_attention(q, k, v, dropout_rate=0.25, dropout_rng=nnx.Rngs(dropout=5).dropout(),
+                                                    broadcast_dropout=broadcast_dropout)
+        expected = jnp.einsum("BTNH,NHE->BTE", heads, ours.out.kernel[...]) + ours.out.bias[...]
+    np.testing.assert_allclose(trained, expected, **TOL)
+    assert np.abs(np.asarray(trained) - np.asarray(ours(x, deterministic=True))).max() > 1e-3
+    with pytest.raises(ValueError, match="No `deterministic` argument"):
+        MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(0))(x)
+
+
+def test_use_bias_false_loads_with_multi_head_params_from_flax():
+    theirs, ours = _pair(**CONFIGS["no-bias"])
+    params = attention_jax.multi_head_params_from_flax(theirs)
+    np.testing.assert_array_equal(params["out"]["bias"], 0)
+    x, _ = _inputs(False)
+    with highest():
+        np.testing.assert_allclose(attention_jax.multi_head_attention(params, x)[0], theirs(x), **TOL)
+
+
+def test_grad_through_the_module_under_nnx_jit():
+    theirs, ours = _pair(**CONFIGS["all"])
+    x, context = _inputs(True)
+
+    def loss(module):
+        return (module(x, context, is_causal=True) ** 2).sum()
+
+    with highest():
+        expected = nnx.grad(loss)(theirs)
+        actual = nnx.jit(nnx.grad(loss))(ours)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+                 nnx.to_pure_dict(actual), nnx.to_pure_dict(expected))
+
+
+def test_bfloat16_compute_with_float32_params_stays_within_the_bf16_tolerance():
+    kwargs = CONFIGS["gqa"] | {"dtype": jnp.bfloat16}
+    theirs, ours = _pair(**kwargs)
+    reference = MultiHeadAttention(**CONFIGS["gqa"], decode=False, rngs=nnx.Rngs(0))
+    nnx.update(reference, nnx.state(theirs, nnx.Param))
+    x, _ = _inputs(False)
+    with highest():
+        actual = ours(x, is_causal=True)
+        expected = reference(x, is_causal=True)
+    assert actual.dtype == jnp.bfloat16 and ours.query.kernel[...].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(actual, np.float32), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_flaxs_constructor_errors():
+    with pytest.raises(ValueError, match=r"num_heads \(4\) must be divisible by num_kv_heads \(3\)"):
+        MultiHeadAttention(4, 8, num_kv_heads=3, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="Memory dimension"):
+        MultiHeadAttention(3, 8, rngs=nnx.Rngs(0))
+    module = MultiHeadAttention(2, 8, decode=False, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="Incompatible input dimension, got 9 but module expects 8"):
+        module(jnp.zeros((1, 2, 9)))
+    with pytest.raises(ValueError, match="`inputs_k` cannot be None if `inputs_v` is not None"):
+        module(jnp.zeros((1, 2, 8)), None, jnp.zeros((1, 2, 8)))
+    with pytest.raises(ValueError, match="No `decode` argument was provided"):  # as Flax, decode must be set
+        MultiHeadAttention(2, 8, rngs=nnx.Rngs(0))(jnp.zeros((1, 2, 8)))
+
+
+def test_multi_head_params_from_flax_names_the_module_for_what_it_cannot_express():
+    for config in ("qk-norm", "out-features", "cross"):
+        theirs, _ = _pair(**CONFIGS[config])
+        with pytest.raises(ValueError, match="attention_jax.nnx.MultiHeadAttention loads it"):
+            attention_jax.multi_head_params_from_flax(theirs)
