@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -66,6 +68,9 @@ def parity(numpy_result, jax_result, tolerance=1e-5):
 # the key of "cat". (In a trained model the embeddings are learned; here they are made so
 # that the pictures are easy to read.) Words are lower-cased first, so "The" and "the" are
 # one vector.
+#
+# The equations are written the way the code computes them: vectors are rows, and a kernel
+# `W` of shape `(in, out)` multiplies from the right, `x W` (`x @ W`).
 
 # %%
 english = "The cat sat on the mat".split()
@@ -236,11 +241,11 @@ parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, ke
 #
 # The score depends on *where* a position is, not only on what it holds. Luong et al. (2015,
 # eq. 8) score the source positions from the decoder state alone, $a_t =
-# \mathrm{softmax}(h_t^\top W_a)$ with a kernel `(H, S)`: one score per position. Chorowski
+# \mathrm{softmax}(h_t W_a)$ with a kernel `(H, S)`: one score per position. Chorowski
 # et al. (2015), for speech, add features of the previous step's weights (a convolution $F *
 # a_{i-1}$) to an additive score, so the attention can learn to move forward along the input:
 #
-# $$e_{i,s} = v^\top \tanh\!\big(q_i^\top W + h_s^\top V + f_s^\top U + b\big), \qquad f = F * a_{i-1}$$
+# $$e_{i,s} = \tanh\!\big(q_i W + h_s V + f_s U + b\big)\, v, \qquad f = F * a_{i-1}$$
 #
 # Below, the location-sensitive attention steps through the French words, each step given
 # the previous step's weights (random parameters again).
@@ -272,7 +277,7 @@ parity(np.stack(rows), np.stack(rows_jax))
 # attentional state that predicts the next word:
 #
 # $$a_t = \mathrm{softmax}(\mathrm{score}(h_t, \bar h_s)), \quad c_t = \sum_s a_{ts} \bar h_s,
-#   \quad \tilde h_t = \tanh([c_t; h_t]^\top W_c)$$
+#   \quad \tilde h_t = \tanh([c_t; h_t]\, W_c)$$
 #
 # The decoder state is one vector `(B, H)` per step; here each French word is one batch row,
 # attending to the same English sentence.
@@ -362,7 +367,7 @@ else:
 # `tanh` (the "energy"), scored against a vector `v`, and softmaxed. That is additive
 # (Bahdanau) attention, `attention_np.additive_attention`:
 #
-# $$e_s = v^\top \tanh\!\big([h; \bar h_s]^\top W + b\big), \quad a = \mathrm{softmax}(e), \quad
+# $$e_s = \tanh\!\big([h; \bar h_s]\, W + b\big)\, v, \quad a = \mathrm{softmax}(e), \quad
 #   c = \sum_s a_s \bar h_s$$
 #
 # with `params = {"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}`; the kernel is
