@@ -56,7 +56,6 @@ def parity(numpy_result, jax_result, tolerance=1e-5):
     worst = max(jax.tree.leaves(errors))
     print(f"max |attention_np - attention_jax| = {worst:.1e}  (float32 tolerance {tolerance:.0e})")
     assert worst <= tolerance, errors
-    return worst
 
 
 # %% [markdown]
@@ -181,7 +180,7 @@ parity((out, weights), attention_jax.self_attention(to_jax(self_params), source,
 mha_params = attention_np.init_multi_head_params(np.random.default_rng(1), H, 3, 4)  # E=8, N=3, H=4
 print(jax.tree.map(np.shape, mha_params))
 out, weights = attention_np.multi_head_attention(mha_params, source)  # (1, S, E), (1, N, S, S)
-fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+fig, axes = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
 for n, ax in enumerate(axes):
     plot_attention(weights[0, n], english, english, ax=ax, title=f"head {n + 1}")
 plt.show()
@@ -248,7 +247,10 @@ parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, ke
 # $$e_{i,s} = \tanh\!\big(q_i W + h_s V + f_s U + b\big)\, v, \qquad f = F * a_{i-1}$$
 #
 # Below, the location-sensitive attention steps through the French words, each step given
-# the previous step's weights (random parameters again).
+# the previous step's weights. The parameters are chosen by hand to show the mechanism alone:
+# the content terms are switched off ($W = V = 0$) and the convolution shifts the previous
+# weights one position to the right, so starting from "The" (step 0) each step attends one
+# word further than the last, whatever the words say. A trained model mixes such a location term with the content terms.
 
 # %%
 location_params = {"kernel": np.random.default_rng(3).normal(size=(H, S)).astype(np.float32)}
@@ -256,14 +258,21 @@ location = attention_np.location_scores(location_params, target[:, 0])   # (1, S
 print("Luong location scores for 'Le':", location[0])
 parity(location, attention_jax.location_scores(to_jax(location_params), target[:, 0]))
 
-ls_params = attention_np.init_location_sensitive_params(np.random.default_rng(4), H, H, 8, filters=4, width=3)
-prev = np.eye(S, dtype=np.float32)[None, 0]                        # (1, S): start at the first word
+ls_params = attention_np.init_location_sensitive_params(np.random.default_rng(4), H, H, 1, filters=1, width=3)
+print(jax.tree.map(np.shape, ls_params))
+ls_params["query"]["kernel"][:] = 0                                 # W = 0: no content from the query
+ls_params["keys"]["kernel"][:] = 0                                  # V = 0: no content from the keys
+ls_params["conv"]["kernel"][:, 0, 0] = [1, 0, 0]                    # f_s = a_{i-1, s-1}: shift right by one
+ls_params["location"]["kernel"][:] = 1                              # U = 1
+ls_params["bias"][:], ls_params["v"][:] = 0, 8                      # e_s = 8 tanh(f_s)
+prev = np.eye(S, dtype=np.float32)[None, 0]                        # (1, S): step 0 sits on 'The'
 rows, rows_jax, prev_jax = [], [], prev
-for t in range(T):
-    context, prev = attention_np.location_sensitive_attention(ls_params, target[:, t], source, prev)
-    context_jax, prev_jax = attention_jax.location_sensitive_attention(to_jax(ls_params), target[:, t], source, prev_jax)
+for i in range(1, S):                                               # steps 1 .. S-1, each from the last
+    context, prev = attention_np.location_sensitive_attention(ls_params, target[:, i], source, prev)
+    context_jax, prev_jax = attention_jax.location_sensitive_attention(to_jax(ls_params), target[:, i], source, prev_jax)
     rows, rows_jax = rows + [prev[0]], rows_jax + [prev_jax[0]]
-plot_attention(np.stack(rows), english, french, title="location-sensitive attention, step by step")
+plot_attention(np.stack(rows), english, [f"step {i}" for i in range(1, S)],
+               title="location-sensitive attention: one word further each step")
 plt.show()
 parity(np.stack(rows), np.stack(rows_jax))
 
@@ -409,9 +418,10 @@ parity((context, weights), attention_jax.additive_attention(to_jax(params), deco
 # `attention_np` writes the backward pass out by hand (`attention_np/backward.py`); for
 # $P = \mathrm{softmax}(s\, Q K^\top)$ and $O = P V$, given $dO$:
 #
-# $$dV = P^\top dO, \quad dP = dO\, V^\top, \quad
-#   dL = P \odot \big(dP - \mathrm{rowsum}(dP \odot P)\big), \quad
-#   dQ = s\, dL\, K, \quad dK = s\, dL^\top Q$$
+# $$dV = P^\top dO, \qquad dP = dO\, V^\top, \qquad
+#   dL = P \odot \big(dP - \mathrm{rowsum}(dP \odot P)\big)$$
+#
+# $$dQ = s\, dL\, K, \qquad dK = s\, dL^\top Q$$
 #
 # JAX derives the same gradients by itself (`jax.vjp`). Both, for the cross-attention of
 # section 6 (the French queries over the English keys and values):
