@@ -30,6 +30,7 @@ from .scores import (
 )
 from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from . import nnx  # noqa: E402, I001  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
+from .ring import ring_attention
 from .self_attention import init_self_attention_params, self_attention
 from .soft import soft_attention
 
@@ -65,6 +66,7 @@ __all__ = [
     "multi_head_params_from_flax",
     "scaled_dot_product_attention",
     "scaled_dot_scores",
+    "ring_attention",
     "self_attention",
     "seq2seq_forward",
     "soft_attention",

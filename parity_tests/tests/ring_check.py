@@ -1,0 +1,76 @@
+"""Run by test_ring.py in a fresh process with 8 simulated CPU devices (XLA reads the device
+count once, at start-up): ring attention against the single-device function, as JSON."""
+
+import json
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+
+import attention_jax  # noqa: E402
+
+jax.config.update("jax_enable_x64", False)
+
+
+def mesh_of(p):
+    return Mesh(np.array(jax.devices()[:p]), ("sp",))
+
+
+def errors(p, causal, n, k, seed=0):
+    rng = np.random.default_rng(seed)
+    B, L, H = 2, 24, 5
+    q = rng.normal(size=(B, L, n, H)).astype(np.float32)
+    kv = [rng.normal(size=(B, L, k, H)).astype(np.float32) for _ in range(2)]
+    mask = rng.random((B, L)) < 0.8
+    if not causal:
+        mask[1] = False  # a batch row with nothing to attend to: zeros, zero gradients
+    mesh = mesh_of(p)
+    sharding = NamedSharding(mesh, PartitionSpec(None, "sp"))
+    args = [jax.device_put(x, sharding) for x in (q, *kv)]
+    ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal, mask=mask)
+    dense = lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal, mask=mask[:, None, None, :])[0]
+    cotangent = rng.normal(size=q.shape).astype(np.float32)
+    with jax.default_matmul_precision("highest"):
+        out = ring(*args)
+        expected = dense(q, *kv)
+        grads = jax.vjp(ring, *args)[1](cotangent)
+        expected_grads = jax.vjp(dense, q, *kv)[1](cotangent)
+    return {
+        "forward": float(jnp.abs(out - expected).max()),
+        "gradients": max(float(jnp.abs(a - b).max()) for a, b in zip(grads, expected_grads)),
+        "out_sharding": str(out.sharding.spec),
+        "finite": bool(all(jnp.isfinite(g).all() for g in grads)),
+    }
+
+
+def temp_bytes(p, L=16384, N=1, H=64, causal=False):
+    """XLA's compiled scratch per device for forward+backward at sequence length L."""
+    mesh = mesh_of(p)
+    shape = jax.ShapeDtypeStruct((1, L, N, H), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(None, "sp")))
+    loss = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal).sum()
+    compiled = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(shape, shape, shape).compile()
+    return compiled.memory_analysis().temp_size_in_bytes
+
+
+def main():
+    result = {"devices": jax.device_count(), "cases": {}, "memory": {}}
+    configs = [(2, c, n, k) for c in (False, True) for n, k in ((6, 6), (6, 3))]
+    configs += [(p, c, 6, 3) for p in (4, 8) for c in (False, True)]
+    for p, causal, n, k in configs:
+        result["cases"][f"P={p} causal={causal} N={n} K={k}"] = errors(p, causal, n, k)
+    for p in (2, 4, 8):
+        result["memory"][p] = temp_bytes(p)
+    try:
+        attention_jax.ring_attention(*(np.zeros((1, 10, 1, 4), np.float32),) * 3, mesh=mesh_of(4), axis_name="sp")
+    except ValueError as e:
+        result["uneven"] = str(e)
+    json.dump(result, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""ring_attention on 2, 4 and 8 simulated CPU devices equals the single-device function, in
+values and gradients, and needs less memory per device as the ring grows.
+
+XLA fixes the number of CPU devices when it starts, so the checks run in a fresh process
+(``ring_check.py``) with 8 devices and report JSON."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ring():
+    script = pathlib.Path(__file__).with_name("ring_check.py")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def test_values_and_gradients_equal_the_single_device_function(ring):
+    assert ring["devices"] == 8
+    assert len(ring["cases"]) == 8 and {c.split()[0] for c in ring["cases"]} == {"P=2", "P=4", "P=8"}
+    for name, case in ring["cases"].items():
+        assert case["forward"] <= 1e-5, name
+        assert case["gradients"] <= 1e-5, name
+        assert case["finite"], name
+        assert case["out_sharding"] == "P(None, 'sp')", name  # the output stays sharded along T
+
+
+def test_memory_per_device_falls_at_least_in_proportion_to_the_ring(ring):
+    memory = {int(p): b for p, b in ring["memory"].items()}
+    assert memory[4] <= memory[2] / 2 and memory[8] <= memory[4] / 2, memory
+
+
+def test_lengths_must_divide_evenly(ring):
+    assert ring["uneven"] == "ring_attention splits T evenly over the 4 devices of mesh axis 'sp'; got T=10"
