@@ -1,4 +1,4 @@
-"""The precision rule of DESIGN.md section 4: compute in float32 (float64 for float64 input)."""
+"""The precision rule of docs/design.md section 4: compute in float32 (float64 for float64 input)."""
 
 import jax.numpy as jnp
 

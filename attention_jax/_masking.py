@@ -1,6 +1,6 @@
 """Softmax with a boolean mask, and the causal mask: mirror of ``attention_np/_masking.py``.
 
-DESIGN.md section 4: masked logits are *replaced* (``where``), never added to ``-inf``, so
+docs/design.md section 4: masked logits are *replaced* (``where``), never added to ``-inf``, so
 no NaN can appear, in the forward pass or the gradients; a row with every key masked gets
 all-zero weights and zero gradients; softmax runs in float32 (float64 for float64 input).
 """

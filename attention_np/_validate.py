@@ -4,7 +4,7 @@ Pure Python on ``.shape`` and ``.dtype``: no array math, so the JAX half calls t
 same checks while it traces a function (they cost nothing at run time) and both halves
 raise the same exception type with the same message by construction.
 
-Shapes are written with DESIGN.md's letters::
+Shapes are written with docs/design.md's letters::
 
     B batch, T query length, S key/value length, N query heads, K key/value heads,
     H features per head, E model width.
@@ -45,7 +45,7 @@ def _dtype_name(x) -> str:
 
 
 def check_float(name: str, x) -> None:
-    """``TypeError`` unless ``x`` has one of the floating dtypes of DESIGN.md section 4."""
+    """``TypeError`` unless ``x`` has one of the floating dtypes of docs/design.md section 4."""
     if _dtype_name(x) not in FLOAT_DTYPES:
         raise TypeError(
             f"{name} must have a floating dtype (float16, bfloat16, float32 or float64); "

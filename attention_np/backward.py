@@ -23,7 +23,7 @@ a query with every key masked (an all-zero row of weights) gets zero gradients e
 padding that the forward pass replaced by zeros gets zero gradient. NumPy only: the JAX
 half gets the same numbers from ``jax.vjp``, and the parity harness checks that it does.
 
-Shape letters (DESIGN.md): B batch, T query length, S key/value length, N query heads,
+Shape letters (docs/design.md): B batch, T query length, S key/value length, N query heads,
 K key/value heads, H features per head, E model width.
 """
 

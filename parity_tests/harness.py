@@ -3,7 +3,7 @@
 A :class:`ParityCase` names a mechanism, builds float64 NumPy inputs from a seed, and says
 which NumPy and JAX functions to run. :func:`run_case` runs one case in one dtype on one
 half and compares it with the NumPy float64 reference, computed from the *same* (rounded)
-inputs, at the tolerance of DESIGN.md section 5 (or the case's own). A case that names its
+inputs, at the tolerance of docs/design.md section 5 (or the case's own). A case that names its
 ``differentiable`` arguments also gets backward rows (``direction="backward"``): the
 gradient of ``sum(cotangent * output)`` from ``jax.vjp`` of the JAX function, against the
 NumPy VJP in float64 where the case has one (``numpy_vjp``) and against central finite
@@ -18,7 +18,7 @@ differences of the NumPy float64 forward otherwise. Register your own module's c
         build=lambda rng: ((rng.normal(size=(2, 3, 11)), rng.normal(size=(2, 5, 11))), {}),
         numpy_fn=my_np_attention, jax_fn=my_jax_attention,
         differentiable=(0, 1),             # gradients w.r.t. both inputs, by finite differences
-        tolerances={"float16": 1e-2},      # this case only; the others keep DESIGN.md's
+        tolerances={"float16": 1e-2},      # this case only; the others keep docs/design.md's
     ))
     print(run_case(case, "float32", half="jax"))
     print(run_case(case, "float64", half="jax", direction="backward"))
@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-# DESIGN.md section 5: max abs and max rel error allowed against the NumPy float64 reference.
+# docs/design.md section 5: max abs and max rel error allowed against the NumPy float64 reference.
 TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
 TUTORIAL_TOLERANCE = 1e-6  # either half vs the tutorial's PyTorch class, float32
 DTYPES = tuple(TOLERANCES)
@@ -71,7 +71,7 @@ class ParityCase:
     Attributes:
       name: unique, ``"<mechanism>/<variant>"``.
       mechanism: the public function's name.
-      shapes: the sizes, in DESIGN.md's letters, for the report.
+      shapes: the sizes, in docs/design.md's letters, for the report.
       build: ``rng -> (args, kwargs)``, float64 NumPy arrays (and bools, ints, strings);
         floating leaves are cast to the dtype under test, everything else passes as is.
       numpy_fn, jax_fn: the two halves, called as ``fn(*args, **kwargs)``.
@@ -112,7 +112,7 @@ class ParityCase:
     fd_samples: int | None = FD_SAMPLES
 
     def tolerance(self, dtype: str, direction: str = "forward", reference: str = "") -> float:
-        """The tolerance of one row: the case's override, else DESIGN.md's."""
+        """The tolerance of one row: the case's override, else docs/design.md's."""
         if direction == "forward":
             return {**TOLERANCES, **(self.tolerances or {})}[dtype]
         overrides = self.grad_tolerances or {}
@@ -276,7 +276,7 @@ def run_case(
     """Run ``case`` on ``half`` ("numpy" or "jax") in ``dtype`` and compare with the NumPy
     float64 reference on the same rounded inputs. JAX float64 needs ``jax_enable_x64``
     (without it the row is skipped, with the reason); JAX float32 runs at matmul precision
-    "highest" (DESIGN.md section 5). ``direction="backward"`` compares gradients (see
+    "highest" (docs/design.md section 5). ``direction="backward"`` compares gradients (see
     :class:`ParityCase`'s ``differentiable``). ``tolerance`` overrides the case's for this call."""
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")

@@ -33,5 +33,5 @@ def jit(request):
 
 
 def highest():
-    """Full float32 matmuls for the 1e-5 rows (DESIGN.md section 5)."""
+    """Full float32 matmuls for the 1e-5 rows (docs/design.md section 5)."""
     return jax.default_matmul_precision("highest")

@@ -14,7 +14,7 @@ from parity_tests import FD_TOLERANCE, REGISTRY, ParityCase, assert_parity, fini
 from .conftest import B, H, K, S, T
 
 N, E = 6, 13  # N = 2K: grouped heads
-TOL64 = 1e-12  # DESIGN.md section 5, float64 (the issue asks 1e-10; these hold at 1e-12)
+TOL64 = 1e-12  # docs/design.md section 5, float64 (the issue asks 1e-10; these hold at 1e-12)
 
 
 def _assert_close(actual, expected, tol):

@@ -1,5 +1,5 @@
-"""Bad input: both halves raise the same exception type with the same message (DESIGN.md
-section 4), naming the argument, the expected shape in DESIGN.md's letters with the known
+"""Bad input: both halves raise the same exception type with the same message (docs/design.md
+section 4), naming the argument, the expected shape in docs/design.md's letters with the known
 sizes and where they came from, and what was given. Also: both halves offer the same API."""
 
 import copy

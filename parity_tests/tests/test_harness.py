@@ -57,7 +57,7 @@ def test_per_case_and_per_call_tolerances():
     assert run_case(strict, "float32", "jax").failed and run_case(strict, "float32", "jax", "backward").failed
     assert run_case(strict, "float32", "jax", tolerance=1e-5).comparison.passed  # the call overrides the case
     assert run_case(SDPA, "float32", "jax", tolerance=1e-12).failed
-    assert strict.tolerance("float16") == 5e-3  # dtypes the case leaves alone keep DESIGN.md's
+    assert strict.tolerance("float16") == 5e-3  # dtypes the case leaves alone keep docs/design.md's
 
 
 def test_float64_is_skipped_not_raised_without_x64():

@@ -200,7 +200,7 @@ def test_multi_head_attention_matches_flax(half, case, rng):
     mask = None
     if c["mask"]:
         mask = rng.random((B, 1, T, S)) < 0.7
-        mask[..., 0] = True  # Flax averages fully masked rows; we return zeros (DESIGN.md section 4)
+        mask[..., 0] = True  # Flax averages fully masked rows; we return zeros (docs/design.md section 4)
     with highest():
         expected = module(query, key, mask=None if mask is None else jnp.asarray(mask), is_causal=c["causal"])
         out, _ = HALVES[half].multi_head_attention(jax.tree.map(np.asarray, params), query, key, mask=mask, is_causal=c["causal"])

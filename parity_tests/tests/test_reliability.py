@@ -1,6 +1,6 @@
 """Masking policy and extreme values, for every mechanism with a mask, in both halves.
 
-DESIGN.md section 4: a query with every key masked gets zero weights, a zero output (the
+docs/design.md section 4: a query with every key masked gets zero weights, a zero output (the
 attention's context) and zero, finite gradients; masked (padding) positions holding NaN
 or inf change nothing; logits of +-1e4 and inputs of 1e3 stay finite.
 """
