@@ -323,3 +323,34 @@ register(ParityCase(
     lambda rng: ((_multi_head_params(rng, 6, K), rng.normal(size=(B, 5, E)), 7), {}),
     _stepped(attention_np), _stepped(attention_jax),
 ))
+
+
+# --- windows, sequence lengths, dropout and dot_product_attention (issue 11) ------------------------------
+# Forward rows only: the NumPy VJPs predate these options (registered after the loop that adds them).
+def _windowed(rng):
+    args = _sdpa_inputs(rng, 6, K)
+    return args, {"local_window_size": (1, 2), "query_seq_lengths": np.array([T, 2]),
+                  "key_value_seq_lengths": np.array([S, 3]), "is_causal": True}
+
+
+def _dropped(rng):
+    return _sdpa_inputs(rng, 6, K), {"dropout_rate": 0.3, "dropout_rng": 7, "bias": rng.normal(size=(1, 6, T, S))}
+
+
+_sdpa("window+lengths+causal", _GQA, _windowed)
+_sdpa("dropout 0.3", _GQA, _dropped)
+_chunked("window+lengths+causal q2 k3", _GQA, lambda rng: (_windowed(rng)[0], {**_windowed(rng)[1], "query_chunk_size": 2, "key_chunk_size": 3}))
+_chunked("dropout 0.3 q2 k2", _GQA, lambda rng: (_dropped(rng)[0], {**_dropped(rng)[1], "query_chunk_size": 2, "key_chunk_size": 2}))
+
+
+def _reference_out(*args, implementation=None, **kwargs):
+    return attention_np.scaled_dot_product_attention(*args, **kwargs)[0]
+
+
+for _impl in (None, "dense", "chunked"):
+    register(ParityCase(
+        f"dot_product_attention/{_impl or 'auto'} window+lengths+dropout", "dot_product_attention", _GQA,
+        lambda rng, _impl=_impl: (_sdpa_inputs(rng, 6, K), {**_windowed(rng)[1], "dropout_rate": 0.2, "dropout_rng": 3,
+                                                             "implementation": _impl}),
+        _reference_out, attention_jax.dot_product_attention, halves=("jax",),
+    ))
