@@ -287,6 +287,7 @@ class MultiHeadAttention(nnx.Module):
                              "as either a __call__ argument, class attribute, or nnx.flag.")
         if decode:
             key, value, mask = self._update_cache(key, value, mask)
+            key, value = key.astype(query.dtype), value.astype(query.dtype)  # a cache kept in another dtype
             is_causal = False  # the cache mask is causal already
         # 3. dropout, Flax's rule for `deterministic`
         dropout_rng = None

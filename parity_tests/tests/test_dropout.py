@@ -132,3 +132,25 @@ def test_uniform_weights_drop_to_zero_or_scale_up():
     keep = np_dropout.keep_mask(9, 0.4, np.zeros((1, 1, 1, 1), int), np.zeros((1, 1, 1, 1), int),
                                 np.arange(4).reshape(1, 1, 4, 1), np.arange(5).reshape(1, 1, 1, 5))[0, 0]
     np.testing.assert_allclose(out[0, :, 0], (keep * 0.2 / 0.6) @ v[0, :, 0], rtol=1e-12)
+
+
+def test_large_blocks_run_one_head_at_a_time_with_the_same_mask():
+    # blocks of 256 x 256 take chunked_attention's one-(batch, head)-at-a-time path, which
+    # slices the per-row lengths and the (b, k) indices the hash needs
+    r = np.random.default_rng(0)
+    q = r.normal(size=(2, 300, 4, 8)).astype(np.float32)
+    k, v = (r.normal(size=(2, 300, 2, 8)).astype(np.float32) for _ in range(2))
+    options = dict(dropout_rate=0.2, dropout_rng=jax.random.key(4), local_window_size=(40, 7),
+                   key_value_seq_lengths=np.array([300, 120], np.int32), query_seq_lengths=np.array([290, 300], np.int32))
+    cotangent = r.normal(size=q.shape).astype(np.float32)
+
+    def value_and_grads(fn):
+        return jax.value_and_grad(lambda q, k, v: (fn(q, k, v) * cotangent).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    with highest():
+        expected = value_and_grads(lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, **options)[0])
+        actual = value_and_grads(lambda q, k, v: attention_jax.chunked_attention(
+            q, k, v, query_chunk_size=256, key_chunk_size=256, **options))
+    np.testing.assert_allclose(actual[0], expected[0], rtol=1e-5)
+    for a, e in zip(actual[1], expected[1]):
+        np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)

@@ -276,3 +276,13 @@ def test_multi_head_params_from_flax_names_the_module_for_what_it_cannot_express
         theirs, _ = _pair(**CONFIGS[config])
         with pytest.raises(ValueError, match="attention_jax.nnx.MultiHeadAttention loads it"):
             attention_jax.multi_head_params_from_flax(theirs)
+
+
+def test_the_readme_model_example_runs_as_written():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("Use it in a model (runs as written):\n\n```python\n", 1)[1].split("```", 1)[0]
+    namespace = {}
+    exec(compile(block, "README.md", "exec"), namespace)  # its own assert: decode equals the causal full pass
+    assert namespace["y_long"].shape == (1, 4096, 64) and namespace["y_alibi"].shape == (2, 128, 64)
