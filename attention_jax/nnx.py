@@ -317,14 +317,34 @@ class MultiHeadAttention(nnx.Module):
     @staticmethod
     def _attends(mask, is_causal, local_window_size, query_shape, S):
         """``(B..., T)`` bool: True where a query has some key to attend to in some head, or
-        None when every query has one (no mask and no window)."""
+        None when every query has one (no mask and no window). A mask without a query axis
+        (key padding, ``(B..., N|1, 1, S)``) is reduced through prefix sums, so long
+        sequences never build a ``(T, S)`` array here."""
         window = _check_window(local_window_size)
         if mask is None and window is None:
             return None
-        T = query_shape[-3]
-        combined = _combine_all_masks(None if mask is None else jnp.asarray(mask), is_causal, window, None, T, S)
-        batch = query_shape[:-3]
-        return jnp.broadcast_to(combined, (*batch, combined.shape[-3] if combined.ndim >= 3 else 1, T, S)).any(axis=(-3, -1))
+        batch, T = tuple(query_shape[:-3]), query_shape[-3]
+        mask = None if mask is None else jnp.asarray(mask)
+        if mask is not None and mask.ndim >= 2 and mask.shape[-2] != 1:  # per query: reduce the mask itself
+            combined = _combine_all_masks(mask, is_causal, window, None, T, S)
+            return jnp.broadcast_to(combined, (*batch, 1, T, S) if combined.ndim < 3 else
+                                    (*batch, combined.shape[-3], T, S)).any(axis=(-3, -1))
+        if mask is None:
+            keys = jnp.ones((1, S), bool)                                              # (1, S)
+        else:
+            m = mask.reshape((1,) * (len(batch) + 3 - mask.ndim) + mask.shape)         # (B...|1, N|1, 1, S|1)
+            keys = jnp.broadcast_to(m, m.shape[:-1] + (S,)).any(axis=-3)[..., 0, :]    # (B...|1, S)
+        prefix = jnp.concatenate([jnp.zeros(keys.shape[:-1] + (1,), jnp.int32),
+                                  jnp.cumsum(keys, axis=-1, dtype=jnp.int32)], axis=-1)  # (B...|1, S + 1)
+        t = jnp.arange(T)
+        low, high = jnp.zeros_like(t), jnp.full_like(t, S - 1)                          # keys row t may see
+        if is_causal:
+            high = jnp.minimum(high, t)
+        if window is not None:
+            low, high = jnp.maximum(low, t - window[0]), jnp.minimum(high, t + window[1])
+        count = jnp.take(prefix, jnp.clip(high + 1, 0, S), axis=-1) - jnp.take(prefix, jnp.clip(low, 0, S), axis=-1)
+        attends = (count > 0) & (low <= high)                                           # (B...|1, T)
+        return jnp.broadcast_to(attends, (*batch, T))
 
     def _update_cache(self, key, value, mask):
         """Write ``key``/``value (B..., k, K, H)`` at ``cache_index`` and return the whole cache

@@ -286,3 +286,23 @@ def test_the_readme_model_example_runs_as_written():
     namespace = {}
     exec(compile(block, "README.md", "exec"), namespace)  # its own assert: decode equals the causal full pass
     assert namespace["y_long"].shape == (1, 4096, 64) and namespace["y_alibi"].shape == (2, 128, 64)
+
+
+@pytest.mark.parametrize("mask_shape", [None, (B, 1, 1, T), (B, 6, 1, T), (T,), (B, 1, T, T)])
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("window", [None, (0, 1), 2])
+def test_the_rows_with_no_key_are_exactly_the_fully_masked_ones(mask_shape, is_causal, window):
+    # the module's prefix-sum shortcut for key-padding masks against the plain reduction
+    from attention_jax._masking import combine_all_masks
+    from attention_np._validate import check_window
+
+    r = np.random.default_rng(1)
+    mask = None if mask_shape is None else r.random(mask_shape) < 0.3
+    got = MultiHeadAttention._attends(mask, is_causal, window, (B, T, 6, 2), T)
+    if mask is None and window is None:
+        assert got is None
+        return
+    combined = combine_all_masks(None if mask is None else jnp.asarray(mask), is_causal, check_window(window), None, T, T)
+    expected = np.broadcast_to(np.asarray(combined).reshape((1,) * (4 - combined.ndim) + combined.shape),
+                               (B, 6, T, T)).any(axis=(1, 3))
+    np.testing.assert_array_equal(got, expected)
