@@ -4,8 +4,11 @@ Same function names, signatures and parameter dicts as ``attention_np`` (a line-
 mirror of its code); shape and dtype validation is shared with it
 (``attention_np._validate``), so both halves raise the same errors. Parameter dicts
 convert with ``jax.tree.map(jnp.asarray, np_params)``. JAX-only extras:
-``hard_attention(..., straight_through=True)``, ``multi_head_params_from_flax`` and
-``chunked_attention`` (memory-efficient attention with its own backward pass).
+``hard_attention(..., straight_through=True)``, ``multi_head_params_from_flax``,
+``chunked_attention`` (memory-efficient attention with its own backward pass),
+``dot_product_attention`` (``jax.nn.dot_product_attention``'s signature plus dropout, on
+the fastest correct path) and ``attention_jax.nnx.MultiHeadAttention`` (a drop-in for
+``flax.nnx.MultiHeadAttention``).
 """
 
 from .additive import additive_attention, additive_params_from_torch, init_additive_params

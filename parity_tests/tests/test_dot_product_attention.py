@@ -82,7 +82,7 @@ def test_gradients_of_chunked_and_dense_agree_with_jax_nn(option):
                 np.testing.assert_allclose(a, e, rtol=1e-5, atol=2e-5)
 
 
-def test_a_window_skips_key_blocks_so_time_is_linear_in_length():
+def test_a_window_skips_key_blocks_so_the_work_is_linear_in_length():
     # the compiled loop visits only blocks that meet the band: with kc = qc = 64 and a
     # window of 64 each query chunk needs at most 3 key chunks of L/64
     L = 1024
