@@ -12,6 +12,9 @@ compiling/warm-up run) of
 - ``jax.nn.dot_product_attention`` (XLA),
 - ``attention_np.scaled_dot_product_attention`` (forward only),
 - ``torch.nn.functional.scaled_dot_product_attention`` when torch is installed,
+- ``attention_jax.dot_product_attention`` (``implementation=None``: dense at L <= 256,
+  chunked beyond on CPU), in its own table against the faster of our dense and chunked
+  paths, ``jax.nn`` and torch,
 
 plus the machine's GEMM throughput in the same run, so every row is also a fraction of
 it, and the peak resident memory of a fresh process per (non-causal) configuration (a
@@ -44,6 +47,7 @@ LIMITS = {
     "jax.nn": (16384, 8192),
     "numpy": (4096, 0),
     "torch": (32768, 32768),
+    "dot_product_attention": (32768, 32768),
 }
 
 
@@ -56,7 +60,7 @@ def has_torch() -> bool:
 
 
 def implementations():
-    names = ["chunked", "ours_sdpa", "jax.nn", "numpy"]
+    names = ["chunked", "ours_sdpa", "jax.nn", "numpy", "dot_product_attention"]
     return names + (["torch"] if has_torch() else [])
 
 
@@ -99,6 +103,7 @@ def make(impl, B, N, L, causal):
         "chunked": lambda q, k, v: attention_jax.chunked_attention(q, k, v, is_causal=causal),
         "ours_sdpa": lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal)[0],
         "jax.nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
+        "dot_product_attention": lambda q, k, v: attention_jax.dot_product_attention(q, k, v, is_causal=causal),
     }[impl]
     jq, jk, jv, jc = (jnp.asarray(x) for x in (q, k, v, c))
     forward = jax.jit(fn)
@@ -169,6 +174,7 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results")
     parser.add_argument("--no-memory", action="store_true", help="skip the per-process peak memory probes")
+    parser.add_argument("--impls", help="comma-separated subset of the implementations (default: all)")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -179,6 +185,8 @@ def main(argv=None):
     max_len = 8192 if args.quick else 32768
     shapes = [s for s in SHAPES if s[2] <= max_len]
     impls = implementations()
+    if args.impls:
+        impls = [i for i in impls if i in args.impls.split(",")]
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})"
     print(f"# attention benchmark: float32, H={H}, median of {args.repeats}; {machine}")
     gemm = gemm_gflops()
@@ -223,6 +231,8 @@ def main(argv=None):
 def render(rows, memory, gemm, machine, args):
     by = {(r["B"], r["N"], r["L"], r["causal"], r["impl"]): r for r in rows}
     peers = [i for i in ("ours_sdpa", "jax.nn", "numpy", "torch") if any(r["impl"] == i for r in rows)]
+    if not any(r["impl"] == "chunked" for r in rows):
+        return f"## Attention benchmark ({machine})\n\n" + "\n".join(dpa_table(by, peers)) + "\n"
     lines = [
         f"## Attention benchmark ({machine})",
         "",
@@ -245,6 +255,7 @@ def render(rows, memory, gemm, machine, args):
         cells += [f"{p['forward_backward_s'] / r['forward_backward_s']:.2f}x" if p and p["forward_backward_s"] and r["forward_backward_s"] else "-"
                   for p, name in zip(peer_rows, peers) if name != "numpy"]
         lines.append("| " + " | ".join(cells) + " |")
+    lines += dpa_table(by, peers)
     causal_lines = []
     for B, N, L in {(r["B"], r["N"], r["L"]) for r in rows}:
         full, half = by.get((B, N, L, False, "chunked")), by.get((B, N, L, True, "chunked"))
@@ -263,6 +274,37 @@ def render(rows, memory, gemm, machine, args):
                     cells = ["-" if got.get(mode) is None else f"{got[mode]:.0f}" for mode in ("forward", "forward_backward")]
                     lines.append(f"| {shape[0]}x{shape[1]}x{shape[2]} | {impl} | {cells[0]} | {cells[1]} |")
     return "\n".join(lines) + "\n"
+
+
+def dpa_table(by, peers):
+    """``dot_product_attention`` (automatic dispatch) against the faster of our dense and
+    chunked paths (the issue's 10% target), ``jax.nn`` and torch, same run."""
+    rows = [(key, r) for key, r in by.items() if key[4] == "dot_product_attention"]
+    if not rows:
+        return []
+    lines = ["", "dot_product_attention (implementation=None) vs the faster of our dense and chunked paths, same run "
+             "(ratio = their time / ours: >= 0.91 is within 10%):", "",
+             "| B x N x L | causal | path | fwd ms | fwd+bwd ms | vs best of ours fwd | vs best fwd+bwd | vs jax.nn fwd | "
+             "vs jax.nn fwd+bwd | vs torch fwd | vs torch fwd+bwd |", "|" + "---|" * 11]
+
+    def best(key, field):
+        times = [by[key[:4] + (p,)][field] for p in ("chunked", "ours_sdpa") if key[:4] + (p,) in by and by[key[:4] + (p,)][field]]
+        return min(times) if times else None
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if a and b else "-"
+
+    for key, r in rows:
+        B, N, L, causal, _ = key
+        path = "dense" if L * L <= 2**16 else "chunked"
+        peer = {p: by.get(key[:4] + (p,)) for p in ("jax.nn", "torch")}
+        cells = [f"{B}x{N}x{L}", "yes" if causal else "no", path, fmt(r["forward_s"]), fmt(r["forward_backward_s"]),
+                 ratio(best(key, "forward_s"), r["forward_s"]), ratio(best(key, "forward_backward_s"), r["forward_backward_s"])]
+        for p in ("jax.nn", "torch"):
+            cells += [ratio(peer[p] and peer[p]["forward_s"], r["forward_s"]),
+                      ratio(peer[p] and peer[p]["forward_backward_s"], r["forward_backward_s"])]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot(rows, memory, path):
