@@ -19,6 +19,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
+from .cross_attention import cross_attention, init_cross_attention_params
+from .global_attention import global_attention, init_global_params
+from .local_attention import init_local_params, local_attention
+from .location import init_location_sensitive_params, location_sensitive_attention
+from .self_attention import init_self_attention_params, self_attention
 from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 
 
@@ -105,6 +110,75 @@ class Seq2Seq(ParamTree):
 
     def generate(self, source_ids, *, bos_id: int, max_len: int, source_mask=None):
         return greedy_decode(self.params(), source_ids, bos_id=bos_id, max_len=max_len, source_mask=source_mask)
+
+
+
+# --- the other mechanisms, one module each --------------------------------------------------------
+class SelfAttention(ParamTree):
+    """:func:`attention_jax.self_attention` as a module: ``module(x, *, mask, is_causal) ->
+    (out (B, T, H), weights (B, T, T))`` for ``x (B, T, E)``; params ``query``, ``key``,
+    ``value`` ``{"kernel": (E, H), "bias": (H,)}``. Vaswani et al. 2017."""
+
+    def __init__(self, in_features: int, hidden_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        super().__init__(init_self_attention_params(rngs.params(), in_features, hidden_dim, dtype=dtype))
+
+    def __call__(self, x, *, mask=None, is_causal=False):
+        return self_attention(self.params(), x, mask=mask, is_causal=is_causal)
+
+
+class CrossAttention(ParamTree):
+    """:func:`attention_jax.cross_attention` as a module: ``module(x, context, *, mask) ->
+    (out (B, T, H), weights (B, T, S))`` for ``x (B, T, E)``, ``context (B, S, E)``.
+    Vaswani et al. 2017, section 3.2.3."""
+
+    def __init__(self, in_features: int, hidden_dim: int, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        super().__init__(init_cross_attention_params(rngs.params(), in_features, hidden_dim, dtype=dtype))
+
+    def __call__(self, x, context, *, mask=None):
+        return cross_attention(self.params(), x, context, mask=mask)
+
+
+class GlobalAttention(ParamTree):
+    """Luong global attention (:func:`attention_jax.global_attention`) as a module:
+    ``module(decoder_state (B, H), encoder_outputs (B, S, H), *, mask) -> (h~ (B, H),
+    weights (B, S))``; ``score`` is fixed at construction. Luong et al. 2015, section 3.1."""
+
+    def __init__(self, hidden_dim: int, *, score: str = "general", source_length: int | None = None,
+                 rngs: nnx.Rngs, dtype=jnp.float32):
+        super().__init__(init_global_params(rngs.params(), hidden_dim, score=score, source_length=source_length, dtype=dtype))
+        self.score_kind = score  # static, a Python string ("score" itself holds the score's parameters)
+
+    def __call__(self, decoder_state, encoder_outputs, *, mask=None):
+        return global_attention(self.params(), decoder_state, encoder_outputs, score=self.score_kind, mask=mask)
+
+
+class LocalAttention(ParamTree):
+    """Luong local-p attention (:func:`attention_jax.local_attention`) as a module:
+    ``module(decoder_state, encoder_outputs, *, mask) -> (h~ (B, H), weights (B, S))``;
+    ``window`` (D) and ``score`` are fixed at construction. Luong et al. 2015, section 3.2."""
+
+    def __init__(self, hidden_dim: int, *, window: int, score: str = "general", source_length: int | None = None,
+                 attention_dim: int | None = None, rngs: nnx.Rngs, dtype=jnp.float32):
+        super().__init__(init_local_params(rngs.params(), hidden_dim, score=score, source_length=source_length,
+                                           attention_dim=attention_dim, dtype=dtype))
+        self.window, self.score_kind = window, score  # static ("score" holds the score's parameters)
+
+    def __call__(self, decoder_state, encoder_outputs, *, mask=None):
+        return local_attention(self.params(), decoder_state, encoder_outputs, window=self.window, score=self.score_kind, mask=mask)
+
+
+class LocationSensitiveAttention(ParamTree):
+    """Chorowski et al. 2015's location-sensitive attention
+    (:func:`attention_jax.location_sensitive_attention`) as a module: ``module(query (B, Q),
+    encoder_outputs (B, S, H), prev_weights (B, S), *, mask) -> (context (B, H), weights (B, S))``."""
+
+    def __init__(self, query_dim: int, hidden_dim: int, attention_dim: int, *, filters: int = 8, width: int = 5,
+                 rngs: nnx.Rngs, dtype=jnp.float32):
+        super().__init__(init_location_sensitive_params(rngs.params(), query_dim, hidden_dim, attention_dim,
+                                                        filters=filters, width=width, dtype=dtype))
+
+    def __call__(self, query, encoder_outputs, prev_weights, *, mask=None):
+        return location_sensitive_attention(self.params(), query, encoder_outputs, prev_weights, mask=mask)
 
 
 # --- multi-head attention: a drop-in for flax.nnx.MultiHeadAttention ------------------------------

@@ -97,3 +97,41 @@ def test_seq2seq_trains_under_nnx_jit_and_grad(rng):
     grads = nnx.jit(nnx.grad(loss))(module)
     expected = jax.grad(lambda p: loss(lambda s, t: attention_jax.seq2seq_forward(p, s, t)))(_pure(module))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), nnx.to_pure_dict(grads), expected)
+
+
+# --- one module for each other mechanism: state == functional dict, call == functional call ----------
+def _modules_and_calls(rng):
+    B, T, S, E, H, Q = 2, 3, 5, 7, 6, 4
+    x, context = rng.normal(size=(B, T, E)).astype(np.float32), rng.normal(size=(B, S, E)).astype(np.float32)
+    state, encoder_outputs = rng.normal(size=(B, H)).astype(np.float32), rng.normal(size=(B, S, H)).astype(np.float32)
+    prev = rng.random((B, S)).astype(np.float32)
+    mask = rng.random((B, S)) < 0.7
+    from attention_jax import nnx as ours
+
+    return [
+        (lambda r: ours.SelfAttention(E, H, rngs=r), lambda k: attention_jax.init_self_attention_params(k, E, H),
+         lambda m, p: (m(x, is_causal=True), attention_jax.self_attention(p, x, is_causal=True))),
+        (lambda r: ours.CrossAttention(E, H, rngs=r), lambda k: attention_jax.init_cross_attention_params(k, E, H),
+         lambda m, p: (m(x, context), attention_jax.cross_attention(p, x, context))),
+        (lambda r: ours.GlobalAttention(H, score="concat", rngs=r), lambda k: attention_jax.init_global_params(k, H, score="concat"),
+         lambda m, p: (m(state, encoder_outputs, mask=mask), attention_jax.global_attention(p, state, encoder_outputs, score="concat", mask=mask))),
+        (lambda r: ours.LocalAttention(H, window=1, rngs=r), lambda k: attention_jax.init_local_params(k, H),
+         lambda m, p: (m(state, encoder_outputs), attention_jax.local_attention(p, state, encoder_outputs, window=1))),
+        (lambda r: ours.LocationSensitiveAttention(Q, H, 5, filters=3, width=3, rngs=r),
+         lambda k: attention_jax.init_location_sensitive_params(k, Q, H, 5, filters=3, width=3),
+         lambda m, p: (m(state[:, :Q], encoder_outputs, prev, mask=mask),
+                       attention_jax.location_sensitive_attention(p, state[:, :Q], encoder_outputs, prev, mask=mask))),
+    ]
+
+
+@pytest.mark.parametrize("index", range(5), ids=["self", "cross", "global", "local", "location_sensitive"])
+def test_every_mechanism_module_is_its_functional_twin(index, rng):
+    make, init, call = _modules_and_calls(rng)[index]
+    module = make(nnx.Rngs(4))
+    _assert_same_tree(_pure(module), init(nnx.Rngs(4).params()))
+    new = init(jax.random.key(11))
+    _write(module, new)
+    _assert_same_tree(_pure(module), new)
+    with highest():
+        ours, functional = call(module, new)
+    jax.tree.map(np.testing.assert_array_equal, ours, functional)
