@@ -5,7 +5,7 @@ import numpy as np
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
 from ._masking import attended_keys, combine_masks
-from ._validate import check_key_value, check_multi_head
+from ._validate import Shapes, check_heads, check_key_value, check_multi_head
 from .dot_product import scaled_dot_product_attention
 
 
@@ -80,6 +80,7 @@ def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_head
     """
     E, N, H = in_features, num_heads, head_dim
     K = N if num_kv_heads is None else num_kv_heads
+    check_heads(Shapes(N=N, K=K))  # at init, not at the first call
 
     def dense(in_shape, out_shape):
         kernel = rng.normal(size=in_shape + out_shape) / np.sqrt(np.prod(in_shape))

@@ -330,3 +330,11 @@ def test_init_functions_agree_in_structure_and_dtype(name):
     jax_params = getattr(attention_jax, name)(jax.random.key(0), *args, **kwargs)
     chex.assert_trees_all_equal_shapes_and_dtypes(np_params, jax.tree.map(np.asarray, jax_params))
     assert {leaf.dtype for leaf in jax.tree.leaves(np_params)} == {np.dtype(np.float32)}
+
+
+@pytest.mark.parametrize("half", ["numpy", "jax"])
+def test_init_multi_head_params_rejects_heads_that_do_not_group(half):
+    rng = np.random.default_rng(0) if half == "numpy" else jax.random.key(0)
+    module = attention_np if half == "numpy" else attention_jax
+    with pytest.raises(ValueError, match="the number of query heads N=6 must be a multiple of the number of key/value heads K=4"):
+        module.init_multi_head_params(rng, 8, 6, 4, num_kv_heads=4)
