@@ -384,9 +384,10 @@ MULTI_HEAD_SPEC = {
 }
 
 
-def check_multi_head(params, query, key, value, mask) -> Shapes:
+def check_multi_head(params, query, key, value, mask, bias=None) -> Shapes:
     """Arguments of ``multi_head_attention`` (after ``key``/``value`` took their defaults):
-    ``query (B..., T, E)``, ``key``/``value (B..., S, E)``, any number of batch axes."""
+    ``query (B..., T, E)``, ``key``/``value (B..., S, E)``, any number of batch axes; mask
+    and bias broadcastable to ``(B..., N, T, S)``."""
     shapes = Shapes()
     shapes.check("query", query, (BATCH, "T", "E"))
     shapes.check("key", key, (BATCH, "S", "E"))
@@ -395,10 +396,12 @@ def check_multi_head(params, query, key, value, mask) -> Shapes:
     check_same_dtype("value", value, "query", query)
     check_params(params, MULTI_HEAD_SPEC, shapes)
     check_heads(shapes)
+    batch = shapes[BATCH]
+    target = batch + tuple(shapes[c] for c in "NTS")
+    if bias is not None:
+        check_bias(bias, target, letters=batch_letters(batch, "NTS"))
     if mask is not None:
-        batch = shapes[BATCH]
-        target = batch + tuple(shapes[c] for c in "NTS")
-        check_mask(mask, target, letters=batch_letters(batch, "NTS"), has_bias=False)
+        check_mask(mask, target, letters=batch_letters(batch, "NTS"), has_bias=bias is not None)
     return shapes
 
 

@@ -9,7 +9,7 @@ from ._validate import Shapes, check_heads, check_key_value, check_multi_head
 from .dot_product import scaled_dot_product_attention
 
 
-def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_causal=False):
+def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
     .. math::
@@ -29,6 +29,8 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
       key: ``(B, S, E)``, the dtype of ``query``; defaults to ``query`` (self-attention).
       value: ``(B, S, E)``, the dtype of ``query``; defaults to ``key``. Passing ``value``
         without ``key`` is a ``ValueError``, as in Flax.
+      bias: optional float, broadcastable to ``(B, N, T, S)``, added to the logits (ALiBi,
+        relative positions), as in :func:`scaled_dot_product_attention`.
       mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
 
@@ -40,10 +42,11 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
     query = np.asarray(query)
     key = query if key is None else np.asarray(key)
     value = key if value is None else np.asarray(value)
-    shapes = check_multi_head(params, query, key, value, mask)
+    shapes = check_multi_head(params, query, key, value, mask, bias)
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     mask = None if mask is None else fold_broadcast(mask, batch, 3)
+    bias = None if bias is None else fold_broadcast(bias, batch, 3)
     B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     p = cast_params(params, compute)
@@ -55,7 +58,7 @@ def multi_head_attention(params, query, key=None, value=None, *, mask=None, is_c
     k = np.einsum("BSE,EKH->BSKH", key.astype(compute), p["key"]["kernel"]) + p["key"]["bias"]        # (B, S, K, H)
     v = np.einsum("BSE,EKH->BSKH", value.astype(compute), p["value"]["kernel"]) + p["value"]["bias"]  # (B, S, K, H)
     # 2. scaled dot-product attention in every head at once
-    heads, weights = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # (B, T, N, H)
+    heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)  # (B, T, N, H)
     # 3. mix the heads back to the model width
     out = np.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, T, E)
     # 4. a query with no key to attend to in any head gets a zero output (not the output bias)

@@ -575,6 +575,8 @@ BAD_INPUTS = [
     ("greedy_decode", (drop(s2s, "attention"), ids(B, S)), {"bos_id": 0, "max_len": 3}, ValueError,
      "params['attention'] is missing; expected the keys of init_seq2seq_params: "
      "['attention', 'decoder', 'encoder', 'out', 'source_embed', 'target_embed']"),
+    ("multi_head_attention", (mp, z(B, T, E)), {"bias": z(B, N, T, T + 1)}, ValueError,
+     "bias must broadcast to shape (B, N, T, S) = (2, 6, 3, 3); got (2, 6, 3, 4)"),
     # incremental decoding
     ("multi_head_attention_step", (mp, z(B, 1, E + 1), kv), {}, ValueError,
      "params['query']['kernel'] must have shape (E, N, H) with E=14 from x_new; got (13, 6, 11)"),

@@ -338,3 +338,27 @@ def test_init_multi_head_params_rejects_heads_that_do_not_group(half):
     module = attention_np if half == "numpy" else attention_jax
     with pytest.raises(ValueError, match="the number of query heads N=6 must be a multiple of the number of key/value heads K=4"):
         module.init_multi_head_params(rng, 8, 6, 4, num_kv_heads=4)
+
+
+@pytest.mark.parametrize("half", ["numpy", "jax"])
+def test_multi_head_bias_is_added_to_every_heads_logits(half, rng):
+    """Against the formula written out head by head: softmax(q k^T / sqrt(H) + bias) v, then W_O."""
+    E, n, k, h, t = 8, 4, 2, 3, 5
+    params = attention_np.init_multi_head_params(rng, E, n, h, num_kv_heads=k, dtype=np.float64)
+    params = jax.tree.map(lambda p: p + 0.1 * rng.normal(size=p.shape), params)
+    x, bias = rng.normal(size=(2, t, E)), rng.normal(size=(1, n, t, t))
+    module = attention_np if half == "numpy" else attention_jax
+    out, _ = module.multi_head_attention(jax.tree.map(np.asarray, params), x, bias=bias, is_causal=True)
+    expected = np.zeros((2, t, E))
+    for b in range(2):
+        for head in range(n):
+            def proj(name, g):
+                return x[b] @ params[name]["kernel"][:, g] + params[name]["bias"][g]
+
+            q, key, value = proj("query", head), proj("key", head // (n // k)), proj("value", head // (n // k))
+            logits = q @ key.T / np.sqrt(h) + bias[0, head]
+            logits = np.where(np.tril(np.ones((t, t), bool)), logits, -np.inf)
+            w = np.exp(logits - logits.max(-1, keepdims=True))
+            expected[b] += (w / w.sum(-1, keepdims=True)) @ value @ params["out"]["kernel"][head]
+    expected += params["out"]["bias"]
+    np.testing.assert_allclose(out, expected, atol=1e-12)
