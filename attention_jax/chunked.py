@@ -22,6 +22,7 @@ from attention_np._validate import check_sdpa, check_sdpa_options
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype, operand_dtype
 from ._jit import jit
+from ._sharding import full_like_leading, leading_sharded, match_varying, reshard_like
 from .dot_product import split_scale, static_rng
 from .dropout import keep_mask, rng_words
 
@@ -212,7 +213,9 @@ def _forward(q, k, v, bias, mask, *aux, cfg):
             return body
 
         c = cfg.compute
-        init = (jnp.full((B, K, R), low, c), jnp.zeros((B, K, R), c), jnp.zeros((B, K, R, H), c))
+        # typed like q (its batch/head sharding, its shard_map axes): the carry the body returns
+        init = (full_like_leading(q, (B, K, R), low, c), full_like_leading(q, (B, K, R), 0, c),
+                full_like_leading(q, (B, K, R, H), 0, c))
         start, full, end = _key_range(i, cfg, nk)
         carry = lax.fori_loop(start, full, step(False), init)
         m, l, acc = lax.fori_loop(full, end, step(True), carry)
@@ -271,7 +274,7 @@ def _backward(q, k, v, bias, mask, out, lse, dout, *aux, cfg):
                 return dq, dk_j, dv_j, dbias
             return body
 
-        zeros = jnp.zeros((B, K, kc, H), c)
+        zeros = full_like_leading(k, (B, K, kc, H), 0, c)
         start, edge_end, stop = _query_range(j, cfg, nq)
         carry = lax.fori_loop(start, edge_end, step(True), (dq, zeros, zeros, dbias))
         dq, dk_j, dv_j, dbias = lax.fori_loop(edge_end, stop, step(False), carry)
@@ -279,8 +282,10 @@ def _backward(q, k, v, bias, mask, out, lse, dout, *aux, cfg):
         dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * kc, axis=2)
         return dq, dk, dv, dbias
 
-    dbias = None if bias is None else jnp.zeros(bias.shape, c)
-    init = (jnp.zeros(q.shape, c), jnp.zeros(k.shape, c), jnp.zeros(v.shape, c), dbias)
+    # typed as the inputs (their sharding, their shard_map axes): bias's, and (the blocks added
+    # into it are computed from q) q's mesh and manual axes even when bias has neither
+    dbias = None if bias is None else jnp.zeros_like(bias, c) + full_like_leading(q, bias.shape, 0, c, axes=0)
+    init = (jnp.zeros_like(q, c), jnp.zeros_like(k, c), jnp.zeros_like(v, c), dbias)
     dq, dk, dv, dbias = lax.fori_loop(0, nk, key_chunk, init)
     return dq, dk, dv, dbias  # d/d(scaled q): the scale's own factor is autodiff's, outside
 
@@ -302,11 +307,13 @@ def _each_head(fn, cfg, *arrays):
     One head at a time makes every block product a plain 2-D matmul, which XLA's CPU
     backend spreads over all cores; batched block products ran about 1.5x slower
     (benchmarks/attention.py, B=2, N=4, L=2048). Tiny blocks (below 256 x 256) stay
-    batched: there the loop's overhead outweighs it.
+    batched: there the loop's overhead outweighs it, and so do arrays that are (or, on a mesh
+    with Auto axes, may be) sharded over batch or heads: each device then runs its own rows
+    batched, where slicing one row of a sharded axis would gather it across devices.
     """
     B, K = arrays[0].shape[:2]
-    if B * K == 1 or cfg.query_chunk * cfg.key_chunk < 2**16:
-        return fn(*arrays)
+    if B * K == 1 or cfg.query_chunk * cfg.key_chunk < 2**16 or leading_sharded(arrays[0]):
+        return fn(*arrays)  # batch or heads sharded over devices: each device runs its own, batched
 
     def one(bk):
         b, h = bk // K, bk % K
@@ -330,7 +337,7 @@ def _flash_fwd(q, k, v, bias, mask, qlen, kvlen, index, words, cfg):
 
 def _flash_bwd(cfg, residuals, dout):
     q, k, v, bias, mask, out, lse, aux = residuals
-    dout = dout.astype(cfg.compute)
+    dout = reshard_like(dout.astype(cfg.compute), out)  # a replicated cotangent: sliced here, not gathered into
     dq, dk, dv, dbias = _each_head(
         lambda q, k, v, bias, mask, out, lse, dout, *aux: _backward(q, k, v, bias, mask, out, lse, dout, *aux, cfg=cfg),
         cfg, q, k, v, bias, mask, out, lse, dout, *aux)
@@ -503,6 +510,8 @@ def _chunked_attention(
     words = jnp.zeros((1, 1, 2), jnp.uint32)
     if dropout_rate > 0:
         words = jnp.stack(rng_words(dropout_rng)).reshape(1, 1, 2)
+    # inside shard_map: every input of the custom VJP varies over the same manual axes
+    q, k, v, bias, mask, qlen, kvlen = match_varying(q, k, v, bias, mask, qlen, kvlen)
     out = _flash(q, k, v, bias, mask, qlen, kvlen, index, words, cfg)              # (B, K, Tp, G, H)
     out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H)
     return unfold_batch(out.astype(dtype), batch)

@@ -11,6 +11,7 @@ from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype, operand_dtype
 from ._jit import jit
 from ._masking import attended_keys, combine_all_masks, length_mask, masked_softmax
+from ._sharding import explicit_sharding, explicit_spec
 from .dropout import dropout_weights, rng_words
 
 
@@ -122,8 +123,7 @@ def _scaled_dot_product_attention(
     # 1. heads first, (B, N, T, H): every head is one batched matmul; with grouped-query
     #    attention each key/value head serves N // K consecutive query heads
     query = query.astype(operand).transpose(0, 2, 1, 3)                   # (B, N, T, H)
-    key = jnp.repeat(key.astype(operand), N // K, axis=2).transpose(0, 2, 1, 3)    # (B, N, S, H)
-    value = jnp.repeat(value.astype(operand), N // K, axis=2).transpose(0, 2, 1, 3)  # (B, N, S, H)
+    key, value = (_repeat_heads(x.astype(operand), N // K).transpose(0, 2, 1, 3) for x in (key, value))  # (B, N, S, H)
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
     mask = combine_all_masks(mask, is_causal, window, lengths, T, S)
     if mask is not None:
@@ -146,3 +146,13 @@ def _scaled_dot_product_attention(
 
 def _words(dropout_rng, dropout_rate):
     return rng_words(dropout_rng) if dropout_rate > 0 else None
+
+
+def _repeat_heads(x, G):
+    """``(B, S, K, H)`` -> ``(B, S, K * G, H)``: each key/value head for its G query heads. On an
+    Explicit mesh with the heads sharded, the repeated axis keeps the heads' sharding (device d
+    holds the query heads its key/value heads serve), which ``jnp.repeat`` will not guess."""
+    if G == 1:
+        return x
+    spec = explicit_spec(x)
+    return jnp.repeat(x, G, axis=2, out_sharding=None if spec is None else explicit_sharding(x, spec))

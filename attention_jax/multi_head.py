@@ -11,6 +11,7 @@ from ._dtypes import cast_params, compute_dtype
 from ._jit import jit
 from ._masking import attended_keys, combine_masks
 from ._random import init_from_numpy
+from ._sharding import head_sum_sharding
 from .dot_product import scaled_dot_product_attention
 
 
@@ -66,7 +67,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     # 2. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)  # (B, T, N, H)
     # 3. mix the heads back to the model width
-    out = jnp.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, T, E)
+    out = jnp.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"], out_sharding=head_sum_sharding(heads)) + p["out"]["bias"]  # (B, T, E)
     # 4. a query with no key to attend to in any head gets a zero output (not the output bias)
     if S == 0:
         out = jnp.zeros_like(out)  # no key at all: every query has nothing to attend to

@@ -190,6 +190,7 @@ from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init  # no
 from attention_np._validate import check_window as _check_window  # noqa: E402
 
 from ._masking import combine_all_masks as _combine_all_masks  # noqa: E402
+from ._sharding import head_sum_sharding  # noqa: E402
 from .dispatch import dot_product_attention  # noqa: E402
 from .dot_product import scaled_dot_product_attention as _sdpa  # noqa: E402
 
@@ -204,7 +205,7 @@ def _project(x, layer, dtype, precision, n_in_axes=1):
     if n_in_axes == 1:                                                    # (B..., L, E) @ (E, N, H)
         y = jnp.einsum("...E,ENH->...NH", x, kernel, precision=precision)
     else:                                                                 # (B..., T, N, H) @ (N, H, F)
-        y = jnp.einsum("...NH,NHF->...F", x, kernel, precision=precision)
+        y = jnp.einsum("...NH,NHF->...F", x, kernel, precision=precision, out_sharding=head_sum_sharding(x))
     return y if bias is None else y + bias.astype(dtype)
 
 
