@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 
 import attention_np as _np
-from attention_np._validate import check_key_value, check_multi_head
+from attention_np._validate import check_key_value, check_multi_head, multi_head_used
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
@@ -15,26 +15,55 @@ from ._sharding import head_sum_sharding
 from .dot_product import scaled_dot_product_attention
 
 
+LAYER_NORM_EPSILON = 1e-6  # flax.nnx.LayerNorm's default, which normalize_qk uses
+
+
+def _dense(subscripts, x, layer, **einsum_options):
+    """``x W + b`` of one of Flax's ``LinearGeneral`` layers; no ``b`` when it has none (``use_bias=False``)."""
+    y = jnp.einsum(subscripts, x, layer["kernel"], **einsum_options)
+    return y + layer["bias"] if "bias" in layer else y
+
+
+def _layer_norm(x, scale):
+    """``(x - mean) / sqrt(var + eps) * scale`` over the last axis (H): Flax's ``LayerNorm(H, use_bias=False)``."""
+    mean = x.mean(axis=-1, keepdims=True)                    # (..., 1)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)     # (..., 1), the biased variance
+    return (x - mean) / jnp.sqrt(var + LAYER_NORM_EPSILON) * scale
+
+
 @jit(static_argnames=("is_causal",))
 def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
     .. math::
-        \mathrm{head}_n = \mathrm{Attention}(x_q W^Q_n, x_k W^K_{k(n)}, x_v W^V_{k(n)}), \qquad
+        q_n = x_q W^Q_n + b^Q_n, \quad k_j = x_k W^K_j + b^K_j, \quad v_j = x_v W^V_j + b^V_j, \qquad
+        \mathrm{head}_n = \mathrm{Attention}(q_n, k_{j(n)}, v_{j(n)}), \qquad
         \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O
 
     Vaswani et al. 2017, "Attention is all you need", section 3.2.2; grouped key/value heads
-    ``k(n) = n // (N / K)`` after Ainslie et al. 2023 (GQA). Numerically the same as
-    ``flax.nnx.MultiHeadAttention`` (no dropout, no qk-norm) given the same parameters,
-    except that a query with every key masked gets a zero attention output (Flax: the mean).
+    ``j(n) = n // (N / K)`` after Ainslie et al. 2023 (GQA). With ``query_ln``/``key_ln``
+    (Flax's ``normalize_qk=True``; Dehghani et al. 2023, ViT-22B) every query and key vector
+    is layer-normalised over its H features before the attention,
+    :math:`q \leftarrow (q - \bar q) / \sqrt{\mathrm{var}(q) + 10^{-6}} \odot \gamma^Q` (and
+    :math:`k` with :math:`\gamma^K`), as ``nnx.LayerNorm(H, use_bias=False)`` (whose
+    variance is :math:`\overline{q^2} - \bar q^2`; here the two-pass
+    :math:`\overline{(q - \bar q)^2}`, the same up to rounding and more accurate when a
+    vector's H features are close). Numerically the same as ``flax.nnx.MultiHeadAttention``
+    (no dropout) given the same parameters, for any ``use_bias``, ``normalize_qk``,
+    ``qkv_features``, ``out_features``, ``num_kv_heads`` and ``in_kv_features``, except
+    that a query with every key masked gets a zero attention output (Flax: the mean).
 
     Args:
-      params: ``{"query": {"kernel": (E, N, H), "bias": (N, H)}, "key"|"value": {"kernel":
-        (E, K, H), "bias": (K, H)}, "out": {"kernel": (N, H, E), "bias": (E,)}}``, Flax's
-        names and shapes; N, K and H are read from the kernels.
+      params: Flax's names and shapes (``nnx.to_pure_dict(nnx.state(module, nnx.Param))``):
+        ``{"query": {"kernel": (E, N, H), "bias": (N, H)}, "key"|"value": {"kernel":
+        (E_kv, K, H), "bias": (K, H)}, "out": {"kernel": (N, H, F), "bias": (F,)}}``, and
+        optionally ``"query_ln"|"key_ln": {"scale": (H,)}``. N, K, H and F are read from the
+        kernels. A bias that is absent or None is no bias (Flax's ``use_bias=False``); a
+        ``query_ln``/``key_ln`` that is absent or None is no normalisation. Other entries are
+        ignored.
       query: ``(B, T, E)``; ``B`` may be any number of batch axes ``B...``, as in Flax.
-      key: ``(B, S, E)``, the dtype of ``query``; defaults to ``query`` (self-attention).
-      value: ``(B, S, E)``, the dtype of ``query``; defaults to ``key``. Passing ``value``
+      key: ``(B, S, E_kv)``, the dtype of ``query``; defaults to ``query`` (self-attention).
+      value: ``(B, S, E_kv)``, the dtype of ``query``; defaults to ``key``. Passing ``value``
         without ``key`` is a ``ValueError``, as in Flax.
       bias: optional float, broadcastable to ``(B, N, T, S)``, added to the logits (ALiBi,
         relative positions), as in :func:`scaled_dot_product_attention`.
@@ -42,7 +71,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
       is_causal: if True, query t attends only to keys ``s <= t``.
 
     Returns:
-      ``(out, weights)``: ``(B, T, E)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+      ``(out, weights)``: ``(B, T, F)`` and ``(B, N, T, S)``, in the dtype of ``query``.
       T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to, so no output bias).
     """
     check_key_value(key, value)
@@ -56,19 +85,24 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     bias = None if bias is None else fold_broadcast(bias, batch, 3)
     B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
-    p = cast_params(params, compute)
+    p = cast_params(multi_head_used(params), compute)  # the entries used; absent and None biases left out
     if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
         keep = attended_keys(mask, (B, N, T, S)).any(axis=1)[..., None]    # (B, S, 1): any head
         key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
-    # 1. project into heads: N query heads, K key/value heads of H features each
-    q = jnp.einsum("BTE,ENH->BTNH", query.astype(compute), p["query"]["kernel"]) + p["query"]["bias"]  # (B, T, N, H)
-    k = jnp.einsum("BSE,EKH->BSKH", key.astype(compute), p["key"]["kernel"]) + p["key"]["bias"]        # (B, S, K, H)
-    v = jnp.einsum("BSE,EKH->BSKH", value.astype(compute), p["value"]["kernel"]) + p["value"]["bias"]  # (B, S, K, H)
-    # 2. scaled dot-product attention in every head at once
+    # 1. project into heads: N query heads, K key/value heads of H features each (E is E_kv for key, value)
+    q = _dense("BTE,ENH->BTNH", query.astype(compute), p["query"])  # (B, T, N, H)
+    k = _dense("BSE,EKH->BSKH", key.astype(compute), p["key"])      # (B, S, K, H)
+    v = _dense("BSE,EKH->BSKH", value.astype(compute), p["value"])  # (B, S, K, H)
+    # 2. normalize_qk: layer-normalise every query and key vector over its H features
+    if "query_ln" in p:
+        q = _layer_norm(q, p["query_ln"]["scale"])  # (B, T, N, H)
+    if "key_ln" in p:
+        k = _layer_norm(k, p["key_ln"]["scale"])    # (B, S, K, H)
+    # 3. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)  # (B, T, N, H)
-    # 3. mix the heads back to the model width
-    out = jnp.einsum("BTNH,NHE->BTE", heads, p["out"]["kernel"], out_sharding=head_sum_sharding(heads)) + p["out"]["bias"]  # (B, T, E)
-    # 4. a query with no key to attend to in any head gets a zero output (not the output bias)
+    # 4. mix the heads to the output width F
+    out = _dense("BTNH,NHF->BTF", heads, p["out"], out_sharding=head_sum_sharding(heads))  # (B, T, F)
+    # 5. a query with no key to attend to in any head gets a zero output (not the output bias)
     if S == 0:
         out = jnp.zeros_like(out)  # no key at all: every query has nothing to attend to
     if mask is not None:
@@ -77,9 +111,12 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
 
 
-def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_heads=None, dtype=jnp.float32):
+def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_heads=None, in_kv_features=None,
+                           out_features=None, use_bias=True, normalize_qk=False, dtype=jnp.float32):
     """As ``attention_np.init_multi_head_params``, drawing from the JAX PRNG key ``rng``."""
-    return init_from_numpy(_np.init_multi_head_params, rng, in_features, num_heads, head_dim, num_kv_heads=num_kv_heads, dtype=dtype)
+    return init_from_numpy(_np.init_multi_head_params, rng, in_features, num_heads, head_dim, num_kv_heads=num_kv_heads,
+                           in_kv_features=in_kv_features, out_features=out_features, use_bias=use_bias,
+                           normalize_qk=normalize_qk, dtype=dtype)
 
 
 def multi_head_params_from_flax(module_or_state):
@@ -87,16 +124,17 @@ def multi_head_params_from_flax(module_or_state):
 
     Accepts the module itself, its ``nnx.state(module)``, or the pure dict
     ``nnx.to_pure_dict(nnx.state(module))``. The names and shapes are Flax's already, so
-    this only selects the four projections and drops what the function does not use. A
-    module with ``use_bias=False`` gets zero biases (the same function). ``normalize_qk``
-    (its ``query_ln``/``key_ln``) and output or key/value widths that differ from the
-    query's (``out_features``, ``in_kv_features``) are beyond ``multi_head_attention``: the
-    ``ValueError`` names :class:`attention_jax.nnx.MultiHeadAttention`, which loads such a
-    module with ``nnx.update(ours, nnx.state(flax_module, nnx.Param))``.
+    this only selects what the function uses: the four projections and, for
+    ``normalize_qk=True``, ``query_ln``/``key_ln`` (``{"scale": (H,)}``). A module with
+    ``use_bias=False`` gets zero biases (the same function; ``multi_head_attention`` also
+    takes Flax's pure dict as it is, without biases). For any ``use_bias``, ``normalize_qk``,
+    ``qkv_features``, ``out_features`` (F), ``num_kv_heads`` and ``in_kv_features`` (E_kv),
+    ``multi_head_attention(params, x_q, x_kv)`` equals ``module(x_q, x_kv)`` (docs/design.md,
+    section 3). :func:`multi_head_attention_step` takes only the plain layout (self-attention,
+    F = E, no ``query_ln``/``key_ln``).
     """
     from flax import nnx  # Flax is a dependency of this half; imported late to keep import light
 
-    beyond = "; attention_jax.nnx.MultiHeadAttention loads it (nnx.update(ours, nnx.state(flax_module, nnx.Param)))"
     state = module_or_state
     if isinstance(state, nnx.Module):
         state = nnx.state(state, nnx.Param)
@@ -105,8 +143,6 @@ def multi_head_params_from_flax(module_or_state):
     missing = [name for name in ("query", "key", "value", "out") if name not in state]
     if missing:
         raise ValueError(f"module_or_state has no {missing}; expected a flax.nnx.MultiHeadAttention or its state")
-    if state.get("query_ln") is not None or state.get("key_ln") is not None:
-        raise ValueError("multi_head_params_from_flax: normalize_qk=True (query_ln, key_ln) is beyond multi_head_attention" + beyond)
     params = {}
     for name in ("query", "key", "value", "out"):
         layer = state[name]
@@ -115,11 +151,7 @@ def multi_head_params_from_flax(module_or_state):
         if bias is None:  # use_bias=False: a zero bias is the same layer
             bias = jnp.zeros(kernel.shape[1:] if name != "out" else kernel.shape[-1:], kernel.dtype)
         params[name] = {"kernel": kernel, "bias": jnp.asarray(bias)}
-    width = params["query"]["kernel"].shape[0]
-    if params["key"]["kernel"].shape[0] != width or params["out"]["kernel"].shape[-1] != width:
-        raise ValueError(
-            "multi_head_params_from_flax: in_kv_features or out_features differ from in_features "
-            f"({params['key']['kernel'].shape[0]}, {params['out']['kernel'].shape[-1]} vs {width}), beyond "
-            "multi_head_attention" + beyond
-        )
+    for name in ("query_ln", "key_ln"):  # normalize_qk=True: LayerNorm(H, use_bias=False) scales
+        if state.get(name) is not None:
+            params[name] = {"scale": jnp.asarray(state[name]["scale"])}
     return params

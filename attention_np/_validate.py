@@ -7,7 +7,8 @@ raise the same exception type with the same message by construction.
 Shapes are written with docs/design.md's letters::
 
     B batch, T query length, S key/value length, N query heads, K key/value heads,
-    H features per head, E model width.
+    H features per head, E model width (multi-head attention: E_kv the key/value
+    inputs' width, F the output's).
 
 A :class:`Shapes` object binds letters to sizes as arguments are checked, and remembers
 which argument each size came from, so a mismatch reads e.g.::
@@ -113,7 +114,8 @@ class Shapes:
             self.origin[BATCH] = self.origin["B"] = name
         tokens, shape = core, rest
         for token, size in zip(tokens, shape):
-            if _TOKEN.match(token) and token.isalpha() and token not in self.sizes:
+            m = _TOKEN.match(token)
+            if m and not m.group(1) and token not in self.sizes:  # a letter ("H", "E_kv"), not a multiple ("2H")
                 self.sizes[token] = size
                 self.origin[token] = name
 
@@ -376,25 +378,68 @@ def check_cross_attention(params, x, context, mask) -> Shapes:
     return shapes
 
 
-MULTI_HEAD_SPEC = {
+MULTI_HEAD_SPEC = {  # multi_head_attention_step's (kv_cache.py): self-attention, every bias given
     "query": {"kernel": ("E", "N", "H"), "bias": ("N", "H")},
     "key": {"kernel": ("E", "K", "H"), "bias": ("K", "H")},
     "value": {"kernel": ("E", "K", "H"), "bias": ("K", "H")},
     "out": {"kernel": ("N", "H", "E"), "bias": ("E",)},
 }
 
+# multi_head_attention's parameters, flax.nnx.MultiHeadAttention's names and shapes: E_kv is the
+# key/value inputs' width (Flax's in_kv_features), F the output's (out_features). Each layer's
+# (kernel, bias); a bias may be absent or None (Flax's use_bias=False: no bias).
+MULTI_HEAD_LAYERS = {
+    "query": (("E", "N", "H"), ("N", "H")),
+    "key": (("E_kv", "K", "H"), ("K", "H")),
+    "value": (("E_kv", "K", "H"), ("K", "H")),
+    "out": (("N", "H", "F"), ("F",)),
+}
+# Flax's normalize_qk=True: LayerNorm(H, use_bias=False) of q and of k; optional, absent or None
+# when normalize_qk=False.
+MULTI_HEAD_NORMS = {"query_ln": {"scale": ("H",)}, "key_ln": {"scale": ("H",)}}
+
+
+def multi_head_used(params) -> dict:
+    """The entries of a checked multi-head params dict that ``multi_head_attention`` uses: the
+    four layers' kernels, the biases that are given (not None), and ``query_ln``/``key_ln``
+    when given (not None). Anything else (a Flax state's other entries) is left out."""
+    used = {}
+    for name in MULTI_HEAD_LAYERS:
+        layer = params[name]
+        used[name] = {"kernel": layer["kernel"]} | ({} if layer.get("bias") is None else {"bias": layer["bias"]})
+    for name in MULTI_HEAD_NORMS:
+        if params.get(name) is not None:
+            used[name] = {"scale": params[name]["scale"]}
+    return used
+
+
+def check_multi_head_params(params, shapes: Shapes) -> None:
+    """The params of ``multi_head_attention`` against ``MULTI_HEAD_LAYERS`` and
+    ``MULTI_HEAD_NORMS``: the kernels are required, the biases and norms optional."""
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params must be a dict; got {type(params).__name__}")
+    spec = {}
+    for name, (kernel, bias) in MULTI_HEAD_LAYERS.items():
+        layer = params.get(name)
+        no_bias = isinstance(layer, Mapping) and layer.get("bias") is None
+        spec[name] = {"kernel": kernel} if no_bias else {"kernel": kernel, "bias": bias}
+    check_params(params, spec, shapes)
+    check_params(params, {name: sub for name, sub in MULTI_HEAD_NORMS.items() if params.get(name) is not None}, shapes)
+
 
 def check_multi_head(params, query, key, value, mask, bias=None) -> Shapes:
     """Arguments of ``multi_head_attention`` (after ``key``/``value`` took their defaults):
-    ``query (B..., T, E)``, ``key``/``value (B..., S, E)``, any number of batch axes; mask
-    and bias broadcastable to ``(B..., N, T, S)``."""
+    ``query (B..., T, E)``, ``key``/``value (B..., S, E_kv)``, any number of batch axes; the
+    params of ``MULTI_HEAD_LAYERS`` (biases optional) and ``MULTI_HEAD_NORMS`` (optional);
+    mask and bias broadcastable to ``(B..., N, T, S)``. Binds B..., B, T, S, E, E_kv, N, K,
+    H and F."""
     shapes = Shapes()
     shapes.check("query", query, (BATCH, "T", "E"))
-    shapes.check("key", key, (BATCH, "S", "E"))
+    shapes.check("key", key, (BATCH, "S", "E_kv"))
     check_same_dtype("key", key, "query", query)
-    shapes.check("value", value, (BATCH, "S", "E"))
+    shapes.check("value", value, (BATCH, "S", "E_kv"))
     check_same_dtype("value", value, "query", query)
-    check_params(params, MULTI_HEAD_SPEC, shapes)
+    check_multi_head_params(params, shapes)
     check_heads(shapes)
     batch = shapes[BATCH]
     target = batch + tuple(shapes[c] for c in "NTS")

@@ -33,8 +33,9 @@ import numpy as np
 
 from ._dtypes import cast_params, compute_dtype
 from ._masking import attended_keys, combine_masks, masked_softmax
-from ._validate import check_additive, check_multi_head, check_sdpa
+from ._validate import check_additive, check_multi_head, check_sdpa, multi_head_used
 from .dot_product import scaled_dot_product_attention
+from .multi_head import LAYER_NORM_EPSILON, _dense, _layer_norm
 
 
 def _softmax_vjp(weights, d_weights):
@@ -205,80 +206,118 @@ def additive_attention_vjp(params, hidden, encoder_outputs, d_context, d_weights
     return d_params, d_hidden.astype(hidden.dtype), d_enc.astype(encoder_outputs.dtype)
 
 
+def _layer_norm_vjp(x, scale, d_y):
+    r"""Gradients of ``y = xhat * scale`` with ``xhat = (x - mean) / sqrt(var + eps)`` over the
+    last axis (``multi_head._layer_norm``): ``d_scale = sum(d_y * xhat)`` over every other
+    axis, and, with :math:`g = d_y \odot \gamma`,
+    :math:`dx = (g - \bar g - \hat x\, \overline{g \hat x}) / \sqrt{\mathrm{var} + \epsilon}`
+    (bars: means over the last axis): the Jacobian of ``xhat`` is
+    :math:`(I - \mathbf{1}\mathbf{1}^\top / H - \hat x \hat x^\top / H) / \sqrt{\mathrm{var} + \epsilon}`."""
+    mean = x.mean(axis=-1, keepdims=True)
+    inv_std = 1 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + LAYER_NORM_EPSILON)
+    x_hat = (x - mean) * inv_std
+    d_scale = (d_y * x_hat).reshape(-1, x.shape[-1]).sum(axis=0)           # (H,)
+    g = d_y * scale
+    d_x = inv_std * (g - g.mean(axis=-1, keepdims=True) - x_hat * (g * x_hat).mean(axis=-1, keepdims=True))
+    return d_x, d_scale
+
+
+def _grads_like(grads, params):
+    """``grads`` in the structure of ``params``, as ``jax.vjp`` gives it: None where ``params``
+    holds None (a bias or a norm given as None), absent where it is absent, entries that
+    the function does not use left out; each in its parameter's dtype."""
+    if isinstance(grads, dict):
+        return {name: None if params[name] is None else _grads_like(grads[name], params[name])
+                for name in params if params[name] is None or name in grads}
+    return grads.astype(np.asarray(params).dtype)
+
+
 def multi_head_attention_vjp(params, query, key, value, d_out, *, mask=None, is_causal=False):
     r"""Gradients of :func:`multi_head_attention` for its params, query, key and value.
 
     Forward: :math:`q = x_q W^Q + b^Q`, :math:`k = x_k W^K + b^K`, :math:`v = x_v W^V + b^V`
-    (per head), heads :math:`= \mathrm{Attention}(q, k, v)`,
+    (per head; with ``query_ln``/``key_ln``, :math:`q` and :math:`k` are then layer-normalised
+    over H), heads :math:`= \mathrm{Attention}(q, k, v)`,
     :math:`\mathrm{out} = \sum_n \mathrm{head}_n W^O_n + b^O`. Backward, given
     :math:`d\mathrm{out}`: the output projection is a matmul
     (:math:`dW^O = \mathrm{head}^\top d\mathrm{out}`, :math:`d\mathrm{head} = d\mathrm{out}\, {W^O}^\top`),
-    the attention core is :func:`scaled_dot_product_attention_vjp`, and each input
-    projection is a matmul again (:math:`dW^Q = x_q^\top dq`, :math:`dx_q = dq\, {W^Q}^\top`).
-    A query with no key to attend to has a zero output (not the output bias), so no
-    gradient flows from it.
+    the attention core is :func:`scaled_dot_product_attention_vjp`, the layer norms have their
+    own rule (``_layer_norm_vjp``), and each input projection is a matmul again
+    (:math:`dW^Q = x_q^\top dq`, :math:`dx_q = dq\, {W^Q}^\top`). A query with no key to
+    attend to has a zero output (not the output bias), so no gradient flows from it.
 
     For self-attention pass the same array as query, key and value; its gradient is
     ``d_query + d_key + d_value``.
 
     Vaswani et al. 2017, "Attention is all you need", section 3.2.2; grouped key/value
-    heads after Ainslie et al. 2023 (GQA).
+    heads after Ainslie et al. 2023 (GQA); QK layer-norm after Dehghani et al. 2023.
 
     Args:
-      params: Flax ``nnx.MultiHeadAttention``'s dict, as in :func:`multi_head_attention`.
+      params: Flax ``nnx.MultiHeadAttention``'s dict, as in :func:`multi_head_attention`
+        (biases optional, ``query_ln``/``key_ln`` optional).
       query: ``(B, T, E)``.
-      key: ``(B, S, E)``.
-      value: ``(B, S, E)``.
-      d_out: gradient of the loss with respect to ``out``, ``(B, T, E)``.
+      key: ``(B, S, E_kv)``.
+      value: ``(B, S, E_kv)``.
+      d_out: gradient of the loss with respect to ``out``, ``(B, T, F)``.
       mask, is_causal: as in :func:`multi_head_attention`.
 
     Returns:
-      ``(d_params, d_query, d_key, d_value)``: ``d_params`` with the same nested dict
-      structure as ``params``, then ``(B, T, E)``, ``(B, S, E)``, ``(B, S, E)``, each in its
-      input's dtype.
+      ``(d_params, d_query, d_key, d_value)``: ``d_params`` with the structure of the entries
+      of ``params`` that :func:`multi_head_attention` uses (None for a bias given as None;
+      other entries left out), as ``jax.vjp`` gives it; then ``(B, T, E)``, ``(B, S, E_kv)``,
+      ``(B, S, E_kv)``, each in its input's dtype.
     """
     query, key, value, d_out = (np.asarray(x) for x in (query, key, value, d_out))
     shapes = check_multi_head(params, query, key, value, mask)
     _one_batch_axis(query, "(B, T, E)")
-    shapes.check("d_out", d_out, "BTE")
+    shapes.check("d_out", d_out, "BTF")
     B, T, S, N = (shapes[c] for c in "BTSN")
     compute = compute_dtype(query.dtype)
-    p = cast_params(params, compute)
+    p = cast_params(multi_head_used(params), compute)
     # 0. the forward pass again, exactly as multi_head_attention computes it (padding zeroed first)
     x_q, x_k, x_v = (x.astype(compute) for x in (query, key, value))
     if mask is not None:
         keep = attended_keys(mask, (B, N, T, S)).any(axis=1)[..., None]    # (B, S, 1): any head
         x_k, x_v = np.where(keep, x_k, 0), np.where(keep, x_v, 0)
-    q = np.einsum("BTE,ENH->BTNH", x_q, p["query"]["kernel"]) + p["query"]["bias"]  # (B, T, N, H)
-    k = np.einsum("BSE,EKH->BSKH", x_k, p["key"]["kernel"]) + p["key"]["bias"]      # (B, S, K, H)
-    v = np.einsum("BSE,EKH->BSKH", x_v, p["value"]["kernel"]) + p["value"]["bias"]  # (B, S, K, H)
+    q_lin = _dense("BTE,ENH->BTNH", x_q, p["query"])                        # (B, T, N, H)
+    k_lin = _dense("BSE,EKH->BSKH", x_k, p["key"])                          # (B, S, K, H); E is E_kv here
+    v = _dense("BSE,EKH->BSKH", x_v, p["value"])                            # (B, S, K, H)
+    q = _layer_norm(q_lin, p["query_ln"]["scale"]) if "query_ln" in p else q_lin  # (B, T, N, H)
+    k = _layer_norm(k_lin, p["key_ln"]["scale"]) if "key_ln" in p else k_lin      # (B, S, K, H)
     heads, _ = scaled_dot_product_attention(q, k, v, mask=mask, is_causal=is_causal)  # (B, T, N, H)
-    d_out = d_out.astype(compute)                                          # (B, T, E)
+    d_out = d_out.astype(compute)                                          # (B, T, F)
     # 1. a query with no key to attend to had its output set to zero: no gradient from it
     if mask is not None:
         attends = np.broadcast_to(combine_masks(mask, is_causal, T, S), (B, N, T, S)).any(axis=(1, 3))  # (B, T)
         d_out = np.where(attends[..., None], d_out, 0)
     # 2. out = heads @ W_out + b_out
-    d_out_kernel = np.einsum("BTNH,BTE->NHE", heads, d_out)               # (N, H, E)
-    d_out_bias = d_out.sum(axis=(0, 1))                                    # (E,)
-    d_heads = np.einsum("BTE,NHE->BTNH", d_out, p["out"]["kernel"])        # (B, T, N, H)
+    d_out_kernel = np.einsum("BTNH,BTF->NHF", heads, d_out)               # (N, H, F)
+    d_out_bias = d_out.sum(axis=(0, 1))                                    # (F,)
+    d_heads = np.einsum("BTF,NHF->BTNH", d_out, p["out"]["kernel"])        # (B, T, N, H)
     # 3. heads = attention(q, k, v) in every head at once
     d_q, d_k, d_v = scaled_dot_product_attention_vjp(q, k, v, d_heads, mask=mask, is_causal=is_causal)
-    # 4. the three input projections: x @ W + b, each a matmul
-    d_params = {
+    d_params = {"out": {"kernel": d_out_kernel, "bias": d_out_bias}}
+    # 4. the layer norms of normalize_qk, back to the projections
+    if "query_ln" in p:
+        d_q, d_scale = _layer_norm_vjp(q_lin, p["query_ln"]["scale"], d_q)  # (B, T, N, H), (H,)
+        d_params["query_ln"] = {"scale": d_scale}
+    if "key_ln" in p:
+        d_k, d_scale = _layer_norm_vjp(k_lin, p["key_ln"]["scale"], d_k)    # (B, S, K, H), (H,)
+        d_params["key_ln"] = {"scale": d_scale}
+    # 5. the three input projections: x @ W + b, each a matmul
+    d_params |= {
         "query": {"kernel": np.einsum("BTE,BTNH->ENH", x_q, d_q), "bias": d_q.sum(axis=(0, 1))},  # (E, N, H), (N, H)
-        "key": {"kernel": np.einsum("BSE,BSKH->EKH", x_k, d_k), "bias": d_k.sum(axis=(0, 1))},    # (E, K, H), (K, H)
-        "value": {"kernel": np.einsum("BSE,BSKH->EKH", x_v, d_v), "bias": d_v.sum(axis=(0, 1))},  # (E, K, H), (K, H)
-        "out": {"kernel": d_out_kernel, "bias": d_out_bias},
+        "key": {"kernel": np.einsum("BSE,BSKH->EKH", x_k, d_k), "bias": d_k.sum(axis=(0, 1))},    # (E_kv, K, H), (K, H)
+        "value": {"kernel": np.einsum("BSE,BSKH->EKH", x_v, d_v), "bias": d_v.sum(axis=(0, 1))},  # (E_kv, K, H), (K, H)
     }
     d_query = np.einsum("BTNH,ENH->BTE", d_q, p["query"]["kernel"])       # (B, T, E)
-    d_key = np.einsum("BSKH,EKH->BSE", d_k, p["key"]["kernel"])           # (B, S, E)
-    d_value = np.einsum("BSKH,EKH->BSE", d_v, p["value"]["kernel"])       # (B, S, E)
-    # 5. padding keys and values were replaced by zeros in the forward pass
+    d_key = np.einsum("BSKH,EKH->BSE", d_k, p["key"]["kernel"])           # (B, S, E_kv)
+    d_value = np.einsum("BSKH,EKH->BSE", d_v, p["value"]["kernel"])       # (B, S, E_kv)
+    # 6. padding keys and values were replaced by zeros in the forward pass
     if mask is not None:
         d_key, d_value = np.where(keep, d_key, 0), np.where(keep, d_value, 0)
     return (
-        _like(d_params, params),
+        _grads_like(d_params, params),
         d_query.astype(query.dtype),
         d_key.astype(key.dtype),
         d_value.astype(value.dtype),

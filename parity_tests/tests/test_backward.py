@@ -195,6 +195,48 @@ def test_multi_head_vjp_self_attention_is_the_sum_of_three(rng):
     _assert_close((d_params, d_query + d_key + d_value), expected, TOL64)
 
 
+# Flax's options (issue 11): biases given, absent (Flax's use_bias=False) or None; normalize_qk's
+# query_ln/key_ln; key/value inputs of width E_kv != E; an output width F != E
+FLAX_OPTIONS = {
+    "qk-norm": dict(normalize_qk=True),
+    "no-bias": dict(use_bias=False),
+    "none-bias+qk-norm": dict(use_bias=None, normalize_qk=True),
+    "E_kv+F": dict(in_kv_features=7, out_features=5),
+    "all+mask": dict(use_bias=False, normalize_qk=True, in_kv_features=7, out_features=5, mask=True),
+}
+
+
+def _flax_option_inputs(rng, use_bias=True, normalize_qk=False, in_kv_features=E, out_features=E, mask=False):
+    params = attention_np.init_multi_head_params(rng, E, N, H, num_kv_heads=K, in_kv_features=in_kv_features,
+                                                 out_features=out_features, use_bias=use_bias is True,
+                                                 normalize_qk=normalize_qk, dtype=np.float64)
+    params = jax.tree.map(lambda a: a + 0.5 * rng.normal(size=a.shape) if a.ndim < 3 else a, params)  # not 0, not 1
+    if use_bias is None:  # a bias given as None is no bias; its gradient is None, as jax.vjp gives it
+        params = {name: layer | {"bias": None} if "kernel" in layer else layer for name, layer in params.items()}
+    kwargs = {}
+    if mask:
+        kwargs["mask"] = rng.random((B, 1, T, S)) < 0.6
+        kwargs["mask"][0, :, 1] = False  # query 1 of batch 0 sees nothing
+    inputs = (rng.normal(size=(B, T, E)), rng.normal(size=(B, S, in_kv_features)), rng.normal(size=(B, S, in_kv_features)))
+    return (params, *inputs), kwargs, rng.normal(size=(B, T, out_features))
+
+
+@pytest.mark.parametrize("options", FLAX_OPTIONS)
+def test_multi_head_vjp_with_flaxs_options_equals_jax_vjp_and_finite_differences(rng, options):
+    args, kwargs, d_out = _flax_option_inputs(rng, **FLAX_OPTIONS[options])
+    grads = attention_np.multi_head_attention_vjp(*args, d_out, **kwargs)
+    assert jax.tree.structure(grads[0]) == jax.tree.structure(args[0])  # None biases included
+    expected = _jax_grads(lambda *a: attention_jax.multi_head_attention(*a, **kwargs)[0], args, d_out)
+    _assert_close(grads, expected, TOL64)
+    fd = _fd(attention_np.multi_head_attention, args, kwargs, (0, 1, 2, 3), (d_out,), outputs=(0,), samples=16)
+    _assert_close_where_differenced(grads, fd, FD_TOLERANCE)
+    if "query_ln" in args[0]:  # a layer norm removes the mean over H: no bias gradient along it
+        d_params = grads[0]
+        for name in ("query", "key"):
+            if d_params[name].get("bias") is not None:
+                np.testing.assert_allclose(d_params[name]["bias"].sum(axis=-1), 0, atol=1e-12)
+
+
 # --- the registry's backward rows, through the pytest entry point ---------------------------------
 # The report runs every backward row (about 130, minutes on 2 cores); the suite runs the float64
 # rows of one case per hand-written VJP and of chunked_attention.

@@ -254,10 +254,38 @@ BAD_INPUTS = [
     ),
     (
         "multi_head_attention",
+        (put(mp, z(N, H + 1, E), "out", "kernel"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['out']['kernel'] must have shape (N, H, F) with N=6, H=11 from params['query']['kernel']; got (6, 12, 13)",
+    ),
+    (  # out_features F != E is allowed; its bias must follow the kernel
+        "multi_head_attention",
         (put(mp, z(N, H, E + 1), "out", "kernel"), z(B, T, E)),
         {},
         ValueError,
-        "params['out']['kernel'] must have shape (N, H, E) with N=6, H=11 from params['query']['kernel'], E=13 from query; got (6, 11, 14)",
+        "params['out']['bias'] must have shape (F,) with F=14 from params['out']['kernel']; got (13,)",
+    ),
+    (  # in_kv_features E_kv != E is allowed; the key/value kernels must follow the key
+        "multi_head_attention",
+        (mp, z(B, T, E), z(B, S, E + 2)),
+        {},
+        ValueError,
+        "params['key']['kernel'] must have shape (E_kv, K, H) with E_kv=15 from key, H=11 from params['query']['kernel']; got (13, 3, 11)",
+    ),
+    (  # normalize_qk: query_ln/key_ln are LayerNorm(H) scales
+        "multi_head_attention",
+        (put(mp, {"scale": z(H + 1)}, "query_ln"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['query_ln']['scale'] must have shape (H,) with H=11 from params['query']['kernel']; got (12,)",
+    ),
+    (
+        "multi_head_attention",
+        (put(mp, {}, "key_ln"), z(B, T, E)),
+        {},
+        ValueError,
+        "params['key_ln']['scale'] is missing; expected keys ['scale']",
     ),
     (
         "multi_head_attention",
@@ -271,7 +299,7 @@ BAD_INPUTS = [
         (mp, z(B, T, E), z(B, S, E), z(B, S + 1, E)),
         {},
         ValueError,
-        "value must have shape (B, S, E) with B=2, E=13 from query, S=5 from key; got (2, 6, 13)",
+        "value must have shape (B, S, E_kv) with B=2 from query, S=5, E_kv=13 from key; got (2, 6, 13)",
     ),
     (  # as Flax: `inputs_k` cannot be None if `inputs_v` is not None
         "multi_head_attention",
@@ -292,7 +320,7 @@ BAD_INPUTS = [
         (mp, z(B, 4, T, E), z(4, B, S, E)),
         {},
         ValueError,
-        "key must have shape (B..., S, E) with B...=(2, 4), E=13 from query; got (4, 2, 5, 13)",
+        "key must have shape (B..., S, E_kv) with B...=(2, 4) from query; got (4, 2, 5, 13)",
     ),
     (
         "multi_head_attention",
@@ -648,14 +676,14 @@ NUMPY_ONLY_BAD_INPUTS = [
         (mp, z(B, T, E), z(B, S, E), z(B, S, E), z(B, T, E + 1)),
         {},
         ValueError,
-        "d_out must have shape (B, T, E) with B=2, T=3, E=13 from query; got (2, 3, 14)",
+        "d_out must have shape (B, T, F) with B=2, T=3 from query, F=13 from params['out']['kernel']; got (2, 3, 14)",
     ),
     (
         "multi_head_attention_vjp",
         (mp, z(B, T, E), z(B, S, E), z(B, S + 1, E), z(B, T, E)),
         {},
         ValueError,
-        "value must have shape (B, S, E) with B=2, E=13 from query, S=5 from key; got (2, 6, 13)",
+        "value must have shape (B, S, E_kv) with B=2 from query, S=5, E_kv=13 from key; got (2, 6, 13)",
     ),
 ]
 

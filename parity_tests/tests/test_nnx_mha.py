@@ -1,7 +1,10 @@
 """attention_jax.nnx.MultiHeadAttention against flax.nnx.MultiHeadAttention: the same
 parameter tree, Flax's weights loaded with nnx.update give Flax's outputs (1e-5, float32)
 in prefill and decode, sow_weights sows the same weights; and what it adds (bias, windows,
-implementation, zeros for fully masked queries, positional dropout)."""
+implementation, zeros for fully masked queries, positional dropout). Also the functional
+multi_head_attention of both halves with a Flax module's params (multi_head_params_from_flax
+or Flax's own dict) over every combination of use_bias, normalize_qk, out_features,
+in_kv_features, qkv_features and num_kv_heads: Flax's outputs and gradients, NumPy = JAX."""
 
 import functools
 
@@ -12,9 +15,10 @@ import pytest
 from flax import nnx
 
 import attention_jax
+import attention_np
 from attention_jax.nnx import MultiHeadAttention
 
-from .conftest import highest
+from .conftest import HALVES, highest
 
 B, T, S, E, E_KV = 2, 5, 7, 10, 9
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -271,11 +275,163 @@ def test_flaxs_constructor_errors():
         MultiHeadAttention(2, 8, rngs=nnx.Rngs(0))(jnp.zeros((1, 2, 8)))
 
 
-def test_multi_head_params_from_flax_names_the_module_for_what_it_cannot_express():
-    for config in ("qk-norm", "out-features", "cross"):
-        theirs, _ = _pair(**CONFIGS[config])
-        with pytest.raises(ValueError, match="attention_jax.nnx.MultiHeadAttention loads it"):
-            attention_jax.multi_head_params_from_flax(theirs)
+# --- the functional multi_head_attention with a Flax module's params (issue 11) ----------------------
+FUNCTIONAL_OPTIONS = ("use_bias", "normalize_qk", "out_features", "in_kv_features", "qkv_features", "num_kv_heads")
+# every combination: a flag per option (True = Flax's non-default value)
+FUNCTIONAL_COMBOS = [tuple(bool(c >> i & 1) for i in range(6)) for c in range(64)]
+
+
+def _functional_kwargs(combo):
+    """Flax's constructor arguments for a combination: N=2, H=5 (E=10) or 6 (qkv_features=12),
+    K=2 or 1, F=7, E_kv=9, with or without biases and QK layer-norm."""
+    no_bias, qk_norm, out, kv, qkv, gqa = combo
+    kwargs = dict(num_heads=2, in_features=E, use_bias=not no_bias, normalize_qk=qk_norm)
+    kwargs |= dict(out_features=7) if out else {}
+    kwargs |= dict(in_kv_features=E_KV) if kv else {}
+    kwargs |= dict(qkv_features=12) if qkv else {}
+    kwargs |= dict(num_kv_heads=1) if gqa else {}
+    return kwargs
+
+
+def _flax_module(seed=0, **kwargs):
+    """A Flax module with random biases and layer-norm scales too (Flax's zeros and ones would
+    not test their layout)."""
+    module = nnx.MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(seed))
+    r = np.random.default_rng(seed + 1)
+    for path, variable in nnx.iter_graph(module):
+        if isinstance(variable, nnx.Param) and path[-1] in ("bias", "scale"):
+            variable[...] = variable[...] + jnp.asarray(0.5 * r.normal(size=variable.shape), jnp.float32)
+    return module
+
+
+def _combo_id(combo):
+    return "-".join(name for name, on in zip(("no_bias", "qk_norm", "F", "E_kv", "qkv", "gqa"), combo) if on) or "plain"
+
+
+@pytest.mark.parametrize("combo", FUNCTIONAL_COMBOS, ids=[_combo_id(c) for c in FUNCTIONAL_COMBOS])
+def test_multi_head_attention_with_params_from_flax_gives_flaxs_outputs(combo):
+    kwargs = _functional_kwargs(combo)
+    module = _flax_module(**kwargs)
+    r = np.random.default_rng(2)
+    x_q = r.normal(size=(B, T, E)).astype(np.float32)
+    x_kv = r.normal(size=(B, S, kwargs.get("in_kv_features", E))).astype(np.float32)
+    params = attention_jax.multi_head_params_from_flax(module)
+    assert ("query_ln" in params) == kwargs["normalize_qk"]
+    flax_dict = nnx.to_pure_dict(nnx.state(module, nnx.Param))  # no biases for use_bias=False: taken as it is
+    assert ("bias" in flax_dict["out"]) == kwargs["use_bias"]
+    with highest():
+        expected = np.asarray(module(x_q, x_kv))
+        actual = {
+            "jax": attention_jax.multi_head_attention(params, x_q, x_kv)[0],
+            "jax, Flax's dict": attention_jax.multi_head_attention(flax_dict, x_q, x_kv)[0],
+            "numpy": attention_np.multi_head_attention(jax.tree.map(np.asarray, params), x_q, x_kv)[0],
+            "numpy, Flax's dict": attention_np.multi_head_attention(jax.tree.map(np.asarray, flax_dict), x_q, x_kv)[0],
+        }
+    assert expected.shape == (B, T, kwargs.get("out_features", E))
+    for name, out in actual.items():
+        assert out.shape == expected.shape and out.dtype == np.float32, name
+        np.testing.assert_allclose(out, expected, **TOL, err_msg=name)
+
+
+@pytest.mark.parametrize("combo", FUNCTIONAL_COMBOS, ids=[_combo_id(c) for c in FUNCTIONAL_COMBOS])
+def test_numpy_equals_jax_in_float64_with_params_from_flax(combo):
+    kwargs = _functional_kwargs(combo)
+    params = jax.tree.map(lambda a: np.asarray(a, np.float64), nnx.to_pure_dict(nnx.state(_flax_module(**kwargs), nnx.Param)))
+    r = np.random.default_rng(3)
+    x_q = r.normal(size=(B, T, E))
+    x_kv = r.normal(size=(B, S, kwargs.get("in_kv_features", E)))
+    mask = r.random((B, 1, T, S)) < 0.6
+    mask[0, :, 1] = False  # query 1 of row 0 sees nothing: a zero row in both halves
+    expected = attention_jax.multi_head_attention(params, x_q, x_kv, mask=mask)
+    actual = attention_np.multi_head_attention(params, x_q, x_kv, mask=mask)
+    for a, e in zip(actual, expected):
+        assert a.dtype == np.float64 and a.shape == e.shape
+        np.testing.assert_allclose(a, e, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(actual[0][0, 1], 0)
+
+
+@pytest.mark.parametrize("config", ["qk-norm", "cross", "all"])
+@pytest.mark.parametrize("mask_kind", [None, "padding", "per-head"])
+def test_params_from_flax_with_masks_and_causal_give_flaxs_outputs(config, mask_kind):
+    kwargs = CONFIGS[config]
+    module = _flax_module(**kwargs)
+    x, context = _inputs(True)
+    context = context if "in_kv_features" in kwargs else x
+    s = context.shape[1]
+    mask = None if mask_kind is None else _mask(mask_kind, kwargs["num_heads"], T, s)
+    params = attention_jax.multi_head_params_from_flax(module)
+    for is_causal in (False, True):
+        with highest():
+            expected = module(x, context, mask=None if mask is None else jnp.asarray(mask), is_causal=is_causal)
+            for half in (attention_jax, attention_np):
+                actual, weights = half.multi_head_attention(jax.tree.map(np.asarray, params), x, context, mask=mask,
+                                                            is_causal=is_causal)
+                assert weights.shape == (B, kwargs["num_heads"], T, s)
+                np.testing.assert_allclose(actual, expected, **TOL)
+
+
+@pytest.mark.parametrize("use_bias", [True, False], ids=["bias", "no-bias"])
+def test_gradients_through_params_from_flax_equal_flaxs(use_bias):
+    # H=5: with H=3 ("all") Flax's float32 layer norm (variance E[x^2] - E[x]^2) is itself 1e-4 off
+    # the float64 gradient of the query bias, ours 1e-5; with H=5 both are within 1e-6
+    kwargs = CONFIGS["all"] | {"use_bias": use_bias, "qkv_features": 30}
+    module = _flax_module(**kwargs)
+    x, context = _inputs(True)
+    params = attention_jax.multi_head_params_from_flax(module)
+
+    def flax_loss(m):
+        return (m(x, context, is_causal=True) ** 2).sum()
+
+    def loss(p):
+        return (attention_jax.multi_head_attention(p, x, context, is_causal=True)[0] ** 2).sum()
+
+    with highest():
+        expected = nnx.to_pure_dict(nnx.grad(flax_loss)(module))
+        actual = jax.grad(loss)(params)
+    assert set(actual) == set(expected) == {"query", "key", "value", "out", "query_ln", "key_ln"}
+    for name, layer in expected.items():  # use_bias=False: Flax has no bias; ours is zero, its gradient not compared
+        for leaf, grad in layer.items():
+            np.testing.assert_allclose(actual[name][leaf], grad, rtol=1e-4, atol=1e-5, err_msg=f"{name}.{leaf}")
+
+
+@pytest.mark.parametrize("combo", FUNCTIONAL_COMBOS[::7], ids=[_combo_id(c) for c in FUNCTIONAL_COMBOS[::7]])
+@pytest.mark.parametrize("half", ["numpy", "jax"])
+def test_init_multi_head_params_has_flaxs_tree(combo, half):
+    kwargs = _functional_kwargs(combo)
+    module = nnx.MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(0))
+    expected = jax.tree.map(lambda a: (a.shape, a.dtype), nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    H = module.head_dim
+    options = dict(num_kv_heads=kwargs.get("num_kv_heads"), in_kv_features=kwargs.get("in_kv_features"),
+                   out_features=kwargs.get("out_features"), use_bias=kwargs["use_bias"],
+                   normalize_qk=kwargs["normalize_qk"])
+    if half == "numpy":
+        params = attention_np.init_multi_head_params(np.random.default_rng(0), E, 2, H, **options)
+    else:
+        params = attention_jax.init_multi_head_params(jax.random.key(0), E, 2, H, **options)
+    assert jax.tree.map(lambda a: (a.shape, a.dtype), params) == expected
+    x = np.random.default_rng(1).normal(size=(B, T, E)).astype(np.float32)
+    x_kv = np.random.default_rng(2).normal(size=(B, S, kwargs.get("in_kv_features", E))).astype(np.float32)
+    nnx.update(module, jax.tree.map(jnp.asarray, params))  # Flax runs our initial params as its own
+    with highest():
+        np.testing.assert_allclose(HALVES[half].multi_head_attention(params, x, x_kv)[0], module(x, x_kv), **TOL)
+
+
+def test_absent_none_and_zero_biases_are_the_same_layer():
+    module = _flax_module(**CONFIGS["all"])  # use_bias=False: Flax's dict has kernels only
+    flax_dict = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    x, context = _inputs(True)
+    none = {name: ({**layer, "bias": None} if "kernel" in layer else layer) for name, layer in flax_dict.items()}
+    zero = attention_jax.multi_head_params_from_flax(module)
+    with highest():
+        expected = module(x, context)
+        for half in (attention_np, attention_jax):
+            for params in (flax_dict, none, zero):
+                np.testing.assert_allclose(half.multi_head_attention(params, x, context)[0], expected, **TOL)
+    without_norm = {name: layer for name, layer in flax_dict.items() if not name.endswith("_ln")}
+    with_none = without_norm | {"query_ln": None, "key_ln": None}
+    for half in (attention_np, attention_jax):  # a None norm is no norm
+        np.testing.assert_array_equal(half.multi_head_attention(with_none, x, context)[0],
+                                      half.multi_head_attention(without_norm, x, context)[0])
 
 
 def test_the_readme_model_example_runs_as_written():
