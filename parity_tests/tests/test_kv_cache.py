@@ -147,3 +147,6 @@ def test_bad_input(half, rng):
         module.multi_head_attention_step(params, x, {**cache, "length": np.zeros(B)})
     with pytest.raises(TypeError, match="cache must be a dict from init_kv_cache; got list"):
         module.multi_head_attention_step(params, x, [cache])
+    normalized = {**params, "query_ln": {"scale": np.ones(H)}}  # normalize_qk: not applied by the step
+    with pytest.raises(ValueError, match=r"params has \['query_ln'\] \(normalize_qk\), which the cached step does not apply"):
+        module.multi_head_attention_step(normalized, x, cache)
