@@ -27,18 +27,30 @@ def masked_softmax(logits, mask=None):
     Returns:
       weights, same shape as ``logits``, in float32 (float64 for float64 ``logits``).
     """
+    unnormalized, total = softmax_parts(logits, mask)
+    return unnormalized / total
+
+
+def softmax_parts(logits, mask=None, *, empty_rows=True):
+    """:func:`masked_softmax` as ``(numerator, denominator)``: ``exp(x - max)`` with masked
+    entries exactly 0, and its row sums ``(..., 1)`` (at least ``finfo.tiny``, so that an
+    all-masked row divides 0 by it to 0). The attention output can then divide the
+    ``(T, H)`` product by the sums instead of the ``(T, S)`` weights (one pass fewer).
+    ``empty_rows=False`` promises that every row has an unmasked entry (the causal mask
+    alone): masked entries are then ``exp(finfo.min - max) = 0`` already, and one
+    ``(T, S)`` select is saved."""
     logits = logits.astype(compute_dtype(logits.dtype))
     if mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
     # (initial=-inf: a row of S = 0 entries has nothing to normalise, not an error)
     unnormalized = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True, initial=-jnp.inf)))
-    if mask is not None:
+    if mask is not None and empty_rows:
         unnormalized = jnp.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)
     # an unmasked row has total >= 1 (its max contributes exp(0)); an all-masked row has
     # total = 0 and gets 0 / tiny = 0. (A maximum, not a where: XLA fuses it.)
-    return unnormalized / jnp.maximum(total, jnp.finfo(total.dtype).tiny)
+    return unnormalized, jnp.maximum(total, jnp.finfo(total.dtype).tiny)
 
 
 def causal_mask(T: int, S: int):

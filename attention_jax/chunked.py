@@ -26,10 +26,13 @@ from ._sharding import full_like_leading, leading_sharded, match_varying, reshar
 from .dot_product import split_scale, static_rng
 from .dropout import keep_mask, rng_words
 
-# Chosen by benchmarks/attention.py on a 2-core AVX-512 CPU (float32, H=64, L=8192): larger
-# blocks amortise the loop and feed bigger matmuls; beyond 2048 x 1024 nothing improved.
-# Causal attention uses square 1024 blocks so that more blocks above the diagonal are skipped.
+# Chosen by benchmarks/attention.py on 2-core x86 CPUs (float32): larger blocks amortise the
+# loop and feed bigger matmuls; beyond 2048 x 1024 nothing improved (H=64, L=8192). Causal
+# attention uses square blocks so that the blocks above the diagonal are skipped: 1024, and
+# 512 up to L = 2048 (1.2x faster forward than 1024 at 2x4x2048 and 1x8x1024x128; smaller
+# blocks, or splitting L = 512, lost more to the loop than they saved).
 _DEFAULT_CHUNKS = {"cpu": (2048, 1024), "cpu causal": (1024, 1024), "gpu": (512, 512), "gpu causal": (512, 512)}
+_SHORT_CAUSAL = (2048, (512, 512))  # CPU, causal, max(T, S) up to 2048: these blocks
 
 
 class _Config(NamedTuple):
@@ -58,8 +61,11 @@ def _check_chunk(name, size):
         raise ValueError(f"{name} must be a positive int or None; got {size!r}")
 
 
-def _default_chunks(is_causal):
+def _default_chunks(is_causal, T, S):
+    """Default ``(query_chunk, key_chunk)`` for this backend, mask and length."""
     backend = "cpu" if jax.default_backend() == "cpu" else "gpu"
+    if backend == "cpu" and is_causal and max(T, S) <= _SHORT_CAUSAL[0]:
+        return _SHORT_CAUSAL[1]
     return _DEFAULT_CHUNKS[backend + (" causal" if is_causal else "")]
 
 
@@ -421,7 +427,8 @@ def chunked_attention(
       is_causal: if True, query t attends only to keys ``s <= t``.
       scale: multiplies the logits, any finite number; default ``1 / sqrt(H)``.
       query_chunk_size, key_chunk_size: rows of queries and keys per block; defaults tuned
-        per backend (CPU: 2048 x 1024, causal 1024 x 1024; GPU: 512 x 512). Lengths that
+        per backend (CPU: 2048 x 1024, causal 1024 x 1024 and 512 x 512 up to L = 2048;
+        GPU: 512 x 512). Lengths that
         are not multiples are padded (and the padding masked).
       query_seq_lengths, key_value_seq_lengths: optional int ``(B,)``, as
         :func:`scaled_dot_product_attention` (built per block from the lengths: no
@@ -482,7 +489,7 @@ def _chunked_attention(
         scale = jnp.asarray(scale_value).astype(compute)
     else:
         scale = 1.0 / math.sqrt(max(H, 1)) if scale is None else float(scale)  # H = 0: the logits are empty sums, 0
-    default_q, default_k = _default_chunks(is_causal)
+    default_q, default_k = _default_chunks(is_causal, T, S)
     qc = min(query_chunk_size or default_q, T)
     kc = min(key_chunk_size or default_k, S)
     pad_T, pad_S = -T % qc, -S % kc
