@@ -5,10 +5,11 @@
 #   bash benchmarks/device_check.sh [OUT_DIR]          # creates .venv-device, installs jax[cuda12]
 #   NO_INSTALL=1 bash benchmarks/device_check.sh       # use the active Python (jax with CUDA already there)
 #
-# Without a GPU it says so and runs the same steps on the CPU (quick benchmark sizes), so the
+# Without a GPU it says so and runs the same steps on the CPU (the training shapes only), so the
 # script itself is checked end to end anywhere. Results: OUT_DIR (default
 # device_check_results/<date>/): summary.txt, devices.txt, pytest.txt, parity.txt,
-# parity.json, bench/attention.{md,json}, bench/decode.{md,json}.
+# parity.json, bench/attention.{md,json} (GPU: also bench/attention_bfloat16.{md,json}),
+# bench/decode.{md,json}.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-device_check_results/$(date +%Y%m%d-%H%M%S)}"
@@ -62,8 +63,13 @@ tail -n 1 "$out/pytest.txt" | tee -a "$summary"
 step parity 240 "$out/parity.txt" python -m parity_tests --json "$out/parity.json"
 grep -E "passed, .* failed" "$out/parity.txt" | tee -a "$summary"
 
-sizes=""  # the whole benchmark on a GPU; on the CPU path one repeat, no memory probes, L <= 8192
-[ "$gpu" = 1 ] || sizes="--quick --repeats 1 --no-memory"
-step benchmark 420 "$out/bench/attention.log" python -m benchmarks.attention $sizes --out "$out/bench"
+# The benchmark: on a GPU every shape up to L = 8192 in float32 and the training shapes in bfloat16 (where
+# jax.nn's cuDNN path runs, as a peer); on the CPU path only the training shapes, 2 rounds.
+if [ "$gpu" = 1 ]; then
+  step benchmark 300 "$out/bench/attention.log" python -m benchmarks.attention --quick --no-memory --out "$out/bench"
+  step benchmark-bf16 120 "$out/bench/attention_bfloat16.log" python -m benchmarks.attention --training --dtype bfloat16 --no-memory --out "$out/bench"
+else
+  step benchmark 300 "$out/bench/attention.log" python -m benchmarks.attention --training --repeats 2 --no-memory --out "$out/bench"
+fi
 step decode 240 "$out/bench/decode.log" python -m benchmarks.decode --quick --out "$out/bench"
 log "results in $out"
