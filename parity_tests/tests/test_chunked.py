@@ -161,17 +161,19 @@ def test_per_head_mask_within_a_key_value_group_matches_dense_values(rng):
     np.testing.assert_allclose(chunked_attention(q, k, v, mask=mask, key_chunk_size=2), expected, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("L", [1100, 2048])
-def test_default_causal_blocks_match_numpy(L, rng):
-    """The default causal blocks (512 x 512 up to L = 2048 on CPU, several of them skipped,
-    the last one padded at L = 1100) against the NumPy half, values and gradients."""
+@pytest.mark.parametrize("L, causal", [(1100, True), (2048, True), (2560, True), (1536, False)])
+def test_default_blocks_match_numpy(L, causal, rng):
+    """The default CPU blocks against the NumPy half, values and gradients: causal 512 x 512
+    up to L = 2048 (blocks skipped, the last one padded at L = 1100), 1024 x 1024 beyond;
+    non-causal 1536 x 1024 (padded keys); and the backward pass's own 512 x 512 blocks
+    where they differ from the forward's (L = 2560, 1536)."""
     import attention_np
     from attention_np.backward import scaled_dot_product_attention_vjp
 
     q, k, v, c = (rng.normal(size=(1, L, 2, 8)) for _ in range(4))
-    expected, _ = attention_np.scaled_dot_product_attention(q, k, v, is_causal=True)
-    out, vjp = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, is_causal=True), *(jnp.asarray(x) for x in (q, k, v)))
+    expected, _ = attention_np.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    out, vjp = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, is_causal=causal), *(jnp.asarray(x) for x in (q, k, v)))
     np.testing.assert_allclose(out, expected, rtol=1e-10, atol=1e-10)
-    expected_grads = scaled_dot_product_attention_vjp(q, k, v, c, is_causal=True)
+    expected_grads = scaled_dot_product_attention_vjp(q, k, v, c, is_causal=causal)
     for got, want in zip(vjp(jnp.asarray(c)), expected_grads[:3]):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
