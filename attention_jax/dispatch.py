@@ -10,9 +10,9 @@ Which path runs (``implementation=None``), decided from static facts at trace ti
    window), and no traced ``scale``.
 2. ``"dense"`` (:func:`scaled_dot_product_attention`) when ``T * S <= 2**16`` (L <= 256):
    at those lengths one batched matmul beats the blockwise loop
-   (``benchmarks/results/attention.md``: 8x8x128, 3.5 ms dense vs 4.4 ms chunked).
-3. ``"chunked"`` (:func:`chunked_attention`) otherwise: from L = 512 on it is 1.3-4.7x
-   faster than the dense path on CPU and needs O(T + S) memory.
+   (``benchmarks/results/attention.md``: 8x8x128x64, 6.4 ms dense vs 11.2 ms chunked forward).
+3. ``"chunked"`` (:func:`chunked_attention`) otherwise: from L = 512 on it is 1.5-3.8x faster
+   than the dense path forward on CPU and needs O(T + S) memory.
 
 Forward-mode autodiff (``jax.jvp``) needs ``implementation="dense"`` at long lengths: the
 chunked path is reverse-mode only.
