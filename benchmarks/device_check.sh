@@ -32,7 +32,7 @@ if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
   log "GPU found: $(nvidia-smi -L | head -n 1)"
 else
   gpu=0
-  log "no GPU found (nvidia-smi is missing or lists no device): running the CPU path, quick sizes"
+  log "no GPU found (nvidia-smi is missing or lists no device): running the CPU path (a test subset, the training shapes only)"
 fi
 
 if [ "${NO_INSTALL:-0}" != 1 ]; then
