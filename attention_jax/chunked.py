@@ -240,8 +240,12 @@ def _forward(q, k, v, bias, mask, *aux, cfg):
         start, full, end = _key_range(i, cfg, nk)
         carry = lax.fori_loop(start, full, step(False), init)
         m, l, acc = lax.fori_loop(full, end, step(True), carry)
-        out = jnp.where(l[..., None] > 0, acc / jnp.where(l > 0, l, 1)[..., None], 0)  # all masked: 0
-        lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1)), 0)
+        # every key masked: 0 (and lse 0). Tested as l == 0, not l > 0: a NaN in the
+        # inputs makes l NaN, and must reach the output, not be replaced by 0
+        empty = l == 0
+        safe = jnp.where(empty, 1, l)
+        out = jnp.where(empty[..., None], 0, acc / safe[..., None])
+        lse = jnp.where(empty, 0, m + jnp.log(safe))
         return out.reshape(B, K, qc, G, H), lse.reshape(B, K, qc, G)
 
     out, lse = lax.map(query_chunk, jnp.arange(nq))                              # (nq, B, K, qc, G, ...)

@@ -86,8 +86,9 @@ def _ring_forward(q, k, v, key_mask, *, axis_name, P, scale, is_causal):
 
     m, l, acc, *_ = lax.fori_loop(0, P, step, (m, l, acc, k, v, key_mask))
     l_out = jnp.moveaxis(l, -1, 1)[..., None]                              # (B, Tb, K, G, 1)
-    out = jnp.where(l_out > 0, acc / jnp.where(l_out > 0, l_out, 1.0), 0.0)  # nothing to attend to: zeros
-    lse = jnp.where(l > 0, m + jnp.log(jnp.where(l > 0, l, 1.0)), -jnp.inf)
+    # nothing to attend to: zeros. l == 0, not l > 0: a NaN input makes l NaN, and must show
+    out = jnp.where(l_out == 0, 0.0, acc / jnp.where(l_out == 0, 1.0, l_out))
+    lse = jnp.where(l == 0, -jnp.inf, m + jnp.log(jnp.where(l == 0, 1.0, l)))
     return out, lse
 
 

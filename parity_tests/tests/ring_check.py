@@ -48,6 +48,19 @@ def errors(p, causal, n, k, seed=0):
     }
 
 
+def nan_rows(p=4, s=3):
+    """Which outputs are NaN when key s holds NaN (causal: queries t >= s attend it), for the
+    ring and for the single-device function."""
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(size=(1, 8, 2, 4)).astype(np.float32) for _ in range(3))
+    k[:, s] = np.nan
+    mesh = mesh_of(p)
+    sharded = [jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "sp"))) for x in (q, k, v)]
+    ring = attention_jax.ring_attention(*sharded, mesh=mesh, axis_name="sp", is_causal=True)
+    dense = attention_jax.scaled_dot_product_attention(q, k, v, is_causal=True)[0]
+    return [np.isnan(np.asarray(x)).any(axis=(0, 2, 3)).tolist() for x in (ring, dense)]
+
+
 def temp_bytes(p, L=16384, N=1, H=64, causal=False):
     """XLA's compiled scratch per device for forward+backward at sequence length L."""
     mesh = mesh_of(p)
@@ -63,6 +76,7 @@ def main():
     configs += [(p, c, 6, 3) for p in (4, 8) for c in (False, True)]
     for p, causal, n, k in configs:
         result["cases"][f"P={p} causal={causal} N={n} K={k}"] = errors(p, causal, n, k)
+    result["nan_rows"] = nan_rows()
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)
     try:

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import attention_jax
 import attention_np
 from parity_tests.harness import to_jax
 
@@ -189,3 +190,27 @@ def test_logits_of_1e4_are_one_hot_and_finite(half, rng, jit):
     bias = np.where(np.eye(T, S, dtype=bool), 1e4, -1e4).astype(np.float32)
     out, weights = lib.scaled_dot_product_attention(q, q[:, :1].repeat(S // 1, 1)[:, :S], q[:, :1].repeat(S, 1), bias=bias)
     assert np.all(np.isfinite(out)) and np.all(np.isfinite(weights))
+
+
+SDPA_PATHS = {
+    "numpy": lambda q, k, v, c: attention_np.scaled_dot_product_attention(q, k, v, is_causal=c)[0],
+    "dense": lambda q, k, v, c: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=c)[0],
+    "chunked": lambda q, k, v, c: attention_jax.chunked_attention(q, k, v, is_causal=c),
+    "chunked, blocks of 2": lambda q, k, v, c: attention_jax.chunked_attention(
+        q, k, v, is_causal=c, query_chunk_size=2, key_chunk_size=2),
+}
+
+
+@pytest.mark.parametrize("path", SDPA_PATHS)
+@pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
+def test_nan_in_an_attended_key_reaches_the_queries_that_attend_it(path, is_causal, rng):
+    # design section 4: NaN/inf in the inputs propagate to the outputs they touch, nothing
+    # is silently cleaned (chunked_attention once turned such a row into zeros)
+    q, k, v = (rng.standard_normal((2, 6, 2, 4)).astype(np.float32) for _ in range(3))
+    s = 3
+    k[:, s] = np.nan
+    out = np.asarray(SDPA_PATHS[path](q, k, v, is_causal))
+    touched = slice(s, None) if is_causal else slice(None)
+    assert np.all(np.isnan(out[:, touched])), "a query attending the poisoned key must give NaN"
+    if is_causal and path != "dense":  # dense: see attention_jax._masking.replace_masked
+        assert np.all(np.isfinite(out[:, :s])), "queries before the poisoned key never see it"

@@ -30,6 +30,14 @@ def test_values_and_gradients_equal_the_single_device_function(ring):
         assert case["out_sharding"] == "P(None, 'sp')", name  # the output stays sharded along T
 
 
+def test_nan_in_a_key_reaches_the_queries_that_attend_it(ring):
+    # and only those: queries t >= 3 of the causal ring (it once turned them into zeros);
+    # the dense path may also give NaN before (docs/design.md, "the causal mask alone")
+    ring_rows, dense_rows = ring["nan_rows"]
+    assert ring_rows == [False] * 3 + [True] * 5
+    assert dense_rows[3:] == [True] * 5
+
+
 def test_memory_per_device_falls_at_least_in_proportion_to_the_ring(ring):
     memory = {int(p): b for p, b in ring["memory"].items()}
     assert memory[4] <= memory[2] / 2 and memory[8] <= memory[4] / 2, memory
