@@ -9,10 +9,12 @@ Which path runs (``implementation=None``), decided from static facts at trace ti
    return zeros), no dropout, a window only with ``is_causal`` (cuDNN supports only a left
    window), and no traced ``scale``.
 2. ``"dense"`` (:func:`scaled_dot_product_attention`) when ``T * S <= 2**16`` (L <= 256):
-   at those lengths one batched matmul beats the blockwise loop
-   (``benchmarks/results/attention.md``: 8x8x128x64, 6.4 ms dense vs 11.2 ms chunked forward).
-3. ``"chunked"`` (:func:`chunked_attention`) otherwise: from L = 512 on it is 1.5-3.8x faster
-   than the dense path forward on CPU and needs O(T + S) memory.
+   at those lengths XLA's CPU backend runs the dense path as one fused kernel, which beats
+   the blockwise loop (``benchmarks/results/training/attention.md``: 8x8x128x64, 3.9 ms
+   dense vs 8.7 ms chunked forward; 16.8 vs 31.3 ms at 8x8x256x64).
+3. ``"chunked"`` (:func:`chunked_attention`) otherwise: past L = 256 the fused kernel falls
+   behind (51.6 vs 21.9 ms at 4x8x384x64), from L = 512 on the chunked path is 2-3.6x faster
+   than the dense path forward on CPU, and it needs O(T + S) memory.
 
 Forward-mode autodiff (``jax.jvp``) needs ``implementation="dense"`` at long lengths: the
 chunked path is reverse-mode only.
