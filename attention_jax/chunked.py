@@ -518,9 +518,7 @@ def _chunked_attention(
     lengths = query_seq_lengths is not None or key_value_seq_lengths is not None
     cfg = _Config(bool(is_causal), qc, kc, T, S, G, window, lengths, dropout_rate, bool(broadcast_dropout), compute)
     if query_chunk_size is None and key_chunk_size is None:
-        bq, bk = _backward_chunks(qc, kc)
-        if (bq, bk) != (qc, kc):
-            cfg = cfg._replace(backward_chunks=(bq, bk))
+        cfg = cfg._replace(backward_chunks=_backward_chunks(qc, kc))
     # rows layout: each key/value head with its G query heads, query rows contiguous per chunk;
     # float16/bfloat16 stay the matmul operands (accumulated in float32)
     q = (query.astype(compute) * scale).astype(operand).reshape(B, T, K, G, H).transpose(0, 2, 1, 3, 4)  # (B, K, T, G, H)

@@ -1,6 +1,5 @@
 """Multi-head attention with Flax ``nnx.MultiHeadAttention``'s parameters (Vaswani et al. 2017)."""
 
-import jax
 import jax.numpy as jnp
 
 import attention_np as _np
