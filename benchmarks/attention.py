@@ -444,7 +444,8 @@ def plot(rows, memory, path):
     single = [r for r in rows if r["B"] == 1 and r["N"] == 1]
     if not single:
         return  # the training shapes alone: nothing to plot against L
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, axes = plt.subplots(1, 2 if memory else 1, figsize=(12 if memory else 6, 4.5), squeeze=False)
+    axes = axes[0]  # (--no-memory: the time panel alone, not an empty memory panel beside it)
     for impl in dict.fromkeys(r["impl"] for r in single):
         for causal, style in ((False, "-o"), (True, "--x")):
             pts = sorted((r["L"], r["forward_s"]) for r in single if r["impl"] == impl and r["causal"] == causal)
@@ -452,14 +453,15 @@ def plot(rows, memory, path):
                 axes[0].loglog(*zip(*pts), style, label=f"{impl}{' causal' if causal else ''}")
     axes[0].set(xlabel="L (B=N=1, H=64)", ylabel="forward time (s)", title="time")
     axes[0].legend(fontsize=7)
-    for impl in dict.fromkeys(m["impl"] for m in memory):
-        for mode, style in (("forward", "-o"), ("forward_backward", "--x")):
-            pts = sorted((m["L"], m["peak_mib"]) for m in memory
-                         if m["impl"] == impl and m["mode"] == mode and m["B"] == m["N"] == 1 and m["peak_mib"])
-            if pts:
-                axes[1].loglog(*zip(*pts), style, label=f"{impl} {mode}")
-    axes[1].set(xlabel="L (B=N=1, H=64)", ylabel="peak process memory (MiB)", title="memory")
-    axes[1].legend(fontsize=7)
+    if memory:
+        for impl in dict.fromkeys(m["impl"] for m in memory):
+            for mode, style in (("forward", "-o"), ("forward_backward", "--x")):
+                pts = sorted((m["L"], m["peak_mib"]) for m in memory
+                             if m["impl"] == impl and m["mode"] == mode and m["B"] == m["N"] == 1 and m["peak_mib"])
+                if pts:
+                    axes[1].loglog(*zip(*pts), style, label=f"{impl} {mode}")
+        axes[1].set(xlabel="L (B=N=1, H=64)", ylabel="peak process memory (MiB)", title="memory")
+        axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
