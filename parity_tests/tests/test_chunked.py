@@ -177,3 +177,23 @@ def test_default_blocks_match_numpy(L, causal, rng):
     expected_grads = scaled_dot_product_attention_vjp(q, k, v, c, is_causal=causal)
     for got, want in zip(vjp(jnp.asarray(c)), expected_grads[:3]):
         np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("B, T, S, N, K, H", [(2, 512, 512, 8, 8, 16), (1, 300, 600, 16, 4, 8), (1, 1000, 700, 16, 16, 8)])
+def test_causal_tiles_match_numpy(B, T, S, N, K, H, rng):
+    """Causal, 256 < L <= 1024, at least 16 (batch, head) rows, H <= 64: on CPU the output
+    without autodiff comes from the static grid of 256 x 256 tiles, under ``jax.vjp`` from
+    the block loop (which also returns the log-sum-exp). Both against the NumPy half, with
+    ragged last tiles, T != S both ways and grouped heads."""
+    import attention_np
+    from attention_jax.chunked import _use_tiles
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the tiles are the CPU backend's rule")
+    assert _use_tiles(True, True, T, S, H, B * N)
+    q, k, v = (rng.normal(size=s) for s in ((B, T, N, H), (B, S, K, H), (B, S, K, H)))
+    expected, _ = attention_np.scaled_dot_product_attention(q, k, v, is_causal=True)
+    tiles = jax.jit(lambda q, k, v: chunked_attention(q, k, v, is_causal=True))(q, k, v)
+    loop, _ = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, is_causal=True), q, k, v)
+    np.testing.assert_allclose(tiles, expected, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(loop, expected, rtol=1e-10, atol=1e-10)
