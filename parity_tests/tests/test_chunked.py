@@ -163,10 +163,10 @@ def test_per_head_mask_within_a_key_value_group_matches_dense_values(rng):
 
 @pytest.mark.parametrize("L, causal", [(1100, True), (2048, True), (2560, True), (1536, False)])
 def test_default_blocks_match_numpy(L, causal, rng):
-    """The default CPU blocks against the NumPy half, values and gradients: causal 512 x 512
-    up to L = 2048 (blocks skipped, the last one padded at L = 1100), 1024 x 1024 beyond;
-    non-causal 1536 x 1024 (padded keys); and the backward pass's own 512 x 512 blocks
-    where they differ from the forward's (L = 2560, 1536)."""
+    """The default CPU blocks against the NumPy half, values and gradients: causal 384 x 384
+    at L = 1100 (three blocks, the last one padded, blocks skipped), 512 x 512 at L = 2048,
+    896 x 896 at L = 2560 (three blocks of at most 1024, the backward pass in 448 x 448);
+    non-causal 1536 x 768 (the backward pass in 512 x 384)."""
     import attention_np
     from attention_np.backward import scaled_dot_product_attention_vjp
 
@@ -197,3 +197,18 @@ def test_causal_tiles_match_numpy(B, T, S, N, K, H, rng):
     loop, _ = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, is_causal=True), q, k, v)
     np.testing.assert_allclose(tiles, expected, rtol=1e-10, atol=1e-10)
     np.testing.assert_allclose(loop, expected, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_default_blocks_pad_less_than_128_rows_a_block(causal):
+    """The default blocks split a length into equal blocks (rounded up to 128 rows), so
+    the padding is under 128 rows a block (it was up to a whole block: 1536 keys padded to
+    2048); the backward pass's blocks divide the forward's, so one padding fits both."""
+    from attention_jax.chunked import _backward_chunks, _default_chunks
+
+    for L in range(1, 9000, 37):
+        qc, kc = (min(c, L) for c in _default_chunks(causal, L, L))
+        for c in (qc, kc):
+            assert -(-L // c) * c - L < 128 * -(-L // c), (L, c)
+        bq, bk = _backward_chunks(qc, kc)
+        assert qc % bq == 0 and kc % bk == 0, (L, qc, kc, bq, bk)
