@@ -91,7 +91,7 @@ def _even_block(L, block, align=128):
     rounded up to a multiple of ``align``, so that a length just past a multiple of
     ``block`` is not padded to nearly twice its work (L = 1536 non-causal: keys in blocks of
     768, not 1024 padded to 2048, forward 2.11x -> 1.19x torch's time; L = 768 causal:
-    384, not 512 padded to 1024, forward+backward 2.78x -> 1.78x). ``block`` when L fits."""
+    384, not 512 padded to 1024, forward+backward 2.68x -> 1.55x). ``block`` when L fits."""
     if L <= block:
         return block
     n = -(-L // block)
