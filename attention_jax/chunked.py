@@ -174,7 +174,7 @@ def _scores(q, k, bias, mask, aux, i, j, cfg, edge, cap=False):
             ok = ok & (t.reshape(qc * G, kc) < qlen) & (u.reshape(qc * G, kc) < kvlen)  # (B, 1, R, kc)
         valid = ok if valid is None else valid & ok
     if valid is not None and cap:
-        s = replace_masked(s, jnp.where(valid, jnp.inf, jnp.finfo(s.dtype).min))
+        s = replace_masked(s, valid)
     elif valid is not None:
         s = jnp.where(valid, s, jnp.finfo(s.dtype).min)  # replaced, never -inf: no NaN
     return s, valid
