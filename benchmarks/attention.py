@@ -289,7 +289,10 @@ def main(argv=None):
     impls = implementations()
     if args.impls:
         impls = [i for i in impls if i in args.impls.split(",")]
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, jax {jax.__version__} ({jax.default_backend()})"
+    # the cores this process may run on (taskset -c 0 ...: one), of the machine's
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = f"{usable} cores" if usable == os.cpu_count() else f"{usable} of {os.cpu_count()} cores"
+    machine = f"{platform.processor() or platform.machine()}, {cores}, jax {jax.__version__} ({jax.default_backend()})"
     print(f"# attention benchmark: {args.dtype}, median of {args.repeats} round-robin rounds; {machine}")
     gemm = gemm_gflops()
     print("GEMM GFLOP/s (2048^3 float32): " + ", ".join(f"{k} {v:.0f}" for k, v in gemm.items()))
