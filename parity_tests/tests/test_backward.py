@@ -111,6 +111,27 @@ def test_sdpa_vjp_sums_grouped_heads(rng):
     _assert_close((d_key, d_value), [x.reshape(B, S, K, N // K, H).sum(axis=3) for x in (d_key_full, d_value_full)], TOL64)
 
 
+@pytest.mark.parametrize("fn", ["scaled_dot_product_attention", "dot_product_attention"])
+@pytest.mark.parametrize("N_, causal", [(2, False), (4, True)])
+def test_one_key_value_head_at_batch_one_eager_grad(rng, fn, N_, causal):
+    """Multi-query attention (K = 1) at B = 1, differentiated by ``jax.grad`` without an
+    outer jit, against the NumPy VJP. XLA's CPU backend (jax 0.10) fused the repeated
+    key/value head into the products and returned gradients with 100% error here (with an
+    outer jit, or B = 2, or K = 2, they were right); the dense path keeps the repeat apart."""
+    query = rng.normal(size=(1, 64, N_, 8))
+    key, value = rng.normal(size=(1, 64, 1, 8)), rng.normal(size=(1, 64, 1, 8))
+    d_out = rng.normal(size=query.shape)
+    jax_fn = getattr(attention_jax, fn)
+
+    def loss(q, k, v):
+        out = jax_fn(q, k, v, is_causal=causal)
+        return ((out[0] if isinstance(out, tuple) else out) * d_out).sum()
+
+    grads = jax.grad(loss, argnums=(0, 1, 2))(*(jax.numpy.asarray(x) for x in (query, key, value)))
+    expected = attention_np.scaled_dot_product_attention_vjp(query, key, value, d_out, is_causal=causal)
+    _assert_close(grads, expected[:3], TOL64)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_vjps_keep_the_input_dtype(rng, dtype):
     (query, key, value), _, d_out = _sdpa_inputs(rng, "plain")
