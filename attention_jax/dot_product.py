@@ -125,9 +125,9 @@ def _scaled_dot_product_attention(
     query = query.astype(operand).transpose(0, 2, 1, 3)                   # (B, N, T, H)
     key, value = (_repeat_heads(x.astype(operand), N // K).transpose(0, 2, 1, 3) for x in (key, value))  # (B, N, S, H)
     if N != K:
-        # XLA's CPU backend (jax 0.10, YNNPACK reduce fusions) fused the repeat into the
-        # products and got the gradients wrong at B = 1, K = 1 under jax.grad without an
-        # outer jit (100% error); the barrier keeps the repeated heads an array of their own
+        # XLA's CPU backend (jax 0.10.2) got the gradients wrong at B = 1, K = 1 under
+        # jax.grad without an outer jit (100% error; right without its YNNPACK reduce
+        # fusions): the barrier keeps the repeated heads an array of their own
         key, value = jax.lax.optimization_barrier((key, value))
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
     causal_only = is_causal and mask is None and window is None and lengths is None

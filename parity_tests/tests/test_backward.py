@@ -115,9 +115,9 @@ def test_sdpa_vjp_sums_grouped_heads(rng):
 @pytest.mark.parametrize("N_, causal", [(2, False), (4, True)])
 def test_one_key_value_head_at_batch_one_eager_grad(rng, fn, N_, causal):
     """Multi-query attention (K = 1) at B = 1, differentiated by ``jax.grad`` without an
-    outer jit, against the NumPy VJP. XLA's CPU backend (jax 0.10) fused the repeated
-    key/value head into the products and returned gradients with 100% error here (with an
-    outer jit, or B = 2, or K = 2, they were right); the dense path keeps the repeat apart."""
+    outer jit, against the NumPy VJP. XLA's CPU backend (jax 0.10.2) returned gradients with
+    100% error here (with an outer jit, or B = 2, or K = 2, they were right) until the dense
+    path put its repeated key/value heads behind an optimization barrier."""
     query = rng.normal(size=(1, 64, N_, 8))
     key, value = rng.normal(size=(1, 64, 1, 8)), rng.normal(size=(1, 64, 1, 8))
     d_out = rng.normal(size=query.shape)
