@@ -124,11 +124,6 @@ def _scaled_dot_product_attention(
     #    attention each key/value head serves N // K consecutive query heads
     query = query.astype(operand).transpose(0, 2, 1, 3)                   # (B, N, T, H)
     key, value = (_repeat_heads(x.astype(operand), N // K).transpose(0, 2, 1, 3) for x in (key, value))  # (B, N, S, H)
-    if N != K:
-        # XLA's CPU backend (jax 0.10.2) got the gradients wrong at B = 1, K = 1 under
-        # jax.grad without an outer jit (100% error; right without its YNNPACK reduce
-        # fusions): the barrier keeps the repeated heads an array of their own
-        key, value = jax.lax.optimization_barrier((key, value))
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
     causal_only = is_causal and mask is None and window is None and lengths is None
     mask = combine_all_masks(mask, is_causal, window, lengths, T, S)
@@ -168,4 +163,8 @@ def _repeat_heads(x, G):
     if G == 1:
         return x
     spec = explicit_spec(x)
-    return jnp.repeat(x, G, axis=2, out_sharding=None if spec is None else explicit_sharding(x, spec))
+    repeated = jnp.repeat(x, G, axis=2, out_sharding=None if spec is None else explicit_sharding(x, spec))
+    # XLA's CPU backend (jax 0.10.2) got the gradients wrong at B = 1, K = 1 under jax.grad
+    # without an outer jit (100% error; right without its YNNPACK reduce fusions): the
+    # barrier keeps the repeated heads an array of their own
+    return jax.lax.optimization_barrier(repeated)
