@@ -5,7 +5,10 @@ Runs every registered case on both halves in every dtype against the NumPy float
 reference, forward (outputs) and backward (gradients: ``jax.vjp`` against the NumPy VJPs,
 or central finite differences in float64), plus the tutorial golden. Prints a summary
 matrix (mechanism x direction x half x dtype, each cell the worst error as a percentage of
-its tolerance), then the failing rows (every row with ``--verbose``); exits 1 on any failure.
+its tolerance), then the failing rows (every row with ``--verbose``); exits 1 on any failure
+and 2 when the filters (``--case``, ``--dtype``, ``--direction``) select no row. The
+tutorial golden rows (float32, forward, ``additive_attention/tutorial golden (PyTorch)``) obey
+the filters like the others.
 
 ``--cases mypackage.my_cases`` imports a module that registers its own cases with
 ``parity_tests.register``; they run with the built-in ones, or alone with ``--only-external``.
@@ -24,12 +27,13 @@ import jax
 
 jax.config.update("jax_enable_x64", True)  # float64 parity; float32 cases stay float32
 
-from . import DIRECTIONS, DTYPES, REGISTRY, load_cases, run_all, run_tutorial_golden  # noqa: E402
+from . import DIRECTIONS, DTYPES, REGISTRY, load_cases, planned_rows, run_all, run_tutorial_golden  # noqa: E402
 from .harness import HALVES  # noqa: E402
 
 COLUMNS = ("mechanism", "case", "shapes", "direction", "dtype", "half", "reference", "max abs err", "max rel err", "tol", "result")
 SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "b16"}
 GOLDEN = "tutorial golden (PyTorch)"  # the case name of run_tutorial_golden's rows
+GOLDEN_NAME = f"additive_attention/{GOLDEN}"  # what --case matches for them, as for "<mechanism>/<variant>"
 
 
 def _row(result):
@@ -128,6 +132,20 @@ def _console():
     return console if console.color_system else None
 
 
+def _empty_selection(args, pool) -> str:
+    """The error for filters that select no row: the filters, and what they could have named."""
+    filters = [f"--case {args.case!r}"] if args.case else []
+    filters += [f"--dtype {d}" for d in args.dtype or ()] + [f"--direction {d}" for d in args.direction or ()]
+    filters += ["--only-external"] if args.only_external else []
+    names = sorted(c.name for c in pool) + ([] if args.only_external else [GOLDEN_NAME])
+    return (
+        f"python -m parity_tests: {' '.join(filters) or 'the selection'} selects no row.\n"
+        f"Case names (--case matches a substring): {', '.join(names)}.\n"
+        f"Dtypes: {', '.join(DTYPES)} (the tutorial golden: float32 only); directions: {', '.join(DIRECTIONS)} "
+        "(the tutorial golden: forward only; backward only for cases with differentiable arguments)."
+    )
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["tutorial"]:
@@ -153,8 +171,13 @@ def main(argv=None) -> int:
     external = load_cases(*args.cases)
     pool = external if args.only_external else list(REGISTRY.values())
     cases = [c for c in pool if args.case in c.name]
-    results = run_all(cases, dtypes=args.dtype or DTYPES, directions=args.direction or DIRECTIONS)
-    if not args.only_external:
+    dtypes, directions = args.dtype or DTYPES, args.direction or DIRECTIONS
+    golden = not args.only_external and args.case in GOLDEN_NAME and "float32" in dtypes and "forward" in directions
+    if not planned_rows(cases, dtypes, directions=directions) and not golden:
+        print(_empty_selection(args, pool), file=sys.stderr)
+        return 2
+    results = run_all(cases, dtypes=dtypes, directions=directions)
+    if golden:
         results += run_tutorial_golden()
     failed = [r for r in results if r.failed]
     skipped = [r for r in results if r.skipped]

@@ -158,3 +158,25 @@ def test_how_attention_learns_example_fits_the_target():
     assert losses[-1] < 0.4 * losses[0]
     assert np.abs(after - example.TARGET).max() < 0.1 < np.abs(before - example.TARGET).max()
     assert "jax" not in example.__dict__ and "attention_jax" not in example.__dict__  # NumPy only
+
+
+# --- the filters select the rows, the tutorial golden's included -----------------------------------
+@pytest.mark.parametrize("argv, named", [
+    (["--case", "no-such-case"], "--case 'no-such-case'"),
+    (["--case", "soft_attention/plain", "--direction", "backward", "--dtype", "float32"], "--dtype float32 --direction backward"),
+])
+def test_report_rejects_a_selection_of_no_row(argv, named, capsys):
+    assert report.main(argv) == 2
+    captured = capsys.readouterr()
+    assert "passed" not in captured.out
+    assert f"{named} selects no row" in captured.err
+    assert "scaled_dot_product_attention/plain" in captured.err and "additive_attention/tutorial golden" in captured.err
+
+
+def test_tutorial_golden_rows_obey_the_filters(capsys):
+    assert report.main(["--case", "tutorial golden", "--dtype", "float32"]) == 0
+    assert "\n2 passed, 0 failed, 0 skipped (0 cases" in capsys.readouterr().out
+    assert report.main(["--case", "tutorial golden", "--dtype", "float16"]) == 2  # the golden is float32
+    assert report.main(["--case", "tutorial golden", "--direction", "backward"]) == 2
+    assert report.main(["--case", "dot_scores/plain", "--dtype", "float32", "--direction", "forward", "--json", "/dev/null"]) == 0
+    assert "tutorial" not in capsys.readouterr().out
