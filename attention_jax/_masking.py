@@ -17,8 +17,8 @@ def masked_softmax(logits, mask=None):
     .. math::
         w_s = \frac{m_s \exp(x_s - \max_{s'} x_{s'})}{\sum_{s'} m_{s'} \exp(x_{s'} - \max_{s''} x_{s''})}
 
-    with ``0 / 0 := 0``, so a row whose entries are all masked gets all-zero weights and
-    zero gradients.
+    with ``0 / 0 := 0``, so a row whose entries are all masked (or all ``-inf``) gets
+    all-zero weights and zero gradients.
 
     Args:
       logits: float array ``(..., S)``.
@@ -33,29 +33,43 @@ def masked_softmax(logits, mask=None):
 
 def softmax_parts(logits, mask=None, *, empty_rows=True):
     """:func:`masked_softmax` as ``(numerator, denominator)``: ``exp(x - max)`` with masked
-    entries exactly 0, and its row sums ``(..., 1)`` (at least ``finfo.tiny`` where a row
-    can be empty, so that an all-masked row divides 0 by it to 0). The attention output can
-    then divide the ``(T, H)`` product by the sums instead of the ``(T, S)`` weights (one
-    pass fewer). ``empty_rows=False`` promises that every row has an unmasked entry (the
-    causal mask alone): masked entries are then ``exp(finfo.min - max) = 0`` already, and
-    one ``(T, S)`` select is saved."""
+    entries exactly 0, and its row sums ``(..., 1)`` (1 for a row that sees no key, so that
+    it divides 0 by 1 to 0). The attention output can then divide the ``(T, H)`` product
+    by the sums instead of the ``(T, S)`` weights (one pass fewer). ``empty_rows=False``
+    promises that every row has an attended finite logit (no mask, or the causal mask alone,
+    and no bias that could be ``-inf``): masked entries are then ``exp(finfo.min - max) = 0``
+    already, and one ``(T, S)`` select and the empty-row guards are saved."""
     logits = logits.astype(compute_dtype(logits.dtype))
     if mask is not None and not empty_rows:
         logits = replace_masked(logits, mask)
     elif mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    # (initial=-inf: a row of S = 0 entries has nothing to normalise, not an error)
-    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True, initial=-jnp.inf)))
+    empty_rows = empty_rows or logits.shape[-1] == 0
+    peak = _row_max(logits) if empty_rows else logits.max(axis=-1, keepdims=True)
+    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(peak))
     if mask is not None and empty_rows:
         unnormalized = jnp.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)
-    if (mask is not None and empty_rows) or logits.shape[-1] == 0:
-        # an unmasked row has total >= 1 (its max contributes exp(0)); an all-masked row has
-        # total = 0 and gets 0 / tiny = 0. Only here: the maximum's derivative costs a
-        # (T, S) pass in the backward pass (1.1x slower forward+backward at 8x8x128 on CPU)
-        total = jnp.maximum(total, jnp.finfo(total.dtype).tiny)
+    if empty_rows:
+        total = _nonzero(total)
     return unnormalized, total
+
+
+def _row_max(logits):
+    """Each row's largest logit ``(..., 1)``, subtracted before ``exp`` for stability; 0 for a
+    row with no logit above ``-inf`` (every bias ``-inf``, or S = 0), so that ``exp`` sees
+    ``-inf - 0``, not ``-inf - (-inf) = NaN``."""
+    peak = logits.max(axis=-1, keepdims=True, initial=-jnp.inf)
+    return jnp.where(peak == -jnp.inf, 0.0, peak)
+
+
+def _nonzero(total):
+    """Row sums with 0 replaced by 1. A row that sees a key has ``total >= 1`` (its max
+    contributes ``exp(0)``); a row that sees none (all masked, or every logit ``-inf``) has
+    ``total = 0`` and numerator 0, and gets ``0 / 1 = 0``. Dividing by 1, not by a tiny
+    number, keeps its gradients finite whatever the upstream gradient."""
+    return jnp.where(total == 0, 1.0, total).astype(total.dtype)
 
 
 def replace_masked(logits, mask):

@@ -140,8 +140,10 @@ def _scaled_dot_product_attention(
     if bias is not None:
         logits = logits + jnp.asarray(bias).astype(compute)
     # 3. weights: softmax over the keys a query may attend to
-    # (with the causal mask alone, and no bias that could be -inf, every query has key 0)
-    unnormalized, total = softmax_parts(logits, mask, empty_rows=not (causal_only and bias is None))  # (B, N, T, S), (B, N, T, 1)
+    # (without a bias that could be -inf, and with no mask or the causal mask alone, every
+    # query sees a key)
+    empty_rows = bias is not None or (mask is not None and not causal_only)
+    unnormalized, total = softmax_parts(logits, mask, empty_rows=empty_rows)  # (B, N, T, S), (B, N, T, 1)
     weights = unnormalized / total                                         # (B, N, T, S)
     dropped = dropout_weights(unnormalized, _words(dropout_rng, dropout_rate), dropout_rate, broadcast=broadcast_dropout)
     # 4. out: the weighted average of the values, back to (B, T, N, H). The sums divide the

@@ -16,7 +16,8 @@ def masked_softmax(logits, mask=None):
     .. math::
         w_s = \frac{m_s \exp(x_s - \max_{s'} x_{s'})}{\sum_{s'} m_{s'} \exp(x_{s'} - \max_{s''} x_{s''})}
 
-    with ``0 / 0 := 0``, so a row whose entries are all masked gets all-zero weights.
+    with ``0 / 0 := 0``, so a row whose entries are all masked (or all ``-inf``) gets
+    all-zero weights.
 
     Args:
       logits: float array ``(..., S)``.
@@ -37,14 +38,27 @@ def masked_softmax(logits, mask=None):
     if mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = np.where(mask, logits, np.finfo(logits.dtype).min)
-    # (initial=-inf: a row of S = 0 entries has nothing to normalise, not an error)
-    unnormalized = np.exp(logits - logits.max(axis=-1, keepdims=True, initial=-np.inf))
+    unnormalized = np.exp(logits - _row_max(logits))
     if mask is not None:
         unnormalized = np.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)
-    # an unmasked row has total >= 1 (its max contributes exp(0)); an all-masked row has
-    # total = 0 and gets 0 / tiny = 0
-    return unnormalized / np.maximum(total, np.finfo(total.dtype).tiny)
+    return unnormalized / _nonzero(total)
+
+
+def _row_max(logits):
+    """Each row's largest logit ``(..., 1)``, subtracted before ``exp`` for stability; 0 for a
+    row with no logit above ``-inf`` (every bias ``-inf``, or S = 0), so that ``exp`` sees
+    ``-inf - 0``, not ``-inf - (-inf) = NaN``."""
+    peak = logits.max(axis=-1, keepdims=True, initial=-np.inf)
+    return np.where(peak == -np.inf, 0.0, peak)
+
+
+def _nonzero(total):
+    """Row sums with 0 replaced by 1. A row that sees a key has ``total >= 1`` (its max
+    contributes ``exp(0)``); a row that sees none (all masked, or every logit ``-inf``) has
+    ``total = 0`` and numerator 0, and gets ``0 / 1 = 0``. Dividing by 1, not by a tiny
+    number, keeps its gradients finite whatever the upstream gradient."""
+    return np.where(total == 0, 1.0, total).astype(total.dtype)
 
 
 def causal_mask(T: int, S: int):
