@@ -187,6 +187,7 @@ from flax.nnx.module import first_from as _first_from  # noqa: E402
 from flax.nnx.nn import initializers as _initializers  # noqa: E402
 from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init  # noqa: E402
 
+from attention_np._validate import check_mask_dtype  # noqa: E402
 from attention_np._validate import check_window as _check_window  # noqa: E402
 
 from ._masking import combine_all_masks as _combine_all_masks  # noqa: E402
@@ -229,8 +230,9 @@ class MultiHeadAttention(nnx.Module):
     weights differ from Flax's for the same rng; with ``decode``, ``is_causal`` is ignored
     (the cache is causal already; Flax would mask all but the first cached key) and more
     than one token may be fed per call (a prefill). Additions to the call: ``bias``,
-    ``local_window_size`` and ``implementation``. A float ``mask`` is read as Flax reads
-    it (nonzero = attend).
+    ``local_window_size`` and ``implementation``. A float ``mask`` is a ``TypeError``, as in
+    every function here (Flax reads it as nonzero = attend, PyTorch as an additive 0/-inf
+    bias: the two habits disagree, so neither is guessed; pass float values as ``bias``).
 
     Shapes: inputs ``(B..., T, E)`` and ``(B..., S, E_kv)``, output ``(B..., T, F)``; N heads,
     K key/value heads, H = qkv_features / N.
@@ -355,8 +357,8 @@ class MultiHeadAttention(nnx.Module):
         value = _project(inputs_v, self.value, self.dtype, self.precision)
         if self.normalize_qk:
             query, key = self.query_ln(query), self.key_ln(key)
-        if mask is not None and jnp.asarray(mask).dtype != jnp.bool_:
-            mask = jnp.asarray(mask) != 0  # Flax's float masks: nonzero = attend
+        if mask is not None:
+            check_mask_dtype(mask, has_bias=True)
         # 2. autoregressive decoding: write the new keys and values at cache_index
         decode = _first_from(decode, self.decode, error_msg="No `decode` argument was provided to MultiHeadAttention "
                              "as either a __call__ argument, class attribute, or nnx.flag.")
@@ -409,8 +411,9 @@ class MultiHeadAttention(nnx.Module):
         else:
             m = mask.reshape((1,) * (len(batch) + 3 - mask.ndim) + mask.shape)         # (B...|1, N|1, 1, S|1)
             keys = jnp.broadcast_to(m, m.shape[:-1] + (S,)).any(axis=-3)[..., 0, :]    # (B...|1, S)
-        prefix = jnp.concatenate([jnp.zeros(keys.shape[:-1] + (1,), jnp.int32),
-                                  jnp.cumsum(keys, axis=-1, dtype=jnp.int32)], axis=-1)  # (B...|1, S + 1)
+        counts = jnp.cumsum(keys, axis=-1, dtype=jnp.int32)                              # (B...|1, S)
+        # zeros_like, not zeros: sharded like the counts on an Explicit mesh, as concatenate needs
+        prefix = jnp.concatenate([jnp.zeros_like(counts[..., :1]), counts], axis=-1)      # (B...|1, S + 1)
         t = jnp.arange(T)
         low, high = jnp.zeros_like(t), jnp.full_like(t, S - 1)                          # keys row t may see
         if is_causal:

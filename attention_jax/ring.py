@@ -29,11 +29,12 @@ import math
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from attention_np._validate import check_sdpa
 
 from ._dtypes import compute_dtype
+from ._sharding import explicit_spec, varying_axes
 
 
 def _block(q, k, v, q_start, k_start, *, scale, is_causal, key_mask):
@@ -63,7 +64,7 @@ def _ring_forward(q, k, v, key_mask, *, axis_name, P, scale, is_causal):
     m = jnp.full((B, K, G, Tb), -jnp.inf, q.dtype)
     l = jnp.zeros((B, K, G, Tb), q.dtype)
     acc = jnp.zeros_like(q)                                                # (B, Tb, K, G, H)
-    m, l = (lax.pcast(x, axis_name, to="varying") for x in (m, l))        # per-device values, as the loop makes them
+    m, l = (lax.pcast(x, tuple(varying_axes(q)), to="varying") for x in (m, l))  # per-device values, as the loop makes them
 
     def step(p, carry):
         m, l, acc, k, v, key_mask = carry
@@ -197,8 +198,23 @@ def _ring(query, key, value, mask, *, mesh, axis_name, P, scale, is_causal):
         return dq, dk, dv, None
 
     local.defvjp(local_fwd, local_bwd)
-    seq = PartitionSpec(None, axis_name)
+    seq = PartitionSpec(_batch_axes(query, axis_name), axis_name)
     sharded = jax.shard_map(local, mesh=mesh, in_specs=(seq, seq, seq, seq), out_specs=seq, check_vma=True)
     q = query.astype(compute).reshape(B, T, K, N // K, H)                  # (B, T, K, G, H): G query heads a kv head
-    out = sharded(q, key.astype(compute), value.astype(compute), mask)
+    args = (q, key.astype(compute), value.astype(compute), mask)
+    if AxisType.Explicit in tuple(mesh.axis_types):
+        # on Explicit axes shard_map takes inputs only as in_specs shards them (a replicated
+        # mask or an unsharded query is an error, not a resharding)
+        args = tuple(jax.sharding.reshard(x, NamedSharding(mesh, seq)) for x in args)
+    out = sharded(*args)
     return out.reshape(B, T, N, H).astype(dtype)
+
+
+def _batch_axes(query, axis_name):
+    """The mesh axes the query's batch axis is sharded over on an Explicit mesh (kept, so that
+    data and sequence parallelism combine), or None: replicated over the other axes."""
+    spec = explicit_spec(query)
+    if spec is None or spec[0] is None:
+        return None
+    axes = spec[0] if isinstance(spec[0], tuple) else (spec[0],)
+    return None if axis_name in axes else spec[0]

@@ -154,10 +154,16 @@ def check_heads(shapes: Shapes) -> None:
 
 def check_mask(mask, target, *, letters: str, has_bias: bool) -> None:
     """A mask is boolean (True = attend) and broadcasts to the scores' shape ``target``."""
+    check_mask_dtype(mask, has_bias=has_bias)
+    check_broadcast("mask", mask, target, letters)
+
+
+def check_mask_dtype(mask, *, has_bias: bool) -> None:
+    """A mask is boolean (True = attend): a float mask (PyTorch's 0 / -inf, or Flax's 1 / 0)
+    is refused rather than guessed at; ``has_bias`` adds where float values belong."""
     if _dtype_name(mask) != "bool":
         hint = " (True = attend); to add float values to the logits pass them as bias" if has_bias else " (True = attend)"
         raise TypeError(f"mask must have a boolean dtype{hint}; got {_dtype_name(mask)}")
-    check_broadcast("mask", mask, target, letters)
 
 
 def check_bias(bias, target, *, letters: str) -> None:

@@ -5,12 +5,20 @@ import contextlib
 import jax
 import numpy as np
 import pytest
+from hypothesis import settings
 
 import attention_jax
 import attention_np
 
 # float64 parity needs x64; every float32 test passes float32 arrays explicitly.
 jax.config.update("jax_enable_x64", True)
+
+# Hypothesis profiles. "default": a few fixed examples per property, so the suite stays fast and
+# every run sees the same ones; "search": a long random search for a bug hunt, run as
+#   pytest --hypothesis-profile=search parity_tests/tests/test_every_path.py
+settings.register_profile("default", max_examples=6, derandomize=True, deadline=None, print_blob=True)
+settings.register_profile("search", max_examples=500, derandomize=False, deadline=None, print_blob=True)
+settings.load_profile("default")
 
 # The two halves, by name, for tests parametrized over both.
 HALVES = {"numpy": attention_np, "jax": attention_jax}

@@ -10,7 +10,7 @@ os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_p
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from jax.sharding import Mesh, NamedSharding, PartitionSpec  # noqa: E402
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
 import attention_jax  # noqa: E402
 
@@ -48,6 +48,37 @@ def errors(p, causal, n, k, seed=0):
     }
 
 
+def mesh_kind_errors(kind, shape, with_mask, causal):
+    """The ring on a mesh from ``jax.make_mesh`` (``kind`` Explicit, its default, or Auto) of
+    ``shape``: ``(4,)`` over ("sp",) with plain (unsharded) inputs, as the README calls it, or
+    ``(2, 4)`` over ("data", "sp") with the batch and the sequence sharded together, against
+    the single-device function; the mask is a plain array either way."""
+    rng = np.random.default_rng(2)
+    B, L, N, H = 2, 16, 2, 4
+    q, k, v = (rng.normal(size=(B, L, N, H)).astype(np.float32) for _ in range(3))
+    mask = rng.random((B, L)) < 0.7 if with_mask else None
+    names = ("sp",) if len(shape) == 1 else ("data", "sp")
+    mesh = jax.make_mesh(shape, names, axis_types=(getattr(AxisType, kind),) * len(shape))
+    args = (q, k, v)
+    if len(shape) == 2:
+        args = tuple(jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", "sp"))) for x in args)
+    ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal, mask=mask)
+    dense_mask = None if mask is None else mask[:, None, None, :]
+    dense = lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal, mask=dense_mask)[0]
+    cotangent = rng.normal(size=q.shape).astype(np.float32)
+    with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
+        out = ring(*args)
+        grads = jax.vjp(ring, *args)[1](cotangent)
+    with jax.default_matmul_precision("highest"):
+        expected = dense(q, k, v)
+        expected_grads = jax.vjp(dense, q, k, v)[1](cotangent)
+    return {
+        "forward": float(jnp.abs(np.asarray(out) - expected).max()),
+        "gradients": max(float(jnp.abs(np.asarray(a) - b).max()) for a, b in zip(grads, expected_grads)),
+        "finite": bool(all(np.isfinite(np.asarray(g)).all() for g in grads)),
+    }
+
+
 def nan_rows(p=4, s=3):
     """Which outputs are NaN when key s holds NaN (causal: queries t >= s attend it), for the
     ring and for the single-device function."""
@@ -77,6 +108,10 @@ def main():
     for p, causal, n, k in configs:
         result["cases"][f"P={p} causal={causal} N={n} K={k}"] = errors(p, causal, n, k)
     result["nan_rows"] = nan_rows()
+    result["mesh_kinds"] = {
+        f"{kind} {'x'.join(map(str, shape))} mask={with_mask} causal={causal}": mesh_kind_errors(kind, shape, with_mask, causal)
+        for kind in ("Explicit", "Auto") for shape in ((4,), (2, 4)) for with_mask, causal in ((False, True), (True, False))
+    }
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)
     try:

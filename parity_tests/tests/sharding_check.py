@@ -124,6 +124,15 @@ def multi_head_cases(mesh, rng, nnx_module=True):
         def call(state, x, implementation=implementation):
             return nnx.merge(graph, state)(x, is_causal=True, implementation=implementation, deterministic=True)
         cases[f"nnx.MultiHeadAttention {implementation} | batch+heads"] = check(call, (state, x), (placed, xs), cotangent)
+        # a key-padding mask sharded over the batch, as a padded data-parallel batch brings it
+        padding = np.arange(T)[None, :] < np.array([T, 11, 5, 1])[:, None]                     # (B, S)
+        key_padding = jax.device_put(padding[:, None, None, :], NamedSharding(mesh, P("data")))
+
+        def padded(state, x, mask, implementation=implementation):
+            return nnx.merge(graph, state)(x, mask=mask, implementation=implementation, deterministic=True)
+        cases[f"nnx.MultiHeadAttention {implementation} key padding | batch+heads"] = check(
+            lambda state, x: padded(state, x, key_padding), (state, x), (placed, xs), cotangent,
+            reference=lambda state, x: padded(state, x, padding[:, None, None, :]))
     return cases
 
 

@@ -38,6 +38,17 @@ def test_nan_in_a_key_reaches_the_queries_that_attend_it(ring):
     assert dense_rows[3:] == [True] * 5
 
 
+def test_meshes_from_make_mesh_explicit_and_auto_with_and_without_mask(ring):
+    # jax.make_mesh makes Explicit axes by default; the sequence alone or batch and sequence
+    # sharded together; a key-padding mask passed as a plain (replicated) array
+    cases = ring["mesh_kinds"]
+    assert len(cases) == 8, sorted(cases)
+    for name, case in cases.items():
+        assert case["forward"] <= 1e-5, name
+        assert case["gradients"] <= 1e-5, name
+        assert case["finite"], name
+
+
 def test_memory_per_device_falls_at_least_in_proportion_to_the_ring(ring):
     memory = {int(p): b for p, b in ring["memory"].items()}
     assert memory[4] <= memory[2] / 2 and memory[8] <= memory[4] / 2, memory
