@@ -162,8 +162,9 @@ def check_mask_dtype(mask, *, has_bias: bool) -> None:
     """A mask is boolean (True = attend): a float mask (PyTorch's 0 / -inf, or Flax's 1 / 0)
     is refused rather than guessed at; ``has_bias`` adds where float values belong."""
     if _dtype_name(mask) != "bool":
-        hint = " (True = attend); to add float values to the logits pass them as bias" if has_bias else " (True = attend)"
-        raise TypeError(f"mask must have a boolean dtype{hint}; got {_dtype_name(mask)}")
+        hint = ("; to add float values (PyTorch's 0 / -inf) to the logits pass them as bias; a 0 / 1 mask from "
+                "Flax's make_attention_mask or make_causal_mask: pass dtype=bool") if has_bias else ""
+        raise TypeError(f"mask must have a boolean dtype (True = attend){hint}; got {_dtype_name(mask)}")
 
 
 def check_bias(bias, target, *, letters: str) -> None:

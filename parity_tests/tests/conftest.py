@@ -23,7 +23,7 @@ settings.load_profile("default")
 # The two halves, by name, for tests parametrized over both.
 HALVES = {"numpy": attention_np, "jax": attention_jax}
 
-# Prime sizes so that a transposed axis cannot pass (STYLE.md).
+# Prime sizes so that a transposed axis cannot pass.
 B, T, S, N, K, H = 2, 3, 5, 7, 3, 11
 
 

@@ -1,6 +1,7 @@
 """Run by test_ring.py in a fresh process with 8 simulated CPU devices (XLA reads the device
 count once, at start-up): ring attention against the single-device function, as JSON."""
 
+import contextlib
 import json
 import os
 import sys
@@ -12,7 +13,11 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec  # noqa: E402
 
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
 import attention_jax  # noqa: E402
+import attention_np  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 
@@ -79,6 +84,62 @@ def mesh_kind_errors(kind, shape, with_mask, causal):
     }
 
 
+@st.composite
+def ring_problems(draw):
+    """A random ring problem: P devices, T = S a multiple of P, grouped heads, a key-padding
+    mask with a batch row that sees nothing, an upstream gradient up to 1e4."""
+    P = draw(st.sampled_from([2, 4]))
+    B, L = draw(st.sampled_from([1, 2])), P * draw(st.sampled_from([1, 2, 3]))
+    K, G, H = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2])), draw(st.sampled_from([2, 4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    q = rng.normal(size=(B, L, K * G, H)).astype(np.float32)
+    k, v = (rng.normal(size=(B, L, K, H)).astype(np.float32) for _ in range(2))
+    mask = None
+    if draw(st.booleans()):
+        mask = rng.random((B, L)) < draw(st.sampled_from([0.3, 0.8]))
+        mask[rng.integers(B)] = False
+    d_out = (rng.normal(size=q.shape) * draw(st.sampled_from([1.0, 1e2, 1e4]))).astype(np.float32)
+    return P, draw(st.booleans()), q, k, v, mask, d_out
+
+
+def ring_property(examples):
+    """``None`` if every drawn problem passes, else the first failure: outputs and gradients
+    finite, dead queries zero with zero gradient, values and gradients equal to the NumPy
+    float64 reference and its VJP."""
+
+    @settings(max_examples=examples, derandomize=examples <= 20, deadline=None, database=None)
+    @given(problem=ring_problems())
+    def check(problem):
+        P, causal, q, k, v, mask, d_out = problem
+        mesh = jax.make_mesh((P,), ("sp",))
+        ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal, mask=mask)
+        with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
+            out, vjp = jax.vjp(ring, q, k, v)
+            grads = [np.asarray(g, np.float64) for g in vjp(d_out)]
+        out = np.asarray(out, np.float64)
+        f64 = [x.astype(np.float64) for x in (q, k, v, d_out)]
+        B, L = q.shape[:2]
+        full = np.ones((B, 1, L, L), bool) if mask is None else np.broadcast_to(mask[:, None, None, :], (B, 1, L, L))
+        if causal:
+            full = full & np.tril(np.ones((L, L), bool))
+        expected, weights = attention_np.scaled_dot_product_attention(*f64[:3], mask=full)
+        expected_grads = attention_np.scaled_dot_product_attention_vjp(*f64, mask=full)
+        dead = (weights.sum(-1) == 0).transpose(0, 2, 1)
+        scale = lambda e: max(1.0, np.abs(e).max())
+        assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads), "non-finite"
+        assert (out[dead] == 0).all() and (grads[0][dead] == 0).all(), "a dead query is not zero"
+        assert np.abs(out - expected).max() <= 2e-5 * scale(expected), "out"
+        for name, g, e in zip(("d_query", "d_key", "d_value"), grads, expected_grads):
+            assert np.abs(g - e).max() <= 2e-5 * scale(e), name
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON
+            check()
+    except Exception as e:  # reported by test_ring.py, with hypothesis's falsifying example
+        return "\n".join([f"{type(e).__name__}: {e}", *getattr(e, "__notes__", [])])[-3000:]
+    return None
+
+
 def nan_rows(p=4, s=3):
     """Which outputs are NaN when key s holds NaN (causal: queries t >= s attend it), for the
     ring and for the single-device function."""
@@ -112,6 +173,7 @@ def main():
         f"{kind} {'x'.join(map(str, shape))} mask={with_mask} causal={causal}": mesh_kind_errors(kind, shape, with_mask, causal)
         for kind in ("Explicit", "Auto") for shape in ((4,), (2, 4)) for with_mask, causal in ((False, True), (True, False))
     }
+    result["property"] = ring_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)
     try:

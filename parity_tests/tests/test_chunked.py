@@ -92,7 +92,7 @@ def test_low_precision_inputs(dtype, rng):
 @pytest.mark.parametrize("bad, message", [
     ({"query_chunk_size": 0}, "query_chunk_size must be a positive int or None; got 0"),
     ({"key_chunk_size": 2.5}, "key_chunk_size must be a positive int or None; got 2.5"),
-    ({"mask": np.ones((3, 5), np.float32)}, "mask must have a boolean dtype (True = attend); to add float values to the logits pass them as bias; got float32"),
+    ({"mask": np.ones((3, 5), np.float32)}, "mask must have a boolean dtype (True = attend); to add float values (PyTorch's 0 / -inf) to the logits pass them as bias; a 0 / 1 mask from Flax's make_attention_mask or make_causal_mask: pass dtype=bool; got float32"),
 ])
 def test_bad_input(bad, message):
     q = np.zeros((2, 3, 2, 4), np.float32)

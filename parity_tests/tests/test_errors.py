@@ -565,7 +565,7 @@ BAD_INPUTS = [
         (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)),
         {"mask": np.ones((T, S), f32)},
         TypeError,
-        "mask must have a boolean dtype (True = attend); to add float values to the logits pass them as bias; got float32",
+        "mask must have a boolean dtype (True = attend); to add float values (PyTorch's 0 / -inf) to the logits pass them as bias; a 0 / 1 mask from Flax's make_attention_mask or make_causal_mask: pass dtype=bool; got float32",
     ),
     (
         "scaled_dot_product_attention",
@@ -648,7 +648,7 @@ NUMPY_ONLY_BAD_INPUTS = [
         (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H), z(B, T, N, H)),
         {"mask": np.ones((T, S), f32)},
         TypeError,
-        "mask must have a boolean dtype (True = attend); to add float values to the logits pass them as bias; got float32",
+        "mask must have a boolean dtype (True = attend); to add float values (PyTorch's 0 / -inf) to the logits pass them as bias; a 0 / 1 mask from Flax's make_attention_mask or make_causal_mask: pass dtype=bool; got float32",
     ),
     (
         "additive_attention_vjp",

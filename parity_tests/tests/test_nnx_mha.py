@@ -178,10 +178,17 @@ def test_a_fully_masked_query_gets_a_zero_row():
     np.testing.assert_allclose(actual[keep], expected[keep], **TOL)
 
 
-def test_a_float_mask_reads_as_flax_reads_it():
+def test_a_float_mask_is_refused_and_flax_boolean_masks_equal_flax():
+    # Flax reads a float mask as nonzero = attend, PyTorch as an additive 0 / -inf bias: the
+    # module, like every function, refuses to guess
     theirs, ours = _pair(**CONFIGS["plain"])
     x, _ = _inputs(False)
-    mask = nnx.make_causal_mask(jnp.ones((B, T)))  # float32, Flax's helper
+    float_mask = nnx.make_causal_mask(jnp.ones((B, T)))                    # float32, Flax's default
+    pytorch_mask = jnp.where(float_mask > 0, 0.0, -jnp.inf)
+    for mask in (float_mask, pytorch_mask):
+        with pytest.raises(TypeError, match=r"mask must have a boolean dtype.*pass them as bias.*dtype=bool; got float"):
+            ours(x, mask=mask)
+    mask = nnx.make_causal_mask(jnp.ones((B, T)), dtype=jnp.bool_)
     with highest():
         np.testing.assert_allclose(ours(x, mask=mask), theirs(x, mask=mask), **TOL)
 
