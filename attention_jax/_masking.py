@@ -1,4 +1,6 @@
-"""Softmax with a boolean mask, and the causal mask: mirror of ``attention_np/_masking.py``.
+"""Softmax with a boolean mask, and the causal mask: line-by-line mirror of
+``attention_np/_masking.py``. The fusion-friendly variants the tuned paths use are in
+:mod:`attention_jax._fused`.
 
 docs/design.md section 4: masked logits are *replaced* (``where``), never added to ``-inf``, so
 no NaN can appear, in the forward pass or the gradients; a row with every key masked gets
@@ -26,34 +28,17 @@ def masked_softmax(logits, mask=None):
 
     Returns:
       weights, same shape as ``logits``, in float32 (float64 for float64 ``logits``).
+
     """
-    unnormalized, total = softmax_parts(logits, mask)
-    return unnormalized / total
-
-
-def softmax_parts(logits, mask=None, *, empty_rows=True):
-    """:func:`masked_softmax` as ``(numerator, denominator)``: ``exp(x - max)`` with masked
-    entries exactly 0, and its row sums ``(..., 1)`` (1 for a row that sees no key, so that
-    it divides 0 by 1 to 0). The attention output can then divide the ``(T, H)`` product
-    by the sums instead of the ``(T, S)`` weights (one pass fewer). ``empty_rows=False``
-    promises that every row has an attended finite logit (no mask, or the causal mask alone,
-    and no bias that could be ``-inf``): masked entries are then ``exp(finfo.min - max) = 0``
-    already, and one ``(T, S)`` select and the empty-row guards are saved."""
     logits = logits.astype(compute_dtype(logits.dtype))
-    if mask is not None and not empty_rows:
-        logits = replace_masked(logits, mask)
-    elif mask is not None:
+    if mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = jnp.where(mask, logits, jnp.finfo(logits.dtype).min)
-    empty_rows = empty_rows or logits.shape[-1] == 0
-    peak = _row_max(logits) if empty_rows else logits.max(axis=-1, keepdims=True)
-    unnormalized = jnp.exp(logits - jax.lax.stop_gradient(peak))
-    if mask is not None and empty_rows:
+    unnormalized = jnp.exp(logits - _row_max(logits))
+    if mask is not None:
         unnormalized = jnp.where(mask, unnormalized, 0.0)  # exactly zero, even in all-masked rows
     total = unnormalized.sum(axis=-1, keepdims=True)
-    if empty_rows:
-        total = _nonzero(total)
-    return unnormalized, total
+    return unnormalized / _nonzero(total)
 
 
 def _row_max(logits):
@@ -61,7 +46,7 @@ def _row_max(logits):
     row with no logit above ``-inf`` (every bias ``-inf``, or S = 0), so that ``exp`` sees
     ``-inf - 0``, not ``-inf - (-inf) = NaN``."""
     peak = logits.max(axis=-1, keepdims=True, initial=-jnp.inf)
-    return jnp.where(peak == -jnp.inf, 0.0, peak)
+    return jax.lax.stop_gradient(jnp.where(peak == -jnp.inf, 0.0, peak))  # any shift gives the same softmax
 
 
 def _nonzero(total):
@@ -70,31 +55,6 @@ def _nonzero(total):
     ``total = 0`` and numerator 0, and gets ``0 / 1 = 0``. Dividing by 1, not by a tiny
     number, keeps its gradients finite whatever the upstream gradient."""
     return jnp.where(total == 0, 1.0, total).astype(total.dtype)
-
-
-def replace_masked(logits, mask):
-    """``where(mask, logits, finfo.min)`` as ``minimum(logits, cap)``, ``cap`` = ``+inf``
-    where attended and ``finfo.min`` where masked. A minimum, not a select, because XLA's CPU backend
-    fuses a minimum into one kernel with the matmul before it and the softmax after it,
-    and a select breaks that fusion (1.6x faster forward at 8x8x128 causal). The same
-    numbers for every logit but NaN: a NaN logit at a masked entry stays NaN where XLA's
-    minimum propagates NaN (unfused code, GPUs; the fused CPU kernel replaces it). Used
-    for the causal mask alone, where only a NaN in key s can make one (for queries t < s),
-    and a NaN in that key's value reaches them anyway (``0 * NaN`` in the weighted sum):
-    docs/design.md, "the causal mask alone"."""
-    return _capped(logits, jnp.where(mask, jnp.inf, jnp.finfo(logits.dtype).min))
-
-
-@jax.custom_jvp
-def _capped(logits, cap):
-    return jnp.minimum(logits, cap)
-
-
-@_capped.defjvp
-def _capped_jvp(primals, tangents):
-    # masked entries get weight exactly 0, so their tangent never reaches the output:
-    # passing it through saves the minimum's (T, S) select in the backward pass
-    return _capped(*primals), tangents[0]
 
 
 def causal_mask(T: int, S: int):

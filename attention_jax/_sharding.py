@@ -15,6 +15,7 @@ an op whose output sharding JAX will not guess:
 """
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, NamedSharding, PartitionSpec
 
@@ -102,3 +103,17 @@ def reshard_like(x, like):
     if spec is None or explicit_spec(x) == spec:
         return x
     return jax.sharding.reshard(x, jax.typeof(like).sharding)
+
+
+def repeat_heads(x, G):
+    """``(B, S, K, H)`` -> ``(B, S, K * G, H)``: each key/value head for its G query heads. On an
+    Explicit mesh with the heads sharded, the repeated axis keeps the heads' sharding (device d
+    holds the query heads its key/value heads serve), which ``jnp.repeat`` will not guess."""
+    if G == 1:
+        return x
+    spec = explicit_spec(x)
+    repeated = jnp.repeat(x, G, axis=2, out_sharding=None if spec is None else explicit_sharding(x, spec))
+    # XLA's CPU backend (jax 0.10.2) got the gradients wrong at B = 1, K = 1 under jax.grad
+    # without an outer jit (100% error; right without its YNNPACK reduce fusions): the
+    # barrier keeps the repeated heads an array of their own (docs/design.md)
+    return jax.lax.optimization_barrier(repeated)

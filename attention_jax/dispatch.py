@@ -8,7 +8,8 @@ Which path runs (``implementation=None``), decided from static facts at trace ti
    (a query could then have no key, where cuDNN returns the mean of the values and we
    return zeros), no dropout, a window only with ``is_causal`` (cuDNN supports only a left
    window), and no traced ``scale``.
-2. ``"dense"`` (:func:`scaled_dot_product_attention`) when ``T * S <= 2**16`` (L <= 256):
+2. ``"dense"`` (:func:`attention_jax.dense.dense_attention`, the numbers of
+   :func:`scaled_dot_product_attention` tuned for XLA's CPU fusions) when ``T * S <= 2**16`` (L <= 256):
    at those lengths XLA's CPU backend runs the dense path as one fused kernel, which beats
    the blockwise loop (``benchmarks/results/training/attention.md``: 8x8x128x64, 3.9 ms
    dense vs 8.7 ms chunked forward; 16.8 vs 31.3 ms at 8x8x256x64).
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from attention_np._validate import check_choice, check_window, is_scalar_array
 
 from .chunked import chunked_attention
-from .dot_product import scaled_dot_product_attention
+from .dense import dense_attention
 
 IMPLEMENTATIONS = (None, "dense", "chunked", "cudnn")
 DENSE_MAX_SCORES = 2**16  # T * S up to which the dense path runs (L <= 256)
@@ -106,7 +107,7 @@ def dot_product_attention(
                    key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
                    dropout_rate=dropout_rate, dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout)
     if implementation == "dense":
-        return scaled_dot_product_attention(query, key, value, **options)[0]
+        return dense_attention(query, key, value, **options)[0]
     if implementation == "chunked":
         return chunked_attention(query, key, value, **options)
     if dropout_rate:

@@ -1,40 +1,17 @@
-"""Scaled dot-product attention (Vaswani et al. 2017): mirror of ``attention_np/dot_product.py``."""
+"""Scaled dot-product attention (Vaswani et al. 2017): line-by-line mirror of
+``attention_np/dot_product.py``. The path tuned for XLA's CPU backend, with the same numbers,
+is :mod:`attention_jax.dense`."""
 
-import math
-
-import jax
 import jax.numpy as jnp
 
-from attention_np._validate import check_scale, check_sdpa, check_sdpa_options, is_scalar_array
+from attention_np._validate import check_sdpa, check_sdpa_options
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype, operand_dtype
-from ._jit import jit
-from ._masking import attended_keys, combine_all_masks, length_mask, softmax_parts
-from ._sharding import explicit_sharding, explicit_spec
-from .dropout import dropout_weights, rng_words
-
-
-def split_scale(scale):
-    """A scale as ``(static, traced)``: a Python/NumPy number is static (checked here, so a
-    bad one names itself before ``jit`` sees it); a 0-d float array (a learnable temperature,
-    possibly a tracer) is passed to the compiled function as an argument."""
-    if scale is not None and is_scalar_array(scale) and not isinstance(scale, (int, float)):
-        return None, scale
-    if scale is not None:
-        check_scale(scale)
-    return scale, None
-
-
-def static_rng(dropout_rng, dropout_rate):
-    """``dropout_rng`` ready for ``jit``: None without dropout; a Python int as its two uint32
-    words (so that the NumPy half's reading of the same int is used)."""
-    if dropout_rng is None or not (isinstance(dropout_rate, (int, float)) and dropout_rate > 0):
-        return None
-    if isinstance(dropout_rng, int) and not isinstance(dropout_rng, bool):
-        value = dropout_rng % 2**64
-        return jnp.asarray([value & 0xFFFFFFFF, value >> 32], jnp.uint32)
-    return dropout_rng
+from ._jit import jit, logits_scale, split_scale, static_rng
+from ._masking import attended_keys, combine_all_masks, length_mask, masked_softmax
+from ._sharding import repeat_heads
+from .dropout import dropout_weights
 
 
 def scaled_dot_product_attention(
@@ -116,57 +93,26 @@ def _scaled_dot_product_attention(
     B, T, N, H = query.shape
     S, K = shapes["S"], shapes["K"]
     dtype, compute, operand = query.dtype, compute_dtype(query.dtype), operand_dtype(query.dtype)
-    if scale_value is not None:
-        scale = jnp.asarray(scale_value).astype(compute)
-    else:
-        scale = 1.0 / math.sqrt(max(H, 1)) if scale is None else float(scale)  # H = 0: the logits are empty sums, 0
+    scale = logits_scale(scale, scale_value, H, compute)  # static, or a traced 0-d array
     # 1. heads first, (B, N, T, H): every head is one batched matmul; with grouped-query
     #    attention each key/value head serves N // K consecutive query heads
     query = query.astype(operand).transpose(0, 2, 1, 3)                   # (B, N, T, H)
-    key, value = (_repeat_heads(x.astype(operand), N // K).transpose(0, 2, 1, 3) for x in (key, value))  # (B, N, S, H)
+    key = repeat_heads(key.astype(operand), N // K).transpose(0, 2, 1, 3)      # (B, N, S, H)
+    value = repeat_heads(value.astype(operand), N // K).transpose(0, 2, 1, 3)  # (B, N, S, H)
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
-    causal_only = is_causal and mask is None and window is None and lengths is None
     mask = combine_all_masks(mask, is_causal, window, lengths, T, S)
-    # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN, cannot
-    # reach the output or the gradients. The causal mask alone leaves out keys s >= T only.
-    if causal_only:
-        keep = None if S <= T else (jnp.arange(S) < T)[:, None]            # (S, 1)
-    else:
-        keep = None if mask is None else attended_keys(mask, (B, N, T, S))[..., None]  # (B, N, S, 1)
-    if keep is not None:
+    if mask is not None:
+        # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
+        # cannot reach the output or the gradients
+        keep = attended_keys(mask, (B, N, T, S))[..., None]                 # (B, N, S, 1)
         key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
     # 2. logits: one score per (query, key) pair, scaled, plus the optional bias
     logits = jnp.einsum("BNTH,BNSH->BNTS", query, key, preferred_element_type=compute) * scale  # (B, N, T, S)
     if bias is not None:
         logits = logits + jnp.asarray(bias).astype(compute)
     # 3. weights: softmax over the keys a query may attend to
-    # (without a bias that could be -inf, and with no mask or the causal mask alone, every
-    # query sees a key)
-    empty_rows = bias is not None or (mask is not None and not causal_only)
-    unnormalized, total = softmax_parts(logits, mask, empty_rows=empty_rows)  # (B, N, T, S), (B, N, T, 1)
-    weights = unnormalized / total                                         # (B, N, T, S)
-    dropped = dropout_weights(unnormalized, _words(dropout_rng, dropout_rate), dropout_rate, broadcast=broadcast_dropout)
-    # 4. out: the weighted average of the values, back to (B, T, N, H). The sums divide the
-    #    (T, H) product, not the (T, S) weights: the same numbers, one (T, S) pass fewer
-    #    (1.2-1.4x faster forward at 8x8x128 on CPU), and the weights are computed only when used
-    out = jnp.einsum("BNTS,BNSH->BNTH", dropped.astype(operand), value, preferred_element_type=compute) / total
-    out = out.transpose(0, 2, 1, 3)                                        # (B, T, N, H)
+    weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
+    dropped = dropout_weights(weights, dropout_rng, dropout_rate, broadcast=broadcast_dropout)
+    # 4. out: the weighted average of the values, back to (B, T, N, H)
+    out = jnp.einsum("BNTS,BNSH->BNTH", dropped.astype(operand), value, preferred_element_type=compute).transpose(0, 2, 1, 3)  # (B, T, N, H)
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
-
-
-def _words(dropout_rng, dropout_rate):
-    return rng_words(dropout_rng) if dropout_rate > 0 else None
-
-
-def _repeat_heads(x, G):
-    """``(B, S, K, H)`` -> ``(B, S, K * G, H)``: each key/value head for its G query heads. On an
-    Explicit mesh with the heads sharded, the repeated axis keeps the heads' sharding (device d
-    holds the query heads its key/value heads serve), which ``jnp.repeat`` will not guess."""
-    if G == 1:
-        return x
-    spec = explicit_spec(x)
-    repeated = jnp.repeat(x, G, axis=2, out_sharding=None if spec is None else explicit_sharding(x, spec))
-    # XLA's CPU backend (jax 0.10.2) got the gradients wrong at B = 1, K = 1 under jax.grad
-    # without an outer jit (100% error; right without its YNNPACK reduce fusions): the
-    # barrier keeps the repeated heads an array of their own
-    return jax.lax.optimization_barrier(repeated)

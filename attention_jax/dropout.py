@@ -48,7 +48,7 @@ def keep_mask(words, rate, batch, head, query, key):
     return (h >> jnp.uint32(32 - _THRESHOLD_BITS)) >= threshold
 
 
-def dropout_weights(weights, words, rate, *, broadcast=False):
+def dropout_weights(weights, dropout_rng, rate, *, broadcast=False):
     """``weights (B, N, T, S)`` with the dropped entries zeroed and the kept ones scaled by
     ``1 / (1 - rate)``; ``broadcast``: one mask for every batch row and head (b = n = 0)."""
     if rate == 0:
@@ -56,5 +56,5 @@ def dropout_weights(weights, words, rate, *, broadcast=False):
     B, N, T, S = weights.shape
     b = jnp.arange(B).reshape(B, 1, 1, 1) * (not broadcast)
     n = jnp.arange(N).reshape(1, N, 1, 1) * (not broadcast)
-    keep = keep_mask(words, rate, b, n, jnp.arange(T).reshape(1, 1, T, 1), jnp.arange(S).reshape(1, 1, 1, S))
+    keep = keep_mask(rng_words(dropout_rng), rate, b, n, jnp.arange(T).reshape(1, 1, T, 1), jnp.arange(S).reshape(1, 1, 1, S))
     return jnp.where(keep, weights / jnp.asarray(1 - rate, weights.dtype), 0).astype(weights.dtype)

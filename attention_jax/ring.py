@@ -5,9 +5,9 @@ When a sequence does not fit one device, shard it: device i of the ring holds qu
 Each device computes attention of its queries against the key/value block it holds, then
 passes that block to the next device with ``lax.ppermute`` and receives the previous one's;
 after P steps every query block has met every key/value block. The blocks are combined with
-the online softmax of ``chunked_attention`` (a running max ``m``, normaliser ``l`` and
-output accumulator per query row), so no device ever holds more than one (T/P, S/P) score
-block or more than one foreign key/value block.
+the online softmax of ``chunked_attention`` (:mod:`attention_jax.online_softmax`: a running
+max ``m``, normaliser ``l`` and output accumulator per query row), so no device ever holds
+more than one (T/P, S/P) score block or more than one foreign key/value block.
 
 The backward pass rings again (a custom VJP): the key/value blocks travel with their
 gradient accumulators ``dK_j, dV_j``; each device adds its queries' contribution and passes
@@ -33,19 +33,21 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from attention_np._validate import check_sdpa
 
+from . import online_softmax
 from ._dtypes import compute_dtype
 from ._sharding import explicit_spec, varying_axes
 
 
 def _block(q, k, v, q_start, k_start, *, scale, is_causal, key_mask):
-    """Logits of one (T/P, S/P) block, masked: ``(B, K, G, Tb, Sb)`` and the mask."""
+    """Logits of one (T/P, S/P) block, masked logits ``finfo.min`` (the convention of
+    :mod:`attention_jax.online_softmax`): ``(B, K, G, Tb, Sb)`` and the mask."""
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k) * scale                 # (B, K, G, Tb, Sb)
     mask = key_mask[:, None, None, None, :]                                # (B, 1, 1, 1, Sb)
     if is_causal:
         q_pos = q_start + jnp.arange(q.shape[1])
         k_pos = k_start + jnp.arange(k.shape[1])
         mask = mask & (k_pos[None, :] <= q_pos[:, None])                   # (B, 1, 1, Tb, Sb)
-    return jnp.where(mask, logits, -jnp.inf), mask
+    return jnp.where(mask, logits, jnp.finfo(logits.dtype).min), mask
 
 
 def _visible(q_start, k_start, Tb, is_causal):
@@ -61,10 +63,10 @@ def _ring_forward(q, k, v, key_mask, *, axis_name, P, scale, is_causal):
     Sb = k.shape[1]
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]  # device j sends to j + 1: block i - p arrives at step p
-    m = jnp.full((B, K, G, Tb), -jnp.inf, q.dtype)
+    m = online_softmax.initial_max((B, K, G, Tb), q.dtype)
     l = jnp.zeros((B, K, G, Tb), q.dtype)
-    acc = jnp.zeros_like(q)                                                # (B, Tb, K, G, H)
-    m, l = (lax.pcast(x, tuple(varying_axes(q)), to="varying") for x in (m, l))  # per-device values, as the loop makes them
+    acc = jnp.zeros((B, K, G, Tb, H), q.dtype)
+    m, l, acc = (lax.pcast(x, tuple(varying_axes(q)), to="varying") for x in (m, l, acc))  # per-device values, as the loop makes them
 
     def step(p, carry):
         m, l, acc, k, v, key_mask = carry
@@ -72,25 +74,18 @@ def _ring_forward(q, k, v, key_mask, *, axis_name, P, scale, is_causal):
         q_start, k_start = i * Tb, j * Sb
 
         def update(m, l, acc):
-            logits, _ = _block(q, k, v, q_start, k_start, scale=scale, is_causal=is_causal, key_mask=key_mask)
-            m_new = jnp.maximum(m, logits.max(-1))                         # (B, K, G, Tb)
-            m_safe = jnp.where(jnp.isfinite(m_new), m_new, 0.0)            # rows with nothing seen yet
-            p_block = jnp.exp(logits - m_safe[..., None])                  # (B, K, G, Tb, Sb); 0 where masked
-            correction = jnp.exp(jnp.where(jnp.isfinite(m), m, m_safe) - m_safe)
-            l = l * correction + p_block.sum(-1)
-            acc = acc * jnp.moveaxis(correction, -1, 1)[..., None] + jnp.einsum("BKGTS,BSKH->BTKGH", p_block, v)
-            return m_new, l, acc
+            logits, mask = _block(q, k, v, q_start, k_start, scale=scale, is_causal=is_causal, key_mask=key_mask)
+            m, l, p_block, correction = online_softmax.update(m, l, logits, mask)  # p_block (B, K, G, Tb, Sb)
+            acc = acc * correction[..., None] + jnp.einsum("BKGTS,BSKH->BKGTH", p_block, v)
+            return m, l, acc
 
         m, l, acc = lax.cond(_visible(q_start, k_start, Tb, is_causal), update, lambda m, l, acc: (m, l, acc), m, l, acc)
         k, v, key_mask = (lax.ppermute(x, axis_name, perm) for x in (k, v, key_mask))
         return m, l, acc, k, v, key_mask
 
     m, l, acc, *_ = lax.fori_loop(0, P, step, (m, l, acc, k, v, key_mask))
-    l_out = jnp.moveaxis(l, -1, 1)[..., None]                              # (B, Tb, K, G, 1)
-    # nothing to attend to: zeros. l == 0, not l > 0: a NaN input makes l NaN, and must show
-    out = jnp.where(l_out == 0, 0.0, acc / jnp.where(l_out == 0, 1.0, l_out))
-    lse = jnp.where(l == 0, -jnp.inf, m + jnp.log(jnp.where(l == 0, 1.0, l)))
-    return out, lse
+    out, lse = online_softmax.finish(m, l, acc)                             # (B, K, G, Tb, H), (B, K, G, Tb)
+    return out.transpose(0, 3, 1, 2, 4), lse
 
 
 def _ring_backward(q, k, v, key_mask, out, lse, d_out, *, axis_name, P, scale, is_causal):
@@ -101,7 +96,6 @@ def _ring_backward(q, k, v, key_mask, out, lse, d_out, *, axis_name, P, scale, i
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]
     D = jnp.einsum("BTKGH,BTKGH->BKGT", d_out, out)                        # rowsum(dO * O)
-    lse_safe = jnp.where(jnp.isfinite(lse), lse, 0.0)
 
     def step(p, carry):
         dq, k, v, dk, dv, key_mask = carry
@@ -110,7 +104,7 @@ def _ring_backward(q, k, v, key_mask, out, lse, d_out, *, axis_name, P, scale, i
 
         def update(dq, dk, dv):
             logits, mask = _block(q, k, v, q_start, k_start, scale=scale, is_causal=is_causal, key_mask=key_mask)
-            probs = jnp.where(mask, jnp.exp(logits - lse_safe[..., None]), 0.0)  # (B, K, G, Tb, Sb)
+            probs = jnp.where(mask, jnp.exp(logits - lse[..., None]), 0.0)  # (B, K, G, Tb, Sb); lse 0 for an empty row
             dv = dv + jnp.einsum("BKGTS,BTKGH->BSKH", probs, d_out)
             d_probs = jnp.einsum("BTKGH,BSKH->BKGTS", d_out, v)
             d_logits = probs * (d_probs - D[..., None])                    # softmax VJP

@@ -56,7 +56,7 @@ LIMITS = {
     "torch": (32768, 32768),
 }
 INNER_S = 0.2  # a timed sample repeats the call back to back for about this long (at least once)
-TARGETS = {"forward": 1.25, "forward_backward": 1.5}  # issue 16: our time / torch's, training shapes
+TARGETS = {"forward": 1.25, "forward_backward": 1.5}  # our time / torch's, training shapes
 
 
 def has_torch() -> bool:
@@ -355,7 +355,7 @@ def name(key):
 
 
 def training_table(by, configs):
-    """Issue 16's targets at the training shapes: ``dot_product_attention``'s time / torch's
+    """The targets at the training shapes: ``dot_product_attention``'s time / torch's
     (<= 1.25 forward, <= 1.5 forward+backward) and ``jax.nn``'s time / ours (>= 1)."""
     keys = [k for k in configs if k[:4] in TRAINING_SHAPES and k + ("dot_product_attention",) in by]
     if not keys:
@@ -390,7 +390,7 @@ def path_of(key, dtype):
 
 
 def dpa_table(by, configs):
-    """``dot_product_attention`` against the faster of our dense and chunked paths (issue 11:
+    """``dot_product_attention`` against the faster of our dense and chunked paths (target:
     within 10%), ``jax.nn`` and torch, as **their time / ours**."""
     keys = [k for k in configs if k + ("dot_product_attention",) in by]
     if not keys:

@@ -14,7 +14,7 @@ from parity_tests import FD_TOLERANCE, REGISTRY, ParityCase, assert_parity, fini
 from .conftest import B, H, K, S, T
 
 N, E = 6, 13  # N = 2K: grouped heads
-TOL64 = 1e-12  # docs/design.md section 5, float64 (the issue asks 1e-10; these hold at 1e-12)
+TOL64 = 1e-12  # docs/design.md section 5, float64
 
 
 def _assert_close(actual, expected, tol):
@@ -216,7 +216,7 @@ def test_multi_head_vjp_self_attention_is_the_sum_of_three(rng):
     _assert_close((d_params, d_query + d_key + d_value), expected, TOL64)
 
 
-# Flax's options (issue 11): biases given, absent (Flax's use_bias=False) or None; normalize_qk's
+# Flax's options: biases given, absent (Flax's use_bias=False) or None; normalize_qk's
 # query_ln/key_ln; key/value inputs of width E_kv != E; an output width F != E
 FLAX_OPTIONS = {
     "qk-norm": dict(normalize_qk=True),

@@ -186,11 +186,11 @@ def test_causal_tiles_match_numpy(B, T, S, N, K, H, rng):
     the block loop (which also returns the log-sum-exp). Both against the NumPy half, with
     ragged last tiles, T != S both ways and grouped heads."""
     import attention_np
-    from attention_jax.chunked import _use_tiles
+    from attention_jax.chunked import BlockSizes
 
     if jax.default_backend() != "cpu":
         pytest.skip("the tiles are the CPU backend's rule")
-    assert _use_tiles(True, True, T, S, H, B * N)
+    assert BlockSizes.get_default().tiles(True, True, T, S, H, B * N) == 256
     q, k, v = (rng.normal(size=s) for s in ((B, T, N, H), (B, S, K, H), (B, S, K, H)))
     expected, _ = attention_np.scaled_dot_product_attention(q, k, v, is_causal=True)
     tiles = jax.jit(lambda q, k, v: chunked_attention(q, k, v, is_causal=True))(q, k, v)
@@ -202,13 +202,14 @@ def test_causal_tiles_match_numpy(B, T, S, N, K, H, rng):
 @pytest.mark.parametrize("causal", [False, True])
 def test_default_blocks_pad_less_than_128_rows_a_block(causal):
     """The default blocks split a length into equal blocks (rounded up to 128 rows), so
-    the padding is under 128 rows a block (it was up to a whole block: 1536 keys padded to
+    the padding is under 128 rows a block (not up to a whole block: 1536 keys padded to
     2048); the backward pass's blocks divide the forward's, so one padding fits both."""
-    from attention_jax.chunked import _backward_chunks, _default_chunks
+    from attention_jax.chunked import BlockSizes
 
+    sizes = BlockSizes.get_default("cpu")
     for L in range(1, 9000, 37):
-        qc, kc = (min(c, L) for c in _default_chunks(causal, L, L))
+        qc, kc = (min(c, L) for c in sizes.blocks(causal, L, L))
         for c in (qc, kc):
             assert -(-L // c) * c - L < 128 * -(-L // c), (L, c)
-        bq, bk = _backward_chunks(qc, kc)
+        bq, bk = sizes.backward_blocks(qc, kc)
         assert qc % bq == 0 and kc % bk == 0, (L, qc, kc, bq, bk)

@@ -1,4 +1,4 @@
-"""Edge cases every public function shares (issue 10): empty and size-1 axes, any number of
+"""Edge cases every public function shares: empty and size-1 axes, any number of
 batch axes, unusual but legal scalars, and every JAX transformation (vmap, grad, checkpoint,
 eval_shape), in both halves. Expected values come from elsewhere: the fully masked result
 (the project's rule for "nothing to attend to"), jax.nn, torch, Flax, or per-element calls.

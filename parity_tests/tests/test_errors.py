@@ -63,7 +63,7 @@ def ids(*shape):
 
 # (function, args, kwargs, exception, the exact message)
 BAD_INPUTS = [
-    # windows, sequence lengths and dropout (issue 11)
+    # windows, sequence lengths and dropout
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": -1}, ValueError,
      "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; got -1"),
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": (1, 2, 3)}, ValueError,

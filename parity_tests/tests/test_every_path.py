@@ -24,6 +24,7 @@ from hypothesis import strategies as st
 import attention_jax
 import attention_jax.nnx
 import attention_np
+from attention_jax.dense import dense_attention
 
 # Worst |error| / max(1, max |reference|) per dtype (docs/design.md, tolerances); bfloat16
 # and float16 gradients pass through two rounded matmuls more than the outputs.
@@ -135,6 +136,7 @@ def run_jax(fn, p):
 
 PATHS = {
     "scaled_dot_product_attention": lambda q, k, v, **o: attention_jax.scaled_dot_product_attention(q, k, v, **o)[0],
+    "dense_attention (tuned)": lambda q, k, v, **o: dense_attention(q, k, v, **o)[0],
     "dot_product_attention dense": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, implementation="dense", **o),
     "dot_product_attention chunked": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, implementation="chunked", **o),
     "dot_product_attention None": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, **o),
@@ -149,6 +151,21 @@ PATHS = {
 def test_jax_paths(path, p):
     out, grads = run_jax(PATHS[path], p)
     check(p, out, grads)
+
+
+@given(p=problems(), dropout=st.sampled_from([0.0, 0.5]))
+def test_tuned_dense_path_equals_the_mirror(p, dropout):
+    """:mod:`attention_jax.dense` against :func:`attention_jax.scaled_dot_product_attention`
+    (the line-by-line mirror of the NumPy half): outputs, weights and gradients, dropout
+    included (the same keep-mask)."""
+    options = {n: p[n] for n in OPTIONS} | {"dropout_rate": dropout, "dropout_rng": 7}
+    args = [jnp.asarray(p[n]) for n in ("query", "key", "value")]
+    results = []
+    for fn in (dense_attention, attention_jax.scaled_dot_product_attention):
+        (out, weights), vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **options), *args)
+        results.append((out, weights, *vjp((jnp.asarray(p["d_out"]), jnp.zeros_like(weights)))))
+    for name, tuned, mirror in zip(("out", "weights", "d_query", "d_key", "d_value"), *results):
+        assert error(tuned, mirror) <= GRAD_TOLERANCE[p["dtype"]], name
 
 
 @given(p=problems())

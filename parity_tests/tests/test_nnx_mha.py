@@ -282,7 +282,7 @@ def test_flaxs_constructor_errors():
         MultiHeadAttention(2, 8, rngs=nnx.Rngs(0))(jnp.zeros((1, 2, 8)))
 
 
-# --- the functional multi_head_attention with a Flax module's params (issue 11) ----------------------
+# --- the functional multi_head_attention with a Flax module's params --------------------------------
 FUNCTIONAL_OPTIONS = ("use_bias", "normalize_qk", "out_features", "in_kv_features", "qkv_features", "num_kv_heads")
 # every combination: a flag per option (True = Flax's non-default value)
 FUNCTIONAL_COMBOS = [tuple(bool(c >> i & 1) for i in range(6)) for c in range(64)]

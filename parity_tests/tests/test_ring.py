@@ -31,7 +31,7 @@ def test_values_and_gradients_equal_the_single_device_function(ring):
 
 
 def test_nan_in_a_key_reaches_the_queries_that_attend_it(ring):
-    # and only those: queries t >= 3 of the causal ring (it once turned them into zeros);
+    # and only those: queries t >= 3 of the causal ring, not zeros;
     # the dense path may also give NaN before (docs/design.md, "the causal mask alone")
     ring_rows, dense_rows = ring["nan_rows"]
     assert ring_rows == [False] * 3 + [True] * 5

@@ -1,0 +1,160 @@
+"""Which entries of a block are attended, and which blocks are visited: the causal, window,
+padding and length masks built per block from iota (no ``(T, S)`` mask exists), the caller's
+bias and mask read block by block, and the loop bounds that skip blocks no query sees."""
+
+import jax.numpy as jnp
+from jax import lax
+
+from .._fused import replace_masked
+from ..dropout import keep_mask
+
+
+def block(x, start, size, axis):
+    """``x[..., start:start + size, ...]`` along ``axis``, unless that axis broadcasts (size 1)."""
+    if x.shape[axis] == 1:
+        return x
+    return lax.dynamic_slice_in_dim(x, start, size, axis)
+
+
+def block_scores(q, k, bias, mask, rows, i, j, cfg, edge, cap=False):
+    """Logits and validity of block (query chunk i, key chunk j).
+
+    q: rows layout ``(B, K, Tp, G, H)``, already scaled; k: ``(B, K, Sp, H)``; bias/mask in
+    the rows layout ``(B|1, K|1, Tp|1, G|1, Sp|1)`` or None; ``rows`` the per-row lengths
+    and indices (:class:`~.config.Rows`). ``edge``: this block may hold keys above the diagonal,
+    outside the window, past S or past a row's length, so that mask is built.
+    ``cap``: the mask is the causal/padding one alone (no ``mask``, not ``banded``), applied
+    as a minimum (:func:`replace_masked`), which keeps a tile one fused kernel on CPU.
+    Returns ``s (B, K, qc * G, kc)`` (in the compute dtype) and ``valid`` broadcastable to
+    it, or None when all are valid.
+    """
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    B, K, _, G, H = q.shape
+    qi = lax.dynamic_slice_in_dim(q, i * qc, qc, axis=2).reshape(B, K, qc * G, H)   # (B, K, R, H)
+    kj = lax.dynamic_slice_in_dim(k, j * kc, kc, axis=2)                            # (B, K, kc, H)
+    s = jnp.einsum("BKRH,BKSH->BKRS", qi, kj, preferred_element_type=cfg.compute)  # (B, K, R, kc)
+    shape5 = (B, K, qc, G, kc)
+    if bias is not None:
+        b = block(block(bias, i * qc, qc, 2), j * kc, kc, 4)
+        s = s + jnp.broadcast_to(b, shape5).reshape(s.shape).astype(s.dtype)
+    valid = None
+    if mask is not None:
+        m = block(block(mask, i * qc, qc, 2), j * kc, kc, 4)
+        valid = jnp.broadcast_to(m, shape5).reshape(s.shape)
+    if edge:
+        t = i * qc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 0)               # query index
+        u = j * kc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 2)               # key index
+        ok = u < cfg.S
+        if cfg.is_causal:
+            ok = ok & (u <= t)
+        if cfg.window is not None:
+            left, right = cfg.window
+            ok = ok & (u >= t - left) & (u <= t + right)
+        ok = ok.reshape(qc * G, kc)
+        if cfg.lengths:
+            qlen, kvlen = rows.qlen[:, :, None, None], rows.kvlen[:, :, None, None]       # (B, 1, 1, 1)
+            ok = ok & (t.reshape(qc * G, kc) < qlen) & (u.reshape(qc * G, kc) < kvlen)  # (B, 1, R, kc)
+        valid = ok if valid is None else valid & ok
+    if valid is not None and cap:
+        s = replace_masked(s, valid)
+    elif valid is not None:
+        s = jnp.where(valid, s, jnp.finfo(s.dtype).min)  # replaced, never -inf: no NaN
+    return s, valid
+
+
+def dropout_scale(rows, i, j, cfg, shape):
+    """``keep / (1 - rate)`` of block (i, j), ``shape (B, K, R, kc)``: the keep-mask of
+    :mod:`attention_jax.dropout` at the block's global (b, n, t, s), so any chunking drops
+    the same weights as the dense path and the NumPy half."""
+    qc, kc, G = cfg.query_chunk, cfg.key_chunk, cfg.G
+    index, words = rows.index, rows.words
+    r = lax.broadcasted_iota(jnp.int32, (1, 1, qc * G, 1), 2)                     # row = t * G + g
+    b = index[..., 0][:, :, None, None]                                            # (B, K, 1, 1)
+    n = index[..., 1][:, :, None, None] * G + r % G                                # (B, K, R, 1)
+    if cfg.broadcast_dropout:
+        b, n = b * 0, n * 0
+    t = i * qc + r // G
+    u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
+    keep = keep_mask((words.reshape(-1)[0], words.reshape(-1)[1]), cfg.dropout_rate, b, n, t, u)
+    return jnp.broadcast_to(jnp.where(keep, 1 / (1 - cfg.dropout_rate), 0).astype(cfg.compute), shape)
+
+
+def key_range(i, cfg, nk):
+    """Key chunks [start, full) need no causal/padding mask for query chunk i; [full, end) do;
+    the others lie entirely above the diagonal or outside the window and are skipped."""
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    padded = nk * kc != cfg.S
+    if cfg.banded:
+        last = cfg.S - 1                                          # last key any query of chunk i sees
+        if cfg.is_causal:
+            last = jnp.minimum(last, (i + 1) * qc - 1)
+        start = 0
+        if cfg.window is not None:
+            left, right = cfg.window
+            last = jnp.minimum(last, (i + 1) * qc - 1 + right)
+            start = jnp.maximum(i * qc - left, 0) // kc
+        end = jnp.minimum(nk, last // kc + 1)
+        return start, start, jnp.maximum(end, start)
+    if cfg.is_causal:
+        end = jnp.minimum(nk, ((i + 1) * qc - 1) // kc + 1)   # last key a query of chunk i sees
+        full = jnp.minimum((i * qc + 1) // kc, end)           # chunks wholly at or below the diagonal
+    else:
+        end, full = nk, nk
+    if padded:
+        full = jnp.minimum(full, nk - 1)
+    return 0, full, end
+
+
+def query_range(j, cfg, nq):
+    """Query chunks ``[start, edge_end)`` see key chunk j through a causal/padding/window mask,
+    ``[edge_end, stop)`` without one (the backward pass's loop bounds)."""
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    nk = -(-cfg.S // kc)
+    if cfg.banded:
+        first = j * kc                                            # first key of chunk j
+        lowest = first if cfg.is_causal else 0                    # lowest query that sees it
+        stop = nq
+        if cfg.window is not None:
+            left, right = cfg.window
+            lowest = jnp.maximum(lowest, first - right)
+            stop = jnp.minimum(nq, ((j + 1) * kc - 1 + left) // qc + 1)
+        start = jnp.maximum(lowest, 0) // qc
+        stop = jnp.maximum(stop, start)
+        return start, stop, stop
+    start = (j * kc) // qc if cfg.is_causal else 0
+    padded = nk * kc != cfg.S
+    if cfg.is_causal:
+        edge_end = jnp.minimum(nq, ((j + 1) * kc - 1) // qc + 1)  # past it, every query sees all of chunk j
+    else:
+        edge_end = start
+    if padded:
+        edge_end = jnp.where(j == nk - 1, nq, edge_end)
+    return start, jnp.maximum(edge_end, start), nq
+
+
+def to_rows_layout(x, B, K, G, T, S, pad_T, pad_S, fill):
+    """A bias or mask broadcastable to ``(B, N, T, S)`` as ``(B|1, K|1, Tp|1, G|1, Sp|1)``, padded."""
+    x = x.reshape((1,) * (4 - x.ndim) + x.shape)                                  # (B|1, N|1, T|1, S|1)
+    b, n, t, s = x.shape
+    x = x.reshape(b, K if n != 1 else 1, G if n != 1 else 1, t, s).transpose(0, 1, 3, 2, 4)
+    pads = [(0, 0), (0, 0), (0, pad_T if t != 1 else 0), (0, 0), (0, pad_S if s != 1 else 0)]
+    return jnp.pad(x, pads, constant_values=fill)
+
+
+def attended_keys(mask, cfg, Sp):
+    """``(B|1, K|1, Sp|1)``: True where a query of some head of the key/value head may attend
+    key s (the caller's mask in rows layout, and the causal mask). Keys no query attends
+    (padding) are zeroed before the loops, as in the dense path, so NaN or inf stored there
+    cannot reach the output or the gradients; None when every key is attended."""
+    s = lax.broadcasted_iota(jnp.int32, (1, 1, Sp), 2)                            # key index
+    if mask is None:
+        return s < cfg.T if cfg.is_causal else None                               # query T-1 sees keys <= T-1
+    if not cfg.is_causal:
+        return mask.any(axis=(2, 3))
+    if mask.shape[2] == 1:                                                        # the same for every query
+        return mask.any(axis=(2, 3)) & (s < cfg.T)
+    t = lax.broadcasted_iota(jnp.int32, (1, 1, mask.shape[2], 1, 1), 2)           # query index
+    if mask.shape[4] == 1:                                                        # the same for every key
+        last = jnp.where(mask, t, -1).max(axis=(2, 3))                            # last query that attends at all
+        return s <= last
+    return (mask & (lax.broadcasted_iota(jnp.int32, (1, 1, 1, 1, Sp), 4) <= t)).any(axis=(2, 3))

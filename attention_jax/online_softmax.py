@@ -1,0 +1,51 @@
+"""The online softmax: a softmax over keys that arrive one block at a time.
+
+Milakov & Gimelshein 2018, "Online normalizer calculation for softmax"; the recurrence of
+FlashAttention-2 (Dao 2023, algorithm 1). Per query row a running max ``m``, a running
+normaliser ``l`` and an output accumulator ``acc`` are kept; a new block of logits ``s``
+updates them as
+
+.. math::
+    m' = \\max(m, \\max_s x_s), \\quad c = e^{m - m'}, \\quad
+    \\ell' = c\\,\\ell + \\textstyle\\sum_s e^{x_s - m'}, \\quad
+    o' = c\\,o + \\textstyle\\sum_s e^{x_s - m'} v_s
+
+and the output is ``o / l``. :func:`attention_jax.chunked_attention` (blocks on one device) and
+:func:`attention_jax.ring_attention` (blocks that travel round a ring of devices) share it.
+
+One convention for masked logits: replaced by ``finfo.min`` (never ``-inf``, so no
+``-inf - (-inf)``), ``m`` starts at ``finfo.min``, and a row that has seen no key has
+``l == 0``: its output is 0 and its log-sum-exp 0.
+"""
+
+import jax.numpy as jnp
+
+
+def initial_max(shape, dtype):
+    """``m`` before any block: ``finfo.min``, the value masked logits are replaced by."""
+    return jnp.full(shape, jnp.finfo(dtype).min, dtype)
+
+
+def update(m, l, s, valid=None):
+    """One block: ``m (...)``, ``l (...)``, logits ``s (..., S)`` with masked entries already
+    ``finfo.min``, and ``valid`` (broadcastable to ``s``) where a row may have no valid key
+    yet (its ``exp(finfo.min - finfo.min) = 1`` is zeroed), or None when every row of the
+    block sees a key. Returns ``(m', l', p, c)``: the caller adds ``p @ v`` to its
+    accumulator after scaling it by ``c``."""
+    m_new = jnp.maximum(m, s.max(-1))
+    p = jnp.exp(s - m_new[..., None])
+    if valid is not None:
+        p = jnp.where(valid, p, 0)
+    correction = jnp.exp(m - m_new)
+    return m_new, l * correction + p.sum(-1), p, correction
+
+
+def finish(m, l, acc):
+    """``(out, lse)`` from the final ``m (...)``, ``l (...)`` and ``acc (..., H)``: a row that
+    saw no key gets 0 and log-sum-exp 0. Tested as ``l == 0``, not ``l > 0``: a NaN in the
+    inputs makes ``l`` NaN, and it must reach the output, not be replaced by 0."""
+    empty = l == 0
+    safe = jnp.where(empty, 1, l)
+    out = jnp.where(empty[..., None], 0, acc / safe[..., None])
+    lse = jnp.where(empty, 0, m + jnp.log(safe))
+    return out, lse
