@@ -11,9 +11,12 @@ For each it times forward and forward+backward (the gradient of ``sum(out * c)``
 fixed random ``c``) of
 
 - ``attention_jax.dot_product_attention`` (``implementation=None``, the path the NNX module
-  and ``multi_head_attention`` take),
+  takes),
 - ``attention_jax.chunked_attention`` (online softmax, custom VJP),
-- ``attention_jax.scaled_dot_product_attention`` (dense; output only, weights not kept),
+- ``ours_sdpa``: the tuned dense path ``attention_jax.dense.dense_attention``
+  (``implementation="dense"``; output only, weights not kept),
+- ``mirror``: ``attention_jax.scaled_dot_product_attention``, the plain line-by-line mirror
+  of the NumPy reference (output only),
 - ``jax.nn.dot_product_attention`` (XLA), and on a GPU also with ``implementation="cudnn"``,
 - ``attention_np.scaled_dot_product_attention`` (forward only),
 - ``torch.nn.functional.scaled_dot_product_attention`` when torch is installed,
@@ -50,6 +53,7 @@ LIMITS = {
     "dot_product_attention": (32768, 32768),
     "chunked": (32768, 32768),
     "ours_sdpa": (16384, 8192),
+    "mirror": (16384, 8192),
     "jax.nn": (16384, 8192),
     "cudnn": (32768, 32768),
     "numpy": (4096, 0),
@@ -84,7 +88,7 @@ def torch_device():
 def implementations():
     import jax
 
-    names = ["dot_product_attention", "chunked", "ours_sdpa", "jax.nn"]
+    names = ["dot_product_attention", "chunked", "ours_sdpa", "mirror", "jax.nn"]
     names += ["cudnn"] if jax.default_backend() == "gpu" else []
     return names + ["numpy"] + (["torch"] if torch_device() else [])
 
@@ -129,11 +133,13 @@ def make(impl, B, N, L, H, causal, dtype):
     import jax.numpy as jnp
 
     import attention_jax
+    from attention_jax.dense import dense_attention
 
     fn = {
         "dot_product_attention": lambda q, k, v: attention_jax.dot_product_attention(q, k, v, is_causal=causal),
         "chunked": lambda q, k, v: attention_jax.chunked_attention(q, k, v, is_causal=causal),
-        "ours_sdpa": lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal)[0],
+        "ours_sdpa": lambda q, k, v: dense_attention(q, k, v, is_causal=causal)[0],
+        "mirror": lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal)[0],
         "jax.nn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal),
         "cudnn": lambda q, k, v: jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation="cudnn"),
     }[impl]
@@ -411,7 +417,7 @@ def dpa_table(by, configs):
 
 def chunked_table(by, configs, gemm):
     """``chunked_attention`` against every peer, as **their time / ours**."""
-    peers = [p for p in ("ours_sdpa", "jax.nn", "cudnn", "numpy", "torch") if any(k[5] == p for k in by)]
+    peers = [p for p in ("ours_sdpa", "mirror", "jax.nn", "cudnn", "numpy", "torch") if any(k[5] == p for k in by)]
     keys = [k for k in configs if k + ("chunked",) in by]
     if not keys:
         return []

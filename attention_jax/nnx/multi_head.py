@@ -146,14 +146,24 @@ class MultiHeadAttention(nnx.Module):
         is_causal: bool = False,
         bias=None,
         local_window_size=None,
+        query_seq_lengths=None,
+        key_value_seq_lengths=None,
         implementation=None,
     ):
         """Multi-head attention of ``inputs_q (B..., T, E)`` over ``inputs_k``/``inputs_v``
         ``(B..., S, E_kv)`` (default: ``inputs_q``, then ``inputs_k``), as Flax's ``__call__``.
 
         Args beyond Flax's: ``bias`` (float, broadcastable to ``(B..., N, T, S)``: ALiBi,
-        relative positions), ``local_window_size`` (``(left, right)`` or an int) and
-        ``implementation`` (None, "dense", "chunked": see :mod:`attention_jax.dispatch`).
+        relative positions), ``local_window_size`` (``(left, right)`` or an int),
+        ``query_seq_lengths`` and ``key_value_seq_lengths`` (int ``(B,)``, one batch axis: the
+        queries ``t >= query_seq_lengths[b]`` and keys ``s >= key_value_seq_lengths[b]`` are
+        padding, as in ``jax.nn.dot_product_attention``; padded queries give zeros; not with
+        ``decode``) and ``implementation`` (None, "dense", "chunked": see
+        :mod:`attention_jax.dispatch`).
+
+        Example: a padded batch without building a mask::
+
+            out = module(x, query_seq_lengths=lengths, key_value_seq_lengths=lengths)  # x (B, T, E)
 
         Returns:
           ``(B..., T, out_features)``.
@@ -186,6 +196,9 @@ class MultiHeadAttention(nnx.Module):
         # 2. autoregressive decoding: write the new keys and values at cache_index
         decode = _first_from(decode, self.decode, error_msg="No `decode` argument was provided to MultiHeadAttention "
                              "as either a __call__ argument, class attribute, or nnx.flag.")
+        if decode and (query_seq_lengths is not None or key_value_seq_lengths is not None):
+            raise ValueError("query_seq_lengths and key_value_seq_lengths are not supported with decode: the "
+                             "cache masks the keys not yet written; pass a mask for padding in the prompt")
         if decode:
             key, value, mask = self._update_cache(key, value, mask)
             key, value = key.astype(query.dtype), value.astype(query.dtype)  # a cache kept in another dtype
@@ -204,6 +217,7 @@ class MultiHeadAttention(nnx.Module):
         rate = self.dropout_rate if dropout_rng is not None else 0.0
         # 4. attention in every head
         options = dict(bias=bias, mask=mask, is_causal=is_causal, local_window_size=local_window_size,
+                       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
                        dropout_rate=rate, dropout_rng=dropout_rng, broadcast_dropout=self.broadcast_dropout)
         if sow_weights:
             heads, weights = dense_attention(query, key, value, **options)
@@ -212,20 +226,29 @@ class MultiHeadAttention(nnx.Module):
             heads = dot_product_attention(query, key, value, implementation=implementation, **options)
         # 5. mix the heads back to out_features; a query with no key in any head gets zeros
         out = _project(heads, self.out, self.dtype, self.precision, n_in_axes=2)
-        attends = self._attends(mask, is_causal, local_window_size, query.shape, key.shape[-3])
+        attends = self._attends(mask, is_causal, local_window_size, query.shape, key.shape[-3],
+                                query_seq_lengths, key_value_seq_lengths)
         return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
 
     @staticmethod
-    def _attends(mask, is_causal, local_window_size, query_shape, S):
+    def _attends(mask, is_causal, local_window_size, query_shape, S, query_seq_lengths=None,
+                 key_value_seq_lengths=None):
         """``(B..., T)`` bool: True where a query has some key to attend to in some head, or
-        None when every query has one (no mask and no window). A mask without a query axis
-        (key padding, ``(B..., N|1, 1, S)``) is reduced through prefix sums, so long
-        sequences never build a ``(T, S)`` array here."""
+        None when every query has one (no mask, window or lengths). A mask without a query
+        axis (key padding, ``(B..., N|1, 1, S)``, key lengths included) is reduced through
+        prefix sums, so long sequences never build a ``(T, S)`` array here."""
         window = _check_window(local_window_size)
-        if mask is None and window is None:
+        if mask is None and window is None and query_seq_lengths is None and key_value_seq_lengths is None:
             return None
         batch, T = tuple(query_shape[:-3]), query_shape[-3]
         mask = None if mask is None else jnp.asarray(mask)
+        if key_value_seq_lengths is not None:                                          # keys past a row's length
+            valid = jnp.arange(S) < jnp.asarray(key_value_seq_lengths).reshape(-1, 1, 1, 1)  # (B, 1, 1, S)
+            mask = valid if mask is None else mask & valid
+        if query_seq_lengths is not None:                                              # queries past a row's length
+            rows = MultiHeadAttention._attends(mask, is_causal, local_window_size, query_shape, S)
+            valid = jnp.arange(T) < jnp.asarray(query_seq_lengths).reshape(-1, 1)      # (B, T)
+            return valid if rows is None else rows & valid
         if mask is not None and mask.ndim >= 2 and mask.shape[-2] != 1:  # per query: reduce the mask itself
             combined = _combine_all_masks(mask, is_causal, window, None, T, S)
             return jnp.broadcast_to(combined, (*batch, 1, T, S) if combined.ndim < 3 else

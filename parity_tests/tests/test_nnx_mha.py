@@ -193,6 +193,33 @@ def test_a_float_mask_is_refused_and_flax_boolean_masks_equal_flax():
         np.testing.assert_allclose(ours(x, mask=mask), theirs(x, mask=mask), **TOL)
 
 
+@pytest.mark.parametrize("implementation", ["dense", "chunked"])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_lengths_in_the_call_equal_flax_with_the_padding_mask(implementation, is_causal):
+    # Flax takes no lengths: its module gets the (B, 1, T, S) padding mask written out here
+    theirs, ours = _pair(**CONFIGS["gqa"])
+    x, _ = _inputs(False)
+    q_len, kv_len = np.array([3, 2]), np.array([4, 0])                      # row 1 sees no key
+    mask = (np.arange(T)[None, :, None] < q_len[:, None, None]) & (np.arange(T)[None, None, :] < kv_len[:, None, None])
+    if is_causal:
+        mask &= np.tril(np.ones((T, T), bool))
+    with highest():
+        actual = np.asarray(ours(x, query_seq_lengths=q_len, key_value_seq_lengths=kv_len,
+                                 is_causal=is_causal, implementation=implementation))
+        expected = np.asarray(theirs(x, mask=jnp.asarray(mask[:, None])))
+    live = mask.any(-1)                                                     # (B, T): queries that see a key
+    np.testing.assert_allclose(actual[live], expected[live], **TOL)
+    np.testing.assert_array_equal(actual[~live], 0)                         # Flax: the mean of the values
+    assert (~live).sum() == T + 2                                           # the check above checks something
+
+
+def test_lengths_are_refused_while_decoding():
+    module = MultiHeadAttention(num_heads=2, in_features=E, decode=True, rngs=nnx.Rngs(0))
+    module.init_cache((B, T, E))
+    with pytest.raises(ValueError, match="not supported with decode"):
+        module(jnp.ones((B, 1, E)), query_seq_lengths=jnp.array([1, 1]))
+
+
 def test_bias_and_window_equal_flax_with_the_same_bias_and_window_mask():
     kwargs = CONFIGS["gqa"]
     slopes = 2.0 ** -np.arange(1, 7)                                     # ALiBi, one slope per head

@@ -194,7 +194,8 @@ def test_logits_of_1e4_are_one_hot_and_finite(half, rng, jit):
 
 SDPA_PATHS = {
     "numpy": lambda q, k, v, c: attention_np.scaled_dot_product_attention(q, k, v, is_causal=c)[0],
-    "dense": lambda q, k, v, c: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=c)[0],
+    "jax mirror": lambda q, k, v, c: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=c)[0],
+    "dense (tuned)": lambda q, k, v, c: attention_jax.dot_product_attention(q, k, v, is_causal=c, implementation="dense"),
     "chunked": lambda q, k, v, c: attention_jax.chunked_attention(q, k, v, is_causal=c),
     "chunked, blocks of 2": lambda q, k, v, c: attention_jax.chunked_attention(
         q, k, v, is_causal=c, query_chunk_size=2, key_chunk_size=2),
@@ -205,12 +206,12 @@ SDPA_PATHS = {
 @pytest.mark.parametrize("is_causal", [False, True], ids=["full", "causal"])
 def test_nan_in_an_attended_key_reaches_the_queries_that_attend_it(path, is_causal, rng):
     # design section 4: NaN/inf in the inputs propagate to the outputs they touch, nothing
-    # is silently cleaned (chunked_attention once turned such a row into zeros)
+    # is silently cleaned
     q, k, v = (rng.standard_normal((2, 6, 2, 4)).astype(np.float32) for _ in range(3))
     s = 3
     k[:, s] = np.nan
     out = np.asarray(SDPA_PATHS[path](q, k, v, is_causal))
     touched = slice(s, None) if is_causal else slice(None)
     assert np.all(np.isnan(out[:, touched])), "a query attending the poisoned key must give NaN"
-    if is_causal and path != "dense":  # dense: see attention_jax._masking.replace_masked
+    if is_causal and path != "dense (tuned)":  # see attention_jax._fused.replace_masked
         assert np.all(np.isfinite(out[:, :s])), "queries before the poisoned key never see it"
