@@ -11,6 +11,7 @@ the fastest correct path) and ``attention_jax.nnx.MultiHeadAttention`` (a drop-i
 ``flax.nnx.MultiHeadAttention``).
 """
 
+from . import nnx  # noqa: E402, I001  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
 from .chunked import chunked_attention
 from .cross_attention import cross_attention, init_cross_attention_params
@@ -23,6 +24,8 @@ from .kv_cache import init_kv_cache, multi_head_attention_step
 from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention, multi_head_params_from_flax
+from .ring import ring_attention
+from .rotary import apply_rotary
 from .scores import (
     concat_scores,
     dot_scores,
@@ -31,13 +34,12 @@ from .scores import (
     init_general_params,
     scaled_dot_scores,
 )
-from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
-from . import nnx  # noqa: E402, I001  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
-from .ring import ring_attention
 from .self_attention import init_self_attention_params, self_attention
+from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .soft import soft_attention
 
 __all__ = [
+    "apply_rotary",
     "alignment_diagnostics",
     "additive_attention",
     "additive_params_from_torch",

@@ -16,6 +16,7 @@ from .kv_cache import init_kv_cache, multi_head_attention_step
 from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention
+from .rotary import apply_rotary
 from .scores import (
     concat_scores,
     dot_scores,
@@ -24,11 +25,12 @@ from .scores import (
     init_general_params,
     scaled_dot_scores,
 )
-from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .self_attention import init_self_attention_params, self_attention
+from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .soft import soft_attention
 
 __all__ = [
+    "apply_rotary",
     "alignment_diagnostics",
     "additive_attention",
     "additive_attention_vjp",

@@ -3,6 +3,8 @@ parameter shapes and rng use), whose attention is :func:`attention_jax.dot_produ
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -13,11 +15,13 @@ from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init
 
 from attention_np._validate import check_mask_dtype
 from attention_np._validate import check_window as _check_window
+from attention_np.rotary import rotary_features
 
 from .._masking import combine_all_masks as _combine_all_masks
 from .._sharding import head_sum_sharding
 from ..dense import dense_attention
 from ..dispatch import dot_product_attention
+from ..rotary import apply_rotary
 
 
 def _project(x, layer, dtype, precision, n_in_axes=1):
@@ -86,6 +90,9 @@ class MultiHeadAttention(nnx.Module):
         normalize_qk: bool = False,
         rngs: nnx.Rngs,
         keep_rngs: bool = True,
+        rotary: bool = False,
+        rotary_base: float = 10000.0,
+        rotary_fraction: float = 1.0,
     ):
         self.num_heads = num_heads
         self.in_features = in_features
@@ -109,6 +116,9 @@ class MultiHeadAttention(nnx.Module):
         self.decode = decode
         self.normalize_qk = normalize_qk
         self.head_dim = self.qkv_features // self.num_heads
+        self.rotary, self.rotary_base, self.rotary_fraction = rotary, rotary_base, rotary_fraction
+        if rotary:
+            rotary_features(self.head_dim, rotary_fraction)  # a ValueError now, not at the first call
         linear = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
                       use_bias=use_bias, precision=precision, rngs=rngs)
         # the parameters, created in Flax's order (so the same rngs give the same weights)
@@ -148,6 +158,7 @@ class MultiHeadAttention(nnx.Module):
         local_window_size=None,
         query_seq_lengths=None,
         key_value_seq_lengths=None,
+        positions=None,
         implementation=None,
     ):
         """Multi-head attention of ``inputs_q (B..., T, E)`` over ``inputs_k``/``inputs_v``
@@ -159,7 +170,9 @@ class MultiHeadAttention(nnx.Module):
         queries ``t >= query_seq_lengths[b]`` and keys ``s >= key_value_seq_lengths[b]`` are
         padding, as in ``jax.nn.dot_product_attention``; padded queries give zeros; not with
         ``decode``) and ``implementation`` (None, "dense", "chunked": see
-        :mod:`attention_jax.dispatch`).
+        :mod:`attention_jax.dispatch`). With ``rotary``: ``positions`` (int, broadcastable to
+        ``(B..., T)``; queries and keys, T == S) for the rotary embeddings, default ``0..T-1``
+        for queries and ``0..S-1`` for keys, and while decoding the cache's position onwards.
 
         Example: a padded batch without building a mask::
 
@@ -191,11 +204,13 @@ class MultiHeadAttention(nnx.Module):
         value = _project(inputs_v, self.value, self.dtype, self.precision)
         if self.normalize_qk:
             query, key = self.query_ln(query), self.key_ln(key)
+        decode = _first_from(decode, self.decode, error_msg="No `decode` argument was provided to MultiHeadAttention "
+                             "as either a __call__ argument, class attribute, or nnx.flag.")
+        if self.rotary:  # positions into queries and keys, after the projection (and norm)
+            query, key = self._rotate(query, key, positions, decode)
         if mask is not None:
             check_mask_dtype(mask, has_bias=True)
         # 2. autoregressive decoding: write the new keys and values at cache_index
-        decode = _first_from(decode, self.decode, error_msg="No `decode` argument was provided to MultiHeadAttention "
-                             "as either a __call__ argument, class attribute, or nnx.flag.")
         if decode and (query_seq_lengths is not None or key_value_seq_lengths is not None):
             raise ValueError("query_seq_lengths and key_value_seq_lengths are not supported with decode: the "
                              "cache masks the keys not yet written; pass a mask for padding in the prompt")
@@ -270,6 +285,22 @@ class MultiHeadAttention(nnx.Module):
         count = jnp.take(prefix, jnp.clip(high + 1, 0, S), axis=-1) - jnp.take(prefix, jnp.clip(low, 0, S), axis=-1)
         attends = (count > 0) & (low <= high)                                           # (B...|1, T)
         return jnp.broadcast_to(attends, (*batch, T))
+
+    def _rotate(self, query, key, positions, decode):
+        """Rotary embeddings on ``query (B..., T, N, H)`` and ``key (B..., S, K, H)``: at
+        ``positions``, at ``0..T-1`` and ``0..S-1``, or while decoding at the cache's next
+        positions (the keys are cached rotated)."""
+        T, S = query.shape[-3], key.shape[-3]
+        if decode and positions is None:
+            if self.cache_index is None:
+                raise ValueError("Autoregressive cache not initialized, call ``init_cache`` first.")
+            positions = self.cache_index[...] + jnp.arange(T)
+        if positions is not None and T != S:
+            raise ValueError(f"positions are shared by queries and keys, so T must equal S; got T={T}, S={S}")
+        rotate = functools.partial(apply_rotary, base=self.rotary_base, fraction=self.rotary_fraction)
+        if positions is not None:
+            return rotate(query, positions), rotate(key, positions)
+        return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))
 
     def _update_cache(self, key, value, mask):
         """Write ``key``/``value (B..., k, K, H)`` at ``cache_index`` and return the whole cache
