@@ -10,6 +10,10 @@ and 2 when the filters (``--case``, ``--dtype``, ``--direction``) select no row.
 tutorial golden rows (float32, forward, ``additive_attention/tutorial golden (PyTorch)``) obey
 the filters like the others.
 
+While it runs, one progress line a mechanism goes to stderr. The JAX rows of a mechanism
+(every case, dtype and direction) compile as one program, in a second thread while this one
+traces the next mechanism and runs the NumPy side.
+
 ``--cases mypackage.my_cases`` imports a module that registers its own cases with
 ``parity_tests.register``; they run with the built-in ones, or alone with ``--only-external``.
 
@@ -146,6 +150,12 @@ def _empty_selection(args, pool) -> str:
     )
 
 
+def _progress(mechanism, results, seconds) -> None:
+    """One line a mechanism while the report runs, on stderr (stdout is the report)."""
+    failed = sum(r.failed for r in results)
+    print(f"  {mechanism}: {len(results)} rows, {failed} failed ({seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["tutorial"]:
@@ -176,7 +186,7 @@ def main(argv=None) -> int:
     if not planned_rows(cases, dtypes, directions=directions) and not golden:
         print(_empty_selection(args, pool), file=sys.stderr)
         return 2
-    results = run_all(cases, dtypes=dtypes, directions=directions)
+    results = run_all(cases, dtypes=dtypes, directions=directions, progress=_progress)
     if golden:
         results += run_tutorial_golden()
     failed = [r for r in results if r.failed]

@@ -224,7 +224,7 @@ def _decoded(decode):
 
     def run(*args, **kwargs):
         ids, weights = decode(*args, **kwargs)
-        return np.asarray(ids).astype(weights.dtype), weights
+        return ids.astype(weights.dtype), weights  # NumPy or JAX arrays alike (traceable)
 
     return run
 

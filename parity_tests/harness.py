@@ -26,15 +26,20 @@ differences of the NumPy float64 forward otherwise. Register your own module's c
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import importlib
 import pathlib
+import time
 from collections.abc import Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+
+from ._programs import Entry, Program, run_entries
 
 # docs/design.md section 5: max abs and max rel error allowed against the NumPy float64 reference.
 TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
@@ -278,6 +283,10 @@ def run_case(
     (without it the row is skipped, with the reason); JAX float32 runs at matmul precision
     "highest" (docs/design.md section 5). ``direction="backward"`` compares gradients (see
     :class:`ParityCase`'s ``differentiable``). ``tolerance`` overrides the case's for this call."""
+    return run_rows([(case, dtype, half, direction)], tolerances=[tolerance])[0]
+
+
+def _check_row(case, dtype, half, direction) -> None:
     if dtype not in TOLERANCES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
     if half not in HALVES:
@@ -286,30 +295,95 @@ def run_case(
         raise ValueError(f"direction must be one of {', '.join(DIRECTIONS)}; got {direction!r}")
     if direction == "backward" and not case.differentiable:
         raise ValueError(f"case {case.name!r} declares no differentiable arguments")
-    reference = NUMPY_FLOAT64 if direction == "forward" else backward_reference(case, dtype, half)
-    tol = case.tolerance(dtype, direction, reference) if tolerance is None else tolerance
+
+
+def _skip_reason(case, dtype, half, direction, reference) -> str:
     if half == "jax" and dtype == "float64" and not jax.config.jax_enable_x64:
-        reason = "float64 on the JAX half needs jax.config.update('jax_enable_x64', True)"
-        return _skipped(case, dtype, half, direction, reference, reason, tol)
+        return "float64 on the JAX half needs jax.config.update('jax_enable_x64', True)"
     if direction == "backward" and half == "numpy" and case.numpy_vjp is None:
-        return _skipped(case, dtype, half, direction, reference, "no NumPy VJP", tol)
+        return "no NumPy VJP"
     if reference == FINITE_DIFFERENCES and dtype != "float64":
-        return _skipped(case, dtype, half, direction, reference, "finite differences are float64 only", tol)
-    args, kwargs = case.build(np.random.default_rng(case.seed))
-    args, kwargs = cast_floats((args, kwargs), dtype)
-    if direction == "backward":
-        expected, actual = _backward(case, args, kwargs, dtype, half, reference)
-        comparison = _check_dtypes(compare(expected, actual, tol), actual, dtype, "gradient")
-        return Result(case.name, case.mechanism, case.shapes, dtype, half, comparison, direction, reference)
-    expected = case.numpy_fn(*cast_floats(args, "float64"), **cast_floats(kwargs, "float64"))
-    if half == "numpy":
-        actual = case.numpy_fn(*args, **kwargs)
-    else:
-        with jax.default_matmul_precision("highest"):
-            actual = case.jax_fn(*to_jax(args), **to_jax(kwargs))
-        actual = jax.device_get(actual)
-    comparison = _check_dtypes(compare(expected, actual, tol), actual, dtype, "output")
-    return Result(case.name, case.mechanism, case.shapes, dtype, half, comparison)
+        return "finite differences are float64 only"
+    return ""
+
+
+def run_rows(rows, tolerances=None) -> list[Result]:
+    """``run_case`` for each ``(case, dtype, half, direction)`` of ``rows`` (with the per-row
+    ``tolerances``, None: the case's), the JAX rows compiled together as one program
+    (``parity_tests/_programs.py``): one compilation for all of them instead of one a row."""
+    prepared = _prepare(rows, tolerances)
+    return _finish(prepared, _run_jax(prepared.entries))
+
+
+@dataclasses.dataclass
+class _Prepared:
+    results: list    # a Result for each skipped row, None for the others
+    pending: list    # what _finish needs for each row that runs
+    entries: dict    # row index -> the JAX computation of a JAX row
+
+
+def _prepare(rows, tolerances=None) -> _Prepared:
+    tolerances = [None] * len(rows) if tolerances is None else list(tolerances)
+    prepared = _Prepared([None] * len(rows), [], {})
+    for i, ((case, dtype, half, direction), tolerance) in enumerate(zip(rows, tolerances)):
+        _check_row(case, dtype, half, direction)
+        reference = NUMPY_FLOAT64 if direction == "forward" else backward_reference(case, dtype, half)
+        tol = case.tolerance(dtype, direction, reference) if tolerance is None else tolerance
+        reason = _skip_reason(case, dtype, half, direction, reference)
+        if reason:
+            prepared.results[i] = _skipped(case, dtype, half, direction, reference, reason, tol)
+            continue
+        args, kwargs = cast_floats(case.build(np.random.default_rng(case.seed)), dtype)
+        cotangent = _cotangent(case, args, kwargs, dtype) if direction == "backward" else None
+        if half == "jax":
+            differentiable = case.differentiable if direction == "backward" else ()
+            prepared.entries[i] = Entry(case.jax_fn, args, kwargs, differentiable, cotangent, case.cotangent_outputs)
+        prepared.pending.append((i, case, dtype, half, direction, reference, tol, args, kwargs, cotangent))
+    return prepared
+
+
+def _finish(prepared: _Prepared, jax_results: dict) -> list[Result]:
+    """The NumPy rows run, every row compared with its reference."""
+    results = list(prepared.results)
+    for i, case, dtype, half, direction, reference, tol, args, kwargs, cotangent in prepared.pending:
+        if half == "jax":
+            actual = jax_results[i]
+        elif direction == "forward":
+            actual = case.numpy_fn(*args, **kwargs)
+        else:
+            actual = tuple(case.numpy_vjp(args, kwargs, cotangent))
+        if direction == "backward":
+            expected, actual = _backward_expected(case, args, kwargs, cotangent, reference, actual)
+        else:
+            expected = case.numpy_fn(*cast_floats(args, "float64"), **cast_floats(kwargs, "float64"))
+        what = "gradient" if direction == "backward" else "output"
+        comparison = _check_dtypes(compare(expected, actual, tol), actual, dtype, what)
+        results[i] = Result(case.name, case.mechanism, case.shapes, dtype, half, comparison, direction, reference)
+    return results
+
+
+def _run_jax(entries: dict) -> dict:
+    """All entries in one program; if that fails (a function that cannot be traced inside an
+    outer ``jit``, or an error), each entry alone, a forward entry at last called as it is,
+    so that an error is raised by the row it belongs to."""
+    if not entries:
+        return {}
+    try:
+        return run_entries(entries)
+    except Exception:
+        if len(entries) == 1 and next(iter(entries.values())).differentiable:
+            raise
+    results = {}
+    for key, entry in entries.items():
+        try:
+            results[key] = run_entries({key: entry})
+            results[key] = results[key][key]
+        except Exception:
+            if entry.differentiable:
+                raise
+            with jax.default_matmul_precision("highest"):
+                results[key] = jax.device_get(entry.fn(*to_jax(entry.args), **to_jax(entry.kwargs)))
+    return results
 
 
 # --- gradients ---------------------------------------------------------------------------------
@@ -402,17 +476,18 @@ def jax_vjp(case: ParityCase, args, kwargs, cotangent) -> tuple:
         return jax.device_get(gradients(values, cotangent))
 
 
-def _backward(case, args, kwargs, dtype, half, reference):
+def _cotangent(case, args, kwargs, dtype):
+    """The row's cotangent: drawn for the shapes of the NumPy float64 outputs, rounded to ``dtype``."""
+    args64, kwargs64 = cast_floats((args, kwargs), "float64")
+    outputs = _select(case.numpy_fn(*args64, **kwargs64), case.cotangent_outputs)
+    return cast_floats(draw_cotangent(case, outputs), dtype)
+
+
+def _backward_expected(case, args, kwargs, cotangent, reference, actual):
     """``(expected, actual)`` gradients on the same rounded inputs and cotangent; against
     finite differences only the differenced elements are compared."""
     args64, kwargs64 = cast_floats((args, kwargs), "float64")
-    outputs = _select(case.numpy_fn(*args64, **kwargs64), case.cotangent_outputs)
-    cotangent = cast_floats(draw_cotangent(case, outputs), dtype)
     cotangent64 = cast_floats(cotangent, "float64")
-    if half == "jax":
-        actual = jax_vjp(case, args, kwargs, cotangent)
-    else:
-        actual = tuple(case.numpy_vjp(args, kwargs, cotangent))
     if reference == NUMPY_VJP:
         return tuple(case.numpy_vjp(args64, kwargs64, cotangent64)), actual
     expected = finite_differences(case, args64, kwargs64, cotangent64, samples=case.fd_samples)
@@ -450,14 +525,46 @@ def planned_rows(cases=None, dtypes=DTYPES, halves=HALVES, directions=DIRECTIONS
 
 
 def run_all(
-    cases=None, dtypes=DTYPES, halves=HALVES, directions=DIRECTIONS, *, tolerances=None, grad_tolerances=None
+    cases=None, dtypes=DTYPES, halves=HALVES, directions=DIRECTIONS, *, tolerances=None, grad_tolerances=None,
+    progress=None,
 ) -> list[Result]:
-    """Every row of :func:`planned_rows`. ``tolerances`` / ``grad_tolerances`` (dtype ->
-    tolerance) override the cases' own for this call."""
-    results = []
-    for case, dtype, half, direction in planned_rows(cases, dtypes, halves, directions):
-        override = (tolerances if direction == "forward" else grad_tolerances) or {}
-        results.append(run_case(case, dtype, half, direction, tolerance=override.get(dtype)))
+    """Every row of :func:`planned_rows`, a mechanism at a time: the JAX rows of one
+    mechanism (every case, dtype and direction) compile as one program, so a run compiles
+    once a mechanism instead of once a row. ``tolerances`` / ``grad_tolerances`` (dtype ->
+    tolerance) override the cases' own for this call. ``progress(mechanism, results,
+    seconds)`` is called after each mechanism, in order.
+
+    Two threads share the work, as two cores would: this one traces the programs and runs
+    the NumPy side (references, finite differences), a second one compiles (XLA does not
+    hold the GIL), one or two mechanisms ahead."""
+    by_mechanism = {}
+    for row in planned_rows(cases, dtypes, halves, directions):
+        by_mechanism.setdefault(row[0].mechanism, []).append(row)
+    start = time.perf_counter()
+    results, queue = [], collections.deque()
+
+    def finish():
+        mechanism, prepared, compiling = queue.popleft()
+        jax_results = compiling.result().run() if compiling is not None else _run_jax(prepared.entries)
+        done = _finish(prepared, jax_results)
+        if progress is not None:
+            progress(mechanism, done, time.perf_counter() - start)
+        results.extend(done)
+
+    with concurrent.futures.ThreadPoolExecutor(1) as compiler:
+        for mechanism, rows in by_mechanism.items():
+            overrides = [((tolerances if direction == "forward" else grad_tolerances) or {}).get(dtype)
+                         for _, dtype, _, direction in rows]
+            prepared = _prepare(rows, overrides)
+            try:
+                program = Program(prepared.entries).lower() if prepared.entries else None
+            except Exception:  # _run_jax runs the rows one by one: the failing row raises its error
+                program = None
+            queue.append((mechanism, prepared, None if program is None else compiler.submit(program.compile)))
+            while len(queue) > 2 or (queue and queue[0][2] is not None and queue[0][2].done()):
+                finish()
+        while queue:
+            finish()
     return results
 
 

@@ -12,6 +12,8 @@ import jax
 import numpy as np
 import pytest
 
+import parity_tests
+
 import attention_jax
 from parity_tests import REGISTRY, Comparison, Result, assert_parity, planned_rows, pytest_params, run_case
 from parity_tests import __main__ as report
@@ -180,3 +182,31 @@ def test_tutorial_golden_rows_obey_the_filters(capsys):
     assert report.main(["--case", "tutorial golden", "--direction", "backward"]) == 2
     assert report.main(["--case", "dot_scores/plain", "--dtype", "float32", "--direction", "forward", "--json", "/dev/null"]) == 0
     assert "tutorial" not in capsys.readouterr().out
+
+
+# --- the report compiles once a mechanism --------------------------------------------------------
+def test_run_all_compiles_each_mechanism_once_with_the_results_of_run_case():
+    """Four dtypes x two directions of two cases: one XLA compilation, and every row equal to
+    the same row run alone (which compiles its own program)."""
+    from jax._src import monitoring
+
+    cases = [SDPA, REGISTRY["scaled_dot_product_attention/causal"]]
+    compiles, progress = [], []
+    listener = lambda event, duration, **_: compiles.append(event) if event.endswith("backend_compile_duration") else None
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        results = parity_tests.run_all(cases, dtypes=("float32", "bfloat16"), halves=("jax",),
+                                       progress=lambda m, rs, s: progress.append((m, len(rs))))
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert len(compiles) == 1
+    assert progress == [("scaled_dot_product_attention", 8)]
+    for r in results:
+        alone = run_case(REGISTRY[r.case], r.dtype, r.half, r.direction)
+        assert (r.comparison.max_abs, r.comparison.passed) == (alone.comparison.max_abs, alone.comparison.passed)
+
+
+def test_run_all_reports_the_failing_row_of_a_group():
+    wrong = dataclasses.replace(SDPA, name="wrong-grad-group", jax_fn=_stop_key_gradient)
+    results = parity_tests.run_all([SDPA, wrong], dtypes=("float32",), halves=("jax",))
+    assert [(r.case, r.direction) for r in results if r.failed] == [("wrong-grad-group", "backward")]
