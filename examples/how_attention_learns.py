@@ -55,7 +55,7 @@ def make_problem(seed: int = 0):
 def loss_and_gradients(params, hidden, encoder_outputs, target=TARGET):
     """The cross-entropy of the weights against ``target``, and its gradient w.r.t. ``params``."""
     context, weights = attention_np.additive_attention(params, hidden, encoder_outputs)  # (T, 1, H), (T, S)
-    # 1. the loss, and its gradient with respect to the weights (zero where the target is)
+    # 1. the loss, and its gradient with respect to the weights (zero where the target is zero)
     tiny = np.finfo(weights.dtype).tiny
     loss = -np.sum(target * np.log(np.maximum(weights, tiny))) / len(target)
     d_weights = -target / (len(target) * np.maximum(weights, tiny))    # (T, S)
