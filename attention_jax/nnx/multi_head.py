@@ -168,8 +168,10 @@ class MultiHeadAttention(nnx.Module):
         relative positions), ``local_window_size`` (``(left, right)`` or an int),
         ``query_seq_lengths`` and ``key_value_seq_lengths`` (int ``(B,)``, one batch axis: the
         queries ``t >= query_seq_lengths[b]`` and keys ``s >= key_value_seq_lengths[b]`` are
-        padding, as in ``jax.nn.dot_product_attention``; padded queries give zeros; not with
-        ``decode``) and ``implementation`` (None, "dense", "chunked": see
+        padding, as in ``jax.nn.dot_product_attention``; padded queries give zeros; with
+        ``decode``, ``query_seq_lengths[b]`` is the number of real new tokens of row b, so a
+        right-padded batch of prompts of different lengths is prefilled in one call and
+        decoded together) and ``implementation`` (None, "dense", "chunked": see
         :mod:`attention_jax.dispatch`). With ``rotary``: ``positions`` (int, broadcastable to
         ``(B..., T)``; queries and keys, T == S) for the rotary embeddings, default ``0..T-1``
         for queries and ``0..S-1`` for keys, and while decoding the cache's position onwards.
@@ -211,11 +213,12 @@ class MultiHeadAttention(nnx.Module):
         if mask is not None:
             check_mask_dtype(mask, has_bias=True)
         # 2. autoregressive decoding: write the new keys and values at cache_index
-        if decode and (query_seq_lengths is not None or key_value_seq_lengths is not None):
-            raise ValueError("query_seq_lengths and key_value_seq_lengths are not supported with decode: the "
-                             "cache masks the keys not yet written; pass a mask for padding in the prompt")
+        if decode and key_value_seq_lengths is not None:
+            raise ValueError("key_value_seq_lengths is not supported with decode: the cache masks the keys not yet "
+                             "written; query_seq_lengths gives each row's number of new tokens")
         if decode:
-            key, value, mask = self._update_cache(key, value, mask)
+            key, value, mask = self._update_cache(key, value, mask, query_seq_lengths)
+            query_seq_lengths = None  # in the cache mask now
             key, value = key.astype(query.dtype), value.astype(query.dtype)  # a cache kept in another dtype
             is_causal = False  # the cache mask is causal already
         # 3. dropout, Flax's rule for `deterministic`
@@ -294,7 +297,7 @@ class MultiHeadAttention(nnx.Module):
         if decode and positions is None:
             if self.cache_index is None:
                 raise ValueError("Autoregressive cache not initialized, call ``init_cache`` first.")
-            positions = self.cache_index[...] + jnp.arange(T)
+            positions = self.cache_index[...][..., None] + jnp.arange(T)                  # (B..., T)
         if positions is not None and T != S:
             raise ValueError(f"positions are shared by queries and keys, so T must equal S; got T={T}, S={S}")
         rotate = functools.partial(apply_rotary, base=self.rotary_base, fraction=self.rotary_fraction)
@@ -302,9 +305,11 @@ class MultiHeadAttention(nnx.Module):
             return rotate(query, positions), rotate(key, positions)
         return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))
 
-    def _update_cache(self, key, value, mask):
-        """Write ``key``/``value (B..., k, K, H)`` at ``cache_index`` and return the whole cache
-        with the mask of the positions each new token may see (``s <= index + j``)."""
+    def _update_cache(self, key, value, mask, lengths=None):
+        """Write ``key``/``value (B..., k, K, H)`` at each row's ``cache_index`` and return the
+        whole cache with the mask of the positions each new token may see: ``s <= index[b] + j``,
+        and with ``lengths`` only the first ``lengths[b]`` new tokens of row b are real (the
+        rest are padding: they see nothing, and the next call overwrites them)."""
         if self.cached_key is None or self.cached_value is None or self.cache_index is None:
             raise ValueError("Autoregressive cache not initialized, call ``init_cache`` first.")
         *batch, max_length, num_kv_heads, head_dim = self.cached_key.shape
@@ -312,29 +317,39 @@ class MultiHeadAttention(nnx.Module):
         expected = tuple(batch) + (k, num_kv_heads, head_dim)
         if tuple(key.shape) != expected or k < 1:
             raise ValueError(f"Autoregressive cache shape error, expected key shape {expected} instead got {key.shape}.")
-        index = self.cache_index[...]
-        if not isinstance(index, jax.core.Tracer) and int(index) + k > max_length:
-            raise ValueError(f"the decode cache holds {max_length} positions; {int(index)} are used and {k} more "
+        index = jnp.broadcast_to(self.cache_index[...], tuple(batch))                 # (B...,): one position a row
+        if not isinstance(index, jax.core.Tracer) and int(index.max(initial=0)) + k > max_length:
+            raise ValueError(f"the decode cache holds {max_length} positions; {int(index.max())} are used and {k} more "
                              f"do not fit (init_cache with a longer input_shape)")
-        zero = jnp.array(0, dtype=index.dtype)
-        start = (zero,) * len(batch) + (index, zero, zero)
-        key = jax.lax.dynamic_update_slice(self.cached_key[...], key.astype(self.cached_key.dtype), start)
-        value = jax.lax.dynamic_update_slice(self.cached_value[...], value.astype(self.cached_value.dtype), start)
+        if lengths is None:
+            lengths = jnp.full(tuple(batch), k, index.dtype)
+        lengths = jnp.broadcast_to(jnp.asarray(lengths).astype(index.dtype), tuple(batch))
+
+        def write(cache, new, start):                                                   # one batch row
+            zero = jnp.zeros_like(start)
+            return jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (start, zero, zero))
+
+        fold = lambda x: x.reshape((-1,) + x.shape[len(batch):])                       # (B, ...)
+        key, value = (jax.vmap(write)(fold(c[...]), fold(x), fold(index)).reshape(c.shape)
+                      for c, x in ((self.cached_key, key), (self.cached_value, value)))
         self.cached_key[...] = key
         self.cached_value[...] = value
-        self.cache_index[...] = index + k
-        visible = jnp.arange(max_length)[None, :] <= index + jnp.arange(k)[:, None]      # (k, L)
-        visible = jnp.broadcast_to(visible, tuple(batch) + (1, k, max_length))
+        self.cache_index[...] = index + lengths
+        s, j = jnp.arange(max_length), jnp.arange(k)[:, None]
+        start, count = index[..., None, None, None], lengths[..., None, None, None]     # (B..., 1, 1, 1)
+        visible = (s <= start + j) & (s < start + count) & (j < count)                  # (B..., 1, k, L)
         mask = visible if mask is None else jnp.logical_and(mask, visible)
         return key, value, mask
 
     def init_cache(self, input_shape, dtype=jnp.float32):
         """The decode cache for inputs of ``input_shape (B..., L, E)``, as Flax's ``init_cache``:
-        ``cached_key``/``cached_value (B..., L, K, H)`` and ``cache_index`` (int32 0), ``nnx.Cache``."""
+        ``cached_key``/``cached_value (B..., L, K, H)``, ``nnx.Cache``, and ``cache_index``, one
+        int32 position per batch row ``(B...,)`` (Flax keeps one for the whole batch), so
+        prompts of different lengths decode together."""
         cache_shape = (*input_shape[:-1], self.num_kv_heads, self.head_dim)
         self.cached_key = nnx.Cache(jnp.zeros(cache_shape, dtype))
         self.cached_value = nnx.Cache(jnp.zeros(cache_shape, dtype))
-        self.cache_index = nnx.Cache(jnp.array(0, dtype=jnp.int32))
+        self.cache_index = nnx.Cache(jnp.zeros(tuple(input_shape[:-2]), dtype=jnp.int32))
 
     def set_view(self, deterministic: bool | None = None, decode: bool | None = None,
                  batch_size=None, max_length: int | None = None):

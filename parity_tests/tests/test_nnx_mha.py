@@ -130,7 +130,7 @@ def test_decode_steps_equal_flaxs_decode_and_the_causal_full_pass(config):
             np.testing.assert_allclose(actual[:, 0], full[:, t], **TOL)
     np.testing.assert_allclose(nnx.state(ours, nnx.Cache)["cached_key"][...],
                                nnx.state(theirs, nnx.Cache)["cached_key"][...], **TOL)
-    assert int(ours.cache_index[...]) == T
+    assert (ours.cache_index[...] == T).all()  # one position per batch row
 
 
 def test_decode_prefill_then_steps_and_overflow():
@@ -213,11 +213,11 @@ def test_lengths_in_the_call_equal_flax_with_the_padding_mask(implementation, is
     assert (~live).sum() == T + 2                                           # the check above checks something
 
 
-def test_lengths_are_refused_while_decoding():
+def test_key_lengths_are_refused_while_decoding():
     module = MultiHeadAttention(num_heads=2, in_features=E, decode=True, rngs=nnx.Rngs(0))
     module.init_cache((B, T, E))
-    with pytest.raises(ValueError, match="not supported with decode"):
-        module(jnp.ones((B, 1, E)), query_seq_lengths=jnp.array([1, 1]))
+    with pytest.raises(ValueError, match="key_value_seq_lengths is not supported with decode"):
+        module(jnp.ones((B, 1, E)), key_value_seq_lengths=jnp.array([1, 1]))
 
 
 def test_bias_and_window_equal_flax_with_the_same_bias_and_window_mask():
@@ -497,3 +497,32 @@ def test_the_rows_with_no_key_are_exactly_the_fully_masked_ones(mask_shape, is_c
     expected = np.broadcast_to(np.asarray(combined).reshape((1,) * (4 - combined.ndim) + combined.shape),
                                (B, 6, T, T)).any(axis=(1, 3))
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("rotary", [False, True])
+def test_ragged_prompts_prefill_together_and_each_row_equals_decoding_it_alone(rotary):
+    """Prompts of lengths 6, 9 and 15, right-padded into one (3, 15) batch: one prefill call
+    (``query_seq_lengths`` = the lengths), then four steps for the whole batch; each row equals
+    the same module decoding that prompt alone (batch of one, no padding)."""
+    E, lengths, steps = 8, [6, 9, 15], 4
+    module = MultiHeadAttention(2, E, qkv_features=8, num_kv_heads=1, rotary=rotary, decode=False,
+                                rngs=nnx.Rngs(0))
+    r = np.random.default_rng(5)
+    prompts = [r.normal(size=(n, E)).astype(np.float32) for n in lengths]
+    tokens = r.normal(size=(steps, len(lengths), 1, E)).astype(np.float32)
+    padded = np.zeros((len(lengths), max(lengths), E), np.float32)
+    for b, p in enumerate(prompts):
+        padded[b, : len(p)] = p
+    with highest():
+        module.init_cache((len(lengths), max(lengths) + steps, E))
+        prefill = np.asarray(module(jnp.asarray(padded), decode=True, query_seq_lengths=jnp.asarray(lengths)))
+        together = [np.asarray(module(jnp.asarray(t), decode=True)) for t in tokens]
+        np.testing.assert_array_equal(module.cache_index[...], np.asarray(lengths) + steps)
+        for b, p in enumerate(prompts):
+            module.init_cache((1, len(p) + steps, E))
+            alone = np.asarray(module(jnp.asarray(p[None]), decode=True))
+            np.testing.assert_allclose(prefill[b, : len(p)], alone[0], **TOL)
+            np.testing.assert_array_equal(prefill[b, len(p):], 0)           # padding: zeros
+            for t in range(steps):
+                step = np.asarray(module(jnp.asarray(tokens[t, b][None]), decode=True))
+                np.testing.assert_allclose(together[t][b], step[0], **TOL)
