@@ -63,12 +63,24 @@ def _nonzero(total):
 
 def causal_mask(T: int, S: int):
     """``(T, S)`` bool, True where key ``s <= t``: query t sees keys 0..t (top-left aligned,
-    as ``jax.nn.dot_product_attention`` and PyTorch's ``is_causal``)."""
+    as ``jax.nn.dot_product_attention`` and PyTorch's ``is_causal``).
+
+    >>> causal_mask(3, 4)                  # row t: the keys query t may see
+    array([[ True, False, False, False],
+           [ True,  True, False, False],
+           [ True,  True,  True, False]])
+    """
     return np.tril(np.ones((T, S), dtype=bool))
 
 
 def combine_masks(mask, is_causal: bool, T: int, S: int):
-    """``mask & causal`` where both are given; either one alone; or None."""
+    """``mask & causal`` where both are given; either one alone; or None.
+
+    >>> combine_masks(np.array([False, True, True]), True, 3, 3)   # key 0 masked out, and causal
+    array([[False, False, False],
+           [False,  True, False],
+           [False,  True,  True]])
+    """
     if not is_causal:
         return mask
     causal = causal_mask(T, S)
@@ -81,13 +93,23 @@ def attended_keys(mask, shape):
 
     Values of keys nobody attends to are zeroed before the weighted sum, so ``0 * NaN``
     from a masked (padding) position cannot leak into the output.
+
+    >>> attended_keys(causal_mask(2, 3), (1, 2, 3))              # key 2 is seen by no query
+    array([[ True,  True, False]])
     """
     return np.broadcast_to(mask, shape).any(axis=-2)
 
 
 def window_mask(T: int, S: int, window):
     """``(T, S)`` bool, True where ``t - left <= s <= t + right`` for ``window = (left, right)``
-    (``jax.nn.dot_product_attention``'s ``local_window_size``)."""
+    (``jax.nn.dot_product_attention``'s ``local_window_size``).
+
+    >>> window_mask(4, 4, (1, 0))          # each query sees itself and the key before it
+    array([[ True, False, False, False],
+           [ True,  True, False, False],
+           [False,  True,  True, False],
+           [False, False,  True,  True]])
+    """
     left, right = window
     t = np.arange(T)[:, None]
     s = np.arange(S)[None, :]
@@ -96,7 +118,12 @@ def window_mask(T: int, S: int, window):
 
 def length_mask(query_seq_lengths, key_value_seq_lengths, B: int, T: int, S: int):
     """``(B, 1, T, S)`` bool (or None): query t of row b is valid when
-    ``t < query_seq_lengths[b]``, key s when ``s < key_value_seq_lengths[b]``."""
+    ``t < query_seq_lengths[b]``, key s when ``s < key_value_seq_lengths[b]``.
+
+    >>> length_mask(None, np.array([1, 3]), 2, 1, 3)[:, 0, 0]   # row 0 has 1 real key, row 1 has 3
+    array([[ True, False, False],
+           [ True,  True,  True]])
+    """
     if query_seq_lengths is None and key_value_seq_lengths is None:
         return None
     mask = np.ones((B, 1, T, S), dtype=bool)
@@ -111,7 +138,15 @@ def length_mask(query_seq_lengths, key_value_seq_lengths, B: int, T: int, S: int
 
 def combine_all_masks(mask, is_causal: bool, window, lengths, T: int, S: int):
     """The caller's ``mask``, the causal mask, the local window and the sequence-length mask,
-    combined with ``and``; None when there is none of them."""
+    combined with ``and``; None when there is none of them.
+
+    >>> combine_all_masks(None, True, (1, 0), None, 3, 3)          # causal and a window of one key back
+    array([[ True, False, False],
+           [ True,  True, False],
+           [False,  True,  True]])
+    >>> combine_all_masks(None, False, None, None, 3, 3) is None
+    True
+    """
     mask = combine_masks(mask, is_causal, T, S)
     for extra in (None if window is None else window_mask(T, S, window), lengths):
         if extra is not None:

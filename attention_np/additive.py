@@ -79,6 +79,15 @@ def init_additive_params(rng, hidden_dim, *, dtype=np.float32):
     Args:
       rng: a ``numpy.random.Generator``.
       hidden_dim: H.
+
+    Example: H = 8: the kernel is ``(2H, H) = (16, 8)``, its entries within
+    ``1/sqrt(16) = 0.25``.
+
+    >>> params = init_additive_params(np.random.default_rng(0), 8)
+    >>> params["attn"]["kernel"].shape, params["attn"]["bias"].shape, params["v"].shape
+    ((16, 8), (8,), (8,))
+    >>> bool(np.abs(params["attn"]["kernel"]).max() <= 0.25), bool(0 <= params["v"].min())
+    (True, True)
     """
     return init_concat_params(rng, hidden_dim, dtype=dtype)  # the tutorial's class: A = H
 
@@ -96,6 +105,15 @@ def additive_params_from_torch(state_dict):
     ``{"attn.weight": (H, 2H), "attn.bias": (H,), "v": (H,)}`` (tensors or any array-likes)
     becomes ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}``: PyTorch's ``Linear``
     computes ``x @ weight.T``, Flax's ``x @ kernel``.
+
+    Example: H = 2; the kernel is the transpose of ``attn.weight``.
+
+    >>> state_dict = {"attn.weight": np.arange(8.0).reshape(2, 4), "attn.bias": np.zeros(2), "v": np.ones(2)}
+    >>> additive_params_from_torch(state_dict)["attn"]["kernel"]    # (2H, H)
+    array([[0., 4.],
+           [1., 5.],
+           [2., 6.],
+           [3., 7.]])
     """
     missing = {"attn.weight", "attn.bias", "v"} - set(state_dict)
     if missing:

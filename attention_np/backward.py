@@ -91,6 +91,18 @@ def scaled_dot_product_attention_vjp(
     Returns:
       ``(d_query, d_key, d_value)``: ``(B, T, N, H)``, ``(B, S, K, H)``, ``(B, S, K, H)``,
       each in the dtype of its input.
+
+    Example: one query ``q = 0`` over two keys, so ``P = [0.5, 0.5]``; values ``[1, 3]``,
+    ``dO = 1``. Then ``dV = P^T dO = [0.5, 0.5]``, ``dP = dO V^T = [1, 3]``, ``dL = 0.5 ([1,
+    3] - 2) = [-0.5, 0.5]``, ``dQ = dL K = -0.5 * 0 + 0.5 * 2 = 1`` and ``dK = dL^T Q = 0``
+    (H = 1, so s = 1).
+
+    >>> query = np.zeros((1, 1, 1, 1))                            # (B, T, N, H)
+    >>> key = np.array([0.0, 2.0]).reshape(1, 2, 1, 1)            # (B, S, K, H)
+    >>> value = np.array([1.0, 3.0]).reshape(1, 2, 1, 1)
+    >>> d_query, d_key, d_value = scaled_dot_product_attention_vjp(query, key, value, np.ones((1, 1, 1, 1)))
+    >>> d_query.ravel(), d_key.ravel(), d_value.ravel()
+    (array([1.]), array([0., 0.]), array([0.5, 0.5]))
     """
     query, key, value, d_out = (np.asarray(x) for x in (query, key, value, d_out))
     shapes = check_sdpa(query, key, value, bias, mask, scale)
@@ -164,6 +176,21 @@ def additive_attention_vjp(params, hidden, encoder_outputs, d_context, d_weights
     Returns:
       ``(d_params, d_hidden, d_encoder_outputs)``: ``d_params`` with the same nested dict
       structure as ``params``, ``(B, H)`` and ``(B, S, H)``, each in its input's dtype.
+
+    Example: two equal encoder outputs. The context is ``[1, 2]`` whatever the weights, so
+    no gradient reaches the parameters or the decoder state; each encoder output gets its
+    weight, 0.5, times ``dc``.
+
+    >>> params = {"attn": {"kernel": np.ones((4, 2)), "bias": np.zeros(2)}, "v": np.ones(2)}
+    >>> hidden = np.array([[1.0, -1.0]])                          # (B, H) = (1, 2)
+    >>> encoder_outputs = np.array([[[1.0, 2.0], [1.0, 2.0]]])    # (B, S, H) = (1, 2, 2)
+    >>> d_params, d_hidden, d_encoder_outputs = additive_attention_vjp(
+    ...     params, hidden, encoder_outputs, d_context=np.array([[[1.0, 10.0]]]))
+    >>> float(np.abs(d_params["attn"]["kernel"]).max()), d_params["attn"]["bias"], d_params["v"], d_hidden
+    (0.0, array([0., 0.]), array([0., 0.]), array([[0., 0.]]))
+    >>> d_encoder_outputs
+    array([[[0.5, 5. ],
+            [0.5, 5. ]]])
     """
     hidden, encoder_outputs, d_context = np.asarray(hidden), np.asarray(encoder_outputs), np.asarray(d_context)
     shapes = check_additive(params, hidden, encoder_outputs, mask)
@@ -266,6 +293,28 @@ def multi_head_attention_vjp(params, query, key, value, d_out, *, mask=None, is_
       of ``params`` that :func:`multi_head_attention` uses (None for a bias given as None;
       other entries left out), as ``jax.vjp`` gives it; then ``(B, T, E)``, ``(B, S, E_kv)``,
       ``(B, S, E_kv)``, each in its input's dtype.
+
+    Example: the two heads of :func:`multi_head_attention`'s example, ``d_out = 1``.
+    ``dW^O`` of head n is its output summed over the positions (head 1: ``4 + 4``, head 2:
+    ``3 + 4``). Both heads read their values from feature 0, so a position's ``d_value`` is
+    the weight it is given, summed over queries and heads: position 0 gets ``0.5 + 0.5``
+    from head 1 and ``0.75 + 0.5`` from head 2, 2.25; position 1 gets ``1 + 0.75 = 1.75``.
+
+    >>> ln3 = np.log(3)
+    >>> params = {                                                # no biases, as use_bias=False
+    ...     "query": {"kernel": np.array([[[0.0], [0.0]], [[0.0], [1.0]]])},  # (E, N, H) = (2, 2, 1)
+    ...     "key": {"kernel": np.array([[[0.0], [0.0]], [[0.0], [ln3]]])},
+    ...     "value": {"kernel": np.array([[[1.0], [1.0]], [[0.0], [0.0]]])},
+    ...     "out": {"kernel": np.array([[[1.0, 0.0]], [[0.0, 1.0]]])}}        # (N, H, F) = (2, 1, 2)
+    >>> x = np.array([[[2.0, 1.0], [6.0, 0.0]]])                  # (B, T, E) = (1, 2, 2)
+    >>> d_params, d_query, d_key, d_value = multi_head_attention_vjp(params, x, x, x, np.ones((1, 2, 2)))
+    >>> d_params["out"]["kernel"]                                 # (N, H, F)
+    array([[[8., 8.]],
+    <BLANKLINE>
+           [[7., 7.]]])
+    >>> d_value                                                   # (B, S, E): only feature 0 is read
+    array([[[2.25, 0.  ],
+            [1.75, 0.  ]]])
     """
     query, key, value, d_out = (np.asarray(x) for x in (query, key, value, d_out))
     shapes = check_multi_head(params, query, key, value, mask)

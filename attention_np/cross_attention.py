@@ -28,6 +28,18 @@ def cross_attention(params, x, context, *, mask=None):
 
     Returns:
       ``(out, weights)``: ``(B, T, H)`` and ``(B, T, S)``, in the dtype of ``x``.
+
+    Example: one feature (E = H = 1, so the scale is 1). The query is ``q = x = 1``; the
+    keys ``k = ln(3) c`` are ``[0, ln 3]``, so the weights are ``[1, 3] / 4``; the values
+    ``v = 4 c`` are ``[0, 4]``, so the output is ``0.75 * 4 = 3``.
+
+    >>> dense = lambda w: {"kernel": np.array([[w]]), "bias": np.zeros(1)}   # (E, H) = (1, 1)
+    >>> params = {"query": dense(1.0), "key": dense(np.log(3)), "value": dense(4.0)}
+    >>> x = np.array([[[1.0]]])                    # (B, T, E) = (1, 1, 1): one query
+    >>> context = np.array([[[0.0], [1.0]]])       # (B, S, E) = (1, 2, 1): two positions
+    >>> out, weights = cross_attention(params, x, context)
+    >>> weights.round(4), out.round(4)
+    (array([[[0.25, 0.75]]]), array([[[3.]]]))
     """
     x, context = np.asarray(x), np.asarray(context)
     check_cross_attention(params, x, context, mask)

@@ -11,7 +11,12 @@ from .soft import soft_attention
 
 def luong_scores(params, decoder_state, encoder_outputs, score):
     """Luong's score ``"dot"``, ``"general"``, ``"concat"`` or ``"location"`` of one decoder
-    state ``(B, H)`` against ``encoder_outputs (B, S, H)``: ``(B, S)``."""
+    state ``(B, H)`` against ``encoder_outputs (B, S, H)``: ``(B, S)``.
+
+    >>> encoder_outputs = np.array([[[1.0, 0.0], [0.0, 1.0]]])    # (B, S, H) = (1, 2, 2)
+    >>> luong_scores({}, np.array([[3.0, 4.0]]), encoder_outputs, "dot")
+    array([[3., 4.]])
+    """
     if score == "location":
         return location_scores(params, decoder_state)                      # (B, S)
     query = decoder_state[:, None, :]                                      # (B, 1, H): T = 1
@@ -23,7 +28,12 @@ def luong_scores(params, decoder_state, encoder_outputs, score):
 
 def attentional_hidden_state(params, context, decoder_state):
     r""":math:`\tilde h_t = \tanh([c_t; h_t]\, W_c)`, context first, ``W_c`` the ``(2H, H)``
-    kernel (Luong et al. 2015, eq. 5)."""
+    kernel (Luong et al. 2015, eq. 5).
+
+    >>> W_c = np.array([[1.0], [1.0]])                            # (2H, H) = (2, 1): c + h
+    >>> attentional_hidden_state({"kernel": W_c}, np.array([[0.5]]), np.array([[-0.5]]))   # tanh(0)
+    array([[0.]])
+    """
     x = np.concatenate([context, decoder_state], axis=-1)                  # (B, 2H)
     return np.tanh(x @ params["kernel"])                                   # (B, H)
 
@@ -51,6 +61,18 @@ def global_attention(params, decoder_state, encoder_outputs, *, score="general",
     Returns:
       ``(attentional_hidden, weights)``: ``(B, H)`` and ``(B, S)``, in the dtype of
       ``encoder_outputs``.
+
+    Example: the "dot" score of ``h = [1, 0]`` against ``[0, 0]`` and ``[ln 3, 4]`` is
+    ``[0, ln 3]``, so the weights are ``[1, 3] / 4`` and the context is ``0.75 [ln 3, 4] =
+    [0.824, 3]``. ``W_c`` here picks the context's second feature and the state's first, so
+    the attentional state is ``tanh([3, 1]) = [0.9951, 0.7616]``.
+
+    >>> encoder_outputs = np.array([[[0.0, 0.0], [np.log(3), 4.0]]])   # (B, S, H) = (1, 2, 2)
+    >>> combine = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])  # (2H, H): [c; h] -> [c_1, h_0]
+    >>> params = {"score": {}, "combine": {"kernel": combine}}
+    >>> attentional, weights = global_attention(params, np.array([[1.0, 0.0]]), encoder_outputs, score="dot")
+    >>> weights.round(4), attentional.round(4)
+    (array([[0.25, 0.75]]), array([[0.9951, 0.7616]]))
     """
     decoder_state, encoder_outputs = np.asarray(decoder_state), np.asarray(encoder_outputs)
     check_luong(params, decoder_state, encoder_outputs, score, mask)
@@ -84,7 +106,16 @@ def _init_luong_score_params(rng, hidden_dim, score, *, source_length=None, dtyp
 
 
 def init_global_params(rng, hidden_dim, *, score="general", source_length=None, dtype=np.float32):
-    """``{"score": ..., "combine": {"kernel": (2H, H)}}``, LeCun-normal kernels."""
+    """``{"score": ..., "combine": {"kernel": (2H, H)}}``, LeCun-normal kernels.
+
+    Example: H = 4; "dot" has no score parameters, "general" a ``(H, H)`` kernel.
+
+    >>> init_global_params(np.random.default_rng(0), 4, score="dot")["score"]
+    {}
+    >>> params = init_global_params(np.random.default_rng(0), 4)
+    >>> params["score"]["kernel"].shape, params["combine"]["kernel"].shape
+    ((4, 4), (8, 4))
+    """
     return {
         "score": _init_luong_score_params(rng, hidden_dim, score, source_length=source_length, dtype=dtype),
         "combine": {"kernel": (rng.normal(size=(2 * hidden_dim, hidden_dim)) / np.sqrt(2 * hidden_dim)).astype(dtype)},

@@ -28,6 +28,19 @@ def hard_attention(scores, values, *, mask=None, gumbel_noise=None, rng=None):
 
     Returns:
       ``(context, weights)``: ``(B, T, H)`` and one-hot ``(B, T, S)``, in the dtype of ``values``.
+
+    Example: the best score is at position 1, so the context is that value, 20; masked,
+    position 1 cannot be chosen and the next best, position 2, is; noise of 3 at position
+    0 makes it the best.
+
+    >>> scores = np.array([[[0.1, 2.0, 0.5]]])           # (B, T, S) = (1, 1, 3)
+    >>> values = np.array([[[10.0], [20.0], [30.0]]])    # (B, S, H) = (1, 3, 1)
+    >>> hard_attention(scores, values)
+    (array([[[20.]]]), array([[[0., 1., 0.]]]))
+    >>> hard_attention(scores, values, mask=np.array([True, False, True]))
+    (array([[[30.]]]), array([[[0., 0., 1.]]]))
+    >>> hard_attention(scores, values, gumbel_noise=np.array([[[3.0, 0.0, 0.0]]]))
+    (array([[[10.]]]), array([[[1., 0., 0.]]]))
     """
     scores, values = np.asarray(scores), np.asarray(values)
     check_hard(scores, values, mask, gumbel_noise, rng)

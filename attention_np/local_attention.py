@@ -32,6 +32,20 @@ def local_attention(params, decoder_state, encoder_outputs, *, window, score="ge
     Returns:
       ``(attentional_hidden, weights)``: ``(B, H)`` and ``(B, S)``, in the dtype of
       ``encoder_outputs``.
+
+    Example: with ``v_p = 0`` the predicted position is ``p_t = S sigma(0) = 4 / 2 = 2``;
+    the window ``D = 1`` keeps positions 1, 2 and 3. A zero decoder state gives every "dot"
+    score 0, so ``align`` is 1/3 inside the window; the Gaussian (``sigma = 0.5``) multiplies
+    it by ``exp(-2 (s - 2)^2)``: 1 at position 2, ``e^-2 = 0.1353`` at 1 and 3.
+
+    >>> params = {"score": {}, "combine": {"kernel": np.array([[1.0], [0.0]])},     # (2H, H): h~ = tanh(c)
+    ...           "position": {"kernel": np.ones((1, 1)), "v": np.zeros(1)}}       # (H, A), (A,)
+    >>> encoder_outputs = np.array([[[1.0], [2.0], [3.0], [4.0]]])                 # (B, S, H) = (1, 4, 1)
+    >>> attentional, weights = local_attention(params, np.zeros((1, 1)), encoder_outputs, window=1, score="dot")
+    >>> weights.round(4)                          # [0, 0.1353, 1, 0.1353] / 3: they sum to less than 1
+    array([[0.    , 0.0451, 0.3333, 0.0451]])
+    >>> attentional.round(4)                      # tanh(0.0451 * 2 + 0.3333 * 3 + 0.0451 * 4) = tanh(1.2707)
+    array([[0.854]])
     """
     decoder_state, encoder_outputs = np.asarray(decoder_state), np.asarray(encoder_outputs)
     check_local(params, decoder_state, encoder_outputs, window, score, mask)
@@ -61,7 +75,14 @@ def local_attention(params, decoder_state, encoder_outputs, *, window, score="ge
 
 
 def init_local_params(rng, hidden_dim, *, score="general", source_length=None, attention_dim=None, dtype=np.float32):
-    """:func:`init_global_params` plus ``"position": {"kernel": (H, A), "v": (A,)}``, LeCun-normal."""
+    """:func:`init_global_params` plus ``"position": {"kernel": (H, A), "v": (A,)}``, LeCun-normal.
+
+    Example: H = 4, A = 3.
+
+    >>> params = init_local_params(np.random.default_rng(0), 4, attention_dim=3)
+    >>> params["position"]["kernel"].shape, params["position"]["v"].shape, params["combine"]["kernel"].shape
+    ((4, 3), (3,), (8, 4))
+    """
     A = hidden_dim if attention_dim is None else attention_dim
     params = init_global_params(rng, hidden_dim, score=score, source_length=source_length, dtype=dtype)
     params["position"] = {

@@ -19,6 +19,13 @@ def location_scores(params, decoder_state):
 
     Returns:
       scores ``(B, S)``, in the dtype of ``decoder_state``.
+
+    Example: the decoder state ``[1, 2]`` times a ``(2, 3)`` kernel; the words at the
+    positions play no part.
+
+    >>> params = {"kernel": np.array([[1.0, 0.0, 1.0], [0.0, 1.0, 1.0]])}   # (H, S) = (2, 3)
+    >>> location_scores(params, np.array([[1.0, 2.0]]))                    # (B, H) = (1, 2)
+    array([[1., 2., 3.]])
     """
     decoder_state = np.asarray(decoder_state)
     shapes = Shapes()
@@ -32,7 +39,13 @@ def location_scores(params, decoder_state):
 def conv1d_same(x, kernel):
     """Cross-correlation of ``x (B, S)`` with ``kernel (r, 1, C)``, zero "SAME" padding, odd r:
     ``out[b, s, c] = sum_j x[b, s + j - r // 2] * kernel[j, 0, c]``, shape ``(B, S, C)``
-    (as ``jax.lax.conv_general_dilated`` and Flax ``nn.Conv``)."""
+    (as ``jax.lax.conv_general_dilated`` and Flax ``nn.Conv``).
+
+    Example: the filter ``[1, 0, 0]`` reads the position before, so it shifts right by one.
+
+    >>> conv1d_same(np.array([[1.0, 2.0, 3.0]]), np.array([1.0, 0.0, 0.0]).reshape(3, 1, 1))[..., 0]
+    array([[0., 1., 2.]])
+    """
     r, S = kernel.shape[0], x.shape[1]
     padded = np.pad(x, ((0, 0), (r // 2, r // 2)))                         # (B, S + r - 1)
     windows = np.stack([padded[:, j : j + S] for j in range(r)], axis=-1)  # (B, S, r)
@@ -60,6 +73,20 @@ def location_sensitive_attention(params, query, encoder_outputs, prev_weights, *
 
     Returns:
       ``(context, weights)``: ``(B, H)`` and ``(B, S)``, in the dtype of ``encoder_outputs``.
+
+    Example: the location term alone (``W = V = 0``). The filter ``[1, 0, 0]`` moves the
+    previous weights one position to the right, ``f = [0, 1, 0]``; with ``U = 1``, ``b = 0``
+    and ``v = 8`` the scores are ``8 tanh(f) = [0, 6.093, 0]``, and the weight on position 1
+    is ``e^6.093 / (e^6.093 + 2) = 0.9955``: the attention moves on by one.
+
+    >>> params = {"query": {"kernel": np.zeros((1, 1))}, "keys": {"kernel": np.zeros((1, 1))},
+    ...           "conv": {"kernel": np.array([1.0, 0.0, 0.0]).reshape(3, 1, 1)},  # (r, 1, C) = (3, 1, 1)
+    ...           "location": {"kernel": np.ones((1, 1))}, "bias": np.zeros(1), "v": np.array([8.0])}
+    >>> encoder_outputs = np.array([[[10.0], [20.0], [30.0]]])    # (B, S, H) = (1, 3, 1)
+    >>> prev_weights = np.array([[1.0, 0.0, 0.0]])                # (B, S): last step looked at 0
+    >>> context, weights = location_sensitive_attention(params, np.zeros((1, 1)), encoder_outputs, prev_weights)
+    >>> weights.round(4), context.round(2)
+    (array([[0.0022, 0.9955, 0.0022]]), array([[20.]]))
     """
     query, encoder_outputs, prev_weights = np.asarray(query), np.asarray(encoder_outputs), np.asarray(prev_weights)
     check_location_sensitive(params, query, encoder_outputs, prev_weights, mask)
@@ -89,6 +116,14 @@ def init_location_sensitive_params(rng, query_dim, hidden_dim, attention_dim, *,
     Args:
       rng: a ``numpy.random.Generator``.
       query_dim: Q. hidden_dim: H. attention_dim: A. filters: C. width: r (odd).
+
+    Example: Q = 3, H = 4, A = 5, C = 2 filters of width r = 3.
+
+    >>> params = init_location_sensitive_params(np.random.default_rng(0), 3, 4, 5, filters=2, width=3)
+    >>> {name: params[name]["kernel"].shape for name in ("query", "keys", "conv", "location")}
+    {'query': (3, 5), 'keys': (4, 5), 'conv': (3, 1, 2), 'location': (2, 5)}
+    >>> params["bias"], params["v"].shape
+    (array([0., 0., 0., 0., 0.], dtype=float32), (5,))
     """
     Q, H, A, C, r = query_dim, hidden_dim, attention_dim, filters, width
 

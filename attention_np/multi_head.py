@@ -65,6 +65,31 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     Returns:
       ``(out, weights)``: ``(B, T, F)`` and ``(B, N, T, S)``, in the dtype of ``query``.
       T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to, so no output bias).
+
+    Example: two heads of one feature (N = 2, H = 1, so the scale is 1); both read their
+    values from feature 0 (``v = [2, 6]``), and head n writes output feature n. Head 1 has
+    zero query and key kernels: its scores are 0, its weights uniform, its output
+    ``(2 + 6) / 2 = 4`` everywhere. Head 2 matches feature 1: ``q = [1, 0]``, ``k = [ln 3,
+    0]``; position 0 scores ``[ln 3, 0]``, weights ``[3, 1] / 4``, output ``0.75 * 2 + 0.25 *
+    6 = 3``; position 1 scores ``[0, 0]``, output 4.
+
+    >>> ln3 = np.log(3)
+    >>> params = {                                                # no biases, as use_bias=False
+    ...     "query": {"kernel": np.array([[[0.0], [0.0]], [[0.0], [1.0]]])},  # (E, N, H) = (2, 2, 1)
+    ...     "key": {"kernel": np.array([[[0.0], [0.0]], [[0.0], [ln3]]])},
+    ...     "value": {"kernel": np.array([[[1.0], [1.0]], [[0.0], [0.0]]])},
+    ...     "out": {"kernel": np.array([[[1.0, 0.0]], [[0.0, 1.0]]])}}        # (N, H, F) = (2, 1, 2)
+    >>> x = np.array([[[2.0, 1.0], [6.0, 0.0]]])                  # (B, T, E) = (1, 2, 2)
+    >>> out, weights = multi_head_attention(params, x)            # self-attention: key = value = x
+    >>> weights                                                   # (B, N, T, S)
+    array([[[[0.5 , 0.5 ],
+             [0.5 , 0.5 ]],
+    <BLANKLINE>
+            [[0.75, 0.25],
+             [0.5 , 0.5 ]]]])
+    >>> out.round(4)                                              # (B, T, F): [head 1, head 2]
+    array([[[4., 3.],
+            [4., 4.]]])
     """
     check_key_value(key, value)
     query = np.asarray(query)
@@ -120,6 +145,12 @@ def init_multi_head_params(rng, in_features, num_heads, head_dim, *, num_kv_head
       out_features: F, the output width (default E).
       use_bias: if False, no biases (the layers have only kernels).
       normalize_qk: if True, ``query_ln``/``key_ln`` ``{"scale": (H,)}``, ones.
+
+    Example: E = 8, N = 4 query heads of H = 2, K = 2 key/value heads.
+
+    >>> params = init_multi_head_params(np.random.default_rng(0), 8, 4, 2, num_kv_heads=2)
+    >>> {name: layer["kernel"].shape for name, layer in params.items()}
+    {'query': (8, 4, 2), 'key': (8, 2, 2), 'value': (8, 2, 2), 'out': (4, 2, 8)}
     """
     E, N, H = in_features, num_heads, head_dim
     K = N if num_kv_heads is None else num_kv_heads

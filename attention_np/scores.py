@@ -142,14 +142,30 @@ def concat_scores(params, query, keys):
 
 
 def init_general_params(rng, hidden_dim, *, dtype=np.float32):
-    """``{"kernel": (H, H)}``, LeCun-normal (variance 1/H), as ``flax.nnx.Linear``."""
+    """``{"kernel": (H, H)}``, LeCun-normal (variance 1/H), as ``flax.nnx.Linear``.
+
+    Example: H = 400, so the entries' variance is 1/400; times H it is 1.
+
+    >>> kernel = init_general_params(np.random.default_rng(0), 400)["kernel"]
+    >>> kernel.shape, round(float(kernel.var() * 400), 1)
+    ((400, 400), 1.0)
+    """
     return {"kernel": (rng.normal(size=(hidden_dim, hidden_dim)) / np.sqrt(hidden_dim)).astype(dtype)}
 
 
 def init_concat_params(rng, hidden_dim, attention_dim=None, *, dtype=np.float32):
     """``{"attn": {"kernel": (2H, A), "bias": (A,)}, "v": (A,)}`` as PyTorch initialises the
     tutorial's class: ``Linear`` uniform in ``+-1/sqrt(2H)``, ``v`` uniform in ``[0, 1)``.
-    ``A`` defaults to H."""
+    ``A`` defaults to H.
+
+    Example: H = 8, A = 3: the kernel is ``(16, 3)``, its entries within ``1/sqrt(16) = 0.25``.
+
+    >>> params = init_concat_params(np.random.default_rng(0), 8, 3)
+    >>> params["attn"]["kernel"].shape, params["attn"]["bias"].shape, params["v"].shape
+    ((16, 3), (3,), (3,))
+    >>> bool(np.abs(params["attn"]["kernel"]).max() <= 0.25), bool(0 <= params["v"].min())
+    (True, True)
+    """
     A = hidden_dim if attention_dim is None else attention_dim
     bound = 1.0 / np.sqrt(2 * hidden_dim)
     return {

@@ -26,6 +26,27 @@ def self_attention(params, x, *, mask=None, is_causal=False):
 
     Returns:
       ``(out, weights)``: ``(B, T, H)`` and ``(B, T, T)``, in the dtype of ``x``.
+
+    Example: identity projections (``q = k = v = x``) and two orthogonal positions. The
+    scores are ``x x^T / sqrt(2)``, 0.7071 on the diagonal and 0 off it, so each position
+    keeps ``e^0.7071 / (e^0.7071 + 1) = 0.6698`` of its weight for itself:
+
+    >>> identity = {"kernel": np.eye(2), "bias": np.zeros(2)}       # (E, H) = (2, 2)
+    >>> params = {"query": identity, "key": identity, "value": identity}
+    >>> x = np.array([[[1.0, 0.0], [0.0, 1.0]]])                    # (B, T, E) = (1, 2, 2)
+    >>> out, weights = self_attention(params, x)
+    >>> weights.round(4)
+    array([[[0.6698, 0.3302],
+            [0.3302, 0.6698]]])
+    >>> out.round(4)                                                # weights @ v, and v = x
+    array([[[0.6698, 0.3302],
+            [0.3302, 0.6698]]])
+
+    Causal: the first position sees only itself, so its weight on itself is 1.
+
+    >>> self_attention(params, x, is_causal=True)[1].round(4)
+    array([[[1.    , 0.    ],
+            [0.3302, 0.6698]]])
     """
     x = np.asarray(x)
     check_self_attention(params, x, mask)
@@ -44,7 +65,14 @@ def self_attention(params, x, *, mask=None, is_causal=False):
 
 def init_self_attention_params(rng, in_features, hidden_dim, *, dtype=np.float32):
     """``{"query"|"key"|"value": {"kernel": (E, H), "bias": (H,)}}``: LeCun-normal kernels
-    and zero biases, as ``flax.nnx.Linear``."""
+    and zero biases, as ``flax.nnx.Linear``.
+
+    Example: E = 6 features in, H = 4 out.
+
+    >>> params = init_self_attention_params(np.random.default_rng(0), 6, 4)
+    >>> {name: (layer["kernel"].shape, layer["bias"].shape) for name, layer in params.items()}
+    {'query': ((6, 4), (4,)), 'key': ((6, 4), (4,)), 'value': ((6, 4), (4,))}
+    """
     return {
         name: {
             "kernel": (rng.normal(size=(in_features, hidden_dim)) / np.sqrt(in_features)).astype(dtype),

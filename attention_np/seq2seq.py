@@ -33,7 +33,12 @@ BAHDANAU = ("additive", "location_sensitive")  # attend before the GRU step; the
 
 
 def sigmoid(x):
-    """The logistic function, written with ``tanh`` so that no ``exp`` can overflow."""
+    """The logistic function, written with ``tanh`` so that no ``exp`` can overflow:
+    ``1 / (1 + e^-x) = (1 + tanh(x / 2)) / 2``.
+
+    >>> sigmoid(np.array([0.0, np.log(3), -1000.0]))     # 1 / (1 + 1/3) = 0.75; no overflow
+    array([0.5 , 0.75, 0.  ])
+    """
     return 0.5 * (1 + np.tanh(0.5 * x))
 
 
@@ -53,6 +58,15 @@ def gru_cell(params, x, h):
 
     Returns:
       the new state ``(B, H)``.
+
+    Example: with every weight and bias zero, both gates are ``sigmoid(0) = 0.5`` and the
+    candidate is ``tanh(0) = 0``, so the new state is half the old one.
+
+    >>> H, I = 2, 3
+    >>> zeros = {"input": {"kernel": np.zeros((I, 3 * H)), "bias": np.zeros(3 * H)},
+    ...          "hidden": {"kernel": np.zeros((H, 3 * H)), "bias": np.zeros(3 * H)}}
+    >>> gru_cell(zeros, np.ones((1, I)), np.array([[2.0, -4.0]]))
+    array([[ 1., -2.]])
     """
     i_r, i_z, i_n = np.split(x @ params["input"]["kernel"] + params["input"]["bias"], 3, axis=-1)   # 3 x (B, H)
     h_r, h_z, h_n = np.split(h @ params["hidden"]["kernel"] + params["hidden"]["bias"], 3, axis=-1)  # 3 x (B, H)
@@ -63,7 +77,12 @@ def gru_cell(params, x, h):
 
 
 def embed(table, ids, name):
-    """Rows of ``table (V, D)`` for ``ids``; an id outside ``[0, V)`` is a ``ValueError``."""
+    """Rows of ``table (V, D)`` for ``ids``; an id outside ``[0, V)`` is a ``ValueError``.
+
+    >>> embed(np.array([[0.0, 0.0], [1.0, 2.0], [3.0, 4.0]]), np.array([[2, 1]]), "ids")   # (V, D) = (3, 2)
+    array([[[3., 4.],
+            [1., 2.]]])
+    """
     if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
         raise ValueError(f"{name} must be token ids in [0, {table.shape[0]}); got values in [{ids.min()}, {ids.max()}]")
     return table[ids]                                                      # (*ids.shape, D)
@@ -74,6 +93,12 @@ def encode(params, source_ids, source_mask):
 
     A padded position (``source_mask`` False) leaves the state as it was and has a zero
     output, so the final state is the state after the last real token.
+
+    >>> params = init_seq2seq_params(np.random.default_rng(0), source_vocab=5, target_vocab=6, embed=3, hidden=4)
+    >>> source_ids = np.array([[2, 3, 0]])                        # (B, S) = (1, 3); 0 is padding
+    >>> outputs, state = encode(params, source_ids, source_ids != 0)
+    >>> outputs.shape, bool((outputs[:, 2] == 0).all()), bool((state == outputs[:, 1]).all())
+    ((1, 3, 4), True, True)
     """
     x = embed(params["source_embed"]["embedding"], source_ids, "source_ids")  # (B, S, D)
     B, S, _ = x.shape
@@ -90,7 +115,12 @@ def encode(params, source_ids, source_mask):
 
 def init_decoder_state(encoder_state, source_length):
     """The decoder starts from the encoder's final state, with a zero attentional state
-    (Luong's input feeding) and zero previous weights (Chorowski's location features)."""
+    (Luong's input feeding) and zero previous weights (Chorowski's location features).
+
+    >>> state = init_decoder_state(np.array([[1.0, 2.0]]), 3)     # (B, H) = (1, 2); S = 3
+    >>> state["hidden"], state["attentional"], state["weights"]
+    (array([[1., 2.]]), array([[0., 0.]]), array([[0., 0., 0.]]))
+    """
     B, H = encoder_state.shape
     zeros = np.zeros((B, H), encoder_state.dtype)
     return {"hidden": encoder_state, "attentional": zeros, "weights": np.zeros((B, source_length), encoder_state.dtype)}
@@ -103,6 +133,11 @@ def harden(weights, encoder_outputs, source_mask):
     ``log(weights)`` are the mechanism's scores up to a per-row constant, so they have the
     same argmax and the same softmax; clamping at the smallest normal float keeps them finite
     at masked positions (which ``hard_attention`` never chooses).
+
+    >>> weights = np.array([[0.2, 0.5, 0.3]])                     # (B, S) = (1, 3)
+    >>> encoder_outputs = np.array([[[10.0], [20.0], [30.0]]])    # (B, S, H) = (1, 3, 1)
+    >>> harden(weights, encoder_outputs, None)                    # the largest weight, 0.5: position 1
+    (array([[20.]]), array([[0., 1., 0.]]))
     """
     scores = np.log(np.maximum(weights, np.finfo(weights.dtype).tiny))[:, None, :]  # (B, 1, S)
     mask = None if source_mask is None else source_mask[:, None, :]
@@ -112,7 +147,14 @@ def harden(weights, encoder_outputs, source_mask):
 
 def decoder_step(params, state, prev_ids, encoder_outputs, source_mask, hard=False):
     """One decoder step: ``prev_ids (B,)`` and ``state`` -> ``(logits (B, V), new state)``;
-    the new state's ``"weights" (B, S)`` are this step's attention weights (one-hot if ``hard``)."""
+    the new state's ``"weights" (B, S)`` are this step's attention weights (one-hot if ``hard``).
+
+    >>> params = init_seq2seq_params(np.random.default_rng(0), source_vocab=5, target_vocab=6, embed=3, hidden=4)
+    >>> outputs, final = encode(params, np.array([[2, 3, 4]]), None)       # (B, S, H) = (1, 3, 4)
+    >>> logits, state = decoder_step(params, init_decoder_state(final, 3), np.array([1]), outputs, None)
+    >>> logits.shape, state["hidden"].shape, state["weights"].sum().round(6)  # (B, V), (B, H); weights sum to 1
+    ((1, 6), (1, 4), np.float32(1.0))
+    """
     (kind, attention), = params["attention"].items()
     x = embed(params["target_embed"]["embedding"], prev_ids, "target_in_ids")   # (B, D)
     if kind in BAHDANAU:
@@ -177,6 +219,16 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None, hard
     Returns:
       ``(logits, weights)``: ``(B, T, V)`` and ``(B, T, S)`` (rows sum to 1 over the real
       source tokens, 0 on padding), in the dtype of the parameters.
+
+    Example: an untrained model, a source of three tokens and one padding, two target steps.
+
+    >>> params = init_seq2seq_params(np.random.default_rng(0), source_vocab=5, target_vocab=6, embed=3, hidden=4)
+    >>> source_ids = np.array([[2, 3, 4, 0]])                     # (B, S) = (1, 4); 0 is padding
+    >>> logits, weights = seq2seq_forward(params, source_ids, np.array([[1, 2]]), source_mask=source_ids != 0)
+    >>> logits.shape, weights.shape                               # (B, T, V), (B, T, S)
+    ((1, 2, 6), (1, 2, 4))
+    >>> weights.sum(-1).round(6), weights[:, :, 3]                # each step sums to 1; the padding gets 0
+    (array([[1., 1.]], dtype=float32), array([[0., 0.]], dtype=float32))
     """
     source_ids, source_mask, shapes, dtype, p = _prepare(params, source_ids, np.asarray(target_in_ids), source_mask)
     target_in_ids = np.asarray(target_in_ids)
@@ -208,6 +260,18 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard
     Returns:
       ``(ids, weights)``: int32 ``(B, max_len)`` (BOS not included) and ``(B, max_len, S)``
       in the dtype of the parameters.
+
+    Example: each id is the argmax of the logits that :func:`seq2seq_forward` gives when the
+    decoder is fed BOS and the ids before it.
+
+    >>> params = init_seq2seq_params(np.random.default_rng(0), source_vocab=5, target_vocab=6, embed=3, hidden=4)
+    >>> source_ids = np.array([[2, 3, 4]])                        # (B, S) = (1, 3)
+    >>> ids, weights = greedy_decode(params, source_ids, bos_id=1, max_len=3)
+    >>> ids.shape, weights.shape                                  # (B, max_len), (B, max_len, S)
+    ((1, 3), (1, 3, 3))
+    >>> logits, _ = seq2seq_forward(params, source_ids, np.concatenate([[[1]], ids[:, :-1]], axis=1))
+    >>> bool((logits.argmax(-1) == ids).all())
+    True
     """
     source_ids, source_mask, shapes, dtype, p = _prepare(params, source_ids, None, source_mask)
     B, S = shapes["B"], shapes["S"]
@@ -241,6 +305,15 @@ def init_seq2seq_params(rng, *, source_vocab, target_vocab, embed, hidden, atten
       ``{"source_embed": {"embedding": (V_src, D)}, "target_embed": {"embedding": (V, D)},
       "encoder": GRU(D -> H), "decoder": GRU(D + H -> H), "attention": {attention: ...},
       "out": {"kernel": (2H or H, V), "bias": (V,)}}``.
+
+    Example: D = 3, H = 4. A GRU has three gates, so its kernels have ``3H = 12`` columns;
+    the Bahdanau decoder predicts from ``[s_t; c_t]``, ``2H = 8`` features.
+
+    >>> params = init_seq2seq_params(np.random.default_rng(0), source_vocab=5, target_vocab=6, embed=3, hidden=4)
+    >>> params["encoder"]["input"]["kernel"].shape, params["decoder"]["input"]["kernel"].shape
+    ((3, 12), (7, 12))
+    >>> list(params["attention"]), params["out"]["kernel"].shape
+    (['additive'], (8, 6))
     """
     check_choice("attention", attention, SEQ2SEQ_ATTENTIONS)
     D, H = embed, hidden

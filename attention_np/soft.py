@@ -22,6 +22,23 @@ def soft_attention(scores, values, *, mask=None):
 
     Returns:
       ``(context, weights)``: ``(B, T, H)`` and ``(B, T, S)``, in the dtype of ``values``.
+
+    Example: scores ``ln 1`` and ``ln 3`` exponentiate to 1 and 3, so the weights are
+    ``[1, 3] / 4``, and the context is ``0.25 [0, 4] + 0.75 [4, 0]``.
+
+    >>> scores = np.log([[[1.0, 3.0]]])                  # (B, T, S) = (1, 1, 2)
+    >>> values = np.array([[[0.0, 4.0], [4.0, 0.0]]])    # (B, S, H) = (1, 2, 2)
+    >>> context, weights = soft_attention(scores, values)
+    >>> weights.round(4), context.round(4)
+    (array([[[0.25, 0.75]]]), array([[[3., 1.]]]))
+
+    A masked position gets weight 0, however large its score:
+
+    >>> values = np.array([[[0.0, 4.0], [4.0, 0.0], [9.0, 9.0]]])  # (1, 3, 2)
+    >>> scores = np.log([[[1.0, 3.0, 100.0]]])                     # (1, 1, 3)
+    >>> context, weights = soft_attention(scores, values, mask=np.array([True, True, False]))
+    >>> weights.round(4), context.round(4)
+    (array([[[0.25, 0.75, 0.  ]]]), array([[[3., 1.]]]))
     """
     scores, values = np.asarray(scores), np.asarray(values)
     check_soft(scores, values, mask)

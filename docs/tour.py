@@ -330,6 +330,33 @@ parity((attentional, weights),
 # **context**, the weighted sum of the values ($c_t = \sum_s a_{ts} v_s$). In the NumPy
 # reference these are the numbered steps of every function; the types differ in where the
 # queries, keys and values come from and how the score is computed.
+#
+# One query, by hand: "cat" attending over "The cat sat on the mat", as in the
+# self-attention of section 3 (identity projections, so the query, the keys and the values
+# are the word vectors themselves). Every number below can be checked with a calculator:
+# each weight is its $\exp$ divided by the column's sum, and the context is the weights
+# times the value vectors.
+
+# %%
+t = english.index("cat")                                            # the query: position 1
+q = source[0, t]                                                    # (H,)
+keys = values = source[0]                                           # (S, H)
+# 1. score: how well the query matches each key
+cat_scores = keys @ q / np.sqrt(H)                                  # (S,)
+# 2. weights: softmax of the scores (the max is subtracted first; it cancels in the ratio)
+exps = np.exp(cat_scores - cat_scores.max())                        # (S,)
+cat_weights = exps / exps.sum()                                     # (S,)
+# 3. context: the weighted sum of the values
+cat_context = cat_weights @ values                                  # (H,)
+
+print(f"{'key':>5} {'score q.k/sqrt(H)':>18} {'exp(score - max)':>17} {'weight':>7}")
+for word, score, e, w in zip(english, cat_scores, exps, cat_weights):
+    print(f"{word:>5} {score:18.3f} {e:17.4f} {w:7.3f}")
+print(f"{'sum':>5} {'':18} {exps.sum():17.4f} {cat_weights.sum():7.3f}")
+print("context = sum_s weight_s v_s =", cat_context)
+
+out, weights = attention_np.self_attention(self_params, source)     # the library gives the same row
+assert np.allclose(weights[0, t], cat_weights, atol=1e-6) and np.allclose(out[0, t], cat_context, atol=1e-5)
 
 # %% [markdown]
 # ## The architecture: encoder - attention - decoder

@@ -7,6 +7,7 @@ After editing ``docs/tour.py``, regenerate the notebook with ``jupytext --sync d
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 jupytext = pytest.importorskip("jupytext")
@@ -61,7 +62,8 @@ def test_script_saves_figures_where_there_is_no_screen(tmp_path, monkeypatch):
     matplotlib.use("agg")
     try:
         namespace = {}
-        exec(setup, namespace)
+        with np.printoptions():  # the setup cell sets numpy's print options: keep them to this test
+            exec(setup, namespace)
         namespace["plt"].plot([0, 1], [1, 0])
         namespace["show"]("a_line")
     finally:
