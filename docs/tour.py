@@ -173,11 +173,17 @@ parity((out, weights), attention_jax.self_attention(to_jax(self_params), source)
 
 # %% [markdown]
 # With `is_causal=True` position $t$ sees only positions $\le t$, as in a decoder that
-# writes one word at a time:
+# writes one word at a time. On the left the causal mask (1 where query $t$ may see key $s$,
+# the lower triangle), on the right the weights: each row is a softmax over its triangle
+# only, so the first word attends to itself alone and every row still sums to 1.
 
 # %%
 out, weights = attention_np.self_attention(self_params, source, is_causal=True)
-print(weights[0])
+causal = np.tril(np.ones((S, S)))                                   # (S, S): key s <= query t
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+plot_attention(causal, english, english, ax=axes[0], title="the causal mask")
+plot_attention(weights[0], english, english, ax=axes[1], title="causal self-attention")
+show("causal")
 parity((out, weights), attention_jax.self_attention(to_jax(self_params), source, is_causal=True))
 
 # %% [markdown]
@@ -246,11 +252,33 @@ for width in (8, 64, 512):
     dots = (q * k).sum(-1)
     print(f"H = {width:3d}: variance of q.k = {dots.var():7.1f},  of q.k / sqrt(H) = {(dots / np.sqrt(width)).var():.2f}")
 
+# %% [markdown]
+# Section 1's soft attention used the same French queries and English keys, without the
+# scale. Side by side, the scale is the one difference, and it softens every row: "chat"
+# puts nearly all its weight on "cat" unscaled, much less scaled. Its scores for "cat" and
+# "on" are 9.42 and 3.29; divided by $\sqrt{8} = 2.83$ they are 3.33 and 1.16, so the
+# ratio of the two weights drops from $e^{6.13} \approx 460$ to $e^{2.17} \approx 8.8$. With
+# these 8 features the scores are larger than the variance argument assumes (the vectors
+# were made to match), so unscaled the softmax is already saturated.
+
 # %%
 query, key = target[:, :, None, :], source[:, :, None, :]          # (1, T, 1, H), (1, S, 1, H): one head
 out, weights = attention_np.scaled_dot_product_attention(query, key, key)  # (1, T, 1, H), (1, 1, T, S)
-plot_attention(weights[0, 0], english, french, title="scaled dot-product attention")
-show("scaled_dot_product")
+_, unscaled = attention_np.soft_attention(attention_np.dot_scores(target, source), source)  # section 1, (1, T, S)
+fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
+plot_attention(unscaled[0], english, french, ax=axes[0], title="soft: q.k (section 1)")
+plot_attention(weights[0, 0], english, french, ax=axes[1], title="scaled dot-product: q.k / sqrt(H)")
+show("soft_vs_scaled")
+
+
+def entropy(p):
+    """Mean entropy of the rows, in nats: 0 for one-hot, log S for uniform."""
+    return float(-(p * np.log(np.where(p > 0, p, 1))).sum(-1).mean())
+
+
+print(f"'chat' on 'cat': {unscaled[0, 1, 1]:.3f} unscaled, {weights[0, 0, 1, 1]:.3f} scaled")
+print(f"entropy of the weights: {entropy(unscaled[0]):.2f} nats unscaled, {entropy(weights[0, 0]):.2f} scaled "
+      f"(uniform over {S} words: {np.log(S):.2f})")
 
 parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, key))
 
@@ -259,7 +287,8 @@ parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, ke
 #
 # The score depends on *where* a position is, not only on what it holds. Luong et al. (2015,
 # eq. 8) score the source positions from the decoder state alone, $a_t =
-# \mathrm{softmax}(h_t W_a)$ with a kernel `(H, S)`: one score per position. Chorowski
+# \mathrm{softmax}(h_t W_a)$ with a kernel `(H, S)`: one score per position, whatever word
+# is there (the first picture below, with a random kernel). Chorowski
 # et al. (2015), for speech, add features of the previous step's weights (a convolution $F *
 # a_{i-1}$) to an additive score, so the attention can learn to move forward along the input:
 #
@@ -273,9 +302,13 @@ parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, ke
 
 # %%
 location_params = {"kernel": np.random.default_rng(3).normal(size=(H, S)).astype(np.float32)}
-location = attention_np.location_scores(location_params, target[:, 0])   # (1, S): from 'Le' alone
-print("Luong location scores for 'Le':", location[0])
-parity(location, attention_jax.location_scores(to_jax(location_params), target[:, 0]))
+location = attention_np.location_scores(location_params, target[0])      # (T, S): from each French word alone
+location_weights = np.exp(location - location.max(-1, keepdims=True))
+location_weights /= location_weights.sum(-1, keepdims=True)               # softmax over the positions
+plot_attention(location_weights, [f"{s}: {w}" for s, w in enumerate(english)], french,
+               title="Luong location: softmax(h_t W_a), positions only")
+show("luong_location")
+parity(location, attention_jax.location_scores(to_jax(location_params), target[0]))
 
 ls_params = attention_np.init_location_sensitive_params(np.random.default_rng(4), H, H, 1, filters=1, width=3)
 print(jax.tree.map(np.shape, ls_params))
@@ -320,6 +353,28 @@ show("global_attention")
 
 parity((attentional, weights),
        attention_jax.global_attention(to_jax(global_params), decoder_states, encoder_outputs, score="dot"))
+
+# %% [markdown]
+# Luong's *local-p* attention looks at a window instead: it predicts an aligned position
+# $p_t = S\, \sigma(\tanh(h_t W_p)\, v_p)$, keeps the positions $|s - p_t| \le D$, and
+# multiplies their softmax weights by a Gaussian of width $\sigma = D/2$ around $p_t$, so the
+# weights sum to less than 1 (Luong et al. 2015, section 3.2). With $D = 1$ each row has at
+# most three nonzero weights; the red mark is $p_t$. The position predictor is untrained
+# here: training would teach it where each word's source is.
+
+# %%
+local_params = attention_np.init_local_params(np.random.default_rng(5), H, score="dot")
+attentional, weights = attention_np.local_attention(local_params, decoder_states, encoder_outputs,
+                                                    window=1, score="dot")               # (T, H), (T, S)
+hidden = np.tanh(decoder_states @ local_params["position"]["kernel"])                    # (T, A)
+positions = S / (1 + np.exp(-(hidden @ local_params["position"]["v"])))                   # (T,): p_t
+ax = plot_attention(weights, english, french, title="local-p attention, D = 1")
+ax.scatter(positions, np.arange(T), marker="|", s=400, color="red")
+show("local_p")
+print("p_t:", positions.round(2), " row sums:", weights.sum(-1).round(2))
+
+parity((attentional, weights),
+       attention_jax.local_attention(to_jax(local_params), decoder_states, encoder_outputs, window=1, score="dot"))
 
 # %% [markdown]
 # ## How attention works, in three lines

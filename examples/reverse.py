@@ -134,7 +134,8 @@ def plot(result, path, *, rows=(0, 1, 2), title=""):
         n = int(result["mask"][b].sum())
         source = [str(t - 2) for t in result["source"][b, :n]]
         predicted = [str(t - 2) if t >= 2 else "?" for t in result["ids"][b, :n]]
-        plot_attention(result["weights"][b, :n, :n], source, predicted, ax=ax, title=f"held-out sequence, length {n}")
+        plot_attention(result["weights"][b, :n, :n], source, predicted, ax=ax, title=f"held-out sequence, length {n}",
+                       xlabel="source", ylabel="target")
     if title:
         fig.suptitle(title)
     fig.savefig(path, dpi=110, bbox_inches="tight")

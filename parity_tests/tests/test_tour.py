@@ -4,6 +4,7 @@ outputs, and executed top to bottom in under a minute, so it cannot rot.
 After editing ``docs/tour.py``, regenerate the notebook with ``jupytext --sync docs/tour.py``.
 """
 
+import re
 import time
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def test_tour_follows_the_tutorial_in_order():
     sections = [
         "### 1. Soft attention", "### 2. Hard attention", "### 3. Self-attention", "### 4. Multi-head attention",
         "### 5. Cross-attention", "### 6. Scaled dot-product attention", "### 7. Location-based attention",
-        "### 8. Global attention", "## The architecture: encoder - attention - decoder",
+        "### 8. Global attention", "## How attention works, in three lines",
+        "## The architecture: encoder - attention - decoder",
         "## The tutorial's implementation: Steps 1-4", "## How attention learns: one backward pass",
     ]
     positions = [text.index(s) for s in sections]
@@ -102,12 +104,26 @@ def test_tour_runs_top_to_bottom_in_under_a_minute(executed):
 def test_tour_shows_heatmaps_and_parity(executed):
     notebook, _ = executed
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
-    # eight types (multi-head in one figure), the trained model's picture, the tutorial's weights
-    assert images >= 10
+    # eight types (multi-head in one figure), the causal mask, soft beside scaled, Luong's location
+    # weights, local-p, the trained model's picture, the tutorial's weights
+    assert images >= 13
     text = _text(notebook)
     # every parity line printed is within the float32 tolerance (the notebook asserts it too)
     errors = [float(line.split("=")[1].split()[0]) for line in text.splitlines() if line.startswith("max |attention_np")]
-    assert len(errors) >= 13   # one per mechanism call (13 in the tour)
+    assert len(errors) >= 14   # one per mechanism call (14 in the tour)
     assert max(errors) <= 1e-5
     # the tutorial's own printed weights (Step 4), from the stored PyTorch run
     assert "[0.3385 0.1583 0.2507 0.2526]" in text
+
+
+def test_tour_shows_that_the_scale_softens_the_weights(executed):
+    notebook, _ = executed
+    lines = _text(notebook).splitlines()
+    line = next(x for x in lines if x.startswith("'chat' on 'cat':"))
+    unscaled, scaled = map(float, re.findall(r"\d+\.\d+", line))
+    # the text says: nearly all of the weight unscaled, much less scaled
+    assert unscaled > 0.99 and 0.5 < scaled < 0.9
+    line = next(x for x in lines if x.startswith("entropy of the weights"))
+    unscaled_nats, scaled_nats, uniform = map(float, re.findall(r"\d+\.\d+", line))
+    assert unscaled_nats < scaled_nats < uniform
+    assert abs(uniform - np.log(6)) < 0.005   # six English words
