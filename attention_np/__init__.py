@@ -28,6 +28,7 @@ from .scores import (
 from .self_attention import init_self_attention_params, self_attention
 from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .soft import soft_attention
+from .torch_weights import multi_head_params_from_torch
 
 __all__ = [
     "apply_rotary",
@@ -57,6 +58,7 @@ __all__ = [
     "location_scores",
     "location_sensitive_attention",
     "multi_head_attention",
+    "multi_head_params_from_torch",
     "multi_head_attention_step",
     "multi_head_attention_vjp",
     "scaled_dot_product_attention",

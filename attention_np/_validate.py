@@ -393,12 +393,13 @@ MULTI_HEAD_SPEC = {  # multi_head_attention_step's (kv_cache.py): self-attention
 }
 
 # multi_head_attention's parameters, flax.nnx.MultiHeadAttention's names and shapes: E_kv is the
-# key/value inputs' width (Flax's in_kv_features), F the output's (out_features). Each layer's
-# (kernel, bias); a bias may be absent or None (Flax's use_bias=False: no bias).
+# key inputs' width (Flax's in_kv_features), E_v the value inputs' (Flax: E_kv too; PyTorch's
+# vdim may differ from its kdim), F the output's (out_features). Each layer's (kernel, bias); a
+# bias may be absent or None (Flax's use_bias=False: no bias).
 MULTI_HEAD_LAYERS = {
     "query": (("E", "N", "H"), ("N", "H")),
     "key": (("E_kv", "K", "H"), ("K", "H")),
-    "value": (("E_kv", "K", "H"), ("K", "H")),
+    "value": (("E_v", "K", "H"), ("K", "H")),
     "out": (("N", "H", "F"), ("F",)),
 }
 # Flax's normalize_qk=True: LayerNorm(H, use_bias=False) of q and of k; optional, absent or None
@@ -436,15 +437,15 @@ def check_multi_head_params(params, shapes: Shapes) -> None:
 
 def check_multi_head(params, query, key, value, mask, bias=None) -> Shapes:
     """Arguments of ``multi_head_attention`` (after ``key``/``value`` took their defaults):
-    ``query (B..., T, E)``, ``key``/``value (B..., S, E_kv)``, any number of batch axes; the
-    params of ``MULTI_HEAD_LAYERS`` (biases optional) and ``MULTI_HEAD_NORMS`` (optional);
-    mask and bias broadcastable to ``(B..., N, T, S)``. Binds B..., B, T, S, E, E_kv, N, K,
-    H and F."""
+    ``query (B..., T, E)``, ``key (B..., S, E_kv)``, ``value (B..., S, E_v)``, any number of
+    batch axes; the params of ``MULTI_HEAD_LAYERS`` (biases optional) and ``MULTI_HEAD_NORMS``
+    (optional); mask and bias broadcastable to ``(B..., N, T, S)``. Binds B..., B, T, S, E,
+    E_kv, E_v, N, K, H and F."""
     shapes = Shapes()
     shapes.check("query", query, (BATCH, "T", "E"))
     shapes.check("key", key, (BATCH, "S", "E_kv"))
     check_same_dtype("key", key, "query", query)
-    shapes.check("value", value, (BATCH, "S", "E_kv"))
+    shapes.check("value", value, (BATCH, "S", "E_v"))
     check_same_dtype("value", value, "query", query)
     check_multi_head_params(params, shapes)
     check_heads(shapes)

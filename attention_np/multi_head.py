@@ -47,15 +47,16 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
 
     Args:
       params: Flax's names and shapes (``nnx.to_pure_dict(nnx.state(module, nnx.Param))``):
-        ``{"query": {"kernel": (E, N, H), "bias": (N, H)}, "key"|"value": {"kernel":
-        (E_kv, K, H), "bias": (K, H)}, "out": {"kernel": (N, H, F), "bias": (F,)}}``, and
+        ``{"query": {"kernel": (E, N, H), "bias": (N, H)}, "key": {"kernel": (E_kv, K, H),
+        "bias": (K, H)}, "value": {"kernel": (E_v, K, H), "bias": (K, H)}, "out": {"kernel":
+        (N, H, F), "bias": (F,)}}`` (E_v = E_kv in Flax; PyTorch's ``vdim`` may differ), and
         optionally ``"query_ln"|"key_ln": {"scale": (H,)}``. N, K, H and F are read from the
         kernels. A bias that is absent or None is no bias (Flax's ``use_bias=False``); a
         ``query_ln``/``key_ln`` that is absent or None is no normalisation. Other entries are
         ignored.
       query: ``(B, T, E)``; ``B`` may be any number of batch axes ``B...``, as in Flax.
       key: ``(B, S, E_kv)``, the dtype of ``query``; defaults to ``query`` (self-attention).
-      value: ``(B, S, E_kv)``, the dtype of ``query``; defaults to ``key``. Passing ``value``
+      value: ``(B, S, E_v)``, the dtype of ``query``; defaults to ``key``. Passing ``value``
         without ``key`` is a ``ValueError``, as in Flax.
       bias: optional float, broadcastable to ``(B, N, T, S)``, added to the logits (ALiBi,
         relative positions), as in :func:`scaled_dot_product_attention`.
@@ -106,7 +107,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
         keep = attended_keys(mask, (B, N, T, S)).any(axis=1)[..., None]    # (B, S, 1): any head
         key, value = np.where(keep, key, 0), np.where(keep, value, 0)
-    # 1. project into heads: N query heads, K key/value heads of H features each (E is E_kv for key, value)
+    # 1. project into heads: N query heads, K key/value heads of H features each (E is E_kv for key, E_v for value)
     q = _dense("BTE,ENH->BTNH", query.astype(compute), p["query"])  # (B, T, N, H)
     k = _dense("BSE,EKH->BSKH", key.astype(compute), p["key"])      # (B, S, K, H)
     v = _dense("BSE,EKH->BSKH", value.astype(compute), p["value"])  # (B, S, K, H)

@@ -273,6 +273,13 @@ BAD_INPUTS = [
         ValueError,
         "params['key']['kernel'] must have shape (E_kv, K, H) with E_kv=15 from key, H=11 from params['query']['kernel']; got (13, 3, 11)",
     ),
+    (  # values of another width than the keys (PyTorch's vdim != kdim): the value kernel follows the value
+        "multi_head_attention",
+        (mp, z(B, T, E), z(B, S, E), z(B, S, E + 4)),
+        {},
+        ValueError,
+        "params['value']['kernel'] must have shape (E_v, K, H) with E_v=17 from value, K=3 from params['key']['kernel'], H=11 from params['query']['kernel']; got (13, 3, 11)",
+    ),
     (  # normalize_qk: query_ln/key_ln are LayerNorm(H) scales
         "multi_head_attention",
         (put(mp, {"scale": z(H + 1)}, "query_ln"), z(B, T, E)),
@@ -299,7 +306,7 @@ BAD_INPUTS = [
         (mp, z(B, T, E), z(B, S, E), z(B, S + 1, E)),
         {},
         ValueError,
-        "value must have shape (B, S, E_kv) with B=2 from query, S=5, E_kv=13 from key; got (2, 6, 13)",
+        "value must have shape (B, S, E_v) with B=2 from query, S=5 from key; got (2, 6, 13)",
     ),
     (  # as Flax: `inputs_k` cannot be None if `inputs_v` is not None
         "multi_head_attention",
@@ -683,7 +690,7 @@ NUMPY_ONLY_BAD_INPUTS = [
         (mp, z(B, T, E), z(B, S, E), z(B, S + 1, E), z(B, T, E)),
         {},
         ValueError,
-        "value must have shape (B, S, E_kv) with B=2 from query, S=5, E_kv=13 from key; got (2, 6, 13)",
+        "value must have shape (B, S, E_v) with B=2 from query, S=5 from key; got (2, 6, 13)",
     ),
 ]
 
@@ -737,7 +744,8 @@ def test_dtype_errors_name_the_callers_dtype_with_x64_off(name, args, kwargs, ex
 def test_every_public_function_has_bad_input_cases():
     assert len(BAD_INPUTS) >= 40
     mechanisms = {
-        n for n in attention_np.__all__ if not n.startswith("init_") and n != "additive_params_from_torch"
+        n for n in attention_np.__all__
+        if not n.startswith("init_") and n not in ("additive_params_from_torch", "multi_head_params_from_torch")
     }
     assert mechanisms <= {c[0] for c in BAD_INPUTS + NUMPY_ONLY_BAD_INPUTS}
 
