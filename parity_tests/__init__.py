@@ -1,7 +1,8 @@
 """parity_tests: proof that ``attention_np`` and ``attention_jax`` agree.
 
 Importable harness (a registry of cases, :func:`run_case`, :func:`compare`), the pytest
-suite (``parity_tests/tests``) and the report, ``python -m parity_tests``.
+suite (``parity_tests/tests``) and the report, ``python -m parity_tests``; :func:`check_port`
+and :func:`assert_port` check anyone's port between NumPy, JAX and PyTorch.
 """
 
 from . import cases  # noqa: F401  (registers the built-in cases)
@@ -29,6 +30,7 @@ from .harness import (
     run_case,
     run_tutorial_golden,
 )
+from .port import LeafCheck, PortReport, assert_port, check_port
 
 __all__ = [
     "DIRECTIONS",
@@ -41,7 +43,11 @@ __all__ = [
     "Comparison",
     "ParityCase",
     "Result",
+    "LeafCheck",
+    "PortReport",
     "assert_parity",
+    "assert_port",
+    "check_port",
     "compare",
     "finite_differences",
     "jax_vjp",

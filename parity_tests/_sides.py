@@ -1,0 +1,248 @@
+"""The two sides of a port, whatever their framework: run a NumPy, JAX or PyTorch callable (or
+a ``torch.nn.Module``, or a Flax ``nnx.Module``) on NumPy inputs in one dtype, and return its
+outputs and its gradients as NumPy arrays.
+
+Gradients are those of ``L = sum(cotangent * outputs)`` with respect to every floating input
+leaf and every parameter: PyTorch autograd for PyTorch, ``jax.vjp`` for JAX, central finite
+differences in float64 for NumPy. PyTorch is imported only when a side is PyTorch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sys
+
+import jax
+import ml_dtypes
+import numpy as np
+
+FRAMEWORKS = ("numpy", "jax", "torch")
+NP_DTYPES = {
+    "float64": np.dtype(np.float64),
+    "float32": np.dtype(np.float32),
+    "float16": np.dtype(np.float16),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+}
+FD_STEP = 1e-5      # central differences of a float64 NumPy side (as the registry's)
+FD_SAMPLES = 64     # elements differenced per leaf; the others are not compared
+
+
+def is_float(x) -> bool:
+    return isinstance(x, np.ndarray) and str(x.dtype) in NP_DTYPES
+
+
+def cast(tree, dtype: str):
+    """Every floating NumPy leaf of ``tree`` in ``dtype``; other leaves unchanged."""
+    return jax.tree.map(lambda x: x.astype(NP_DTYPES[dtype]) if is_float(x) else x, tree)
+
+
+def _torch_module_type():
+    torch = sys.modules.get("torch")  # a torch.nn.Module exists only if torch was imported
+    return None if torch is None else torch.nn.Module
+
+
+def _nnx_module_type():
+    flax_nnx = sys.modules.get("flax.nnx")
+    return None if flax_nnx is None else flax_nnx.Module
+
+
+def describe(fn) -> str:
+    """``MultiheadAttention`` for a module, the qualified name of a function."""
+    if _torch_module_type() and isinstance(fn, _torch_module_type()) or _nnx_module_type() and isinstance(fn, _nnx_module_type()):
+        return type(fn).__name__
+    return getattr(fn, "__qualname__", None) or type(fn).__name__
+
+
+@dataclasses.dataclass
+class Side:
+    """A callable in one framework. ``params`` (flat ``{name: float64 array}``) are the
+    module's parameters, or those the parameter map gives the port, or None; a function
+    with params is called as ``fn(params, *inputs, **kwargs)``."""
+
+    fn: object
+    framework: str
+    params: dict | None = None
+    label: str = ""
+
+    @classmethod
+    def make(cls, fn, framework: str, argument: str) -> "Side":
+        if framework not in FRAMEWORKS:
+            raise ValueError(f"frameworks: {argument}'s framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
+        if not callable(fn):
+            raise TypeError(f"{argument} must be a callable or a module; got {type(fn).__name__}")
+        torch_module, nnx_module = _torch_module_type(), _nnx_module_type()
+        params = None
+        if torch_module is not None and isinstance(fn, torch_module):
+            if framework != "torch":
+                raise ValueError(f"{argument} is a torch.nn.Module; its framework must be 'torch', got {framework!r}")
+            params = {name: p.detach().cpu().double().numpy() for name, p in fn.named_parameters()}
+        elif nnx_module is not None and isinstance(fn, nnx_module):
+            if framework != "jax":
+                raise ValueError(f"{argument} is a flax nnx.Module; its framework must be 'jax', got {framework!r}")
+            from flax import nnx
+
+            params = jax.tree.map(lambda x: np.asarray(x, np.float64), nnx.to_pure_dict(nnx.state(fn, nnx.Param)))
+        return cls(fn, framework, params, f"{framework} {describe(fn)}")
+
+    @property
+    def is_module(self) -> bool:
+        return self.fn is not None and (
+            (_torch_module_type() is not None and isinstance(self.fn, _torch_module_type()))
+            or (_nnx_module_type() is not None and isinstance(self.fn, _nnx_module_type())))
+
+    def run(self, inputs, kwargs, dtype: str, cotangent=None, rng=None):
+        """``(outputs, gradients)`` in NumPy, the inputs and params cast to ``dtype``;
+        gradients (``{"inputs": ..., "params": ...}``) only when ``cotangent`` is given
+        (None where the side cannot take them: NumPy below float64)."""
+        inputs, kwargs = cast((tuple(inputs), dict(kwargs)), dtype)
+        params = None if self.params is None else cast(self.params, dtype)
+        run = {"numpy": _run_numpy, "jax": _run_jax, "torch": _run_torch}[self.framework]
+        return run(self, inputs, kwargs, params, dtype, cotangent, rng)
+
+
+def _call_numpy(side, params, inputs, kwargs):
+    return side.fn(*inputs, **kwargs) if params is None else side.fn(params, *inputs, **kwargs)
+
+
+# --- NumPy: the function itself; gradients by central differences, float64 only -----------------
+def _run_numpy(side, inputs, kwargs, params, dtype, cotangent, rng):
+    outputs = jax.tree.map(np.asarray, _call_numpy(side, params, inputs, kwargs))
+    if cotangent is None or dtype != "float64":
+        return outputs, None
+    wrt = {"inputs": inputs, "params": params}
+
+    def loss(values):
+        out = _call_numpy(side, values["params"], values["inputs"], kwargs)
+        return sum(float(np.sum(np.asarray(c, np.float64) * np.asarray(o, np.float64)))
+                   for c, o in zip(jax.tree.leaves(cotangent), jax.tree.leaves(out)))
+
+    values = jax.tree.map(lambda x: np.array(x) if is_float(x) else x, wrt)
+    grads = jax.tree.map(lambda x: np.full(x.shape, np.nan) if is_float(x) else None, values)
+    for leaf, grad in zip(jax.tree.leaves(values), jax.tree.leaves(grads)):
+        if not is_float(leaf):
+            continue
+        flat, g = leaf.reshape(-1), grad.reshape(-1)  # views: flat[i] changes the argument
+        chosen = range(flat.size) if flat.size <= FD_SAMPLES else rng.choice(flat.size, FD_SAMPLES, replace=False)
+        for i in chosen:
+            x = flat[i]
+            flat[i] = x + FD_STEP
+            plus = loss(values)
+            flat[i] = x - FD_STEP
+            minus = loss(values)
+            flat[i] = x
+            g[i] = (plus - minus) / (2 * FD_STEP)
+    return outputs, grads
+
+
+# --- JAX: jax.vjp; an nnx.Module is split into its parameters and the rest ----------------------
+def _jax_callable(side):
+    if not side.is_module:
+        return lambda params, inputs, kwargs: _call_numpy(side, params, inputs, kwargs)
+    from flax import nnx
+
+    graphdef, state, rest = nnx.split(side.fn, nnx.Param, ...)
+
+    def call(params, inputs, kwargs):
+        new_state = jax.tree.map(lambda x: x, state)
+        nnx.replace_by_pure_dict(new_state, params)
+        return nnx.merge(graphdef, new_state, rest)(*inputs, **kwargs)
+
+    return call
+
+
+def _run_jax(side, inputs, kwargs, params, dtype, cotangent, rng):
+    call = _jax_callable(side)
+    x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()  # leave the caller's setting
+    with x64, jax.default_matmul_precision("highest"):
+        inputs, kwargs, params = jax.device_put((inputs, kwargs, params))
+        floats = [i for i, x in enumerate(inputs) if _all_float(x)]
+
+        def fn(params, *float_inputs):
+            full = list(inputs)
+            for i, x in zip(floats, float_inputs):
+                full[i] = x
+            return call(params, tuple(full), kwargs)
+
+        if cotangent is None:
+            return jax.tree.map(np.asarray, jax.device_get(fn(params, *[inputs[i] for i in floats]))), None
+        outputs, vjp = jax.vjp(fn, params, *[inputs[i] for i in floats])
+        cot = jax.tree.map(lambda c, o: np.asarray(c).astype(o.dtype), cotangent, outputs)
+        d_params, *d_inputs = vjp(cot)
+    grads_inputs = [None] * len(inputs)
+    for i, g in zip(floats, d_inputs):
+        grads_inputs[i] = g
+    outputs, grads = jax.device_get((outputs, {"inputs": tuple(grads_inputs), "params": d_params}))
+    return jax.tree.map(np.asarray, outputs), jax.tree.map(np.asarray, grads)
+
+
+def _all_float(x) -> bool:
+    leaves = jax.tree.leaves(x)
+    return bool(leaves) and all(hasattr(leaf, "dtype") and str(leaf.dtype) in NP_DTYPES for leaf in leaves)
+
+
+# --- PyTorch: autograd; a module runs with the given parameters through functional_call --------
+def _to_torch(torch, x, requires_grad=False):
+    if not isinstance(x, np.ndarray):
+        return x
+    if x.dtype == NP_DTYPES["bfloat16"]:  # torch cannot read ml_dtypes' bfloat16: exact via float32
+        t = torch.from_numpy(x.astype(np.float32)).to(torch.bfloat16)
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.requires_grad_(True) if requires_grad and t.is_floating_point() else t
+
+
+def _from_torch(torch, t):
+    if t is None:
+        return None
+    if not isinstance(t, torch.Tensor):
+        return np.asarray(t)
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.float().numpy().astype(NP_DTYPES["bfloat16"])
+    return t.numpy()
+
+
+def _torch_tree(torch, tree, fn):
+    """``fn`` on the tensor leaves of tuples, lists and dicts of tensors."""
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(_torch_tree(torch, x, fn) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _torch_tree(torch, v, fn) for k, v in tree.items()}
+    return fn(tree)
+
+
+def _run_torch(side, inputs, kwargs, params, dtype, cotangent, rng):
+    import torch
+
+    wants_grad = cotangent is not None
+    t_inputs = _torch_tree(torch, inputs, lambda x: _to_torch(torch, x, wants_grad))
+    t_kwargs = _torch_tree(torch, kwargs, lambda x: _to_torch(torch, x))
+    t_params = None if params is None else {k: _to_torch(torch, v, wants_grad) for k, v in params.items()}
+    with torch.enable_grad() if wants_grad else torch.no_grad():
+        if side.is_module:
+            outputs = torch.func.functional_call(side.fn, t_params, tuple(t_inputs), t_kwargs)
+        else:
+            outputs = _call_numpy(side, t_params, t_inputs, t_kwargs)
+    np_outputs = _torch_tree(torch, outputs, lambda t: _from_torch(torch, t))
+    if not wants_grad:
+        return np_outputs, None
+    out_leaves = jax.tree.leaves(outputs)  # a tensor is a leaf to jax.tree; None is dropped, as from the cotangent
+    cot_leaves = jax.tree.leaves(cotangent)
+    pairs = [(o, c) for o, c in zip(out_leaves, cot_leaves) if isinstance(o, torch.Tensor) and o.requires_grad]
+    wrt_inputs = [t for t in jax.tree.leaves(t_inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
+    wrt_params = list((t_params or {}).values())
+    grads = torch.autograd.grad([o for o, _ in pairs], wrt_inputs + wrt_params,
+                                grad_outputs=[_to_torch(torch, np.asarray(c).astype(_np_dtype_of(torch, o))) for o, c in pairs],
+                                allow_unused=True)
+    grads = [torch.zeros_like(w) if g is None else g for g, w in zip(grads, wrt_inputs + wrt_params)]
+    d_inputs = iter(grads[: len(wrt_inputs)])
+    grads_inputs = _torch_tree(torch, t_inputs, lambda t: _from_torch(torch, next(d_inputs))
+                               if isinstance(t, torch.Tensor) and t.requires_grad else None)
+    d_params = None if params is None else {k: _from_torch(torch, g) for k, g in zip(params, grads[len(wrt_inputs):])}
+    return np_outputs, {"inputs": tuple(grads_inputs), "params": d_params}
+
+
+def _np_dtype_of(torch, t):
+    return {torch.float64: NP_DTYPES["float64"], torch.float32: NP_DTYPES["float32"],
+            torch.float16: NP_DTYPES["float16"], torch.bfloat16: NP_DTYPES["bfloat16"]}[t.dtype]

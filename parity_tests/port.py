@@ -1,0 +1,361 @@
+"""``check_port``: is a port of a function or module to another framework equal to its source,
+values and gradients, in the dtypes it will run in?
+
+Both sides run on the same rounded inputs and are compared, leaf by leaf, with a float64
+reference (the source run in float64, or ``reference=``). Gradients are those of
+``L = sum(cotangent * outputs)`` under one seeded cotangent, with respect to every floating
+input and, through a parameter map, every parameter. A failing leaf is reported with its
+path, how many elements are off, the worst element's index and values, and which side is
+off from the reference. See ``docs/ports.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from ._sides import NP_DTYPES, Side, cast
+
+# tolerance="dtype": an element passes when |port - reference| <= atol + rtol * |reference|
+# (the convention of numpy.testing.assert_allclose and chex), per dtype: (atol, rtol).
+PORT_TOLERANCES = {"float64": (1e-10, 1e-10), "float32": (1e-5, 1e-4), "float16": (2e-3, 1e-2), "bfloat16": (2e-2, 5e-2)}
+# tolerance="source": |port - reference| <= SOURCE_FACTOR * e + atol + rtol * |reference|, e the
+# source's own largest error in that leaf (same dtype, same inputs), (atol, rtol) the floor.
+SOURCE_FACTOR = 4.0
+SOURCE_FLOOR = {"float64": (1e-12, 1e-10), "float32": (1e-7, 1e-6), "float16": (1e-4, 1e-3), "bfloat16": (1e-3, 1e-2)}
+# A NumPy reference's gradients are central finite differences (h = 1e-5): good to ~1e-9 in
+# float64 (truncation h^2/6 f''', rounding eps |L| / h), so 1e-6 abs + rel, as the registry's.
+FD_TOLERANCE = 1e-6
+_SHOWN = 3  # NaN/inf positions named per leaf
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafCheck:
+    """One output or gradient leaf in one dtype. ``index`` is the worst element's (largest
+    error relative to its tolerance); ``source_error`` the source's largest error in the
+    leaf; ``verdict`` says which side is off when it fails."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    mismatched: int
+    total: int
+    index: tuple = ()
+    source: float = np.nan
+    port: float = np.nan
+    reference: float = np.nan
+    abs_error: float = 0.0
+    rel_error: float = 0.0
+    tolerance: float = 0.0
+    source_error: float = 0.0
+    nonfinite: str = ""
+    verdict: str = ""
+    problem: str = ""   # structure, shape or dtype mismatch: nothing compared
+
+    @property
+    def passed(self) -> bool:
+        return not self.problem and not self.mismatched and not self.nonfinite
+
+    def __str__(self) -> str:
+        head = f"{'pass' if self.passed else 'FAIL'} {self.dtype} {self.name} {self.shape}"
+        if self.problem:
+            return f"{head}: {self.problem}"
+        if self.passed:
+            return (f"{head}: closest to its tolerance at {list(self.index)}, |port - ref| {self.abs_error:.2e} "
+                    f"<= {self.tolerance:.2e} (source's max error {self.source_error:.2e})")
+        lines = [f"{head}: {self.mismatched} of {self.total} elements outside tolerance"]
+        if self.mismatched:
+            lines.append(
+                f"    worst at {list(self.index)}: source {self.source:.6g}, port {self.port:.6g}, reference "
+                f"{self.reference:.6g}; |port - ref| {self.abs_error:.3e}, rel {self.rel_error:.3e}, tolerance {self.tolerance:.3e}")
+        if self.nonfinite:
+            lines.append(f"    {self.nonfinite}")
+        lines.append(f"    {self.verdict}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class PortReport:
+    """What :func:`check_port` found: ``passed``, and ``str(report)`` the per-leaf account."""
+
+    source: str
+    port: str
+    reference: str
+    tolerance: str
+    checks: list
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list:
+        return [c for c in self.checks if not c.passed]
+
+    def __str__(self) -> str:
+        failed = self.failures
+        lines = [
+            f"check_port: {'passed' if not failed else 'FAILED'}, {len(self.checks) - len(failed)} of {len(self.checks)} leaves pass",
+            f"  source:    {self.source}",
+            f"  port:      {self.port}",
+            f"  reference: {self.reference}",
+            f"  tolerance: {self.tolerance}",
+        ]
+        lines += [str(c) for c in failed] + [str(c) for c in self.checks if c.passed]
+        return "\n".join(lines)
+
+
+def _paths(tree, prefix: str) -> list:
+    """``[(name, leaf)]``: ``output[0]``, ``grad.params.query.kernel``, ``grad.inputs[1]``."""
+    def key(k):
+        if isinstance(k, jax.tree_util.SequenceKey):
+            return f"[{k.idx}]"
+        if isinstance(k, jax.tree_util.DictKey):
+            return f".{k.key}"
+        return f".{getattr(k, 'name', k)}"
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(prefix + "".join(key(k) for k in path), leaf) for path, leaf in flat]
+
+
+def _bounds(reference, source_error, dtype, tolerance):
+    if isinstance(tolerance, tuple) and tolerance[:1] == ("source",):  # ("source", floor)
+        atol, rtol = tolerance[1]
+        return SOURCE_FACTOR * source_error + atol + rtol * np.abs(reference)
+    if tolerance == "source":
+        atol, rtol = SOURCE_FLOOR[dtype]
+        return SOURCE_FACTOR * source_error + atol + rtol * np.abs(reference)
+    atol, rtol = tolerance[dtype] if isinstance(tolerance, dict) else tolerance
+    return atol + rtol * np.abs(reference)
+
+
+def _nonfinite(a, ref, who) -> str:
+    """Where ``a`` is NaN/inf and ``ref`` not, or the other way round."""
+    bad = (np.isnan(a) != np.isnan(ref)) | (np.isinf(a) & np.isinf(ref) & (np.sign(a) != np.sign(ref))) | (np.isinf(a) != np.isinf(ref))
+    if not bad.any():
+        return ""
+    where = [tuple(int(i) for i in ix) for ix in np.argwhere(bad)[:_SHOWN]]
+    shown = ", ".join(f"{list(ix)} ({who} {a[ix]:g}, reference {ref[ix]:g})" for ix in where)
+    return f"NaN/inf at {int(bad.sum())} positions where the reference differs: {shown}{', ...' if bad.sum() > _SHOWN else ''}"
+
+
+def compare_leaf(name, dtype, source, port, reference, tolerance, *, sampled=False) -> LeafCheck:
+    """One leaf: each element of ``port`` against ``reference`` within its bound (see
+    :data:`PORT_TOLERANCES`, :data:`SOURCE_FACTOR`); NaN/inf must sit where the reference's do.
+    ``sampled``: the reference is finite differences, NaN where not differenced; only the
+    differenced elements are compared."""
+    reference = np.asarray(reference, np.float64)
+    shape = tuple(reference.shape)
+    for who, x in (("port", port), ("source", source)):
+        if x is None:
+            return LeafCheck(name, dtype, shape, 0, reference.size, problem=f"the {who} has no such leaf")
+        if np.shape(x) != shape:
+            return LeafCheck(name, dtype, shape, 0, reference.size, problem=f"the {who}'s shape is {np.shape(x)}, the reference's {shape}")
+    source, port = np.asarray(source, np.float64), np.asarray(port, np.float64)
+    total = reference.size
+    if sampled:
+        skipped = np.isnan(reference)
+        source, port, total = np.where(skipped, np.nan, source), np.where(skipped, np.nan, port), int((~skipped).sum())
+    with np.errstate(invalid="ignore"):
+        port_err = np.where(port == reference, 0.0, np.abs(port - reference))       # inf == inf: 0
+        source_err = np.where(source == reference, 0.0, np.abs(source - reference))
+    finite_source = source_err[np.isfinite(source_err)]
+    source_error = float(finite_source.max()) if finite_source.size else 0.0
+    bound = _bounds(reference, source_error, dtype, tolerance)
+    with np.errstate(invalid="ignore"):
+        off = np.isfinite(reference) & ~(port_err <= bound)
+    nonfinite = _nonfinite(port, reference, "port")
+    if not reference.size:
+        return LeafCheck(name, dtype, shape, 0, 0, nonfinite=nonfinite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(np.isfinite(reference), port_err / np.maximum(bound, np.finfo(float).tiny), 0.0)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # a NaN where the reference is finite: the worst
+    index = np.unravel_index(int(np.argmax(ratio)), shape)
+    ref_i = reference[index]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = float(port_err[index] / abs(ref_i)) if ref_i else float(np.inf if port_err[index] else 0.0)
+    check = LeafCheck(
+        name, dtype, shape, int(off.sum()), total, tuple(int(i) for i in index), float(source[index]), float(port[index]),
+        float(ref_i), float(port_err[index]), rel, float(bound[index]), source_error, nonfinite)
+    if check.passed:
+        return check
+    return dataclasses.replace(check, verdict=_verdict(source, source_err, reference, dtype, index))
+
+
+def _verdict(source, source_err, reference, dtype, index) -> str:
+    """Which side is off: the source measured against the float64 reference at the dtype's
+    own tolerance (:data:`PORT_TOLERANCES`)."""
+    atol, rtol = PORT_TOLERANCES[dtype]
+    with np.errstate(invalid="ignore"):
+        source_off = np.isfinite(reference) & ~(source_err <= atol + rtol * np.abs(reference))
+    source_nonfinite = _nonfinite(source, reference, "source")
+    if source_off.any() or source_nonfinite:
+        return (f"the source is off from the float64 reference too: {int(source_off.sum())} elements beyond "
+                f"{atol:g} + {rtol:g} |ref|{'; ' + source_nonfinite if source_nonfinite else ''}; "
+                f"the port is further off")
+    return (f"the port is off: the source is within {atol:g} + {rtol:g} |ref| of the reference everywhere "
+            f"(here {source_err[index]:.2e})")
+
+
+def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",), gradients=True,
+               tolerance="source", seed=0, reference=None, params=None) -> PortReport:
+    r"""Check that ``port`` computes what ``source`` computes, values and gradients.
+
+    Each dtype row rounds ``inputs`` to the dtype once and gives the same numbers to both
+    sides (each in its own framework: ``torch.bfloat16`` for PyTorch, ``jnp.bfloat16`` for
+    JAX) and to the reference in float64. Gradients are those of
+    :math:`L = \sum \bar y \cdot y(x, \theta)` for one cotangent :math:`\bar y` drawn from
+    ``seed`` (standard normal, rounded to the dtype), with respect to every floating input
+    and every parameter. Every output and gradient leaf passes when every element does:
+
+    - ``tolerance="source"`` (default), "is my port no worse than the original?":
+      :math:`|p_i - r_i| \le 4 e + a + b |r_i|` where :math:`e` is the source's own largest
+      error against the reference in that leaf and :math:`(a, b)` a small floor per dtype
+      (:data:`SOURCE_FACTOR`, :data:`SOURCE_FLOOR`);
+    - ``tolerance="dtype"``: :math:`|p_i - r_i| \le a + b |r_i|` with
+      :data:`PORT_TOLERANCES`; or your own ``(atol, rtol)``, or ``{dtype: (atol, rtol)}``.
+
+    NaN and inf must sit where the reference's do.
+
+    Args:
+      source, port: callables (NumPy, JAX or PyTorch), ``torch.nn.Module`` or
+        ``flax.nnx.Module``; called as ``fn(*inputs, **kwargs)`` and returning an array or
+        a tuple/dict of arrays (the same structure on both sides).
+      inputs: tuple of float64 NumPy arrays (or pytrees of them, e.g. a params dict);
+        bool and int arrays pass unrounded and are not differentiated.
+      kwargs: options for both sides (masks, flags); arrays are converted, not differentiated.
+      frameworks: ``(source's, port's)`` or ``(source's, port's, reference's)``, each
+        ``"numpy"``, ``"jax"`` or ``"torch"``.
+      dtypes: the rows, any of ``"float64"``, ``"float32"``, ``"float16"``, ``"bfloat16"``.
+      gradients: also compare gradients. A NumPy side's gradients are central finite
+        differences in float64 (64 elements a leaf); below float64 it has none, and its
+        gradient leaves are checked at ``tolerance="dtype"`` against the reference.
+      seed: seeds the cotangent (and the finite-difference samples).
+      reference: the float64 reference (default: ``source``), a callable like a side.
+      params: the parameter map of a module source, e.g.
+        ``attention_jax.multi_head_params_from_torch``: it takes the source's parameters
+        (``{name: array}``) and returns the port's; the port is then called as
+        ``port(params, *inputs, **kwargs)`` (a function) or with them loaded (an
+        ``nnx.Module``), in every dtype. It must only reshape, transpose, split or rename,
+        so that it maps the source's parameter gradients too: they are compared with the
+        port's leaf by leaf (``grad.params.query.kernel``).
+
+    Returns:
+      a :class:`PortReport`: ``.passed``, ``.failures``, ``str(report)``.
+
+    Example (NumPy prototype -> JAX)::
+
+        >>> import numpy as np, jax.numpy as jnp
+        >>> x = np.random.default_rng(0).normal(size=(2, 5))
+        >>> report = check_port(lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True),
+        ...                     lambda x: jax.nn.softmax(x, axis=-1), (x,), frameworks=("numpy", "jax"))
+        >>> report.passed
+        True
+    """
+    if not isinstance(inputs, (tuple, list)):
+        raise TypeError(f"inputs must be a tuple of NumPy arrays; got {type(inputs).__name__}")
+    inputs = tuple(inputs)
+    for i, x in enumerate(jax.tree.leaves(inputs)):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"inputs must hold NumPy arrays (float64, or bool/int); leaf {i} is {type(x).__name__}")
+    kwargs = dict(kwargs or {})
+    if len(frameworks) not in (2, 3):
+        raise ValueError(f"frameworks must name 2 or 3 frameworks (source, port[, reference]); got {frameworks!r}")
+    for d in dtypes:
+        if d not in NP_DTYPES:
+            raise ValueError(f"dtypes must be among {', '.join(NP_DTYPES)}; got {d!r}")
+    if not (tolerance in ("source", "dtype") or isinstance(tolerance, (tuple, dict))):
+        raise ValueError(f"tolerance must be 'source', 'dtype', (atol, rtol) or {{dtype: (atol, rtol)}}; got {tolerance!r}")
+    if params is not None and not callable(params):
+        raise TypeError(f"params must be a callable that maps the source's parameters to the port's; got {type(params).__name__}")
+    src = Side.make(source, frameworks[0], "source")
+    prt = Side.make(port, frameworks[1], "port")
+    ref = src if reference is None else Side.make(reference, frameworks[2] if len(frameworks) == 3 else frameworks[0], "reference")
+    mapped = None
+    if params is not None:
+        if src.params is None:
+            raise ValueError("params: a parameter map needs a module source (torch.nn.Module or nnx.Module)")
+        mapped = params
+        prt.params = _as_numpy(params(src.params))
+    port_tolerance = "dtype" if tolerance == "dtype" else tolerance
+    checks = []
+    for dtype in dtypes:
+        # both sides get the same rounded numbers; the reference computes on them in float64
+        rounded = cast(inputs, dtype)
+        rounded_kwargs = cast(kwargs, dtype)
+        ref_in = cast(rounded, "float64")
+        ref_kwargs = cast(rounded_kwargs, "float64")
+        ref_side = ref if ref.params is None else dataclasses.replace(ref, params=cast(cast(ref.params, dtype), "float64"))
+        reference_out, _ = ref_side.run(ref_in, ref_kwargs, "float64")
+        cot = None
+        if gradients:
+            rng = np.random.default_rng([seed, 1])
+            cot = cast(jax.tree.map(lambda o: rng.normal(size=np.shape(o)), reference_out), dtype)
+        fd_rng = lambda: np.random.default_rng([seed, 2])
+        if gradients:
+            _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast(cot, "float64"), fd_rng())
+        source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
+        port_out, port_grad = prt.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
+        checks += _compare_trees("output", dtype, source_out, port_out, reference_out, port_tolerance)
+        if gradients:
+            if mapped is not None:  # the source's parameter gradients in the port's layout
+                source_grad, reference_grad = (g if g is None else {**g, "params": _as_numpy(mapped(g["params"]))}
+                                               for g in (source_grad, reference_grad))
+            elif prt.params is None:  # a module port with its own weights: its inputs' gradients only
+                source_grad, reference_grad, port_grad = (g if g is None else {**g, "params": None}
+                                                          for g in (source_grad, reference_grad, port_grad))
+            grad_tolerance = "dtype" if port_tolerance == "source" and source_grad is None else port_tolerance
+            checks += _compare_trees("grad", dtype, source_grad, port_grad, reference_grad, grad_tolerance,
+                                     sampled=ref.framework == "numpy")
+    label = "the source" if reference is None else ref.label
+    tol_text = (f"'source': |port - ref| <= {SOURCE_FACTOR:g} x (the source's max error in the leaf) + atol + rtol |ref|, "
+                f"floor (atol, rtol) {', '.join(f'{d} {SOURCE_FLOOR[d]}' for d in dtypes)}" if tolerance == "source"
+                else f"|port - ref| <= atol + rtol |ref|: {tolerance if not isinstance(tolerance, str) else {d: PORT_TOLERANCES[d] for d in dtypes}}")
+    return PortReport(src.label, prt.label, f"{label} in float64 on the same rounded inputs", tol_text, checks)
+
+
+def _pair(tolerance, dtype):
+    return tolerance[dtype] if isinstance(tolerance, dict) else tolerance
+
+
+def _as_numpy(tree):
+    return jax.tree.map(lambda x: np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x), tree)
+
+
+def _compare_trees(prefix, dtype, source, port, reference, tolerance, *, sampled=False) -> list:
+    if reference is None:
+        return []
+    ref_leaves = _paths(reference, prefix)
+    port_leaves = dict(_paths(port, prefix)) if port is not None else {}
+    source_leaves = dict(_paths(source, prefix)) if source is not None else {}
+    checks = []
+    extra = sorted(set(port_leaves) - {n for n, _ in ref_leaves})
+    if extra:
+        checks.append(LeafCheck(prefix, dtype, (), 0, 0, problem=f"the port has leaves the reference has not: {', '.join(extra)}"))
+    for name, ref_leaf in ref_leaves:
+        src_leaf = source_leaves.get(name, ref_leaf if source is None else None)
+        leaf_tolerance = tolerance
+        if source is None:  # no source gradient (NumPy below float64): judged at the dtype's tolerance
+            leaf_tolerance = "dtype" if tolerance == "source" else tolerance
+        if leaf_tolerance == "dtype":
+            leaf_tolerance = {dtype: PORT_TOLERANCES[dtype]}
+        if sampled:  # finite differences are good to FD_TOLERANCE, whatever the dtype's floor
+            floor = np.maximum(SOURCE_FLOOR[dtype] if leaf_tolerance == "source" else _pair(leaf_tolerance, dtype), FD_TOLERANCE)
+            leaf_tolerance = ("source", tuple(floor)) if leaf_tolerance == "source" else tuple(floor)
+        check = compare_leaf(name, dtype, src_leaf, port_leaves.get(name), ref_leaf, leaf_tolerance, sampled=sampled)
+        port_leaf = port_leaves.get(name)
+        if check.passed and port_leaf is not None and str(np.asarray(port_leaf).dtype) != dtype and dtype != "float64" \
+                and str(np.asarray(src_leaf).dtype) == dtype:
+            check = dataclasses.replace(check, problem=f"the port returns {np.asarray(port_leaf).dtype}, the source {dtype}")
+        checks.append(check)
+    return checks
+
+
+def assert_port(*args, **kwargs) -> PortReport:
+    """:func:`check_port`, raising ``AssertionError(str(report))`` when it fails; returns the report."""
+    report = check_port(*args, **kwargs)
+    if not report.passed:
+        raise AssertionError(str(report))
+    return report

@@ -1,0 +1,227 @@
+"""check_port: ports between NumPy, JAX and PyTorch, values and gradients, against a float64
+reference; failures located by leaf and element. The PyTorch ports are skipped without torch.
+Expected values come from the other framework or the float64 reference, never from the port."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import attention_jax
+import attention_np
+import parity_tests
+from parity_tests import assert_port, check_port
+
+B, T, S, E, N = 2, 3, 5, 12, 3  # H = 4
+
+
+def _softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_numpy_prototype_to_jax_passes_in_every_dtype_with_gradients():
+    x = np.random.default_rng(0).normal(size=(B, S))
+    report = check_port(_softmax, lambda x: jax.nn.softmax(x, axis=-1), (x,), frameworks=("numpy", "jax"),
+                        dtypes=("float64", "float32", "bfloat16"))
+    assert report.passed, str(report)
+    names = {(c.dtype, c.name) for c in report.checks}
+    assert ("float64", "grad.inputs[0]") in names and ("bfloat16", "output") in names
+
+
+def test_planted_bug_wrong_softmax_axis_fails_and_says_where():
+    """The softmax over the query axis instead of the key axis: same shapes, wrong numbers."""
+    rng = np.random.default_rng(1)
+    q, k = rng.normal(size=(B, T, 4)), rng.normal(size=(B, S, 4))
+
+    def reference(q, k):
+        return _softmax(q @ k.transpose(0, 2, 1))
+
+    def wrong_axis(q, k):
+        return jax.nn.softmax(q @ k.transpose(0, 2, 1), axis=-2)
+
+    report = check_port(reference, wrong_axis, (q, k), frameworks=("numpy", "jax"), dtypes=("float32",))
+    assert not report.passed
+    failed = {c.name for c in report.failures}
+    assert failed == {"output", "grad.inputs[0]", "grad.inputs[1]"}
+    out = next(c for c in report.failures if c.name == "output")
+    assert 0 < out.mismatched <= out.total == B * T * S
+    # the worst element is reported with the values of both sides and the reference (on the rounded inputs)
+    q32, k32 = q.astype(np.float32), k.astype(np.float32)
+    np.testing.assert_allclose(out.reference, reference(q32.astype(np.float64), k32.astype(np.float64))[out.index], rtol=1e-12)
+    np.testing.assert_allclose(out.port, np.asarray(wrong_axis(q32, k32))[out.index], rtol=1e-6)
+    text = str(report)
+    assert f"{out.mismatched} of {B * T * S} elements outside tolerance" in text
+    assert f"worst at {list(out.index)}" in text and "the port is off" in text
+    with pytest.raises(AssertionError, match="FAIL float32 output"):
+        assert_port(reference, wrong_axis, (q, k), frameworks=("numpy", "jax"), dtypes=("float32",))
+
+
+def test_nan_placement_and_a_source_that_is_off_are_named():
+    x = np.random.default_rng(2).normal(size=(4,))
+
+    def nan_at_2(x):
+        return jnp.where(jnp.arange(4) == 2, jnp.nan, x * 2)
+
+    report = check_port(lambda x: x * 2, nan_at_2, (x,), frameworks=("numpy", "jax"), gradients=False)
+    (check,) = report.failures
+    assert "NaN/inf at 1 positions" in str(check) and "[2]" in check.nonfinite
+    # a source far from a given float64 reference: the verdict blames the source as well
+    report = check_port(lambda x: x * 2 + 1e-3, lambda x: x * 2, (x,), frameworks=("numpy", "jax", "numpy"),
+                        reference=lambda x: x * 2 + 1, gradients=False, tolerance="dtype")
+    assert "the source is off from the float64 reference too" in str(report.failures[0])
+
+
+def test_tolerances_dtype_source_and_explicit():
+    """A port with a relative error of 1e-5 in float32: beyond 'source' (the source is exact
+    to rounding), within 'dtype' (1e-5 + 1e-4 |ref|), and judged by an explicit (atol, rtol)."""
+    x = np.random.default_rng(3).normal(size=(50,))
+    source, port = (lambda x: x * 3), (lambda x: x * 3 * (1 + 1e-5))
+    kw = dict(frameworks=("numpy", "jax"), gradients=False)
+    assert not check_port(source, port, (x,), **kw).passed
+    assert check_port(source, port, (x,), tolerance="dtype", **kw).passed
+    assert not check_port(source, port, (x,), tolerance=(0.0, 1e-6), **kw).passed
+    assert check_port(source, port, (x,), tolerance={"float32": (0.0, 2e-5)}, **kw).passed
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"frameworks": ("numpy",)}, ValueError, "frameworks must name 2 or 3"),
+    ({"frameworks": ("numpy", "tensorflow")}, ValueError, "port's framework must be one of numpy, jax, torch; got 'tensorflow'"),
+    ({"dtypes": ("float8",)}, ValueError, "dtypes must be among"),
+    ({"tolerance": "loose"}, ValueError, "tolerance must be 'source', 'dtype'"),
+    ({"params": {"w": 1}}, TypeError, "params must be a callable"),
+    ({"params": lambda p: p}, ValueError, "params: a parameter map needs a module source"),
+])
+def test_bad_arguments_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        check_port(np.tanh, jnp.tanh, (np.ones(3),), **{"frameworks": ("numpy", "jax"), **kwargs})
+    with pytest.raises(TypeError, match="inputs must be a tuple"):
+        check_port(np.tanh, jnp.tanh, np.ones(3), frameworks=("numpy", "jax"))
+
+
+def test_torch_is_imported_only_for_a_torch_side():
+    code = ("import sys, numpy as np, jax.numpy as jnp, parity_tests; "
+            "assert parity_tests.check_port(np.tanh, jnp.tanh, (np.ones(3),), frameworks=('numpy', 'jax')).passed; "
+            "assert 'torch' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- PyTorch -> JAX: the worked ports of docs/ports.md ------------------------------------------------
+def test_worked_port_torch_multihead_attention_to_attention_jax():
+    """torch.nn.MultiheadAttention (kdim != vdim, key padding and causal masks) -> the
+    functional multi_head_attention, float32 and bfloat16, input and parameter gradients."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    # --- the user's code, as in docs/ports.md (13 lines)
+    source = torch.nn.MultiheadAttention(E, N, kdim=5, vdim=7, batch_first=True)
+
+    def port(params, query, key, value, *, key_padding_mask, attn_mask, average_attn_weights):
+        mask = ~key_padding_mask[:, None, None, :] & ~attn_mask  # PyTorch: True = masked; here: True = attend
+        return attention_jax.multi_head_attention(params, query, key, value, mask=mask)
+
+    padding = np.zeros((B, S), bool)
+    padding[1, 3:] = True                              # the second sequence has 3 keys
+    causal = np.triu(np.ones((T, S), bool), k=1)
+    report = check_port(
+        source, port, (rng.normal(size=(B, T, E)), rng.normal(size=(B, S, 5)), rng.normal(size=(B, S, 7))),
+        kwargs={"key_padding_mask": padding, "attn_mask": causal, "average_attn_weights": False},
+        dtypes=("float32", "bfloat16"), params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
+    # --- end of the user's code
+    assert report.passed, str(report)
+    names = {c.name for c in report.checks}
+    assert {"output[0]", "output[1]", "grad.inputs[2]", "grad.params.value.kernel", "grad.params.out.bias"} <= names
+    assert len(report.checks) == 2 * (2 + 3 + 8)  # dtypes x (outputs + inputs + 4 kernels and 4 biases)
+
+
+def test_worked_port_bert_self_attention_to_dot_product_attention():
+    """A BERT-style self-attention written in PyTorch (additive -10000 padding mask) ->
+    attention_jax.dot_product_attention with the same additive mask as its bias."""
+    torch = pytest.importorskip("torch")
+
+    class BertSelfAttention(torch.nn.Module):  # the source, as a PyTorch user wrote it
+        def __init__(self, hidden, heads):
+            super().__init__()
+            self.heads, self.head_dim = heads, hidden // heads
+            self.query, self.key, self.value = (torch.nn.Linear(hidden, hidden) for _ in range(3))
+
+        def forward(self, hidden_states, attention_mask):
+            b, t, _ = hidden_states.shape
+            split = lambda x: x.view(b, t, self.heads, self.head_dim).transpose(1, 2)
+            q, k, v = split(self.query(hidden_states)), split(self.key(hidden_states)), split(self.value(hidden_states))
+            scores = q @ k.transpose(-1, -2) / self.head_dim**0.5 + (1.0 - attention_mask[:, None, None, :]) * -10000.0
+            return (torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(b, t, -1)
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    # --- the user's code, as in docs/ports.md (12 lines)
+    def to_port(state):  # torch Linear (out, in) -> x @ kernel + bias, split into heads
+        return {n: {"kernel": state[f"{n}.weight"].T.reshape(E, N, E // N), "bias": state[f"{n}.bias"].reshape(N, E // N)}
+                for n in ("query", "key", "value")}
+
+    def port(params, hidden_states, *, attention_mask):
+        q, k, v = (jnp.einsum("BTE,ENH->BTNH", hidden_states, params[n]["kernel"]) + params[n]["bias"] for n in ("query", "key", "value"))
+        bias = (1.0 - attention_mask[:, None, None, :]) * -10000.0
+        return attention_jax.dot_product_attention(q, k, v, bias=bias.astype(q.dtype)).reshape(hidden_states.shape)
+
+    attention_mask = np.ones((B, S))
+    attention_mask[1, 3:] = 0.0
+    report = check_port(BertSelfAttention(E, N), port, (rng.normal(size=(B, S, E)),), kwargs={"attention_mask": attention_mask},
+                        dtypes=("float32", "bfloat16"), params=to_port)
+    # --- end of the user's code
+    assert report.passed, str(report)
+    assert {c.name for c in report.checks} >= {"output", "grad.inputs[0]", "grad.params.key.kernel", "grad.params.value.bias"}
+
+
+def test_planted_bug_in_a_torch_port_is_located_in_the_parameter_gradients():
+    """A port of torch.nn.Linear whose forward is right but whose bias gets no gradient: the
+    outputs and the input gradients agree, and the report names grad.params.bias alone."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = torch.nn.Linear(4, 3)
+
+    def to_port(state):
+        return {"kernel": state["weight"].T, "bias": state["bias"]}
+
+    def port_wrong_bias_gradient(params, x):
+        return x @ params["kernel"] + jax.lax.stop_gradient(params["bias"])  # forward right, bias gradient 0
+
+    x = np.random.default_rng(4).normal(size=(B, 4))
+    report = check_port(module, port_wrong_bias_gradient, (x,), params=to_port)
+    assert [c.name for c in report.failures] == ["grad.params.bias"]
+    assert "the port is off" in str(report) and report.failures[0].mismatched == 3
+
+
+def test_multi_head_params_from_torch_packed_separate_and_without_bias():
+    """Each layout against the module itself: the NumPy half on the converted weights equals
+    the PyTorch forward; a state dict of NumPy arrays needs no torch at all."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    for kdim, vdim, bias in ((E, E, True), (5, 7, True), (E, E, False), (5, 7, False)):
+        module = torch.nn.MultiheadAttention(E, N, kdim=kdim, vdim=vdim, bias=bias, batch_first=True).double()
+        q, k, v = rng.normal(size=(B, T, E)), rng.normal(size=(B, S, kdim)), rng.normal(size=(B, S, vdim))
+        with torch.no_grad():
+            expected, _ = module(*map(torch.from_numpy, (q, k, v)), average_attn_weights=False)
+        state = {name: t.numpy() for name, t in module.state_dict().items()}
+        for params in (attention_np.multi_head_params_from_torch(module),
+                       attention_np.multi_head_params_from_torch(state, num_heads=N)):
+            assert ("bias" in params["query"]) == bias
+            out, _ = attention_np.multi_head_attention(params, q, k, v)
+            np.testing.assert_allclose(out, expected.numpy(), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="num_heads is required with a state dict"):
+        attention_np.multi_head_params_from_torch(state)
+    with pytest.raises(ValueError, match="bias_k"):
+        attention_np.multi_head_params_from_torch(torch.nn.MultiheadAttention(E, N, add_bias_kv=True))
+
+
+def test_multi_head_attention_keys_and_values_of_different_widths_numpy_to_jax():
+    rng = np.random.default_rng(6)
+    params = attention_np.init_multi_head_params(rng, E, N, 4, in_kv_features=5, dtype=np.float64)
+    params["value"]["kernel"] = rng.normal(size=(7, N, 4))
+    inputs = (params, rng.normal(size=(B, T, E)), rng.normal(size=(B, S, 5)), rng.normal(size=(B, S, 7)))
+    assert_port(attention_np.multi_head_attention, attention_jax.multi_head_attention, inputs,
+                frameworks=("numpy", "jax"), dtypes=("float64", "float32"))
