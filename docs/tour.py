@@ -62,6 +62,11 @@ def parity(numpy_result, jax_result, tolerance=1e-5):
     assert worst <= tolerance, errors
 
 
+def entropy(p):
+    """Mean entropy of the rows of weights ``p``, in nats: 0 for one-hot, log S for uniform."""
+    return float(-(p * np.log(np.where(p > 0, p, 1))).sum(-1).mean())
+
+
 def show(name):
     """Show the figure just drawn: below the cell in a notebook, in a window from a script.
 
@@ -253,6 +258,38 @@ for width in (8, 64, 512):
     print(f"H = {width:3d}: variance of q.k = {dots.var():7.1f},  of q.k / sqrt(H) = {(dots / np.sqrt(width)).var():.2f}")
 
 # %% [markdown]
+# What the growing variance does to the softmax: 2000 random queries over 16 random keys
+# (entries $N(0, 1)$), for widths $H$ from 2 to 512. Unscaled, the weights lose their
+# entropy (they head for one-hot) and the gradient that reaches the scores through the
+# softmax, $dL = P \odot (dP - \mathrm{rowsum}(dP \odot P))$ for a random upstream $dP$
+# (the rule of the backward pass at the end of the tour), shrinks: from $H = 8$ on, to a
+# fifth at $H = 512$. Scaled, both stay nearly level at every width.
+
+# %%
+widths, results = [2, 8, 32, 128, 512], {"q.k": [], "q.k / sqrt(H)": []}
+for width in widths:
+    q, k = np.random.default_rng(width).normal(size=(2000, width)), np.random.default_rng(width + 1).normal(size=(16, width))
+    d_weights = np.random.default_rng(width + 2).normal(size=(2000, 16))           # a random upstream gradient dP
+    for name, scale in (("q.k", 1.0), ("q.k / sqrt(H)", 1 / np.sqrt(width))):
+        logits = q @ k.T * scale                                                   # (2000, 16)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)                                              # softmax weights
+        d_logits = p * (d_weights - (d_weights * p).sum(-1, keepdims=True))        # back through the softmax
+        results[name].append((entropy(p), float(np.linalg.norm(d_logits, axis=-1).mean())))
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), layout="constrained")
+for name, rows in results.items():
+    axes[0].plot(widths, [e for e, _ in rows], "o-", label=name)
+    axes[1].plot(widths, [g for _, g in rows], "o-", label=name)
+axes[0].axhline(np.log(16), color="gray", ls=":", label="uniform: log 16")
+for ax, label in zip(axes, ("entropy of the weights (nats)", "size of the gradient at the scores")):
+    ax.set(xscale="log", xlabel="H (features per head)", ylabel=label)
+    ax.set_xticks(widths, [str(w) for w in widths])
+    ax.legend()
+show("saturation")
+for name, rows in results.items():
+    print(f"{name:14s} entropy {' '.join(f'{e:.2f}' for e, _ in rows)}   gradient {' '.join(f'{g:.3f}' for _, g in rows)}")
+
+# %% [markdown]
 # Section 1's soft attention used the same French queries and English keys, without the
 # scale. Side by side, the scale is the one difference, and it softens every row: "chat"
 # puts nearly all its weight on "cat" unscaled, much less scaled. Its scores for "cat" and
@@ -269,11 +306,6 @@ fig, axes = plt.subplots(1, 2, figsize=(12, 4.6), layout="constrained")
 plot_attention(unscaled[0], english, french, ax=axes[0], title="soft: q.k (section 1)")
 plot_attention(weights[0, 0], english, french, ax=axes[1], title="scaled dot-product: q.k / sqrt(H)")
 show("soft_vs_scaled")
-
-
-def entropy(p):
-    """Mean entropy of the rows, in nats: 0 for one-hot, log S for uniform."""
-    return float(-(p * np.log(np.where(p > 0, p, 1))).sum(-1).mean())
 
 
 print(f"'chat' on 'cat': {unscaled[0, 1, 1]:.3f} unscaled, {weights[0, 0, 1, 1]:.3f} scaled")

@@ -127,3 +127,12 @@ def test_tour_shows_that_the_scale_softens_the_weights(executed):
     unscaled_nats, scaled_nats, uniform = map(float, re.findall(r"\d+\.\d+", line))
     assert unscaled_nats < scaled_nats < uniform
     assert abs(uniform - np.log(6)) < 0.005   # six English words
+    # the sweep over H: unscaled, entropy and gradient fall with the width; scaled, they stay level
+    sweep = {x.split("entropy")[0].strip(): x for x in lines if " entropy " in x and "gradient" in x}
+    unscaled_row = [float(v) for v in re.findall(r"\d+\.\d+", sweep["q.k"])]
+    scaled_row = [float(v) for v in re.findall(r"\d+\.\d+", sweep["q.k / sqrt(H)"])]
+    (entropy_u, gradient_u), (entropy_s, gradient_s) = (
+        (row[:5], row[5:]) for row in (unscaled_row, scaled_row))
+    assert entropy_u == sorted(entropy_u, reverse=True) and entropy_u[-1] < 0.2   # nearly one-hot at H = 512
+    assert max(entropy_s) - min(entropy_s) < 0.3 and min(entropy_s) > entropy_u[0]
+    assert gradient_u[-1] < 0.25 * gradient_s[-1] and max(gradient_s) - min(gradient_s) < 0.05
