@@ -227,9 +227,14 @@ parity((out, weights), attention_jax.multi_head_attention(to_jax(mha_params), so
 #
 # $$q = x W_q + b_q,\; k = c\, W_k + b_k,\; v = c\, W_v + b_v, \qquad
 #   \mathrm{out} = \mathrm{softmax}\!\big(q k^\top / \sqrt{H}\big)\, v$$
+#
+# With the identity projections of section 3, $q$ is the French word and $k = v$ the English
+# one, so these weights are exactly those of the scaled dot-product attention of section 6;
+# learned projections are what make cross-attention more than a comparison of embeddings.
 
 # %%
 out, weights = attention_np.cross_attention(self_params, target, source)  # (1, T, H), (1, T, S)
+cross_weights = weights[0]                                          # (T, S), compared in section 6
 plot_attention(weights[0], english, french, title="cross-attention: French queries, English keys")
 show("cross_attention")
 print("'chat' attends most to:", english[weights[0, 1].argmax()])
@@ -309,6 +314,7 @@ show("soft_vs_scaled")
 
 
 print(f"'chat' on 'cat': {unscaled[0, 1, 1]:.3f} unscaled, {weights[0, 0, 1, 1]:.3f} scaled")
+print("the same weights as the cross-attention of section 5:", np.allclose(weights[0, 0], cross_weights, atol=1e-6))
 print(f"entropy of the weights: {entropy(unscaled[0]):.2f} nats unscaled, {entropy(weights[0, 0]):.2f} scaled "
       f"(uniform over {S} words: {np.log(S):.2f})")
 
@@ -373,7 +379,12 @@ parity(np.stack(rows), np.stack(rows_jax))
 #   \quad \tilde h_t = \tanh([c_t; h_t]\, W_c)$$
 #
 # The decoder state is one vector `(B, H)` per step; here each French word is one batch row,
-# attending to the same English sentence.
+# attending to the same English sentence. With the "dot" score and the words as the states,
+# the weights are exactly section 1's soft attention; what global attention adds is the
+# attentional state $\tilde h_t$, from which the decoder predicts.
+#
+# (The tutorial's "global attention", every position attending to every other, is also what
+# the self-attention of section 3 does: "global" as opposed to a window, as below.)
 
 # %%
 global_params = attention_np.init_global_params(np.random.default_rng(5), H, score="dot")
@@ -382,6 +393,7 @@ encoder_outputs = np.repeat(source, T, axis=0)                      # (T, S, H)
 attentional, weights = attention_np.global_attention(global_params, decoder_states, encoder_outputs, score="dot")
 plot_attention(weights, english, french, title="global attention (dot score)")
 show("global_attention")
+print("the same weights as the soft attention of section 1:", np.allclose(weights, unscaled[0], atol=1e-6))
 
 parity((attentional, weights),
        attention_jax.global_attention(to_jax(global_params), decoder_states, encoder_outputs, score="dot"))

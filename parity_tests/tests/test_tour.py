@@ -136,3 +136,12 @@ def test_tour_shows_that_the_scale_softens_the_weights(executed):
     assert entropy_u == sorted(entropy_u, reverse=True) and entropy_u[-1] < 0.2   # nearly one-hot at H = 512
     assert max(entropy_s) - min(entropy_s) < 0.3 and min(entropy_s) > entropy_u[0]
     assert gradient_u[-1] < 0.25 * gradient_s[-1] and max(gradient_s) - min(gradient_s) < 0.05
+
+
+def test_tour_says_which_pictures_are_the_same_and_checks_it(executed):
+    # cross-attention with identity projections is scaled dot-product attention; Luong's
+    # global attention with the dot score has the weights of soft attention on dot scores
+    notebook, _ = executed
+    same = [x for x in _text(notebook).splitlines() if x.startswith("the same weights as")]
+    assert same == ["the same weights as the cross-attention of section 5: True",
+                    "the same weights as the soft attention of section 1: True"]
