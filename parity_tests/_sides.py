@@ -105,9 +105,19 @@ def _call_numpy(side, params, inputs, kwargs):
     return side.fn(*inputs, **kwargs) if params is None else side.fn(params, *inputs, **kwargs)
 
 
+def check_leaves(side, outputs, expected) -> None:
+    """Outputs are matched with the reference's leaf by leaf, in order; their number must agree."""
+    if len(outputs) != len(expected) or any(np.shape(o) != np.shape(e) for o, e in zip(outputs, expected)):
+        raise ValueError(
+            f"{side.label} returns arrays of shapes {[tuple(np.shape(o)) for o in outputs]}, the reference "
+            f"{[tuple(np.shape(e)) for e in expected]}: both sides must return the same arrays (wrap one to drop or reorder outputs)")
+
+
 # --- NumPy: the function itself; gradients by central differences, float64 only -----------------
 def _run_numpy(side, inputs, kwargs, params, dtype, cotangent, rng):
     outputs = jax.tree.map(np.asarray, _call_numpy(side, params, inputs, kwargs))
+    if cotangent is not None:
+        check_leaves(side, jax.tree.leaves(outputs), jax.tree.leaves(cotangent))
     if cotangent is None or dtype != "float64":
         return outputs, None
     wrt = {"inputs": inputs, "params": params}
@@ -167,7 +177,10 @@ def _run_jax(side, inputs, kwargs, params, dtype, cotangent, rng):
         if cotangent is None:
             return jax.tree.map(np.asarray, jax.device_get(fn(params, *[inputs[i] for i in floats]))), None
         outputs, vjp = jax.vjp(fn, params, *[inputs[i] for i in floats])
-        cot = jax.tree.map(lambda c, o: np.asarray(c).astype(o.dtype), cotangent, outputs)
+        out_leaves, out_def = jax.tree.flatten(outputs)
+        check_leaves(side, out_leaves, jax.tree.leaves(cotangent))
+        # matched leaf by leaf: (out, None) and out alone are the same outputs
+        cot = jax.tree.unflatten(out_def, [np.asarray(c).astype(o.dtype) for c, o in zip(jax.tree.leaves(cotangent), out_leaves)])
         d_params, *d_inputs = vjp(cot)
     grads_inputs = [None] * len(inputs)
     for i, g in zip(floats, d_inputs):
@@ -229,6 +242,7 @@ def _run_torch(side, inputs, kwargs, params, dtype, cotangent, rng):
         return np_outputs, None
     out_leaves = jax.tree.leaves(outputs)  # a tensor is a leaf to jax.tree; None is dropped, as from the cotangent
     cot_leaves = jax.tree.leaves(cotangent)
+    check_leaves(side, out_leaves, cot_leaves)
     pairs = [(o, c) for o, c in zip(out_leaves, cot_leaves) if isinstance(o, torch.Tensor) and o.requires_grad]
     wrt_inputs = [t for t in jax.tree.leaves(t_inputs) if isinstance(t, torch.Tensor) and t.requires_grad]
     wrt_params = list((t_params or {}).values())

@@ -199,8 +199,8 @@ def _verdict(source, source_err, reference, dtype, index) -> str:
             f"(here {source_err[index]:.2e})")
 
 
-def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",), gradients=True,
-               tolerance="source", seed=0, reference=None, params=None) -> PortReport:
+def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
+               gradients=True, tolerance="source", seed=0, reference=None, params=None) -> PortReport:
     r"""Check that ``port`` computes what ``source`` computes, values and gradients.
 
     Each dtype row rounds ``inputs`` to the dtype once and gives the same numbers to both
@@ -226,6 +226,7 @@ def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax")
       inputs: tuple of float64 NumPy arrays (or pytrees of them, e.g. a params dict);
         bool and int arrays pass unrounded and are not differentiated.
       kwargs: options for both sides (masks, flags); arrays are converted, not differentiated.
+      port_kwargs: the port's options when they differ from the source's (default ``kwargs``).
       frameworks: ``(source's, port's)`` or ``(source's, port's, reference's)``, each
         ``"numpy"``, ``"jax"`` or ``"torch"``.
       dtypes: the rows, any of ``"float64"``, ``"float32"``, ``"float16"``, ``"bfloat16"``.
@@ -261,6 +262,7 @@ def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax")
         if not isinstance(x, np.ndarray):
             raise TypeError(f"inputs must hold NumPy arrays (float64, or bool/int); leaf {i} is {type(x).__name__}")
     kwargs = dict(kwargs or {})
+    port_kwargs = kwargs if port_kwargs is None else dict(port_kwargs)
     if len(frameworks) not in (2, 3):
         raise ValueError(f"frameworks must name 2 or 3 frameworks (source, port[, reference]); got {frameworks!r}")
     for d in dtypes:
@@ -284,7 +286,7 @@ def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax")
     for dtype in dtypes:
         # both sides get the same rounded numbers; the reference computes on them in float64
         rounded = cast(inputs, dtype)
-        rounded_kwargs = cast(kwargs, dtype)
+        rounded_kwargs, rounded_port_kwargs = cast((kwargs, port_kwargs), dtype)
         ref_in = cast(rounded, "float64")
         ref_kwargs = cast(rounded_kwargs, "float64")
         ref_side = ref if ref.params is None else dataclasses.replace(ref, params=cast(cast(ref.params, dtype), "float64"))
@@ -297,7 +299,8 @@ def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax")
         if gradients:
             _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast(cot, "float64"), fd_rng())
         source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
-        port_out, port_grad = prt.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
+        port_out, port_grad = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
+        source_out, port_out = (_like(reference_out, out, side) for out, side in ((source_out, src), (port_out, prt)))
         checks += _compare_trees("output", dtype, source_out, port_out, reference_out, port_tolerance)
         if gradients:
             if mapped is not None:  # the source's parameter gradients in the port's layout
@@ -314,6 +317,16 @@ def check_port(source, port, inputs, *, kwargs=None, frameworks=("torch", "jax")
                 f"floor (atol, rtol) {', '.join(f'{d} {SOURCE_FLOOR[d]}' for d in dtypes)}" if tolerance == "source"
                 else f"|port - ref| <= atol + rtol |ref|: {tolerance if not isinstance(tolerance, str) else {d: PORT_TOLERANCES[d] for d in dtypes}}")
     return PortReport(src.label, prt.label, f"{label} in float64 on the same rounded inputs", tol_text, checks)
+
+
+def _like(reference, outputs, side):
+    """``outputs`` in the reference's structure, matched leaf by leaf (``(out, None)`` from
+    one side and ``out`` from the other are the same output, named as the reference names it)."""
+    from ._sides import check_leaves
+
+    leaves = jax.tree.leaves(outputs)
+    check_leaves(side, leaves, jax.tree.leaves(reference))
+    return jax.tree.unflatten(jax.tree.structure(reference), leaves)
 
 
 def _pair(tolerance, dtype):

@@ -176,6 +176,26 @@ def test_worked_port_bert_self_attention_to_dot_product_attention():
     assert {c.name for c in report.checks} >= {"output", "grad.inputs[0]", "grad.params.key.kernel", "grad.params.value.bias"}
 
 
+def test_torch_module_to_flax_nnx_module_with_the_parameter_map():
+    """torch.nn.MultiheadAttention -> flax.nnx.MultiHeadAttention (the same parameter tree as
+    ours): the map's weights are loaded into the module in each dtype, and its parameter
+    gradients are compared leaf by leaf; PyTorch's (out, None) is the module's out."""
+    torch = pytest.importorskip("torch")
+    from flax import nnx
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(7)
+    source = torch.nn.MultiheadAttention(E, N, batch_first=True)
+    port = nnx.MultiHeadAttention(N, E, decode=False, rngs=nnx.Rngs(0))
+    inputs = (rng.normal(size=(B, T, E)), rng.normal(size=(B, S, E)), rng.normal(size=(B, S, E)))
+    report = check_port(source, port, inputs, kwargs={"need_weights": False}, port_kwargs={}, dtypes=("float32",),
+                        params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
+    assert report.passed, str(report)
+    assert "grad.params.query.kernel" in {c.name for c in report.checks} and report.port == "jax MultiHeadAttention"
+    with pytest.raises(ValueError, match=r"returns arrays of shapes \[\(2, 3, 12\)\], the reference \[\(2, 3, 12\), \(2, 3, 5\)\]"):
+        check_port(source, port, inputs, port_kwargs={}, params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
+
+
 def test_planted_bug_in_a_torch_port_is_located_in_the_parameter_gradients():
     """A port of torch.nn.Linear whose forward is right but whose bias gets no gradient: the
     outputs and the input gradients agree, and the report names grad.params.bias alone."""
