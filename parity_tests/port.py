@@ -53,13 +53,21 @@ class LeafCheck:
     nonfinite: str = ""
     verdict: str = ""
     problem: str = ""   # structure, shape or dtype mismatch: nothing compared
+    where: str = ""     # in a sweep: "size=64 seed=1"
+
+    @property
+    def ratio(self) -> float:
+        """The worst element's error over its tolerance: <= 1 passes (inf: NaN or a problem)."""
+        if self.problem or self.nonfinite:
+            return np.inf
+        return self.abs_error / self.tolerance if self.tolerance else (np.inf if self.abs_error else 0.0)
 
     @property
     def passed(self) -> bool:
         return not self.problem and not self.mismatched and not self.nonfinite
 
     def __str__(self) -> str:
-        head = f"{'pass' if self.passed else 'FAIL'} {self.dtype} {self.name} {self.shape}"
+        head = f"{'pass' if self.passed else 'FAIL'} {self.where + ' ' if self.where else ''}{self.dtype} {self.name} {self.shape}"
         if self.problem:
             return f"{head}: {self.problem}"
         if self.passed:
@@ -94,6 +102,12 @@ class PortReport:
     def failures(self) -> list:
         return [c for c in self.checks if not c.passed]
 
+    @property
+    def worst(self) -> LeafCheck | None:
+        """The leaf check with the largest error relative to its tolerance (in a sweep: with
+        its size and seed)."""
+        return max(self.checks, key=lambda c: c.ratio, default=None)
+
     def __str__(self) -> str:
         failed = self.failures
         lines = [
@@ -103,6 +117,9 @@ class PortReport:
             f"  reference: {self.reference}",
             f"  tolerance: {self.tolerance}",
         ]
+        worst = self.worst
+        if worst is not None and any(c.where for c in self.checks):
+            lines.append(f"  worst:     {worst.where} {worst.dtype} {worst.name}, error {worst.ratio:.3g} x its tolerance")
         lines += [str(c) for c in failed] + [str(c) for c in self.checks if c.passed]
         return "\n".join(lines)
 
@@ -200,7 +217,7 @@ def _verdict(source, source_err, reference, dtype, index) -> str:
 
 
 def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
-               gradients=True, tolerance="source", seed=0, reference=None, params=None) -> PortReport:
+               gradients=True, tolerance="source", seed=0, reference=None, params=None, sizes=None, seeds=None) -> PortReport:
     r"""Check that ``port`` computes what ``source`` computes, values and gradients.
 
     Each dtype row rounds ``inputs`` to the dtype once and gives the same numbers to both
@@ -224,7 +241,10 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         ``flax.nnx.Module``; called as ``fn(*inputs, **kwargs)`` and returning an array or
         a tuple/dict of arrays (the same structure on both sides).
       inputs: tuple of float64 NumPy arrays (or pytrees of them, e.g. a params dict);
-        bool and int arrays pass unrounded and are not differentiated.
+        bool and int arrays pass unrounded and are not differentiated. Or, to sweep, a
+        callable ``(rng, size) -> tuple``, called for every ``size`` of ``sizes`` and seed of
+        ``seeds`` (default ``(seed,)``) with ``numpy.random.default_rng(seed)``; every leaf
+        check is tagged ``size=... seed=...`` and :attr:`PortReport.worst` is the worst.
       kwargs: options for both sides (masks, flags); arrays are converted, not differentiated.
       port_kwargs: the port's options when they differ from the source's (default ``kwargs``).
       frameworks: ``(source's, port's)`` or ``(source's, port's, reference's)``, each
@@ -235,6 +255,8 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         gradient leaves are checked at ``tolerance="dtype"`` against the reference.
       seed: seeds the cotangent (and the finite-difference samples).
       reference: the float64 reference (default: ``source``), a callable like a side.
+      sizes, seeds: the sweep (see ``inputs``): any values ``inputs`` understands
+        (``64``, ``(2, 64)``, ``{"T": 64}``), and the seeds of its generator and cotangent.
       params: the parameter map of a module source, e.g.
         ``attention_jax.multi_head_params_from_torch``: it takes the source's parameters
         (``{name: array}``) and returns the port's; the port is then called as
@@ -255,12 +277,13 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         >>> report.passed
         True
     """
-    if not isinstance(inputs, (tuple, list)):
-        raise TypeError(f"inputs must be a tuple of NumPy arrays; got {type(inputs).__name__}")
-    inputs = tuple(inputs)
-    for i, x in enumerate(jax.tree.leaves(inputs)):
-        if not isinstance(x, np.ndarray):
-            raise TypeError(f"inputs must hold NumPy arrays (float64, or bool/int); leaf {i} is {type(x).__name__}")
+    sweep = callable(inputs)
+    if not sweep:
+        _check_inputs(inputs)
+    elif not sizes:
+        raise ValueError("inputs is a callable (rng, size) -> inputs: pass sizes=[...] (and seeds=[...]) to sweep")
+    if not sweep and (sizes is not None or seeds is not None):
+        raise ValueError("sizes and seeds need inputs as a callable (rng, size) -> tuple of arrays")
     kwargs = dict(kwargs or {})
     port_kwargs = kwargs if port_kwargs is None else dict(port_kwargs)
     if len(frameworks) not in (2, 3):
@@ -275,48 +298,79 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
     src = Side.make(source, frameworks[0], "source")
     prt = Side.make(port, frameworks[1], "port")
     ref = src if reference is None else Side.make(reference, frameworks[2] if len(frameworks) == 3 else frameworks[0], "reference")
-    mapped = None
     if params is not None:
         if src.params is None:
             raise ValueError("params: a parameter map needs a module source (torch.nn.Module or nnx.Module)")
-        mapped = params
         prt.params = _as_numpy(params(src.params))
-    port_tolerance = "dtype" if tolerance == "dtype" else tolerance
+    run = _Run(src, prt, ref, params, kwargs, port_kwargs, gradients, tolerance)
     checks = []
-    for dtype in dtypes:
-        # both sides get the same rounded numbers; the reference computes on them in float64
-        rounded = cast(inputs, dtype)
-        rounded_kwargs, rounded_port_kwargs = cast((kwargs, port_kwargs), dtype)
-        ref_in = cast(rounded, "float64")
-        ref_kwargs = cast(rounded_kwargs, "float64")
-        ref_side = ref if ref.params is None else dataclasses.replace(ref, params=cast(cast(ref.params, dtype), "float64"))
-        reference_out, _ = ref_side.run(ref_in, ref_kwargs, "float64")
-        cot = None
-        if gradients:
-            rng = np.random.default_rng([seed, 1])
-            cot = cast(jax.tree.map(lambda o: rng.normal(size=np.shape(o)), reference_out), dtype)
-        fd_rng = lambda: np.random.default_rng([seed, 2])
-        if gradients:
-            _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast(cot, "float64"), fd_rng())
-        source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
-        port_out, port_grad = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
-        source_out, port_out = (_like(reference_out, out, side) for out, side in ((source_out, src), (port_out, prt)))
-        checks += _compare_trees("output", dtype, source_out, port_out, reference_out, port_tolerance)
-        if gradients:
-            if mapped is not None:  # the source's parameter gradients in the port's layout
-                source_grad, reference_grad = (g if g is None else {**g, "params": _as_numpy(mapped(g["params"]))}
-                                               for g in (source_grad, reference_grad))
-            elif prt.params is None:  # a module port with its own weights: its inputs' gradients only
-                source_grad, reference_grad, port_grad = (g if g is None else {**g, "params": None}
-                                                          for g in (source_grad, reference_grad, port_grad))
-            grad_tolerance = "dtype" if port_tolerance == "source" and source_grad is None else port_tolerance
-            checks += _compare_trees("grad", dtype, source_grad, port_grad, reference_grad, grad_tolerance,
-                                     sampled=ref.framework == "numpy")
+    if not sweep:
+        for dtype in dtypes:
+            checks += run.check(tuple(inputs), dtype, seed)
+    else:
+        for size in sizes:
+            for s in (seed,) if seeds is None else seeds:
+                built = inputs(np.random.default_rng(s), size)
+                _check_inputs(built, f"inputs(rng, {size!r})")
+                for dtype in dtypes:
+                    checks += [dataclasses.replace(c, where=f"size={size!r} seed={s}") for c in run.check(tuple(built), dtype, s)]
     label = "the source" if reference is None else ref.label
     tol_text = (f"'source': |port - ref| <= {SOURCE_FACTOR:g} x (the source's max error in the leaf) + atol + rtol |ref|, "
                 f"floor (atol, rtol) {', '.join(f'{d} {SOURCE_FLOOR[d]}' for d in dtypes)}" if tolerance == "source"
                 else f"|port - ref| <= atol + rtol |ref|: {tolerance if not isinstance(tolerance, str) else {d: PORT_TOLERANCES[d] for d in dtypes}}")
     return PortReport(src.label, prt.label, f"{label} in float64 on the same rounded inputs", tol_text, checks)
+
+
+def _check_inputs(inputs, what="inputs"):
+    if not isinstance(inputs, (tuple, list)):
+        raise TypeError(f"{what} must be a tuple of NumPy arrays; got {type(inputs).__name__}")
+    for i, x in enumerate(jax.tree.leaves(tuple(inputs))):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"{what} must hold NumPy arrays (float64, or bool/int); leaf {i} is {type(x).__name__}")
+
+
+@dataclasses.dataclass
+class _Run:
+    """One port's sides and options; :meth:`check` compares them on one set of inputs in one dtype."""
+
+    src: Side
+    prt: Side
+    ref: Side
+    params: object
+    kwargs: dict
+    port_kwargs: dict
+    gradients: bool
+    tolerance: object
+
+    def check(self, inputs, dtype, seed) -> list:
+        src, prt, ref, mapped = self.src, self.prt, self.ref, self.params
+        # both sides get the same rounded numbers; the reference computes on them in float64
+        rounded = cast(inputs, dtype)
+        rounded_kwargs, rounded_port_kwargs = cast((self.kwargs, self.port_kwargs), dtype)
+        ref_in, ref_kwargs = cast((rounded, rounded_kwargs), "float64")
+        ref_side = ref if ref.params is None else dataclasses.replace(ref, params=cast(cast(ref.params, dtype), "float64"))
+        reference_out, _ = ref_side.run(ref_in, ref_kwargs, "float64")
+        cot = reference_grad = None
+        fd_rng = lambda: np.random.default_rng([seed, 2])
+        if self.gradients:
+            rng = np.random.default_rng([seed, 1])
+            cot = cast(jax.tree.map(lambda o: rng.normal(size=np.shape(o)), reference_out), dtype)
+            _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast(cot, "float64"), fd_rng())
+        source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
+        port_out, port_grad = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
+        source_out, port_out = (_like(reference_out, out, side) for out, side in ((source_out, src), (port_out, prt)))
+        checks = _compare_trees("output", dtype, source_out, port_out, reference_out, self.tolerance)
+        if self.gradients:
+            if mapped is not None:  # the source's parameter gradients in the port's layout
+                source_grad, reference_grad = (g if g is None else {**g, "params": _as_numpy(mapped(g["params"]))}
+                                               for g in (source_grad, reference_grad))
+            else:  # no map: each side's own weights, its inputs' gradients only
+                source_grad, reference_grad, port_grad = (g if g is None else {**g, "params": None}
+                                                          for g in (source_grad, reference_grad, port_grad))
+            grad_tolerance = "dtype" if self.tolerance == "source" and source_grad is None else self.tolerance
+            checks += _compare_trees("grad", dtype, source_grad, port_grad, reference_grad, grad_tolerance,
+                                     sampled=ref.framework == "numpy")
+        return checks
 
 
 def _like(reference, outputs, side):

@@ -245,3 +245,19 @@ def test_multi_head_attention_keys_and_values_of_different_widths_numpy_to_jax()
     inputs = (params, rng.normal(size=(B, T, E)), rng.normal(size=(B, S, 5)), rng.normal(size=(B, S, 7)))
     assert_port(attention_np.multi_head_attention, attention_jax.multi_head_attention, inputs,
                 frameworks=("numpy", "jax"), dtypes=("float64", "float32"))
+
+
+def test_sweep_over_sizes_and_seeds_reports_the_worst_case_with_its_size_and_seed():
+    def build(rng, size):
+        return (rng.normal(size=(2, size)),)
+
+    def breaks_above_8(x):  # right for short rows only
+        return jax.nn.softmax(x, axis=-1 if x.shape[-1] <= 8 else 0)
+
+    kw = dict(frameworks=("numpy", "jax"), sizes=[3, 17], seeds=[0, 1])
+    assert check_port(_softmax, lambda x: jax.nn.softmax(x, axis=-1), build, **kw).passed
+    report = check_port(_softmax, breaks_above_8, build, **kw)
+    assert {c.where for c in report.failures} == {"size=17 seed=0", "size=17 seed=1"}
+    assert report.worst.where.startswith("size=17") and "worst:     size=17" in str(report)
+    with pytest.raises(ValueError, match="pass sizes="):
+        check_port(_softmax, breaks_above_8, build, frameworks=("numpy", "jax"))
