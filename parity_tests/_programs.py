@@ -103,14 +103,14 @@ class Program:
             results[key] = _run(entry, args, kwargs, cotangent)
         return results
 
-    def lower(self) -> "Program":
+    def lower(self) -> Program:
         with jax.default_matmul_precision("highest"):
             # device_put, not jnp.asarray: the latter compiles a small program per shape and dtype
             self.arrays = jax.device_put(self.arrays)
             self.lowered = jax.jit(self._program).lower(self.arrays)
         return self
 
-    def compile(self) -> "Program":
+    def compile(self) -> Program:
         self.compiled = self.lowered.compile()
         return self
 

@@ -66,7 +66,7 @@ class Side:
     label: str = ""
 
     @classmethod
-    def make(cls, fn, framework: str, argument: str) -> "Side":
+    def make(cls, fn, framework: str, argument: str) -> Side:
         if framework not in FRAMEWORKS:
             raise ValueError(f"frameworks: {argument}'s framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
         if not callable(fn):

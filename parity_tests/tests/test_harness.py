@@ -12,9 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-import parity_tests
-
 import attention_jax
+import parity_tests
 from parity_tests import REGISTRY, Comparison, Result, assert_parity, planned_rows, pytest_params, run_case
 from parity_tests import __main__ as report
 from parity_tests.harness import FINITE_DIFFERENCES, NUMPY_VJP

@@ -12,7 +12,6 @@ import pytest
 
 import attention_jax
 import attention_np
-import parity_tests
 from parity_tests import assert_port, check_port
 
 B, T, S, E, N = 2, 3, 5, 12, 3  # H = 4

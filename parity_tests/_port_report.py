@@ -1,0 +1,206 @@
+"""The comparison and the report of ``check_port``: tolerances, one leaf against the float64
+reference (:func:`compare_leaf`), and the printable :class:`PortReport`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+# tolerance="dtype": an element passes when |port - reference| <= atol + rtol * |reference|
+# (the convention of numpy.testing.assert_allclose and chex), per dtype: (atol, rtol).
+PORT_TOLERANCES = {"float64": (1e-10, 1e-10), "float32": (1e-5, 1e-4), "float16": (2e-3, 1e-2), "bfloat16": (2e-2, 5e-2)}
+# tolerance="source": |port - reference| <= SOURCE_FACTOR * e + atol + rtol * |reference|, e the
+# source's own largest error in that leaf (same dtype, same inputs), (atol, rtol) the floor.
+SOURCE_FACTOR = 4.0
+SOURCE_FLOOR = {"float64": (1e-12, 1e-10), "float32": (1e-7, 1e-6), "float16": (1e-4, 1e-3), "bfloat16": (1e-3, 1e-2)}
+# A NumPy reference's gradients are central finite differences (h = 1e-5): good to ~1e-9 in
+# float64 (truncation h^2/6 f''', rounding eps |L| / h), so 1e-6 abs + rel, as the registry's.
+FD_TOLERANCE = 1e-6
+_SHOWN = 3  # NaN/inf positions named per leaf
+
+
+@dataclasses.dataclass(frozen=True)
+class LeafCheck:
+    """One output or gradient leaf in one dtype. ``index`` is the worst element's (largest
+    error relative to its tolerance); ``source_error`` the source's largest error in the
+    leaf; ``verdict`` says which side is off when it fails."""
+
+    name: str
+    dtype: str
+    shape: tuple
+    mismatched: int
+    total: int
+    index: tuple = ()
+    source: float = np.nan
+    port: float = np.nan
+    reference: float = np.nan
+    abs_error: float = 0.0
+    rel_error: float = 0.0
+    tolerance: float = 0.0
+    source_error: float = 0.0
+    nonfinite: str = ""
+    verdict: str = ""
+    problem: str = ""   # structure, shape or dtype mismatch: nothing compared
+    where: str = ""     # in a sweep: "size=64 seed=1"
+
+    @property
+    def ratio(self) -> float:
+        """The worst element's error over its tolerance: <= 1 passes (inf: NaN or a problem)."""
+        if self.problem or self.nonfinite:
+            return np.inf
+        return self.abs_error / self.tolerance if self.tolerance else (np.inf if self.abs_error else 0.0)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problem and not self.mismatched and not self.nonfinite
+
+    def __str__(self) -> str:
+        head = f"{'pass' if self.passed else 'FAIL'} {self.where + ' ' if self.where else ''}{self.dtype} {self.name} {self.shape}"
+        if self.problem:
+            return f"{head}: {self.problem}"
+        if self.passed:
+            return (f"{head}: closest to its tolerance at {list(self.index)}, |port - ref| {self.abs_error:.2e} "
+                    f"<= {self.tolerance:.2e} (source's max error {self.source_error:.2e})")
+        lines = [f"{head}: {self.mismatched} of {self.total} elements outside tolerance"]
+        if self.mismatched:
+            lines.append(
+                f"    worst at {list(self.index)}: source {self.source:.6g}, port {self.port:.6g}, reference "
+                f"{self.reference:.6g}; |port - ref| {self.abs_error:.3e}, rel {self.rel_error:.3e}, tolerance {self.tolerance:.3e}")
+        if self.nonfinite:
+            lines.append(f"    {self.nonfinite}")
+        lines.append(f"    {self.verdict}")
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class PortReport:
+    """What :func:`check_port` found: ``passed``, and ``str(report)`` the per-leaf account."""
+
+    source: str
+    port: str
+    reference: str
+    tolerance: str
+    checks: list
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def worst(self) -> LeafCheck | None:
+        """The leaf check with the largest error relative to its tolerance (in a sweep: with
+        its size and seed)."""
+        return max(self.checks, key=lambda c: c.ratio, default=None)
+
+    def __str__(self) -> str:
+        failed = self.failures
+        lines = [
+            f"check_port: {'passed' if not failed else 'FAILED'}, {len(self.checks) - len(failed)} of {len(self.checks)} leaves pass",
+            f"  source:    {self.source}",
+            f"  port:      {self.port}",
+            f"  reference: {self.reference}",
+            f"  tolerance: {self.tolerance}",
+        ]
+        worst = self.worst
+        if worst is not None and any(c.where for c in self.checks):
+            lines.append(f"  worst:     {worst.where} {worst.dtype} {worst.name}, error {worst.ratio:.3g} x its tolerance")
+        lines += [str(c) for c in failed] + [str(c) for c in self.checks if c.passed]
+        return "\n".join(lines)
+
+
+def _paths(tree, prefix: str) -> list:
+    """``[(name, leaf)]``: ``output[0]``, ``grad.params.query.kernel``, ``grad.inputs[1]``."""
+    def key(k):
+        if isinstance(k, jax.tree_util.SequenceKey):
+            return f"[{k.idx}]"
+        if isinstance(k, jax.tree_util.DictKey):
+            return f".{k.key}"
+        return f".{getattr(k, 'name', k)}"
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+    return [(prefix + "".join(key(k) for k in path), leaf) for path, leaf in flat]
+
+
+def _bounds(reference, source_error, dtype, tolerance):
+    if isinstance(tolerance, tuple) and tolerance[:1] == ("source",):  # ("source", floor)
+        atol, rtol = tolerance[1]
+        return SOURCE_FACTOR * source_error + atol + rtol * np.abs(reference)
+    if tolerance == "source":
+        atol, rtol = SOURCE_FLOOR[dtype]
+        return SOURCE_FACTOR * source_error + atol + rtol * np.abs(reference)
+    atol, rtol = tolerance[dtype] if isinstance(tolerance, dict) else tolerance
+    return atol + rtol * np.abs(reference)
+
+
+def _nonfinite(a, ref, who) -> str:
+    """Where ``a`` is NaN/inf and ``ref`` not, or the other way round."""
+    bad = (np.isnan(a) != np.isnan(ref)) | (np.isinf(a) & np.isinf(ref) & (np.sign(a) != np.sign(ref))) | (np.isinf(a) != np.isinf(ref))
+    if not bad.any():
+        return ""
+    where = [tuple(int(i) for i in ix) for ix in np.argwhere(bad)[:_SHOWN]]
+    shown = ", ".join(f"{list(ix)} ({who} {a[ix]:g}, reference {ref[ix]:g})" for ix in where)
+    return f"NaN/inf at {int(bad.sum())} positions where the reference differs: {shown}{', ...' if bad.sum() > _SHOWN else ''}"
+
+
+def compare_leaf(name, dtype, source, port, reference, tolerance, *, sampled=False) -> LeafCheck:
+    """One leaf: each element of ``port`` against ``reference`` within its bound (see
+    :data:`PORT_TOLERANCES`, :data:`SOURCE_FACTOR`); NaN/inf must sit where the reference's do.
+    ``sampled``: the reference is finite differences, NaN where not differenced; only the
+    differenced elements are compared."""
+    reference = np.asarray(reference, np.float64)
+    shape = tuple(reference.shape)
+    for who, x in (("port", port), ("source", source)):
+        if x is None:
+            return LeafCheck(name, dtype, shape, 0, reference.size, problem=f"the {who} has no such leaf")
+        if np.shape(x) != shape:
+            return LeafCheck(name, dtype, shape, 0, reference.size, problem=f"the {who}'s shape is {np.shape(x)}, the reference's {shape}")
+    source, port = np.asarray(source, np.float64), np.asarray(port, np.float64)
+    total = reference.size
+    if sampled:
+        skipped = np.isnan(reference)
+        source, port, total = np.where(skipped, np.nan, source), np.where(skipped, np.nan, port), int((~skipped).sum())
+    with np.errstate(invalid="ignore"):
+        port_err = np.where(port == reference, 0.0, np.abs(port - reference))       # inf == inf: 0
+        source_err = np.where(source == reference, 0.0, np.abs(source - reference))
+    finite_source = source_err[np.isfinite(source_err)]
+    source_error = float(finite_source.max()) if finite_source.size else 0.0
+    bound = _bounds(reference, source_error, dtype, tolerance)
+    with np.errstate(invalid="ignore"):
+        off = np.isfinite(reference) & ~(port_err <= bound)
+    nonfinite = _nonfinite(port, reference, "port")
+    if not reference.size:
+        return LeafCheck(name, dtype, shape, 0, 0, nonfinite=nonfinite)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(np.isfinite(reference), port_err / np.maximum(bound, np.finfo(float).tiny), 0.0)
+    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # a NaN where the reference is finite: the worst
+    index = np.unravel_index(int(np.argmax(ratio)), shape)
+    ref_i = reference[index]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rel = float(port_err[index] / abs(ref_i)) if ref_i else float(np.inf if port_err[index] else 0.0)
+    check = LeafCheck(
+        name, dtype, shape, int(off.sum()), total, tuple(int(i) for i in index), float(source[index]), float(port[index]),
+        float(ref_i), float(port_err[index]), rel, float(bound[index]), source_error, nonfinite)
+    if check.passed:
+        return check
+    return dataclasses.replace(check, verdict=_verdict(source, source_err, reference, dtype, index))
+
+
+def _verdict(source, source_err, reference, dtype, index) -> str:
+    """Which side is off: the source measured against the float64 reference at the dtype's
+    own tolerance (:data:`PORT_TOLERANCES`)."""
+    atol, rtol = PORT_TOLERANCES[dtype]
+    with np.errstate(invalid="ignore"):
+        source_off = np.isfinite(reference) & ~(source_err <= atol + rtol * np.abs(reference))
+    source_nonfinite = _nonfinite(source, reference, "source")
+    if source_off.any() or source_nonfinite:
+        return (f"the source is off from the float64 reference too: {int(source_off.sum())} elements beyond "
+                f"{atol:g} + {rtol:g} |ref|{'; ' + source_nonfinite if source_nonfinite else ''}; "
+                f"the port is further off")
+    return (f"the port is off: the source is within {atol:g} + {rtol:g} |ref| of the reference everywhere "
+            f"(here {source_err[index]:.2e})")
