@@ -4,6 +4,7 @@ parameter shapes and rng use), whose attention is :func:`attention_jax.dot_produ
 from __future__ import annotations
 
 import functools
+from types import MappingProxyType
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,7 @@ from flax import nnx
 from flax.nnx import rnglib as _rnglib
 from flax.nnx.module import first_from as _first_from
 from flax.nnx.nn import initializers as _initializers
+from flax.nnx.nn.dtypes import promote_dtype as _promote_dtype
 from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init
 
 from attention_np._validate import check_mask_dtype
@@ -22,20 +24,6 @@ from .._sharding import head_sum_sharding
 from ..dense import dense_attention
 from ..dispatch import dot_product_attention
 from ..rotary import apply_rotary
-
-
-def _project(x, layer, dtype, precision, n_in_axes=1):
-    """``x W + b`` of a ``LinearGeneral``'s parameters, in Flax's dtype rule (``dtype`` if
-    given, else the promoted dtype of the input and the parameters)."""
-    kernel = layer.kernel[...]
-    bias = None if layer.bias is None else layer.bias[...]
-    dtype = dtype or jnp.result_type(x, kernel, *(() if bias is None else (bias,)))
-    x, kernel = x.astype(dtype), kernel.astype(dtype)
-    if n_in_axes == 1:                                                    # (B..., L, E) @ (E, N, H)
-        y = jnp.einsum("...E,ENH->...NH", x, kernel, precision=precision)
-    else:                                                                 # (B..., T, N, H) @ (N, H, F)
-        y = jnp.einsum("...NH,NHF->...F", x, kernel, precision=precision, out_sharding=head_sum_sharding(x))
-    return y if bias is None else y + bias.astype(dtype)
 
 
 class MultiHeadAttention(nnx.Module):
@@ -57,8 +45,14 @@ class MultiHeadAttention(nnx.Module):
     hash of :mod:`attention_jax.dropout` (Flax: ``jax.random.bernoulli``), so the dropped
     weights differ from Flax's for the same rng; with ``decode``, ``is_causal`` is ignored
     (the cache is causal already; Flax would mask all but the first cached key) and more
-    than one token may be fed per call (a prefill). Additions to the call: ``bias``,
-    ``local_window_size`` and ``implementation``. A float ``mask`` is a ``TypeError``, as in
+    than one token may be fed per call (a prefill), with one cache position per batch row.
+    Every argument of Flax's constructor and call is accepted with Flax's meaning (the
+    ``*_metadata`` reach the ``nnx.Param``s, ``attention_fn`` replaces this module's attention
+    as in Flax, ``qkv_sharding``/``out_sharding`` go to the projections). Additions:
+    ``rotary``, ``rotary_base``, ``rotary_fraction`` (rotary position embeddings) in the
+    constructor; ``bias``, ``local_window_size``, ``query_seq_lengths``,
+    ``key_value_seq_lengths``, ``positions`` and ``implementation`` in the call. A float
+    ``mask`` is a ``TypeError``, as in
     every function here (Flax reads it as nonzero = attend, PyTorch as an additive 0/-inf
     bias: the two habits disagree, so neither is guessed; pass float values as ``bias``).
 
@@ -86,10 +80,24 @@ class MultiHeadAttention(nnx.Module):
         bias_init=_initializers.zeros_init(),
         out_bias_init=None,
         use_bias: bool = True,
+        attention_fn=None,
         decode: bool | None = None,
         normalize_qk: bool = False,
+        qkv_promote_dtype=_promote_dtype,
+        out_promote_dtype=_promote_dtype,
+        ln_promote_dtype=_promote_dtype,
+        qkv_dot_general=None,
+        out_dot_general=None,
+        qkv_dot_general_cls=None,
+        out_dot_general_cls=None,
         rngs: nnx.Rngs,
         keep_rngs: bool = True,
+        kernel_metadata=MappingProxyType({}),
+        out_kernel_metadata=MappingProxyType({}),
+        bias_metadata=MappingProxyType({}),
+        out_bias_metadata=MappingProxyType({}),
+        query_ln_scale_metadata=MappingProxyType({}),
+        key_ln_scale_metadata=MappingProxyType({}),
         rotary: bool = False,
         rotary_base: float = 10000.0,
         rotary_fraction: float = 1.0,
@@ -115,27 +123,33 @@ class MultiHeadAttention(nnx.Module):
         self.use_bias = use_bias
         self.decode = decode
         self.normalize_qk = normalize_qk
+        self.attention_fn = attention_fn
         self.head_dim = self.qkv_features // self.num_heads
         self.rotary, self.rotary_base, self.rotary_fraction = rotary, rotary_base, rotary_fraction
         if rotary:
             rotary_features(self.head_dim, rotary_fraction)  # a ValueError now, not at the first call
         linear = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
-                      use_bias=use_bias, precision=precision, rngs=rngs)
+                      use_bias=use_bias, precision=precision, promote_dtype=qkv_promote_dtype,
+                      dot_general=qkv_dot_general, dot_general_cls=qkv_dot_general_cls,
+                      kernel_metadata=kernel_metadata, bias_metadata=bias_metadata, rngs=rngs)
         # the parameters, created in Flax's order (so the same rngs give the same weights)
         self.query = nnx.LinearGeneral(self.in_features, out_features=(self.num_heads, self.head_dim), **linear)
         self.key = nnx.LinearGeneral(self.in_kv_features, out_features=(self.num_kv_heads, self.head_dim), **linear)
         self.value = nnx.LinearGeneral(self.in_kv_features, out_features=(self.num_kv_heads, self.head_dim), **linear)
         if normalize_qk:
-            ln = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-            self.query_ln = nnx.LayerNorm(self.head_dim, **ln)
-            self.key_ln = nnx.LayerNorm(self.head_dim, **ln)
+            ln = dict(use_bias=False, dtype=dtype, param_dtype=param_dtype, promote_dtype=ln_promote_dtype, rngs=rngs)
+            self.query_ln = nnx.LayerNorm(self.head_dim, scale_metadata=query_ln_scale_metadata, **ln)
+            self.key_ln = nnx.LayerNorm(self.head_dim, scale_metadata=key_ln_scale_metadata, **ln)
         else:
             self.query_ln = nnx.data(None)
             self.key_ln = nnx.data(None)
         self.out = nnx.LinearGeneral(
             in_features=(self.num_heads, self.head_dim), out_features=self.out_features, axis=(-2, -1),
             kernel_init=out_kernel_init or kernel_init, bias_init=out_bias_init or bias_init,
-            use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision, rngs=rngs,
+            use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, precision=precision,
+            promote_dtype=out_promote_dtype, dot_general=out_dot_general, dot_general_cls=out_dot_general_cls,
+            kernel_metadata=out_kernel_metadata or kernel_metadata, bias_metadata=out_bias_metadata or bias_metadata,
+            rngs=rngs,
         )
         self.rngs = rngs.dropout.fork() if keep_rngs and dropout_rate > 0 else None
         self.cached_key = nnx.data(None)
@@ -160,6 +174,8 @@ class MultiHeadAttention(nnx.Module):
         key_value_seq_lengths=None,
         positions=None,
         implementation=None,
+        out_sharding=None,
+        qkv_sharding=None,
     ):
         """Multi-head attention of ``inputs_q (B..., T, E)`` over ``inputs_k``/``inputs_v``
         ``(B..., S, E_kv)`` (default: ``inputs_q``, then ``inputs_k``), as Flax's ``__call__``.
@@ -201,9 +217,9 @@ class MultiHeadAttention(nnx.Module):
                 f"Incompatible input dimension, got {inputs_q.shape[-1]} but module expects {self.in_features}."
             )
         # 1. project into heads: (B..., T, N, H) and (B..., S, K, H)
-        query = _project(inputs_q, self.query, self.dtype, self.precision)
-        key = _project(inputs_k, self.key, self.dtype, self.precision)
-        value = _project(inputs_v, self.value, self.dtype, self.precision)
+        query = self.query(inputs_q, out_sharding=qkv_sharding)
+        key = self.key(inputs_k, out_sharding=qkv_sharding)
+        value = self.value(inputs_v, out_sharding=qkv_sharding)
         if self.normalize_qk:
             query, key = self.query_ln(query), self.key_ln(key)
         decode = _first_from(decode, self.decode, error_msg="No `decode` argument was provided to MultiHeadAttention "
@@ -233,7 +249,12 @@ class MultiHeadAttention(nnx.Module):
                                      "is defined with keep_rngs=False.")
                 dropout_rng = rngs()
         rate = self.dropout_rate if dropout_rng is not None else 0.0
-        # 4. attention in every head
+        # 4. attention in every head: a user's attention_fn is called as Flax calls it
+        if self.attention_fn is not None:
+            return self._call_attention_fn(query, key, value, mask, dropout_rng, deterministic, sow_weights,
+                                           is_causal, out_sharding, bias=bias, local_window_size=local_window_size,
+                                           query_seq_lengths=query_seq_lengths, positions=positions,
+                                           key_value_seq_lengths=key_value_seq_lengths, implementation=implementation)
         options = dict(bias=bias, mask=mask, is_causal=is_causal, local_window_size=local_window_size,
                        query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
                        dropout_rate=rate, dropout_rng=dropout_rng, broadcast_dropout=self.broadcast_dropout)
@@ -243,10 +264,25 @@ class MultiHeadAttention(nnx.Module):
         else:
             heads = dot_product_attention(query, key, value, implementation=implementation, **options)
         # 5. mix the heads back to out_features; a query with no key in any head gets zeros
-        out = _project(heads, self.out, self.dtype, self.precision, n_in_axes=2)
+        out = self.out(heads, out_sharding=out_sharding if out_sharding is not None else head_sum_sharding(heads))
         attends = self._attends(mask, is_causal, local_window_size, query.shape, key.shape[-3],
                                 query_seq_lengths, key_value_seq_lengths)
         return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
+
+    def _call_attention_fn(self, query, key, value, mask, dropout_rng, deterministic, sow_weights, is_causal,
+                           out_sharding, **ours):
+        """Flax's step 4 and 5 with the user's ``attention_fn`` in place of ours: called with
+        Flax's arguments, its output projected as Flax does (no zeroing of queries that see no
+        key: the function decides). Our own call options have no meaning for it."""
+        given = sorted(name for name, value in ours.items() if value is not None and name != "positions")
+        if given:
+            raise ValueError(f"{', '.join(given)} cannot be combined with attention_fn (the function replaces "
+                             f"this module's attention); pass them to attention_fn itself, e.g. with functools.partial")
+        heads = self.attention_fn(
+            query, key, value, mask=mask, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
+            broadcast_dropout=self.broadcast_dropout, deterministic=deterministic if self.dropout_rate > 0 else True,
+            dtype=self.dtype, precision=self.precision, module=self if sow_weights else None, is_causal=is_causal)
+        return self.out(heads, out_sharding=out_sharding)
 
     @staticmethod
     def _attends(mask, is_causal, local_window_size, query_shape, S, query_seq_lengths=None,

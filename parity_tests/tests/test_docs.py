@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _modules(package):
-    names = [package.__name__] + [f"{package.__name__}.{m.name}" for m in pkgutil.iter_modules(package.__path__)]
+    names = [package.__name__] + [m.name for m in pkgutil.walk_packages(package.__path__, package.__name__ + ".")]
     return [importlib.import_module(name) for name in names]
 
 
@@ -34,7 +34,7 @@ def test_the_modules_with_examples_are_found():
     names = {m.__name__ for m in WITH_EXAMPLES}
     assert {"attention_np.scores", "attention_np.additive", "attention_np._masking", "attention_np._validate",
             "attention_np.dot_product",
-            "attention_jax.scores", "attention_jax.additive", "attention_jax.nnx"} <= names
+            "attention_jax.scores", "attention_jax.additive", "attention_jax.nnx.tutorial"} <= names
 
 
 @pytest.mark.parametrize("module", WITH_EXAMPLES, ids=lambda m: m.__name__)

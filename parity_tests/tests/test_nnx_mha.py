@@ -526,3 +526,63 @@ def test_ragged_prompts_prefill_together_and_each_row_equals_decoding_it_alone(r
             for t in range(steps):
                 step = np.asarray(module(jnp.asarray(tokens[t, b][None]), decode=True))
                 np.testing.assert_allclose(together[t][b], step[0], **TOL)
+
+
+def test_every_argument_of_flaxs_constructor_and_call_is_accepted():
+    # diffs the signatures, so that an argument a future Flax adds is noticed here
+    import inspect
+    for method in ("__init__", "__call__"):
+        theirs = inspect.signature(getattr(nnx.MultiHeadAttention, method)).parameters
+        ours = inspect.signature(getattr(MultiHeadAttention, method)).parameters
+        assert [name for name in theirs if name not in ours] == [], method
+        for name in theirs:
+            assert theirs[name].kind == ours[name].kind, (method, name)
+
+
+def test_metadata_reaches_the_params_as_in_flax():
+    metadata = dict(kernel_metadata={"sharding_names": (None, "model", None)}, bias_metadata={"sharding_names": ("model", None)},
+                    out_kernel_metadata={"sharding_names": ("model", None, None)}, out_bias_metadata={"sharding_names": (None,)},
+                    query_ln_scale_metadata={"sharding_names": (None,)}, key_ln_scale_metadata={"sharding_names": (None,)})
+    kwargs = dict(num_heads=2, in_features=E, normalize_qk=True, decode=False, **metadata)
+    mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
+    with jax.set_mesh(mesh):                                                    # Flax places annotated params
+        theirs = nnx.MultiHeadAttention(**kwargs, rngs=nnx.Rngs(0))
+        ours = MultiHeadAttention(**kwargs, rngs=nnx.Rngs(0))
+    specs = [jax.tree.map(str, nnx.get_partition_spec(nnx.state(m, nnx.Param))) for m in (theirs, ours)]
+    assert nnx.to_pure_dict(specs[1]) == nnx.to_pure_dict(specs[0])
+    assert "model" in str(nnx.to_pure_dict(specs[1])["query"]["kernel"])   # the metadata is there at all
+
+
+def test_attention_fn_replaces_the_attention_as_in_flax():
+    # Flax's own attention: a query with every key masked gets the mean of the values, as in Flax
+    theirs = nnx.MultiHeadAttention(num_heads=2, in_features=E, decode=False, rngs=nnx.Rngs(0))
+    ours = MultiHeadAttention(num_heads=2, in_features=E, attention_fn=nnx.dot_product_attention, decode=False,
+                              rngs=nnx.Rngs(0))
+    x, _ = _inputs(False)
+    mask = np.ones((B, 1, T, T), bool)
+    mask[0, :, 1] = False
+    with highest():
+        np.testing.assert_allclose(ours(x, mask=mask), theirs(x, mask=mask), **TOL)
+    with pytest.raises(ValueError, match="bias, local_window_size cannot be combined with attention_fn"):
+        ours(x, bias=np.zeros((T, T), np.float32), local_window_size=1)
+
+
+def test_dot_general_promote_dtype_and_shardings_go_where_flax_sends_them():
+    calls = []
+
+    def counting_dot_general(*args, **kwargs):
+        calls.append(1)
+        return jax.lax.dot_general(*args, **kwargs)
+
+    kwargs = dict(num_heads=2, in_features=E, qkv_dot_general=counting_dot_general,
+                  out_dot_general=counting_dot_general, qkv_promote_dtype=nnx.nn.dtypes.promote_dtype)
+    theirs, ours = _pair(**kwargs)
+    x, _ = _inputs(False)
+    mesh = jax.make_mesh((1,), ("data",))
+    sharding = jax.sharding.PartitionSpec("data")
+    with jax.set_mesh(mesh), highest():
+        expected = theirs(x, qkv_sharding=sharding, out_sharding=sharding)
+        calls.clear()
+        actual = ours(x, qkv_sharding=sharding, out_sharding=sharding)
+    assert len(calls) == 4                                                      # q, k, v and out
+    np.testing.assert_allclose(actual, expected, **TOL)
