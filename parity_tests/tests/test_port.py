@@ -115,7 +115,7 @@ def test_worked_port_torch_multihead_attention_to_attention_jax():
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    # --- the user's code, as in docs/ports.md (13 lines)
+    # --- the user's code, as in docs/ports.md (11 lines and the imports)
     source = torch.nn.MultiheadAttention(E, N, kdim=5, vdim=7, batch_first=True)
 
     def port(params, query, key, value, *, key_padding_mask, attn_mask, average_attn_weights):
@@ -156,7 +156,7 @@ def test_worked_port_bert_self_attention_to_dot_product_attention():
 
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
-    # --- the user's code, as in docs/ports.md (12 lines)
+    # --- the user's code, as in docs/ports.md (11 lines and the imports)
     def to_port(state):  # torch Linear (out, in) -> x @ kernel + bias, split into heads
         return {n: {"kernel": state[f"{n}.weight"].T.reshape(E, N, E // N), "bias": state[f"{n}.bias"].reshape(N, E // N)}
                 for n in ("query", "key", "value")}
