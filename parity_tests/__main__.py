@@ -1,5 +1,6 @@
 """``python -m parity_tests [--cases MODULE ...] [--only-external] [--verbose] [--json PATH]
-[--dtype D ...] [--direction forward|backward] [--case SUBSTRING]``: the parity report.
+[--dtype D ...] [--direction forward|backward] [--case SUBSTRING] [--compilation-cache DIR]``:
+the parity report.
 
 Runs every registered case on both halves in every dtype against the NumPy float64
 reference, forward (outputs) and backward (gradients: ``jax.vjp`` against the NumPy VJPs,
@@ -12,7 +13,8 @@ the filters like the others.
 
 While it runs, one progress line a mechanism goes to stderr. The JAX rows of a mechanism
 (every case, dtype and direction) compile as one program, in a second thread while this one
-traces the next mechanism and runs the NumPy side.
+traces the next mechanism and runs the NumPy side. ``--compilation-cache DIR`` keeps the
+compiled programs (JAX's persistent compilation cache), so that a second run skips compiling.
 
 ``--cases mypackage.my_cases`` imports a module that registers its own cases with
 ``parity_tests.register``; they run with the built-in ones, or alone with ``--only-external``.
@@ -173,10 +175,15 @@ def main(argv=None) -> int:
     parser.add_argument("--dtype", action="append", choices=DTYPES, help="only these dtypes (repeatable)")
     parser.add_argument("--direction", action="append", choices=DIRECTIONS, help="only outputs or only gradients")
     parser.add_argument("--case", default="", help="only cases whose name contains this")
+    parser.add_argument("--compilation-cache", metavar="DIR",
+                        help="keep the compiled programs in DIR (JAX's persistent cache): a repeated run skips compiling")
     args = parser.parse_args(argv)
     if args.only_external and not args.cases:
         parser.error("--only-external needs --cases MODULE")
 
+    if args.compilation_cache:
+        jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the small programs too
     start = time.perf_counter()
     external = load_cases(*args.cases)
     pool = external if args.only_external else list(REGISTRY.values())

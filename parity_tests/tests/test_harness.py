@@ -209,3 +209,13 @@ def test_run_all_reports_the_failing_row_of_a_group():
     wrong = dataclasses.replace(SDPA, name="wrong-grad-group", jax_fn=_stop_key_gradient)
     results = parity_tests.run_all([SDPA, wrong], dtypes=("float32",), halves=("jax",))
     assert [(r.case, r.direction) for r in results if r.failed] == [("wrong-grad-group", "backward")]
+
+
+def test_report_keeps_its_compiled_programs_with_compilation_cache(tmp_path, capsys):
+    cache = tmp_path / "jax-cache"
+    try:
+        assert report.main(["--case", "dot_scores/plain", "--dtype", "float32", "--compilation-cache", str(cache)]) == 0
+    finally:
+        jax.config.update("jax_compilation_cache_dir", None)  # later tests compile as before
+    assert any(cache.iterdir())  # the mechanism's program, written for the next run
+    assert "  dot_scores: 2 rows, 0 failed" in capsys.readouterr().err  # the progress line (forward numpy and jax)
