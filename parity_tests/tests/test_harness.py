@@ -215,7 +215,10 @@ def test_report_keeps_its_compiled_programs_with_compilation_cache(tmp_path, cap
     cache = tmp_path / "jax-cache"
     try:
         assert report.main(["--case", "dot_scores/plain", "--dtype", "float32", "--compilation-cache", str(cache)]) == 0
-    finally:
-        jax.config.update("jax_compilation_cache_dir", None)  # later tests compile as before
+    finally:  # later tests compile as before, without the cache
+        from jax._src import compilation_cache
+
+        jax.config.update("jax_compilation_cache_dir", None)
+        compilation_cache.reset_cache()
     assert any(cache.iterdir())  # the mechanism's program, written for the next run
     assert "  dot_scores: 2 rows, 0 failed" in capsys.readouterr().err  # the progress line (forward numpy and jax)
