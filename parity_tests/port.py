@@ -114,7 +114,7 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
     if params is not None:
         if src.params is None:
             raise ValueError("params: a parameter map needs a module source (torch.nn.Module or nnx.Module)")
-        prt.params = _as_numpy(params(src.params))
+        prt.params = _mapped(params, src.params)
     run = _Run(src, prt, ref, params, kwargs, port_kwargs, gradients, tolerance)
     checks = []
     if not sweep:
@@ -175,7 +175,7 @@ class _Run:
         checks = _compare_trees("output", dtype, source_out, port_out, reference_out, self.tolerance)
         if self.gradients:
             if mapped is not None:  # the source's parameter gradients in the port's layout
-                source_grad, reference_grad = (g if g is None else {**g, "params": _as_numpy(mapped(g["params"]))}
+                source_grad, reference_grad = (g if g is None else {**g, "params": _mapped(mapped, g["params"])}
                                                for g in (source_grad, reference_grad))
             else:  # no map: each side's own weights, its inputs' gradients only
                 source_grad, reference_grad, port_grad = (g if g is None else {**g, "params": None}
@@ -198,6 +198,13 @@ def _like(reference, outputs, side):
 
 def _pair(tolerance, dtype):
     return tolerance[dtype] if isinstance(tolerance, dict) else tolerance
+
+
+def _mapped(params, tree):
+    """The parameter map on float64 arrays, as float64 NumPy: a JAX map (``jnp.asarray``) keeps
+    float64 only with x64 on, so it runs with x64 on."""
+    with jax.enable_x64(True):
+        return _as_numpy(params(tree))
 
 
 def _as_numpy(tree):

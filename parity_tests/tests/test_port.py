@@ -195,6 +195,22 @@ def test_torch_module_to_flax_nnx_module_with_the_parameter_map():
         check_port(source, port, inputs, port_kwargs={}, params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
 
 
+def test_float64_port_through_a_jax_parameter_map_keeps_float64():
+    """The JAX map returns jnp arrays, float32 unless x64 is on: the weights and the mapped
+    gradients must stay float64, or the float64 row would fail at float32's rounding."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    rng = np.random.default_rng(8)
+    source = torch.nn.MultiheadAttention(E, N, batch_first=True)
+    x = rng.normal(size=(B, T, E))
+    with jax.enable_x64(False):  # as a user runs it (the suite turns x64 on for its own float64 rows)
+        report = check_port(source, lambda params, q, k, v: attention_jax.multi_head_attention(params, q, k, v)[0], (x, x, x),
+                            kwargs={"need_weights": False}, port_kwargs={}, dtypes=("float64",),
+                            params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
+    assert report.passed, str(report)
+    assert max(c.abs_error for c in report.checks) < 1e-13
+
+
 def test_planted_bug_in_a_torch_port_is_located_in_the_parameter_gradients():
     """A port of torch.nn.Linear whose forward is right but whose bias gets no gradient: the
     outputs and the input gradients agree, and the report names grad.params.bias alone."""
