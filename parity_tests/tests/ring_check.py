@@ -153,7 +153,7 @@ def nan_rows(p=4, s=3):
     return [np.isnan(np.asarray(x)).any(axis=(0, 2, 3)).tolist() for x in (ring, dense)]
 
 
-def temp_bytes(p, L=16384, N=1, H=64, causal=False):
+def temp_bytes(p, L=4096, N=1, H=64, causal=False):
     """XLA's compiled scratch per device for forward+backward at sequence length L."""
     mesh = mesh_of(p)
     shape = jax.ShapeDtypeStruct((1, L, N, H), jnp.float32, sharding=NamedSharding(mesh, PartitionSpec(None, "sp")))

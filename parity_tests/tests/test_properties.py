@@ -16,7 +16,7 @@ import attention_np
 
 from .conftest import HALVES
 
-SETTINGS = settings(max_examples=20, deadline=None, derandomize=True)
+SETTINGS = settings(deadline=None)  # the examples of the loaded profile (conftest.py): few here, many with "search"
 
 
 @st.composite
@@ -92,9 +92,10 @@ def test_causal_outputs_do_not_depend_on_later_inputs(inputs):
     query, key, value, _ = inputs
     T = min(query.shape[1], key.shape[1])
     x = jnp.asarray(query[:, :T])  # self-attention: query = key = value = x
+    # d out[:, t] / d x[:, u] for every t and u at once: (B, T, N, H, B, T, N, H)
+    jacobian = np.asarray(jax.jacrev(lambda x: attention_jax.scaled_dot_product_attention(x, x, x, is_causal=True)[0])(x))
     for t in range(T):
-        grad = jax.grad(lambda x, t=t: attention_jax.scaled_dot_product_attention(x, x, x, is_causal=True)[0][:, t].sum())(x)
-        assert np.all(np.asarray(grad)[:, t + 1 :] == 0)
+        assert np.all(jacobian[:, t, :, :, :, t + 1 :] == 0)
 
 
 @SETTINGS
