@@ -325,6 +325,40 @@ class MultiHeadAttention(nnx.Module):
         attends = (count > 0) & (low <= high)                                           # (B...|1, T)
         return jnp.broadcast_to(attends, (*batch, T))
 
+    @classmethod
+    def from_torch(cls, module, *, rngs=None, **kwargs):
+        """This module with the weights of a ``torch.nn.MultiheadAttention`` (``batch_first`` or
+        not: the weights are the same), through :func:`attention_jax.multi_head_params_from_torch`.
+
+        The sizes come from the module (``num_heads``, ``embed_dim``, ``kdim``); ``kdim`` must
+        equal ``vdim`` (Flax's module has one ``in_kv_features``; the function
+        :func:`attention_jax.multi_head_attention` takes them apart) and ``bias`` sets
+        ``use_bias``. Call it as PyTorch's module is called, with PyTorch's masks turned
+        around: ``key_padding_mask`` True = ignore, here ``mask`` True = attend.
+        ``kwargs`` go to the constructor (``decode``, ``dtype``, ...).
+
+        Example::
+
+            torch_mha = torch.nn.MultiheadAttention(64, 8, batch_first=True)
+            ours = MultiHeadAttention.from_torch(torch_mha, decode=False)
+            y = ours(x, mask=~key_padding_mask[:, None, None, :])   # torch_mha(x, x, x, key_padding_mask=...)[0]
+        """
+        from ..torch_weights import multi_head_params_from_torch
+
+        params = multi_head_params_from_torch(module)
+        E, E_k, E_v = (params[name]["kernel"].shape[0] for name in ("query", "key", "value"))
+        if E_k != E_v:
+            raise ValueError(f"from_torch needs kdim == vdim (Flax's module has one in_kv_features); got kdim={E_k}, "
+                             f"vdim={E_v}: use attention_jax.multi_head_attention with multi_head_params_from_torch")
+        use_bias = "bias" in params["query"]
+        dtype = params["query"]["kernel"].dtype
+        ours = cls(module.num_heads, E, in_kv_features=E_k, use_bias=use_bias, param_dtype=dtype,
+                   rngs=rngs if rngs is not None else nnx.Rngs(0), **kwargs)
+        state = nnx.state(ours, nnx.Param)
+        nnx.replace_by_pure_dict(state, {name: params[name] for name in ("query", "key", "value", "out")})
+        nnx.update(ours, state)
+        return ours
+
     def _rotate(self, query, key, positions, decode):
         """Rotary embeddings on ``query (B..., T, N, H)`` and ``key (B..., S, K, H)``: at
         ``positions``, at ``0..T-1`` and ``0..S-1``, or while decoding at the cache's next

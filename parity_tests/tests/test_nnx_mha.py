@@ -586,3 +586,29 @@ def test_dot_general_promote_dtype_and_shardings_go_where_flax_sends_them():
         actual = ours(x, qkv_sharding=sharding, out_sharding=sharding)
     assert len(calls) == 4                                                      # q, k, v and out
     np.testing.assert_allclose(actual, expected, **TOL)
+
+
+@pytest.mark.parametrize("bias, kdim", [(True, None), (False, None), (True, 6)])
+def test_from_torch_gives_torchs_outputs(bias, kdim):
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    theirs = torch.nn.MultiheadAttention(E, 2, batch_first=True, bias=bias, kdim=kdim, vdim=kdim)
+    ours = MultiHeadAttention.from_torch(theirs, decode=False)
+    r = np.random.default_rng(0)
+    x, context = r.normal(size=(B, T, E)).astype(np.float32), r.normal(size=(B, S, kdim or E)).astype(np.float32)
+    padding = np.zeros((B, S), bool)
+    padding[1, 4:] = True                                                   # PyTorch: True = ignore
+    causal = np.triu(np.ones((T, S), bool), 1)                              # PyTorch: True = masked out
+    tx, tc = torch.from_numpy(x), torch.from_numpy(context)
+    expected = theirs(tx, tc, tc, key_padding_mask=torch.from_numpy(padding), attn_mask=torch.from_numpy(causal),
+                      need_weights=False)[0].detach().numpy()
+    mask = ~padding[:, None, None, :] & ~causal
+    with highest():
+        actual = ours(jnp.asarray(x), jnp.asarray(context), mask=mask)
+    np.testing.assert_allclose(actual, expected, **TOL)
+
+
+def test_from_torch_refuses_keys_and_values_of_different_widths():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match="from_torch needs kdim == vdim .* got kdim=6, vdim=4"):
+        MultiHeadAttention.from_torch(torch.nn.MultiheadAttention(E, 2, kdim=6, vdim=4))
