@@ -30,7 +30,7 @@ from .harness import (
     run_case,
     run_tutorial_golden,
 )
-from .port import LeafCheck, PortReport, assert_port, check_port
+from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port
 
 __all__ = [
     "DIRECTIONS",
@@ -44,6 +44,8 @@ __all__ = [
     "ParityCase",
     "Result",
     "LeafCheck",
+    "PORTS",
+    "PortCase",
     "PortReport",
     "assert_parity",
     "assert_port",
@@ -56,6 +58,7 @@ __all__ = [
     "planned_rows",
     "pytest_params",
     "register",
+    "register_port",
     "run_all",
     "run_case",
     "run_tutorial_golden",

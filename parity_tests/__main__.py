@@ -18,6 +18,8 @@ compiled programs (JAX's persistent compilation cache), so that a second run ski
 
 ``--cases mypackage.my_cases`` imports a module that registers its own cases with
 ``parity_tests.register``; they run with the built-in ones, or alone with ``--only-external``.
+Ports it registers with ``parity_tests.register_port`` (any sides: NumPy, JAX, PyTorch,
+modules) run through ``check_port`` after the cases; a failing one prints its report.
 
 ``python -m parity_tests tutorial`` prints the tutorial notebook's Step 4 (its seed-0 run)
 for both halves beside the stored PyTorch values, and exits 1 if either is off by > 1e-6.
@@ -35,6 +37,7 @@ jax.config.update("jax_enable_x64", True)  # float64 parity; float32 cases stay 
 
 from . import DIRECTIONS, DTYPES, REGISTRY, load_cases, planned_rows, run_all, run_tutorial_golden  # noqa: E402
 from .harness import HALVES  # noqa: E402
+from .port import PORTS  # noqa: E402
 
 COLUMNS = ("mechanism", "case", "shapes", "direction", "dtype", "half", "reference", "max abs err", "max rel err", "tol", "result")
 SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "b16"}
@@ -185,19 +188,29 @@ def main(argv=None) -> int:
         jax.config.update("jax_compilation_cache_dir", args.compilation_cache)
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)  # the small programs too
     start = time.perf_counter()
+    ports_before = set(PORTS)
     external = load_cases(*args.cases)
     pool = external if args.only_external else list(REGISTRY.values())
     cases = [c for c in pool if args.case in c.name]
     dtypes, directions = args.dtype or DTYPES, args.direction or DIRECTIONS
     golden = not args.only_external and args.case in GOLDEN_NAME and "float32" in dtypes and "forward" in directions
-    if not planned_rows(cases, dtypes, directions=directions) and not golden:
+    ports = [p for name, p in PORTS.items() if args.case in name and (name not in ports_before or not args.only_external)
+             and set(p.options.get("dtypes", ("float32",))) & set(dtypes)]
+    if not planned_rows(cases, dtypes, directions=directions) and not golden and not ports:
         print(_empty_selection(args, pool), file=sys.stderr)
         return 2
     results = run_all(cases, dtypes=dtypes, directions=directions, progress=_progress)
     if golden:
         results += run_tutorial_golden()
+    port_reports = []
+    for port in ports:  # check_port on its own sides; the --direction filter does not apply
+        port_start = time.perf_counter()
+        port_reports.append((port.name, port.check(dtypes if args.dtype else None)))
+        print(f"  port {port.name}: {'passed' if port_reports[-1][1].passed else 'FAILED'} "
+              f"({time.perf_counter() - port_start:.1f} s)", file=sys.stderr, flush=True)
     failed = [r for r in results if r.failed]
     skipped = [r for r in results if r.skipped]
+    failed_ports = [name for name, report in port_reports if not report.passed]
 
     console = _console()
     text = _render(summary_rows(results), console)
@@ -209,16 +222,23 @@ def main(argv=None) -> int:
         print(format_table(results if args.verbose else failed))
     for reason in sorted({r.skipped for r in skipped}):
         print(f"skipped {sum(r.skipped == reason for r in skipped)} rows: {reason}")
+    for name, report in port_reports:
+        lines = str(report).splitlines()
+        shown = lines if (not report.passed or args.verbose) else lines[:1]
+        print(f"\nport {name}: " + "\n".join(shown))
     print(
         f"\n{len(results) - len(failed) - len(skipped)} passed, {len(failed)} failed, {len(skipped)} skipped "
-        f"({len(cases)} cases{f', {len(external)} from --cases' if external else ''}, "
+        f"({len(cases)} cases{f', {len(external)} from --cases' if external else ''}"
+        f"{f'; ports: {len(port_reports) - len(failed_ports)} passed, {len(failed_ports)} failed' if port_reports else ''}, "
         f"{time.perf_counter() - start:.1f} s; jax {jax.__version__} on {jax.default_backend()}).\nReference: attention_np "
         "in float64; gradients: its VJPs, else central finite differences (float64)."
     )
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"passed": not failed, "results": [r.as_dict() for r in results]}, f, indent=1)
-    return 1 if failed else 0
+            json.dump({"passed": not failed and not failed_ports, "results": [r.as_dict() for r in results],
+                       "ports": [{"name": name, "passed": report.passed, "report": str(report)} for name, report in port_reports]},
+                      f, indent=1)
+    return 1 if failed or failed_ports else 0
 
 
 if __name__ == "__main__":

@@ -246,3 +246,40 @@ def assert_port(*args, **kwargs) -> PortReport:
     if not report.passed:
         raise AssertionError(str(report))
     return report
+
+
+# --- ports in the report ------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class PortCase:
+    """A port that ``python -m parity_tests`` checks beside the registered cases:
+    ``check_port(source, port, inputs, **options)``."""
+
+    name: str
+    source: object
+    port: object
+    inputs: object
+    options: dict
+
+    def check(self, dtypes=None) -> PortReport:
+        """The port's report; ``dtypes`` (the report's ``--dtype``) narrows the port's own."""
+        options = dict(self.options)
+        if dtypes is not None:
+            options["dtypes"] = tuple(d for d in options.get("dtypes", ("float32",)) if d in dtypes)
+        return check_port(self.source, self.port, self.inputs, **options)
+
+
+PORTS: dict[str, PortCase] = {}
+
+
+def register_port(name: str, source, port, inputs, **options) -> PortCase:
+    """Add a port to ``python -m parity_tests`` (for a module given to ``--cases``): the report
+    runs :func:`check_port` with these arguments, prints each failing leaf, and exits 1 when
+    it fails. Returns the :class:`PortCase`::
+
+        register_port("my_attention torch->jax", TorchAttention(16, 4), my_port, (x,),
+                      dtypes=("float32", "bfloat16"), params=my_map)
+    """
+    if name in PORTS:
+        raise ValueError(f"a port named {name!r} is registered already")
+    PORTS[name] = PortCase(name, source, port, inputs, options)
+    return PORTS[name]

@@ -222,3 +222,45 @@ def test_report_keeps_its_compiled_programs_with_compilation_cache(tmp_path, cap
         compilation_cache.reset_cache()
     assert any(cache.iterdir())  # the mechanism's program, written for the next run
     assert "  dot_scores: 2 rows, 0 failed" in capsys.readouterr().err  # the progress line (forward numpy and jax)
+
+
+EXTERNAL_PORTS = '''
+import jax, numpy as np
+from parity_tests import register_port
+
+def softmax(x):
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+x = np.random.default_rng(0).normal(size=(2, 5))
+register_port("zz_softmax numpy->jax", softmax, lambda x: jax.nn.softmax(x, axis=-1), (x,), frameworks=("numpy", "jax"))
+register_port("zz_softmax wrong axis", softmax, lambda x: jax.nn.softmax(x, axis=0), (x,), frameworks=("numpy", "jax"),
+              dtypes=("float32", "bfloat16"))
+'''
+
+
+def test_report_runs_ports_from_an_outside_module(tmp_path, monkeypatch, capsys):
+    from parity_tests import PORTS
+
+    (tmp_path / "zz_external_ports.py").write_text(EXTERNAL_PORTS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "zz_external_ports", raising=False)
+    saved = dict(PORTS)
+    try:
+        path = tmp_path / "report.json"
+        assert report.main(["--cases", "zz_external_ports", "--only-external", "--json", str(path)]) == 1
+        out = capsys.readouterr().out
+        assert "port zz_softmax numpy->jax: check_port: passed, 2 of 2 leaves pass" in out
+        assert "port zz_softmax wrong axis: check_port: FAILED" in out and "FAIL bfloat16 output (2, 5)" in out
+        assert "ports: 1 passed, 1 failed" in out
+        ports = json.loads(path.read_text())["ports"]
+        assert [(p["name"], p["passed"]) for p in ports] == [("zz_softmax numpy->jax", True), ("zz_softmax wrong axis", False)]
+        # --case selects ports by name; --dtype narrows their dtypes (none left: no row, exit 2)
+        for argv, status in ((["--case", "numpy->jax"], 0), (["--dtype", "float16"], 2)):
+            PORTS.clear()
+            PORTS.update(saved)
+            sys.modules.pop("zz_external_ports")  # imported afresh: it registers its ports again
+            assert report.main(["--cases", "zz_external_ports", "--only-external", *argv]) == status
+    finally:
+        PORTS.clear()
+        PORTS.update(saved)
