@@ -28,7 +28,8 @@ def apply_rotary(x, positions, *, base=10000.0, fraction=1.0):
       fraction: the share of the H features that is rotated, in (0, 1]. Static.
 
     Returns:
-      ``(B..., T, N, H)``, the dtype of ``x`` (computed in float32, float64 for float64).
+      the shape of ``x``, ``(B, T, N, H)`` for one batch axis, and its dtype (computed in
+      float32, float64 for float64).
     """
     return _apply_rotary(x, positions, base=base, fraction=fraction)
 

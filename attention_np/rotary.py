@@ -70,7 +70,8 @@ def apply_rotary(x, positions, *, base=10000.0, fraction=1.0):
       fraction: the share of the H features that is rotated, in (0, 1].
 
     Returns:
-      ``(B..., T, N, H)``, the dtype of ``x`` (computed in float32, float64 for float64).
+      the shape of ``x``, ``(B, T, N, H)`` for one batch axis, and its dtype (computed in
+      float32, float64 for float64).
 
     Example: at position 0 nothing turns; at position 1 with H = 2 the pair turns by 1 radian,
     so (1, 0) becomes (cos 1, sin 1) = (0.5403, 0.8415).

@@ -32,7 +32,7 @@ WITH_EXAMPLES = [m for m in MODULES if ">>>" in Path(m.__file__).read_text()]
 def test_the_modules_with_examples_are_found():
     # a walk that found nothing would make the doctest test below pass vacuously
     names = {m.__name__ for m in WITH_EXAMPLES}
-    assert {"attention_np.scores", "attention_np.additive", "attention_np._masking", "attention_np._validate",
+    assert {"attention_np.scores", "attention_np.additive", "attention_np._masking", "attention_np._validate.engine",
             "attention_np.dot_product",
             "attention_jax.scores", "attention_jax.additive", "attention_jax.nnx.tutorial"} <= names
 

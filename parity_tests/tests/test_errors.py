@@ -63,6 +63,12 @@ def ids(*shape):
 
 # (function, args, kwargs, exception, the exact message)
 BAD_INPUTS = [
+    ("apply_rotary", (z(B, T, N, H), np.arange(T, dtype=np.int32)), {"fraction": 0.1}, ValueError,
+     "rotary embeddings rotate pairs of features: H * fraction must be at least 2; got H=11, fraction=0.1"),
+    ("apply_rotary", (z(B, T, N, H), np.arange(T + 1, dtype=np.int32)), {}, ValueError,
+     "positions must be broadcastable to (B..., T) with T=3 from x; got (4,)"),
+    ("apply_rotary", (z(B, T, N, H), np.arange(T, dtype=np.float32)), {}, TypeError,
+     "positions must be an integer array broadcastable to (B..., T); got float32"),
     # windows, sequence lengths and dropout
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": -1}, ValueError,
      "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; got -1"),
