@@ -12,11 +12,12 @@ heads, H features per head, E model width.
 import jax
 import jax.numpy as jnp
 
-from attention_np._validate import check_kv_cache_step
+from attention_np._validate import check_kv_cache_step, multi_head_used
 from attention_np.kv_cache import check_capacity
 
 from ._dtypes import cast_params, compute_dtype
 from .dot_product import scaled_dot_product_attention
+from .multi_head import _layer_norm
 
 
 def init_kv_cache(batch, max_len, num_kv_heads, head_dim, *, dtype=jnp.float32):
@@ -43,7 +44,8 @@ def multi_head_attention_step(params, x_new, cache):
     of the whole sequence (Vaswani et al. 2017, section 3.2.3).
 
     Args:
-      params: the parameters of :func:`multi_head_attention` (Flax's names and shapes).
+      params: the parameters of :func:`multi_head_attention` (Flax's names and shapes), with
+        every bias, and ``query_ln``/``key_ln`` for Flax's ``normalize_qk``.
       x_new: ``(B, k, E)``, k >= 1 new tokens per row (k is static: one compilation per k).
       cache: from :func:`init_kv_cache` or a previous step, with K and H of ``params``.
 
@@ -69,13 +71,17 @@ def _step(params, x_new, cache):
     B, k, _ = x_new.shape
     L = cache["key"].shape[1]
     dtype, compute = x_new.dtype, compute_dtype(x_new.dtype)
-    p = cast_params(params, compute)
+    p = cast_params(multi_head_used(params), compute)
     x = x_new.astype(compute)
     length = jnp.asarray(cache["length"])
     # 1. project the new tokens only: the cache holds every earlier key and value
     q = jnp.einsum("BkE,ENH->BkNH", x, p["query"]["kernel"]) + p["query"]["bias"]      # (B, k, N, H)
     new_key = jnp.einsum("BkE,EKH->BkKH", x, p["key"]["kernel"]) + p["key"]["bias"]    # (B, k, K, H)
     new_value = jnp.einsum("BkE,EKH->BkKH", x, p["value"]["kernel"]) + p["value"]["bias"]  # (B, k, K, H)
+    if "query_ln" in p:  # normalize_qk: the same layer norm as multi_head_attention
+        q = _layer_norm(q, p["query_ln"]["scale"])                                  # (B, k, N, H)
+    if "key_ln" in p:
+        new_key = _layer_norm(new_key, p["key_ln"]["scale"])                        # (B, k, K, H)
     # 2. write them at positions length .. length + k - 1 of each row
     positions = length[:, None] + jnp.arange(k)                            # (B, k)
     rows = jnp.arange(B)[:, None]                                          # (B, 1)

@@ -100,12 +100,7 @@ def check_kv_cache_step(params, x_new, cache) -> Shapes:
         raise ValueError(f"x_new must hold at least one new token (k >= 1); got shape {tuple(x_new.shape)}")
     check_params(params, MULTI_HEAD_SPEC, shapes)
     check_heads(shapes)
-    normalized = [name for name in ("query_ln", "key_ln") if params.get(name) is not None]
-    if normalized:  # it would silently skip the normalisation: say so instead
-        raise ValueError(
-            f"multi_head_attention_step: params has {normalized} (normalize_qk), which the cached step "
-            "does not apply; use attention_jax.nnx.MultiHeadAttention(decode=True) for such a model"
-        )
+    check_params(params, {name: sub for name, sub in MULTI_HEAD_NORMS.items() if params.get(name) is not None}, shapes)
     if not isinstance(cache, Mapping):
         raise TypeError(f"cache must be a dict from init_kv_cache; got {type(cache).__name__}")
     missing = {"key", "value", "length"} - set(cache)

@@ -147,6 +147,22 @@ def test_bad_input(half, rng):
         module.multi_head_attention_step(params, x, {**cache, "length": np.zeros(B)})
     with pytest.raises(TypeError, match="cache must be a dict from init_kv_cache; got list"):
         module.multi_head_attention_step(params, x, [cache])
-    normalized = {**params, "query_ln": {"scale": np.ones(H)}}  # normalize_qk: not applied by the step
-    with pytest.raises(ValueError, match=r"params has \['query_ln'\] \(normalize_qk\), which the cached step does not apply"):
+    normalized = {**params, "query_ln": {"scale": np.ones(H + 1)}}
+    with pytest.raises(ValueError, match=r"params\['query_ln'\]\['scale'\] must have shape \(H,\) with H=5"):
         module.multi_head_attention_step(normalized, x, cache)
+
+
+@pytest.mark.parametrize("half", HALVES)
+def test_normalize_qk_params_step_as_the_causal_full_pass(half, rng):
+    """Flax's normalize_qk (query_ln, key_ln) in the step: the same layer norms as
+    multi_head_attention, so stepping equals its causal full pass; and they matter."""
+    params, x = _setup(rng)
+    params |= {"query_ln": {"scale": 1 + 0.3 * rng.normal(size=H)}, "key_ln": {"scale": 1 + 0.3 * rng.normal(size=H)}}
+    expected, _ = attention_np.multi_head_attention(params, x, is_causal=True)
+    module = HALVES[half]
+    with highest():
+        out, _, _ = _step_through(module, _as(half, params), _as(half, x), [3, 1, 2, 1],
+                                  module.init_kv_cache(B, L_MAX, K, H, dtype=np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    plain, _ = attention_np.multi_head_attention({n: params[n] for n in ("query", "key", "value", "out")}, x, is_causal=True)
+    assert np.abs(plain - expected).max() > 1e-3
