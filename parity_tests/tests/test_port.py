@@ -195,6 +195,35 @@ def test_torch_module_to_flax_nnx_module_with_the_parameter_map():
         check_port(source, port, inputs, port_kwargs={}, params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
 
 
+def test_worked_port_torch_multihead_attention_to_the_nnx_module_from_torch():
+    """torch.nn.MultiheadAttention -> attention_jax.nnx.MultiHeadAttention.from_torch, key
+    padding and causal masks: with its own weights (from_torch's loading is what is checked,
+    input gradients), then through the parameter map (parameter gradients too), float32 and
+    bfloat16. kdim == vdim: the module has one in_kv_features."""
+    torch = pytest.importorskip("torch")
+    from attention_jax.nnx import MultiHeadAttention
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(9)
+    # --- the user's code, as in docs/ports.md (10 lines and the imports)
+    source = torch.nn.MultiheadAttention(E, N, batch_first=True)
+    port = MultiHeadAttention.from_torch(source, decode=False)
+    padding = np.zeros((B, S), bool)
+    padding[1, 3:] = True
+    causal = np.triu(np.ones((T, S), bool), k=1)
+    inputs = (rng.normal(size=(B, T, E)), rng.normal(size=(B, S, E)), rng.normal(size=(B, S, E)))
+    options = dict(kwargs={"key_padding_mask": padding, "attn_mask": causal, "need_weights": False},
+                   port_kwargs={"mask": ~padding[:, None, None, :] & ~causal})  # PyTorch: True = masked
+    report = check_port(source, port, inputs, dtypes=("float32", "bfloat16"), **options,
+                        params=lambda state: attention_jax.multi_head_params_from_torch(state, N))
+    # --- end of the user's code
+    assert report.passed, str(report)
+    assert "grad.params.out.kernel" in {c.name for c in report.checks}
+    own_weights = check_port(source, port, inputs, dtypes=("float32",), **options)
+    assert own_weights.passed, str(own_weights)
+    assert {c.name for c in own_weights.checks} == {"output[0]", "grad.inputs[0]", "grad.inputs[1]", "grad.inputs[2]"}
+
+
 def test_float64_port_through_a_jax_parameter_map_keeps_float64():
     """The JAX map returns jnp arrays, float32 unless x64 is on: the weights and the mapped
     gradients must stay float64, or the float64 row would fail at float32's rounding."""
