@@ -38,6 +38,13 @@ from .self_attention import init_self_attention_params, self_attention
 from .seq2seq import greedy_decode, init_seq2seq_params, seq2seq_forward
 from .soft import soft_attention
 from .torch_weights import multi_head_params_from_torch
+from .transformer import (
+    init_transformer_decoder_params,
+    init_transformer_encoder_params,
+    sinusoidal_positions,
+    transformer_decoder_layer,
+    transformer_encoder_layer,
+)
 
 __all__ = [
     "apply_rotary",
@@ -76,5 +83,10 @@ __all__ = [
     "ring_attention",
     "self_attention",
     "seq2seq_forward",
+    "sinusoidal_positions",
     "soft_attention",
+    "transformer_decoder_layer",
+    "transformer_encoder_layer",
+    "init_transformer_decoder_params",
+    "init_transformer_encoder_params",
 ]

@@ -52,6 +52,8 @@ lp = attention_np.init_local_params(_r, H)
 lsp = attention_np.init_location_sensitive_params(_r, Q, H, Aa, filters=4, width=3)
 ap = attention_np.init_additive_params(_r, H)
 s2s = attention_np.init_seq2seq_params(_r, source_vocab=8, target_vocab=9, embed=4, hidden=H)
+tep = attention_np.init_transformer_encoder_params(_r, 12, 3, 7)  # E = 12, N = 3 heads, M = 7
+tdp = attention_np.init_transformer_decoder_params(_r, 12, 3, 7)
 
 
 kv = attention_np.init_kv_cache(B, 4, K, H)
@@ -626,6 +628,30 @@ BAD_INPUTS = [
     # alignment diagnostics
     ("alignment_diagnostics", (z(3, S),), {"band": float("nan")}, ValueError, "band must be a non-negative number of source positions; got nan"),
     ("alignment_diagnostics", (z(S),), {}, ValueError, "weights must have shape (..., T, S); got (5,)"),
+    # the Transformer's layers and position encodings
+    ("sinusoidal_positions", (T, 7), {}, ValueError,
+     "features must be an even int >= 2 (one sin and one cos per frequency); got 7"),
+    ("sinusoidal_positions", (-1, 6), {}, ValueError, "length must be an int >= 0 (the number of positions T); got -1"),
+    ("sinusoidal_positions", (T, 6), {"base": 1.0}, ValueError, "base must be a number greater than 1; got 1.0"),
+    ("transformer_encoder_layer", (tep, z(B, T, 12, dtype=np.int32)), {}, TypeError,
+     "x must have a floating dtype (float16, bfloat16, float32 or float64); got int32"),
+    ("transformer_encoder_layer", (tep, z(B, T, 11)), {}, ValueError,
+     "params['self_attention']['out']['kernel'] must have shape (N, H, E) with E=11 from x; got (3, 4, 12)"),
+    ("transformer_encoder_layer", (drop(tep, "norm_2"), z(B, T, 12)), {}, ValueError,
+     "params['norm_2'] is missing; expected keys ['feed_forward', 'norm_1', 'norm_2', 'self_attention']"),
+    ("transformer_encoder_layer", (tep, z(B, T, 12)), {"mask": np.ones((B, 1, T, T + 1), bool)}, ValueError,
+     "mask must broadcast to shape (B, N, T, T) = (2, 3, 3, 3); got (2, 1, 3, 4)"),
+    ("transformer_encoder_layer", (tep, z(B, T, 12)), {"mask": np.ones((B, 1, 1, T), f32)}, TypeError,
+     "mask must have a boolean dtype (True = attend); got float32"),
+    ("transformer_decoder_layer", (tdp, z(B, T, 12), z(B, S, 11)), {}, ValueError,
+     "encoder_outputs must have shape (B, S, E) with B=2, E=12 from x; got (2, 5, 11)"),
+    ("transformer_decoder_layer", (tdp, z(B, T, 12), z(B, S, 12, dtype=np.float64)), {}, TypeError,
+     "encoder_outputs must have the dtype of x (float32); got float64"),
+    ("transformer_decoder_layer", (tdp, z(B, T, 12), z(B, S, 12)), {"encoder_mask": np.ones((B, 1, 1, S + 1), bool)},
+     ValueError, "encoder_mask must broadcast to shape (B, N, T, S) = (2, 3, 3, 5); got (2, 1, 1, 6)"),
+    ("transformer_decoder_layer", (drop(tdp, "cross_attention"), z(B, T, 12), z(B, S, 12)), {}, ValueError,
+     "params['cross_attention'] is missing; expected keys "
+     "['cross_attention', 'feed_forward', 'norm_1', 'norm_2', 'norm_3', 'self_attention']"),
 ]
 
 # The hand-written VJPs are NumPy-only (JAX has jax.vjp): the same table, run on attention_np.
