@@ -325,8 +325,8 @@ register(ParityCase(
 ))
 
 
-# --- windows, sequence lengths, dropout and dot_product_attention (issue 11) ------------------------------
-# Forward rows only: the NumPy VJPs predate these options (registered after the loop that adds them).
+# --- windows, sequence lengths, dropout and dot_product_attention ----------------------------------------
+# Forward rows only: the NumPy VJPs do not take these options (registered after the loop that adds them).
 def _windowed(rng):
     args = _sdpa_inputs(rng, 6, K)
     return args, {"local_window_size": (1, 2), "query_seq_lengths": np.array([T, 2]),
