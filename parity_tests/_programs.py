@@ -1,8 +1,8 @@
 """The JAX half of many report rows in one compiled program.
 
-Compiling dominates the report: every row used to trace and compile its own program (the
-forward through the library's ``jit``, the backward through a fresh ``jax.jit`` of its
-``jax.vjp``). Here the rows of a group (all the rows of one mechanism, in ``run_all``)
+Compiling dominates the report: a program per row (the forward through the library's
+``jit``, the backward through a ``jax.jit`` of its ``jax.vjp``) would compile hundreds of
+times. Here the rows of a group (all the rows of one mechanism, in ``run_all``)
 become one ``jax.jit`` program with one entry per ``(case, dtype, direction)``: the plain
 forward call of the case's JAX function, and ``jax.vjp`` of it for the backward rows. XLA
 compiles the group once; the forward of a backward entry and the forward entry of the same
