@@ -56,10 +56,12 @@ def _select(outputs, indices):
 
 
 def _pick(args, kwargs, differentiable) -> tuple:
+    """The differentiable arguments, in ``differentiable``'s order."""
     return tuple(kwargs[d] if isinstance(d, str) else args[d] for d in differentiable)
 
 
 def _put(args, kwargs, differentiable, values):
+    """``(args, kwargs)`` with the differentiable arguments replaced by ``values``."""
     args, kwargs = list(args), dict(kwargs)
     for d, value in zip(differentiable, values):
         if isinstance(d, str):

@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ._programs import Entry, Program, run_entries
+from ._programs import Entry, Program, _pick, _put, run_entries
 
 # docs/design.md section 5: max abs and max rel error allowed against the NumPy float64 reference.
 TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
@@ -387,22 +387,6 @@ def _run_jax(entries: dict) -> dict:
 
 
 # --- gradients ---------------------------------------------------------------------------------
-def _pick(args, kwargs, differentiable) -> tuple:
-    """The differentiable arguments, in ``differentiable``'s order."""
-    return tuple(kwargs[d] if isinstance(d, str) else args[d] for d in differentiable)
-
-
-def _put(args, kwargs, differentiable, values):
-    """``(args, kwargs)`` with the differentiable arguments replaced by ``values``."""
-    args, kwargs = list(args), dict(kwargs)
-    for d, value in zip(differentiable, values):
-        if isinstance(d, str):
-            kwargs[d] = value
-        else:
-            args[d] = value
-    return tuple(args), kwargs
-
-
 def _select(outputs, indices):
     return outputs if indices is None else tuple(outputs[i] for i in indices)
 
