@@ -594,6 +594,40 @@ for name, g in zip(("d_query", "d_key", "d_value"), grads_np):
 parity(grads_np, grads_jax)
 
 # %% [markdown]
+# ## Finishing on a Transformer layer
+#
+# The tutorial ends on attention as the foundation of the Transformer (Vaswani et al. 2017).
+# A Transformer *encoder layer* is multi-head self-attention (section 4) plus three small
+# things: a residual connection and layer normalisation around each sub-layer, and a
+# position-wise feed-forward network (the same two dense layers at every position):
+#
+# $$z = \mathrm{LayerNorm}\big(x + \mathrm{MultiHead}(x, x, x)\big), \qquad
+#   \mathrm{out} = \mathrm{LayerNorm}\big(z + \max(0, z W_1 + b_1) W_2 + b_2\big)$$
+#
+# (post-norm, the paper's order). Attention by itself does not see word order: "cat sat"
+# and "sat cat" give the same weights, only permuted. So positions are added to the
+# embeddings first, as waves of different frequencies (the paper's section 3.5):
+# $PE_{(t, 2i)} = \sin(t / 10000^{2i/E})$, $PE_{(t, 2i+1)} = \cos(t / 10000^{2i/E})$.
+# A decoder layer (`transformer_decoder_layer`) adds causal self-attention and
+# cross-attention over the encoder's outputs (section 5) in the same pattern.
+#
+# The layer below is untrained, so its head's pattern is arbitrary; but look at the columns
+# of "The" and "the": one word vector, yet different weights, because their positions differ.
+
+# %%
+positions = attention_np.sinusoidal_positions(S, H)                     # (S, E) = (6, 8)
+x = source + positions                                                  # (1, 6, 8): words plus positions
+layer_params = attention_np.init_transformer_encoder_params(np.random.default_rng(2), H, 2, 32)  # E=8, N=2, M=32
+encoded, layer_weights = attention_np.transformer_encoder_layer(layer_params, x)  # (1, 6, 8), (1, 2, 6, 6)
+print("positions[:3]\n", positions[:3])
+print("encoded", encoded.shape, "weights", layer_weights.shape)
+print("every position comes out normalised: mean", encoded.mean(-1).round(3) + 0.0, "std", encoded.std(-1).round(3))
+plot_attention(layer_weights[0, 0], english, english, title="encoder layer, head 1")
+show("transformer_encoder_head_1")
+
+parity((encoded, layer_weights), attention_jax.transformer_encoder_layer(to_jax(layer_params), x))
+
+# %% [markdown]
 # ## Where next
 #
 # - The design page: shapes, parameter dicts, masking, dtypes, errors and tolerances.
