@@ -100,9 +100,9 @@ def transformer_decoder_layer(params, x, encoder_outputs, *, mask=None, encoder_
     normalisation (post-norm, as the paper).
 
     .. math::
-        z_1 &= \mathrm{LayerNorm}_1\big(x + \mathrm{MultiHead}_{\mathrm{causal}}(x, x, x)\big) \\
-        z_2 &= \mathrm{LayerNorm}_2\big(z_1 + \mathrm{MultiHead}(z_1, m, m)\big) \\
-        \mathrm{out} &= \mathrm{LayerNorm}_3\big(z_2 + \max(0, z_2 W_1 + b_1) W_2 + b_2\big)
+        z_1 = \mathrm{LayerNorm}_1\big(x + \mathrm{MultiHead}_{\mathrm{causal}}(x, x, x)\big), \qquad
+        z_2 = \mathrm{LayerNorm}_2\big(z_1 + \mathrm{MultiHead}(z_1, m, m)\big), \qquad
+        \mathrm{out} = \mathrm{LayerNorm}_3\big(z_2 + \max(0, z_2 W_1 + b_1) W_2 + b_2\big)
 
     Vaswani et al. 2017, sections 3.1 and 3.2.3; the same computation as
     ``torch.nn.TransformerDecoderLayer(E, N, M, dropout=0, batch_first=True)`` with a causal

@@ -201,9 +201,9 @@ def transformer_decoder_layer(params, x, encoder_outputs, *, mask=None, encoder_
     normalisation (post-norm, as the paper).
 
     .. math::
-        z_1 &= \mathrm{LayerNorm}_1\big(x + \mathrm{MultiHead}_{\mathrm{causal}}(x, x, x)\big) \\
-        z_2 &= \mathrm{LayerNorm}_2\big(z_1 + \mathrm{MultiHead}(z_1, m, m)\big) \\
-        \mathrm{out} &= \mathrm{LayerNorm}_3\big(z_2 + \max(0, z_2 W_1 + b_1) W_2 + b_2\big)
+        z_1 = \mathrm{LayerNorm}_1\big(x + \mathrm{MultiHead}_{\mathrm{causal}}(x, x, x)\big), \qquad
+        z_2 = \mathrm{LayerNorm}_2\big(z_1 + \mathrm{MultiHead}(z_1, m, m)\big), \qquad
+        \mathrm{out} = \mathrm{LayerNorm}_3\big(z_2 + \max(0, z_2 W_1 + b_1) W_2 + b_2\big)
 
     with ``m`` the encoder's outputs. Vaswani et al. 2017, section 3.1 (the decoder: "masking
     ... ensures that the predictions for position i can depend only on the known outputs at
