@@ -91,10 +91,13 @@ def call(half, name, args, kwargs):
 def test_every_public_mechanism_is_covered():
     public = {n for n in attention_jax.__all__ if not n.startswith("init_") and "from_" not in n}
     # not attention mechanisms over (query, key) pairs, with their own tests: the seq2seq
-    # model, incremental decoding, hand-written VJPs and diagnostics of given weights; and
-    # ring_attention, which needs a device mesh (test_ring.py runs it on 2, 4 and 8 devices)
+    # model, incremental decoding, hand-written VJPs and diagnostics of given weights; position
+    # encodings (test_rotary.py, test_transformer.py); the Transformer layers built on
+    # multi_head_attention (test_transformer.py); and ring_attention, which needs a device mesh
+    # (test_ring.py runs it on 2, 4 and 8 devices)
     public -= {n for n in public if "seq2seq" in n or "decode" in n or n.endswith("_vjp") or "kv_cache" in n
-               or n.endswith("_step") or "diagnostics" in n or n == "ring_attention"}
+               or n.endswith("_step") or "diagnostics" in n or n == "ring_attention" or "transformer" in n
+               or n in ("apply_rotary", "sinusoidal_positions")}
     assert public <= {m.split("/")[0] for m in MECHANISMS}
 
 
