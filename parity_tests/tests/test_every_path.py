@@ -18,7 +18,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import attention_jax
@@ -34,6 +34,9 @@ DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.f
 # float16 overflows (65504) once upstream gradients of 1e4 are summed over a few positions:
 # that is the dtype's range, not the attention's, so float16 draws up to 1e2
 UPSTREAM = {"float32": [1.0, 1e2, 1e4], "bfloat16": [1.0, 1e2, 1e4], "float16": [1.0, 1e2]}
+# Half the profile's examples for the tests that compile a model (module, step, multi-head
+# function) or two paths per example: each example is a new shape, so a new compilation
+FEWER = settings(max_examples=max(2, settings.default.max_examples // 2))
 
 
 @st.composite
@@ -153,6 +156,7 @@ def test_jax_paths(path, p):
     check(p, out, grads)
 
 
+@FEWER
 @given(p=problems(), dropout=st.sampled_from([0.0, 0.5]))
 def test_tuned_dense_path_equals_the_mirror(p, dropout):
     """:mod:`attention_jax.dense` against :func:`attention_jax.scaled_dot_product_attention`
@@ -191,6 +195,7 @@ def multi_head_problem(p, rng):
     return params, x, kv, d_out
 
 
+@FEWER
 @given(p=problems(options=False), seed=st.integers(0, 2**16))
 def test_multi_head_attention_function(p, seed):
     """``multi_head_attention`` (float32) against the NumPy float64 forward and VJP."""
@@ -211,6 +216,7 @@ def test_multi_head_attention_function(p, seed):
         assert error(g, e) <= GRAD_TOLERANCE["float32"]
 
 
+@FEWER
 @given(p=problems(options=False), seed=st.integers(0, 2**16))
 def test_nnx_module(p, seed):
     """``nnx.MultiHeadAttention`` (float32, dense and chunked) against the NumPy forward: live
@@ -238,6 +244,7 @@ def test_nnx_module(p, seed):
         assert (np.asarray(grads[0])[dead] == 0).all()
 
 
+@FEWER
 @given(seed=st.integers(0, 2**16), lengths=st.lists(st.integers(0, 4), min_size=2, max_size=2),
        steps=st.lists(st.integers(1, 3), min_size=1, max_size=3), upstream=st.sampled_from([1.0, 1e4]))
 def test_cached_step(seed, lengths, steps, upstream):
