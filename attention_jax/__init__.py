@@ -11,7 +11,7 @@ the fastest correct path) and ``attention_jax.nnx.MultiHeadAttention`` (a drop-i
 ``flax.nnx.MultiHeadAttention``).
 """
 
-from . import nnx  # noqa: E402, I001  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
+from . import nnx  # noqa: F401  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
 from .chunked import chunked_attention
 from .cross_attention import cross_attention, init_cross_attention_params

@@ -1,6 +1,5 @@
 """Cross-attention: queries from one sequence, keys and values from another (Vaswani et al. 2017)."""
 
-import jax
 import jax.numpy as jnp
 
 from attention_np._validate import check_cross_attention

@@ -1,6 +1,5 @@
 """Luong global attention: attend to every source position (Luong et al. 2015, section 3.1)."""
 
-import jax
 import jax.numpy as jnp
 
 import attention_np as _np

@@ -1,6 +1,5 @@
 """Luong local-p attention: a Gaussian window around a predicted source position."""
 
-import jax
 import jax.numpy as jnp
 
 import attention_np as _np

@@ -2,7 +2,6 @@
 and location-*sensitive* attention that also sees where it looked before (Chorowski et al. 2015).
 """
 
-import jax
 import jax.numpy as jnp
 
 import attention_np as _np

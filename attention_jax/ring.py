@@ -155,7 +155,7 @@ def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale
     if query.ndim != 4:
         raise ValueError(f"query must have shape (B, T, N, H) (one batch axis); got {tuple(query.shape)}")
     B, T, N, H = query.shape
-    S, K = shapes["S"], shapes["K"]
+    S = shapes["S"]
     P = mesh.shape[axis_name]
     for name, length in (("T", T), ("S", S)):
         if length % P:

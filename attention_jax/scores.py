@@ -6,7 +6,6 @@ translation", section 3.1 (dot, general, concat); Vaswani et al. 2017 (scaled do
 
 import math
 
-import jax
 import jax.numpy as jnp
 
 import attention_np as _np

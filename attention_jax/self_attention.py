@@ -1,6 +1,5 @@
 """Self-attention: queries, keys and values all come from one sequence (Vaswani et al. 2017)."""
 
-import jax
 import jax.numpy as jnp
 
 import attention_np as _np

@@ -1,6 +1,5 @@
 """Soft attention: a differentiable weighted average (Bahdanau et al. 2015; Xu et al. 2015)."""
 
-import jax
 import jax.numpy as jnp
 
 from attention_np._validate import check_soft
