@@ -628,6 +628,116 @@ show("transformer_encoder_head_1")
 parity((encoded, layer_weights), attention_jax.transformer_encoder_layer(to_jax(layer_params), x))
 
 # %% [markdown]
+# ## Exercises
+#
+# Five short exercises, one a cell to fill in. Each is followed by a check cell that
+# compares your answer with the library (or with JAX's own gradient) on inputs you have not
+# seen, and prints `right` or `not yet:` and what is still wrong. The checks are in
+# `tour_checks.py` beside this notebook, the solutions in `tour_solutions.py`: try first.
+
+# %%
+from tour_checks import (  # beside this notebook
+    HAND_KEY,
+    HAND_QUERY,
+    HAND_VALUE,
+    check_causal_attention,
+    check_head_by_hand,
+    check_masked_softmax,
+    check_scale_prediction,
+    check_softmax_backward,
+)
+
+# %% [markdown]
+# ### Exercise 1: the masked softmax
+#
+# Write `masked_softmax(logits, mask)` for `logits (T, S)` and a bool `mask (T, S)`, True
+# where a query may attend a key. A masked key gets exactly zero weight; the others share
+# the whole weight as a softmax. Two traps, both in the check: a logit of 1000 (`exp`
+# overflows unless you subtract the row's maximum first), and a row whose keys are all
+# masked, which must get all-zero weights, not NaN (so filling masked logits with `-inf` is
+# not enough).
+
+# %%
+def masked_softmax(logits, mask):
+    raise NotImplementedError  # your code here: return the weights, shape (T, S)
+
+
+# %%
+print(check_masked_softmax(masked_softmax))
+
+# %% [markdown]
+# ### Exercise 2: make attention causal
+#
+# Write single-head scaled dot-product attention for `query`, `key`, `value` of shape
+# `(T, H)` in which position $t$ sees only positions $s \le t$: the scores
+# $q_t^\top k_s / \sqrt{H}$, masked above the diagonal, softmaxed, times the values (your
+# `masked_softmax` helps). The check compares with
+# `attention_np.scaled_dot_product_attention(..., is_causal=True)`.
+
+# %%
+def causal_attention(query, key, value):
+    raise NotImplementedError  # your code here: return out, shape (T, H)
+
+
+# %%
+print(check_causal_attention(causal_attention))
+
+# %% [markdown]
+# ### Exercise 3: one head by hand
+#
+# With pen and paper, no code: the output of one head, $\mathrm{softmax}(q k^\top /
+# \sqrt{2})\, v$, for two queries, two keys and two values of $H = 2$ features. The key's
+# first entry is $\sqrt{2} \ln 3$, so that after the scale the scores are easy:
+#
+# $$q = \begin{pmatrix} 1 & 0 \\ 0 & 1 \end{pmatrix}, \quad
+#   k = \begin{pmatrix} \sqrt{2} \ln 3 & 0 \\ 0 & 0 \end{pmatrix}, \quad
+#   v = \begin{pmatrix} 4 & 0 \\ 0 & 8 \end{pmatrix}$$
+#
+# (rows are positions; they are `HAND_QUERY`, `HAND_KEY`, `HAND_VALUE`). Write the two rows
+# of the output as numbers.
+
+# %%
+print("q\n", HAND_QUERY, "\nk\n", HAND_KEY, "\nv\n", HAND_VALUE)
+by_hand = None  # your answer: np.array([[., .], [., .]])
+
+# %%
+print(check_head_by_hand(by_hand))
+
+# %% [markdown]
+# ### Exercise 4: the softmax backward
+#
+# Given the weights $w = \mathrm{softmax}(x)$ of each row and the gradient of a loss with
+# respect to them, $d = \partial L / \partial w$, return $\partial L / \partial x$. Start
+# from the Jacobian $\partial w_i / \partial x_j = w_i([i = j] - w_j)$ and sum over $i$. (The
+# rule is in the backward pass above; derive it before you look.) The check compares with
+# `jax.vjp(jax.nn.softmax, ...)`.
+
+# %%
+def softmax_backward(weights, d_weights):
+    raise NotImplementedError  # your code here: return d_logits, shape (T, S)
+
+
+# %%
+print(check_softmax_backward(softmax_backward))
+
+# %% [markdown]
+# ### Exercise 5: without $1/\sqrt{H}$
+#
+# Predict before you measure: 2000 queries and 16 keys of width $H = 256$, every entry drawn
+# from $N(0, 1)$. What is the variance of the scores $q^\top k$? Of $q^\top k / \sqrt{H}$?
+# And without the scale, are the softmax weights nearly one-hot (the largest weight of a row
+# above 0.5 on average)? The check measures all three (a variance counts as right within
+# 15%).
+
+# %%
+variance_without_scale = None       # a number
+variance_with_scale = None          # a number
+nearly_one_hot_without_scale = None  # True or False
+
+# %%
+print(check_scale_prediction(variance_without_scale, variance_with_scale, nearly_one_hot_without_scale))
+
+# %% [markdown]
 # ## Where next
 #
 # - The design page: shapes, parameter dicts, masking, dtypes, errors and tolerances.

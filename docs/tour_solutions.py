@@ -1,0 +1,53 @@
+"""Solutions to the exercises at the end of the tour (``tour.py`` / ``tour.ipynb``).
+
+Try them first: each check cell in the tour says "right" or what is still wrong. The tests
+run every check on these answers (``parity_tests/tests/test_tour_exercises.py``).
+"""
+
+import numpy as np
+
+
+# Exercise 1: the masked softmax
+def masked_softmax(logits, mask):
+    """``logits (T, S)``, bool ``mask (T, S)`` (True = attend) -> ``weights (T, S)``."""
+    # 1. masked logits are replaced by the smallest float (never -inf: no inf - inf = NaN)
+    logits = np.where(mask, logits, np.finfo(logits.dtype).min)           # (T, S)
+    # 2. subtract each row's max before exp, so a large logit cannot overflow
+    unnormalized = np.exp(logits - logits.max(axis=-1, keepdims=True))   # (T, S)
+    unnormalized = np.where(mask, unnormalized, 0.0)                     # exactly zero where masked
+    # 3. normalise; a row that sees no key has total 0: divide by 1 instead, giving zeros
+    total = unnormalized.sum(axis=-1, keepdims=True)                     # (T, 1)
+    return unnormalized / np.where(total == 0, 1.0, total)
+
+
+# Exercise 2: causal attention
+def causal_attention(query, key, value):
+    """``query, key, value (T, H)`` -> ``out (T, H)``: position t attends to positions <= t."""
+    T, H = query.shape
+    scores = query @ key.T / np.sqrt(H)                                   # (T, T)
+    mask = np.tril(np.ones((T, T), dtype=bool))                          # key s <= query t
+    return masked_softmax(scores, mask) @ value                          # (T, H)
+
+
+# Exercise 3: one head by hand. Query 0 scores the keys (sqrt(2) ln 3) / sqrt(2) = ln 3 and
+# 0: weights 3/4 and 1/4, output 3/4 [4, 0] + 1/4 [0, 8] = [3, 2]. Query 1 scores both keys
+# 0: weights 1/2 and 1/2, output [2, 4].
+by_hand = np.array([[3.0, 2.0], [2.0, 4.0]])
+
+
+# Exercise 4: the softmax backward
+def softmax_backward(weights, d_weights):
+    """``weights = softmax(logits)`` and ``d_weights = dL/dweights``, both ``(T, S)`` ->
+    ``dL/dlogits (T, S)``.
+
+    The softmax's Jacobian is ``dw_i/dx_j = w_i ([i = j] - w_j)``, so
+    ``dL/dx_j = sum_i d_i w_i ([i = j] - w_j) = w_j (d_j - sum_i d_i w_i)``."""
+    return weights * (d_weights - (d_weights * weights).sum(axis=-1, keepdims=True))
+
+
+# Exercise 5: without 1/sqrt(H). q.k sums H = 256 products of variance 1: variance 256;
+# divided by sqrt(H) it is 1. Scores with a standard deviation of 16 differ by tens between
+# keys, so the softmax puts nearly all the weight on the largest one.
+variance_without_scale = 256
+variance_with_scale = 1
+nearly_one_hot_without_scale = True
