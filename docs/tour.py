@@ -369,11 +369,38 @@ parity(np.stack(rows), np.stack(rows_jax))
 # %% [markdown]
 # ### 8. Global attention
 #
-# Every target step looks at every source position (as opposed to Luong's *local*
-# attention, `local_attention`, which looks at a window). Luong et al. (2015, section 3.1)
-# score the decoder state $h_t$ against each encoder output $\bar h_s$ ("dot", "general",
-# "concat" or "location"), take the context, and combine it with the state into the
-# attentional state that predicts the next word:
+# "Global" has two meanings, and both are in the literature.
+#
+# **(a) The tutorial's:** "every position in the input sequence attends to all other
+# positions", so that the model considers the entire context; the opposite is *local* attention, where each position sees only a
+# window of its neighbours (as sliding-window attention does in long-context Transformers).
+# In this sense the self-attention of section 3 is global. The library's local window is
+# `local_window_size=(left, right)` of `scaled_dot_product_attention` (the argument of
+# `jax.nn.dot_product_attention`): position $t$ sees positions $t - \mathrm{left}$ to
+# $t + \mathrm{right}$. Below, the self-attention of section 3, unrestricted on the left and
+# with a window of one word either side on the right: "The" no longer sees "the", four words
+# away, and each row shares its weight among at most three words.
+
+# %%
+x = source[:, :, None, :]                                           # (1, S, 1, H): one head, q = k = v = the words
+_, global_weights = attention_np.scaled_dot_product_attention(x, x, x)                       # (1, 1, S, S)
+_, local_weights = attention_np.scaled_dot_product_attention(x, x, x, local_window_size=1)   # (1, 1, S, S)
+fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), layout="constrained")
+plot_attention(global_weights[0, 0], english, english, ax=axes[0], title="global: every word sees every word")
+plot_attention(local_weights[0, 0], english, english, ax=axes[1], title="local: a window of one word either side")
+show("global_vs_local")
+print("nonzero weights per row, global:", (global_weights[0, 0] > 0).sum(-1), " local:", (local_weights[0, 0] > 0).sum(-1))
+parity((global_weights, local_weights),
+       (attention_jax.scaled_dot_product_attention(x, x, x)[1],
+        attention_jax.scaled_dot_product_attention(x, x, x, local_window_size=1)[1]))
+
+# %% [markdown]
+# **(b) Luong et al.'s (2015, section 3.1):** in an encoder - decoder, the decoder state
+# $h_t$ at each target step attends to *all* the encoder outputs $\bar h_s$, as opposed to
+# their *local-p* attention, which looks at a window around a predicted position (below).
+# This is what `global_attention` implements: score $h_t$ against each $\bar h_s$ ("dot",
+# "general", "concat" or "location"), take the context, and combine it with the state into
+# the attentional state that predicts the next word:
 #
 # $$a_t = \mathrm{softmax}(\mathrm{score}(h_t, \bar h_s)), \quad c_t = \sum_s a_{ts} \bar h_s,
 #   \quad \tilde h_t = \tanh([c_t; h_t]\, W_c)$$
@@ -382,9 +409,6 @@ parity(np.stack(rows), np.stack(rows_jax))
 # attending to the same English sentence. With the "dot" score and the words as the states,
 # the weights are exactly section 1's soft attention; what global attention adds is the
 # attentional state $\tilde h_t$, from which the decoder predicts.
-#
-# (The tutorial's "global attention", every position attending to every other, is also what
-# the self-attention of section 3 does: "global" as opposed to a window, as below.)
 
 # %%
 global_params = attention_np.init_global_params(np.random.default_rng(5), H, score="dot")

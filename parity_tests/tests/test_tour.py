@@ -152,3 +152,13 @@ def test_tour_exercises_run_open_and_say_not_yet(executed):
     notebook, _ = executed
     verdicts = [x for x in _text(notebook).splitlines() if x.startswith(("not yet: ", "right"))]
     assert len(verdicts) == 5 and all(v.startswith("not yet: ") for v in verdicts), verdicts
+
+
+def test_tour_shows_global_attention_in_both_senses(executed):
+    # the tutorial's sense: every word sees all six; a window of one either side: two or three
+    notebook, _ = executed
+    line = next(x for x in _text(notebook).splitlines() if x.startswith("nonzero weights per row, global:"))
+    assert line == "nonzero weights per row, global: [6 6 6 6 6 6]  local: [2 3 3 3 3 2]"
+    text = TWIN.read_text()
+    section = text[text.index("### 8. Global attention"):text.index("## How attention works")]
+    assert "local_window_size=1" in section and "global_attention(" in section and "local_attention(" in section
