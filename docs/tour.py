@@ -82,6 +82,21 @@ def show(name):
         plt.show()
 
 
+def show_committed(name, command, figsize):
+    """Show ``examples/<name>.png``, a picture committed with the repository, drawn by an
+    example's training run (too long for the tour); if it is missing, say how to draw it."""
+    here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in its folder
+    for folder in (here, *here.parents):
+        picture = folder / "examples" / f"{name}.png"
+        if picture.exists():
+            plt.figure(figsize=figsize)
+            plt.imshow(plt.imread(picture))
+            plt.axis("off")
+            show(name)
+            return
+    print(f"run `{command}` to draw the picture")
+
+
 # %% [markdown]
 # ## A sentence to attend over
 #
@@ -204,7 +219,7 @@ parity((out, weights), attention_jax.self_attention(to_jax(self_params), source,
 #   \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O$$
 #
 # These three heads are randomly initialised, so their patterns are arbitrary; training is
-# what gives each a job.
+# what gives each a job (the trained heads are below).
 
 # %%
 mha_params = attention_np.init_multi_head_params(np.random.default_rng(1), H, 3, 4)  # E=8, N=3, H=4
@@ -216,6 +231,24 @@ for n, ax in enumerate(axes):
 show("multi_head")
 
 parity((out, weights), attention_jax.multi_head_attention(to_jax(mha_params), source))
+
+# %% [markdown]
+# Trained on a task that needs two jobs, two heads take one each. In
+# `python -m examples.specialised_heads` every position holds a key letter and a value digit,
+# every key appears twice, and at each position the model must say two things: the key of
+# the previous position (a job by *position*) and, at a key's second appearance, the value
+# stored at its first (a job by *content*: find the matching token). The model is one layer
+# of two-head self-attention (`attention_jax.multi_head_attention`; each position sees only
+# the positions before it) and two linear read-outs; nothing says which head does what.
+# After 600 steps of Adam (5 s on one CPU core) both answers are 100% right on 1000
+# held-out sequences, and the heads have split the work: head 1 puts a mean weight of 1.00
+# on the previous position (the sub-diagonal), head 2 puts 1.00 on the matching key (at a
+# key's first appearance there is nothing to match, and its row is arbitrary). The picture
+# is the committed `examples/specialised_heads.png`.
+
+# %%
+show_committed("specialised_heads", "python -m examples.specialised_heads --plot examples/specialised_heads.png",
+               figsize=(14, 6.5))
 
 # %% [markdown]
 # ### 5. Cross-attention
@@ -530,22 +563,26 @@ print("both halves decode the same ids:", bool((np.asarray(ids_jax) == ids).all(
 # `python -m examples.reverse --plot examples/reverse_attention.png` redraws this one.
 
 # %%
-here = Path(__file__).resolve().parent if "__file__" in globals() else Path.cwd()  # a notebook runs in its folder
-for folder in (here, *here.parents):
-    picture = folder / "examples" / "reverse_attention.png"
-    if picture.exists():
-        plt.figure(figsize=(14, 5.2))
-        plt.imshow(plt.imread(picture))
-        plt.axis("off")
-        show("reverse_attention")
-        break
-else:
-    print("run `python -m examples.reverse --plot examples/reverse_attention.png` to draw the picture")
+show_committed("reverse_attention", "python -m examples.reverse --plot examples/reverse_attention.png",
+               figsize=(14, 5.2))
 
 # %% [markdown]
 # Why this helps (the tutorial's "How attention improves traditional models"): an RNN
 # encoder alone must squeeze the whole source into its last state; with attention the
 # decoder reads a fresh context vector at every step, so long inputs lose nothing on the way.
+#
+# Measured: `python -m examples.reverse --attention none` is the same GRU encoder - decoder
+# with the attention taken out, the encoder's last state its only context at every step.
+# `python -m examples.reverse --sweep` trains both on lengths 2-24 (1000 steps each, 3
+# minutes on one CPU core) and measures the held-out token accuracy at each length, as
+# Bahdanau et al. (2015, figure 2) did for translation. Up to 5 digits both are right;
+# then, without attention, the accuracy falls as the source outgrows one vector of 64
+# numbers (0.74 at 10 digits, 0.48 at 15, 0.25 at 24, where chance is 0.10), while with
+# attention it stays high (0.97, 0.94, 0.79: with more training it would be higher still).
+
+# %%
+show_committed("attention_vs_length", "python -m examples.reverse --sweep --sweep-plot examples/attention_vs_length.png",
+               figsize=(8, 5))
 
 # %% [markdown]
 # ## The tutorial's implementation: Steps 1-4
