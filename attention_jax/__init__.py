@@ -13,7 +13,7 @@ the fastest correct path) and ``attention_jax.nnx.MultiHeadAttention`` (a drop-i
 
 from . import nnx  # noqa: F401  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
-from .chunked import chunked_attention
+from .chunked import BlockMask, chunked_attention, create_block_mask, flex_attention
 from .cross_attention import cross_attention, init_cross_attention_params
 from .diagnostics import alignment_diagnostics
 from .dispatch import dot_product_attention
@@ -51,7 +51,10 @@ __all__ = [
     "alignment_diagnostics",
     "additive_attention",
     "additive_params_from_torch",
+    "BlockMask",
     "chunked_attention",
+    "create_block_mask",
+    "flex_attention",
     "concat_scores",
     "cross_attention",
     "dot_product_attention",

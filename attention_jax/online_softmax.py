@@ -40,12 +40,12 @@ def update(m, l, s, valid=None):
     return m_new, l * correction + p.sum(-1), p, correction
 
 
-def finish(m, l, acc):
+def finish(m, l, acc, dead_lse=0.0):
     """``(out, lse)`` from the final ``m (...)``, ``l (...)`` and ``acc (..., H)``: a row that
-    saw no key gets 0 and log-sum-exp 0. Tested as ``l == 0``, not ``l > 0``: a NaN in the
+    saw no key gets 0 and log-sum-exp ``dead_lse``. Tested as ``l == 0``, not ``l > 0``: a NaN in the
     inputs makes ``l`` NaN, and it must reach the output, not be replaced by 0."""
     empty = l == 0
     safe = jnp.where(empty, 1, l)
     out = jnp.where(empty[..., None], 0, acc / safe[..., None])
-    lse = jnp.where(empty, 0, m + jnp.log(safe))
+    lse = jnp.where(empty, dead_lse, m + jnp.log(safe))
     return out, lse

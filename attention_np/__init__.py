@@ -10,6 +10,7 @@ from .backward import additive_attention_vjp, multi_head_attention_vjp, scaled_d
 from .cross_attention import cross_attention, init_cross_attention_params
 from .diagnostics import alignment_diagnostics
 from .dot_product import scaled_dot_product_attention
+from .flex import flex_attention
 from .global_attention import global_attention, init_global_params
 from .hard import hard_attention
 from .kv_cache import init_kv_cache, multi_head_attention_step
@@ -46,6 +47,7 @@ __all__ = [
     "concat_scores",
     "cross_attention",
     "dot_scores",
+    "flex_attention",
     "general_scores",
     "greedy_decode",
     "global_attention",

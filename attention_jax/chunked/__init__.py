@@ -16,10 +16,15 @@ The package, by concern:
 - :mod:`.masks`: per-block masks (causal, window, padding, lengths, the caller's) and the
   loop bounds that skip blocks no query sees;
 - :mod:`.kernels`: the forward and backward kernels;
-- :mod:`.vjp`: the ``jax.custom_vjp`` joining them.
+- :mod:`.vjp`: the ``jax.custom_vjp`` joining them;
+- :mod:`.sparse`: :class:`BlockMask`, a mask evaluated per block (empty / partial / full);
+- :mod:`.flex`: ``flex_attention``, the same kernels with a ``score_mod``, a ``mask_mod``,
+  sinks and block skipping.
 """
 
 from .attention import chunked_attention
 from .blocks import BlockSizes
+from .flex import flex_attention
+from .sparse import BlockMask, create_block_mask
 
-__all__ = ["BlockSizes", "chunked_attention"]
+__all__ = ["BlockMask", "BlockSizes", "chunked_attention", "create_block_mask", "flex_attention"]

@@ -11,7 +11,7 @@ from .._jit import jit, logits_scale, split_scale, static_rng
 from .._sharding import match_varying
 from ..dropout import rng_words
 from .blocks import BlockSizes, check_chunk
-from .config import Config, Rows
+from .config import Config, Mods, Rows
 from .masks import attended_keys, to_rows_layout
 from .vjp import flash
 
@@ -132,7 +132,7 @@ def _chunked_attention(
     k, v = _zero_padding(k, v, mask, rows, key_value_seq_lengths is not None, cfg)
     # inside shard_map: every input of the custom VJP varies over the same manual axes
     q, k, v, bias, mask, qlen, kvlen = match_varying(q, k, v, bias, mask, rows.qlen, rows.kvlen)
-    out = flash(q, k, v, bias, mask, rows._replace(qlen=qlen, kvlen=kvlen), cfg)  # (B, K, Tp, G, H)
+    out, _ = flash(q, k, v, bias, mask, rows._replace(qlen=qlen, kvlen=kvlen), Mods(), cfg)  # (B, K, Tp, G, H)
     out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H)
     return unfold_batch(out.astype(dtype), batch)
 

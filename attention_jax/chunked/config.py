@@ -21,6 +21,9 @@ class Config(NamedTuple):
     compute: object = jnp.float32  # softmax / accumulation dtype (operands may be bf16/f16)
     backward_chunks: tuple | None = None  # (query, key) blocks of the backward pass; None: the forward's
     tiles: int | None = None  # without autodiff, the forward as a static grid of tiles this size (kernels.forward_tiles)
+    score_mod: object = None  # flex: the closure-converted score_mod(score, b, h, t, s, *consts), or None
+    mask_mod: object = None  # flex: the closure-converted mask_mod(b, h, t, s, *consts), or None
+    sparse: bool = False  # flex: the blocks visited are read from Mods.states, not from the ranges of .masks
 
     @property
     def banded(self):
@@ -39,6 +42,18 @@ class Rows(NamedTuple):
     words: object
 
 
+class Mods(NamedTuple):
+    """What :func:`attention_jax.flex_attention` adds: the arrays the mods close over
+    (``score``: float, differentiated; ``mask``: any), the sink logits in the rows layout
+    ``(1, K, G)`` (or None) and the block states ``(B|1, K|1, nq, nk)`` of
+    :mod:`.sparse` (or None)."""
+
+    score: tuple = ()
+    mask: tuple = ()
+    sinks: object = None
+    states: object = None
+
+
 class Residuals(NamedTuple):
     """What the forward pass saves for the backward pass: O(T + S), no score block."""
 
@@ -50,3 +65,4 @@ class Residuals(NamedTuple):
     out: object
     lse: object
     rows: Rows
+    mods: Mods

@@ -14,40 +14,71 @@ from jax import lax
 
 from .. import online_softmax
 from .._sharding import full_like_leading, leading_sharded
-from .masks import block, block_scores, dropout_scale, key_range, query_range
+from .masks import (
+    block,
+    block_logits,
+    block_scores,
+    dropout_scale,
+    fill_masked,
+    key_range,
+    query_range,
+    score_mod,
+)
+from .sparse import FULL, PARTIAL, union, visits
 
 
-def forward(q, k, v, bias, mask, rows, *, cfg):
+def loops(start, full, end, body, carry, states=None):
+    """``body(j, edge)`` over the blocks j of a row (or column) of the grid: ``[start, full)``
+    without the edge mask, ``[full, end)`` with it; or, given the row's block ``states``
+    (:mod:`.sparse`), over its full blocks, then its partial ones, skipping the empty."""
+    if states is None:
+        carry = lax.fori_loop(start, full, lambda j, c: body(j, False, c), carry)
+        return lax.fori_loop(full, end, lambda j, c: body(j, True, c), carry)
+    for kind, edge in ((FULL, False), (PARTIAL, True)):
+        order, count = visits(states, kind)
+        carry = lax.fori_loop(0, count, lambda n, c, order=order, edge=edge: body(order[n], edge, c), carry)
+    return carry
+
+
+def sink_rows(sinks, qc):
+    """The sink logits ``(1, K|1, G)`` as the rows of a query chunk, ``(1, K|1, qc * G)``."""
+    b, k, G = sinks.shape
+    return jnp.broadcast_to(sinks[:, :, None, :], (b, k, qc, G)).reshape(b, k, qc * G)
+
+
+def forward(q, k, v, bias, mask, rows, mods, *, cfg):
     """Online-softmax forward: ``out (B, K, Tp, G, H)`` and ``lse (B, K, Tp, G)``, in the
-    compute dtype (``q``, ``k``, ``v`` may be float16/bfloat16 operands)."""
+    compute dtype (``q``, ``k``, ``v`` may be float16/bfloat16 operands). A row that attends
+    no key (and has no sink) has ``lse = -inf``."""
     B, K, Tp, G, H = q.shape
     qc, kc = cfg.query_chunk, cfg.key_chunk
     nq, nk = Tp // qc, k.shape[2] // kc
     R = qc * G
     # rows with no valid key in the first block processed need their exp(0) = 1 zeroed:
     # never the case for causal and padding masks alone (key 0 is valid for every row)
-    zero_invalid = mask is not None or cfg.banded
+    zero_invalid = mask is not None or cfg.banded or cfg.sparse
+    states = union(mods.states, axes=(0, 1)) if cfg.sparse else None             # (nq, nk)
 
     def query_chunk(i):
-        def step(edge):
-            def body(j, carry):
-                m, l, acc = carry                                                  # (B, K, R), (B, K, R), (B, K, R, H)
-                s, valid = block_scores(q, k, bias, mask, rows, i, j, cfg, edge)   # (B, K, R, kc)
-                vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)               # (B, K, kc, H)
-                m, l, p, correction = online_softmax.update(m, l, s, valid if zero_invalid else None)
-                kept = p * dropout_scale(rows, i, j, cfg, p.shape) if cfg.dropout_rate > 0 else p
-                acc = acc * correction[..., None] + jnp.einsum(
-                    "BKRS,BKSH->BKRH", kept.astype(vj.dtype), vj, preferred_element_type=cfg.compute)
-                return m, l, acc
-            return body
+        def body(j, edge, carry):
+            m, l, acc = carry                                                      # (B, K, R), (B, K, R), (B, K, R, H)
+            s, valid = block_scores(q, k, bias, mask, rows, i, j, cfg, edge, mods=mods)  # (B, K, R, kc)
+            vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)                   # (B, K, kc, H)
+            m, l, p, correction = online_softmax.update(m, l, s, valid if zero_invalid else None)
+            kept = p * dropout_scale(rows, i, j, cfg, p.shape) if cfg.dropout_rate > 0 else p
+            acc = acc * correction[..., None] + jnp.einsum(
+                "BKRS,BKSH->BKRH", kept.astype(vj.dtype), vj, preferred_element_type=cfg.compute)
+            return m, l, acc
 
         c = cfg.compute
         # typed like q (its batch/head sharding, its shard_map axes): the carry the body returns
         init = (full_like_leading(q, (B, K, R), jnp.finfo(c).min, c), full_like_leading(q, (B, K, R), 0, c),
                 full_like_leading(q, (B, K, R, H), 0, c))
+        if mods.sinks is not None:  # a sink is a key seen first: logit the sink, weight e^0, no value
+            init = (init[1] + sink_rows(mods.sinks, qc), init[1] + 1, init[2])
         start, full, end = key_range(i, cfg, nk)
-        carry = lax.fori_loop(start, full, step(False), init)
-        out, lse = online_softmax.finish(*lax.fori_loop(full, end, step(True), carry))
+        carry = loops(start, full, end, body, init, None if states is None else states[i])
+        out, lse = online_softmax.finish(*carry, dead_lse=-jnp.inf)
         return out.reshape(B, K, qc, G, H), lse.reshape(B, K, qc, G)
 
     out, lse = lax.map(query_chunk, jnp.arange(nq))                              # (nq, B, K, qc, G, ...)
@@ -97,65 +128,79 @@ def resize_rows(x, n):
     return x[:, :, :n] if x.shape[2] >= n else jnp.pad(x, [(0, 0), (0, 0), (0, n - x.shape[2])] + [(0, 0)] * (x.ndim - 3))
 
 
-def backward(q, k, v, bias, mask, out, lse, dout, rows, *, cfg):
+def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
     """FlashAttention-2 backward: recompute each block's weights from ``lse``; with dropout
-    ``d logits = p (z dp - delta)``, z the block's keep / (1 - rate)."""
+    ``d logits = p (z dp - delta)``, z the block's keep / (1 - rate); ``dlse`` the cotangent
+    of ``lse`` (``d lse / d x = p``); through a ``score_mod`` by its VJP, which also gives
+    the gradients of the arrays it closes over (``d mods.score``, each ``(1, 1, ...)``)."""
     B, K, Tp, G, H = q.shape
     qc, kc = cfg.query_chunk, cfg.key_chunk
     nq, nk = Tp // qc, k.shape[2] // kc
     R = qc * G
     c = cfg.compute
-    delta = jnp.sum(dout * out, axis=-1)                                          # (B, K, Tp, G)
+    delta = jnp.sum(dout * out, axis=-1) - dlse                                   # (B, K, Tp, G)
+    lse = jnp.where(lse == -jnp.inf, 0, lse)  # a row that attends nothing: its logits finfo.min, exp 0
     do_operand = dout.astype(q.dtype)
+    states = union(mods.states, axes=(0, 1)) if cfg.sparse else None             # (nq, nk)
 
     def chunk(x, i):  # (B, K, Tp, G, ...) -> chunk i as (B, K, R, ...)
         x = lax.dynamic_slice_in_dim(x, i * qc, qc, axis=2)
         return x.reshape((B, K, R) + x.shape[4:])
 
     def key_chunk(j, grads):
-        dq, dk, dv, dbias = grads
+        dq, dk, dv, dbias, dscore = grads
         kj = lax.dynamic_slice_in_dim(k, j * kc, kc, axis=2)                      # (B, K, kc, H)
         vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)
 
-        def step(edge):
-            def body(i, carry):
-                dq, dk_j, dv_j, dbias = carry
-                s, _ = block_scores(q, k, bias, mask, rows, i, j, cfg, edge)             # (B, K, R, kc)
-                # the forward's weights; masked logits are finfo.min and lse is finite
-                # (0 for fully masked rows), so they come out exactly 0
-                p = jnp.exp(s - chunk(lse, i)[..., None])
-                do_i = chunk(do_operand, i)                                         # (B, K, R, H)
-                dp = jnp.einsum("BKRH,BKSH->BKRS", do_i, vj, preferred_element_type=c)
-                if cfg.dropout_rate > 0:
-                    z = dropout_scale(rows, i, j, cfg, p.shape)
-                    kept, dp = p * z, dp * z
-                else:
-                    kept = p
-                dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", kept.astype(q.dtype), do_i, preferred_element_type=c)
-                ds = p * (dp - chunk(delta, i)[..., None])                          # d logits
-                dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds.astype(q.dtype), kj, preferred_element_type=c)
-                dq_i = dq_i.reshape(B, K, qc, G, H)
-                dq = lax.dynamic_update_slice_in_dim(dq, lax.dynamic_slice_in_dim(dq, i * qc, qc, 2) + dq_i, i * qc, 2)
-                dk_j = dk_j + jnp.einsum("BKRS,BKRH->BKSH", ds.astype(q.dtype), chunk(q, i), preferred_element_type=c)
-                if dbias is not None:
-                    dbias = add_bias_block(dbias, ds.reshape(B, K, qc, G, kc), i * qc, j * kc)
-                return dq, dk_j, dv_j, dbias
-            return body
+        def body(i, edge, carry):
+            dq, dk_j, dv_j, dbias, dscore = carry
+            x, valid = block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods)  # (B, K, R, kc)
+            if cfg.score_mod is not None:
+                x, pullback = jax.vjp(lambda x, consts: score_mod(x, mods._replace(score=consts), rows, i, j, cfg),
+                                      x, mods.score)
+            # the forward's weights; masked logits are finfo.min and lse is finite, so they come out exactly 0
+            p = jnp.exp(fill_masked(x, valid) - chunk(lse, i)[..., None])
+            do_i = chunk(do_operand, i)                                             # (B, K, R, H)
+            dp = jnp.einsum("BKRH,BKSH->BKRS", do_i, vj, preferred_element_type=c)
+            if cfg.dropout_rate > 0:
+                z = dropout_scale(rows, i, j, cfg, p.shape)
+                kept, dp = p * z, dp * z
+            else:
+                kept = p
+            dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", kept.astype(q.dtype), do_i, preferred_element_type=c)
+            ds = p * (dp - chunk(delta, i)[..., None])                              # d logits
+            if cfg.score_mod is not None:
+                ds, dconsts = pullback(ds)
+                dscore = tuple(a + b for a, b in zip(dscore, dconsts))
+            dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds.astype(q.dtype), kj, preferred_element_type=c)
+            dq_i = dq_i.reshape(B, K, qc, G, H)
+            dq = lax.dynamic_update_slice_in_dim(dq, lax.dynamic_slice_in_dim(dq, i * qc, qc, 2) + dq_i, i * qc, 2)
+            dk_j = dk_j + jnp.einsum("BKRS,BKRH->BKSH", ds.astype(q.dtype), chunk(q, i), preferred_element_type=c)
+            if dbias is not None:
+                dbias = add_bias_block(dbias, ds.reshape(B, K, qc, G, kc), i * qc, j * kc)
+            return dq, dk_j, dv_j, dbias, dscore
 
         zeros = full_like_leading(k, (B, K, kc, H), 0, c)
         start, edge_end, stop = query_range(j, cfg, nq)
-        carry = lax.fori_loop(start, edge_end, step(True), (dq, zeros, zeros, dbias))
-        dq, dk_j, dv_j, dbias = lax.fori_loop(edge_end, stop, step(False), carry)
+        # query_range gives the edge blocks first: loops' (start, full, end) with the edge flag swapped
+        if states is None:
+            carry = lax.fori_loop(start, edge_end, lambda i, c: body(i, True, c), (dq, zeros, zeros, dbias, dscore))
+            carry = lax.fori_loop(edge_end, stop, lambda i, c: body(i, False, c), carry)
+        else:
+            carry = loops(0, 0, 0, body, (dq, zeros, zeros, dbias, dscore), states[:, j])
+        dq, dk_j, dv_j, dbias, dscore = carry
         dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * kc, axis=2)
         dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * kc, axis=2)
-        return dq, dk, dv, dbias
+        return dq, dk, dv, dbias, dscore
 
     # typed as the inputs (their sharding, their shard_map axes): bias's, and (the blocks added
     # into it are computed from q) q's mesh and manual axes even when bias has neither
     dbias = None if bias is None else jnp.zeros_like(bias, c) + full_like_leading(q, bias.shape, 0, c, axes=0)
-    init = (jnp.zeros_like(q, c), jnp.zeros_like(k, c), jnp.zeros_like(v, c), dbias)
-    dq, dk, dv, dbias = lax.fori_loop(0, nk, key_chunk, init)
-    return dq, dk, dv, dbias  # d/d(scaled q): the scale's own factor is autodiff's, outside
+    dscore = tuple(jnp.zeros_like(x) for x in mods.score)
+    init = (jnp.zeros_like(q, c), jnp.zeros_like(k, c), jnp.zeros_like(v, c), dbias, dscore)
+    dq, dk, dv, dbias, dscore = lax.fori_loop(0, nk, key_chunk, init)
+    dscore = tuple(d[None, None] for d in dscore)  # (1, 1, ...): each_head stacks them per row
+    return dq, dk, dv, dbias, dscore  # d/d(scaled q): the scale's own factor is autodiff's, outside
 
 
 def add_bias_block(dbias, ds, t0, s0):

@@ -2,6 +2,7 @@
 padding and length masks built per block from iota (no ``(T, S)`` mask exists), the caller's
 bias and mask read block by block, and the loop bounds that skip blocks no query sees."""
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 
@@ -16,16 +17,38 @@ def block(x, start, size, axis):
     return lax.dynamic_slice_in_dim(x, start, size, axis)
 
 
-def block_scores(q, k, bias, mask, rows, i, j, cfg, edge, cap=False):
-    """Logits and validity of block (query chunk i, key chunk j).
+def block_indices(rows, i, j, cfg):
+    """The global indices of block (i, j)'s entries, broadcasting to ``(B, K, R, kc)``: batch
+    row ``b (B, K, 1, 1)``, query head ``h (B, K, R, 1)``, query ``t (1, 1, R, 1)`` and key
+    ``u (1, 1, 1, kc)`` (row ``r`` of a block is query ``r // G`` of head ``r % G`` of its group)."""
+    qc, kc, G = cfg.query_chunk, cfg.key_chunk, cfg.G
+    r = lax.broadcasted_iota(jnp.int32, (1, 1, qc * G, 1), 2)
+    b = rows.index[..., 0][:, :, None, None]
+    h = rows.index[..., 1][:, :, None, None] * G + r % G
+    t = i * qc + r // G
+    u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
+    return tuple(x.astype(jnp.int32) for x in (b, h, t, u))  # int32 as the mods were traced, x64 or not
+
+
+def apply_mod(fn, consts, *args):
+    """A closure-converted mod ``fn(*args, *consts)`` of scalars, on arrays that broadcast
+    together: vectorized over their broadcast shape (the mods are traced on scalars, so one
+    trace serves every block shape and both passes)."""
+    shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in args))
+    flat = [jnp.broadcast_to(a, shape).reshape(-1) for a in args]
+    return jax.vmap(lambda *xs: fn(*xs, *consts))(*flat).reshape(shape)
+
+
+def block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods=None):
+    """Logits and validity of block (query chunk i, key chunk j), before any ``score_mod``
+    and with masked entries not yet replaced.
 
     q: rows layout ``(B, K, Tp, G, H)``, already scaled; k: ``(B, K, Sp, H)``; bias/mask in
     the rows layout ``(B|1, K|1, Tp|1, G|1, Sp|1)`` or None; ``rows`` the per-row lengths
-    and indices (:class:`~.config.Rows`). ``edge``: this block may hold keys above the diagonal,
-    outside the window, past S or past a row's length, so that mask is built.
-    ``cap``: the mask is the causal/padding one alone (no ``mask``, not ``banded``), applied
-    as a minimum (:func:`replace_masked`), which keeps a tile one fused kernel on CPU.
-    Returns ``s (B, K, qc * G, kc)`` (in the compute dtype) and ``valid`` broadcastable to
+    and indices (:class:`~.config.Rows`); ``mods`` the arrays the mods close over.
+    ``edge``: this block may hold keys above the diagonal, outside the window, past S, past
+    a row's length or ruled out by ``cfg.mask_mod``, so that mask is built.
+    Returns ``x (B, K, qc * G, kc)`` (in the compute dtype) and ``valid`` broadcastable to
     it, or None when all are valid.
     """
     qc, kc = cfg.query_chunk, cfg.key_chunk
@@ -54,27 +77,45 @@ def block_scores(q, k, bias, mask, rows, i, j, cfg, edge, cap=False):
         if cfg.lengths:
             qlen, kvlen = rows.qlen[:, :, None, None], rows.kvlen[:, :, None, None]       # (B, 1, 1, 1)
             ok = ok & (t.reshape(qc * G, kc) < qlen) & (u.reshape(qc * G, kc) < kvlen)  # (B, 1, R, kc)
+        if cfg.mask_mod is not None:
+            ok = ok & apply_mod(cfg.mask_mod, mods.mask, *block_indices(rows, i, j, cfg)).astype(bool)
         valid = ok if valid is None else valid & ok
-    if valid is not None and cap:
-        s = replace_masked(s, valid)
-    elif valid is not None:
-        s = jnp.where(valid, s, jnp.finfo(s.dtype).min)  # replaced, never -inf: no NaN
     return s, valid
+
+
+def score_mod(x, mods, rows, i, j, cfg):
+    """``cfg.score_mod`` on block (i, j)'s logits ``x (B, K, R, kc)``, in the compute dtype."""
+    return apply_mod(cfg.score_mod, mods.score, x, *block_indices(rows, i, j, cfg)).astype(x.dtype)
+
+
+def fill_masked(s, valid, cap=False):
+    """Masked logits replaced by ``finfo.min`` (never ``-inf``: no NaN). ``cap``: the mask is the
+    causal/padding one alone, applied as a minimum (:func:`replace_masked`), which keeps a tile
+    one fused kernel on CPU."""
+    if valid is None:
+        return s
+    if cap:
+        return replace_masked(s, valid)
+    return jnp.where(valid, s, jnp.finfo(s.dtype).min)
+
+
+def block_scores(q, k, bias, mask, rows, i, j, cfg, edge, cap=False, mods=None):
+    """The logits of block (i, j) as the softmax sees them: :func:`block_logits`, then the
+    ``score_mod``, then masked entries replaced (:func:`fill_masked`). Returns ``(s, valid)``."""
+    s, valid = block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods)
+    if cfg.score_mod is not None:
+        s = score_mod(s, mods, rows, i, j, cfg)
+    return fill_masked(s, valid, cap), valid
 
 
 def dropout_scale(rows, i, j, cfg, shape):
     """``keep / (1 - rate)`` of block (i, j), ``shape (B, K, R, kc)``: the keep-mask of
     :mod:`attention_jax.dropout` at the block's global (b, n, t, s), so any chunking drops
     the same weights as the dense path and the NumPy half."""
-    qc, kc, G = cfg.query_chunk, cfg.key_chunk, cfg.G
-    index, words = rows.index, rows.words
-    r = lax.broadcasted_iota(jnp.int32, (1, 1, qc * G, 1), 2)                     # row = t * G + g
-    b = index[..., 0][:, :, None, None]                                            # (B, K, 1, 1)
-    n = index[..., 1][:, :, None, None] * G + r % G                                # (B, K, R, 1)
+    b, n, t, u = block_indices(rows, i, j, cfg)
     if cfg.broadcast_dropout:
         b, n = b * 0, n * 0
-    t = i * qc + r // G
-    u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
+    words = rows.words
     keep = keep_mask((words.reshape(-1)[0], words.reshape(-1)[1]), cfg.dropout_rate, b, n, t, u)
     return jnp.broadcast_to(jnp.where(keep, 1 / (1 - cfg.dropout_rate), 0).astype(cfg.compute), shape)
 

@@ -2,6 +2,7 @@
 
 - :mod:`.engine`: :class:`Shapes` and the checks every mechanism shares;
 - :mod:`.dot_product`: ``scaled_dot_product_attention`` and its options;
+- :mod:`.flex`: ``flex_attention``, its mods, sinks and block masks;
 - :mod:`.multi_head`: ``multi_head_attention`` and incremental decoding;
 - :mod:`.mechanisms`: the tutorial's mechanisms;
 - :mod:`.seq2seq`: the encoder - attention - decoder model.
@@ -48,6 +49,7 @@ from .engine import (  # noqa: F401
     check_scale,
     is_scalar_array,
 )
+from .flex import check_block_mask, check_flex  # noqa: F401
 from .mechanisms import (  # noqa: F401
     ADDITIVE_SPEC,
     CONCAT_SPEC,

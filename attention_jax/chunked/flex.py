@@ -1,0 +1,139 @@
+"""``flex_attention``: attention you program with a ``score_mod`` and a ``mask_mod``, computed
+block by block in :func:`attention_jax.chunked_attention`'s kernels, skipping the blocks a
+:class:`~.sparse.BlockMask` rules out, forward and backward."""
+
+import jax
+import jax.numpy as jnp
+
+from attention_np._validate import check_flex
+
+from .._dtypes import compute_dtype
+from .._jit import jit, logits_scale, split_scale
+from ..flex import flex_attention as dense_flex_attention
+from .attention import _rows, _to_rows
+from .config import Config, Mods
+from .sparse import attend_all, create_block_mask, grouped
+from .vjp import flash
+
+
+def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None, scale=None,
+                   sinks=None, return_residual=False):
+    r"""Scaled dot-product attention with a ``score_mod`` on the logits and a ``mask_mod`` for
+    the mask, and optional attention sinks, in O(T + S) memory, forward and backward.
+
+    .. math::
+        x_{bhts} = \mathrm{score\_mod}\big(\mathrm{scale}\; q_{bht} \cdot k_{bhs},\; b, h, t, s\big), \qquad
+        o_{bht} = \frac{\sum_s [\mathrm{mask\_mod}(b, h, t, s)]\, e^{x_{bhts}} v_{bhs}}
+                       {e^{\sigma_h} + \sum_s [\mathrm{mask\_mod}(b, h, t, s)]\, e^{x_{bhts}}}
+
+    The signatures of PyTorch's FlexAttention (He et al. 2024); the numbers of
+    :func:`attention_np.flex_attention`, the readable definition (and of its mirror
+    :func:`attention_jax.flex.flex_attention`). Computed with the online softmax of
+    FlashAttention-2 (Dao 2023) over the blocks of a :class:`BlockMask`: empty blocks are
+    skipped in both passes, full blocks never evaluate ``mask_mod``, partial blocks evaluate
+    it per element. The backward pass recomputes each block from the saved log-sum-exp and
+    goes through ``score_mod`` by its VJP, so gradients reach the float arrays a mod closes
+    over (an ALiBi slope, a relative-position table). Sinks (Xiao et al. 2024; gpt-oss) are
+    per-head logits that join each row's normaliser with no value; they get gradients.
+
+    The mods are traced once on scalars and vectorized over each block (``jax.vmap``), so a
+    mod written with array operators serves both halves (:mod:`attention_np.mods` has the
+    common ones; one that needs ``tanh`` or ``where`` takes them from
+    :func:`attention_np.mods.array_namespace`). A mod must be a pure function of its
+    arguments and of the arrays it closes over. Reverse-mode autodiff only (a
+    ``jax.custom_vjp``).
+
+    Shapes: B batch (one axis: the ``b`` the mods receive), T query length, S key length,
+    N query heads, K key/value heads (N % K == 0), H features per head.
+
+    Args:
+      query: ``(B, T, N, H)``.
+      key, value: ``(B, S, K, H)``, the dtype of ``query``.
+      score_mod: optional ``(score, b, h, q_idx, kv_idx) -> score`` on the scaled logits.
+      mask_mod: optional ``(b, h, q_idx, kv_idx) -> bool``, True = attend. Without a
+        ``block_mask``, one is made on each call (:func:`create_block_mask`, the default
+        blocks); make it once and pass ``block_mask`` to reuse it across layers and calls.
+      block_mask: optional :class:`BlockMask` from :func:`create_block_mask`, for these
+        B, N, T, S (or None B/N); its blocks are the blocks of both passes.
+      scale: multiplies the logits before ``score_mod``; default ``1 / sqrt(H)``; a 0-d
+        float array is traced (a learnable temperature).
+      sinks: optional float ``(N,)``, one sink logit per query head.
+      return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the modified,
+        masked logits and the sink (``jax.nn.dot_product_attention``'s residual), ``-inf``
+        for a query that attends no key and has no sink; differentiable.
+
+    Returns:
+      ``out (B, T, N, H)`` in the dtype of ``query`` (zeros for a query that attends no
+      key), or ``(out, lse)``.
+
+    Example: a causal mask and soft-capped logits, against the NumPy definition.
+
+    >>> import numpy as np, attention_np
+    >>> from attention_np.mods import causal_mask, soft_cap
+    >>> x = np.random.default_rng(0).normal(size=(1, 6, 2, 4)).astype(np.float32)
+    >>> out = flex_attention(x, x, x, score_mod=soft_cap(5.0), mask_mod=causal_mask)
+    >>> expected = attention_np.flex_attention(x, x, x, score_mod=soft_cap(5.0), mask_mod=causal_mask)
+    >>> bool(np.abs(np.asarray(out) - expected).max() < 1e-6)
+    True
+    """
+    query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    shapes = check_flex(query, key, value, score_mod, mask_mod, block_mask, scale, sinks)
+    B, T, N, H, S, K = (shapes[c] for c in "BTNHSK")
+    if T == 0 or S == 0:  # nothing to block: the dense definition's empty arrays, or zeros
+        return dense_flex_attention(query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
+                                    scale=scale, sinks=sinks, return_residual=return_residual)
+    if block_mask is None:
+        block_mask = create_block_mask(mask_mod or attend_all, *_depends(mask_mod, B, N, T, S), T, S)
+    compute = compute_dtype(query.dtype)
+    index = jnp.zeros((), jnp.int32)
+    score_fn, score_consts = _convert(score_mod, jnp.zeros((), compute), index, index, index, index)
+    mask_fn, mask_consts = _convert(None if block_mask.mask_mod is attend_all else block_mask.mask_mod,
+                                    index, index, index, index)
+    scale, scale_value = split_scale(scale)
+    return _flex_attention(query, key, value, block_mask.states, score_consts, mask_consts, sinks, scale_value,
+                           score_fn=score_fn, mask_fn=mask_fn, scale=scale, block_sizes=block_mask.block_sizes,
+                           return_residual=bool(return_residual))
+
+
+@jit(static_argnames=("score_fn", "mask_fn", "scale", "block_sizes", "return_residual"))
+def _flex_attention(query, key, value, states, score_consts, mask_consts, sinks, scale_value, *, score_fn, mask_fn,
+                    scale, block_sizes, return_residual):
+    """:func:`flex_attention` compiled: the rows layout of :mod:`.attention`, then the kernels."""
+    B, T, N, H = query.shape
+    S, K = key.shape[1], key.shape[2]
+    dtype, compute = query.dtype, compute_dtype(query.dtype)
+    qc, kc = block_sizes
+    cfg = Config(False, qc, kc, T, S, N // K, compute=compute, score_mod=score_fn, mask_mod=mask_fn, sparse=True)
+    q, k, v, _, _ = _to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute),
+                             key, value, None, None, cfg)
+    rows = _rows(None, None, None, cfg, B, K)
+    sinks = None if sinks is None else jnp.asarray(sinks).astype(compute).reshape(1, K, N // K)
+    mods = Mods(tuple(score_consts), tuple(mask_consts), sinks, grouped(states, K, N // K))
+    out, lse = flash(q, k, v, None, None, rows, mods, cfg)                        # (B, K, Tp, G, H), (B, K, Tp, G)
+    out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H).astype(dtype)
+    if not return_residual:
+        return out
+    return out, lse[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, N)
+
+
+def _convert(mod, *example):
+    """``(fn, consts)``: ``mod`` traced on scalars, the float arrays it closes over hoisted
+    into ``consts`` (``jax.closure_convert``), so the custom VJP differentiates them; ``(None, ())``
+    for no mod."""
+    if mod is None:
+        return None, ()
+    fn, consts = jax.closure_convert(mod, *example)
+    return fn, tuple(consts)
+
+
+def _depends(mask_mod, B, N, T, S):
+    """``(B or None, N or None)``: None where ``mask_mod`` does not depend on the batch row (the
+    head), read off the shape of its result on broadcasting index arrays."""
+    if mask_mod is None:
+        return None, None
+    index = [jax.ShapeDtypeStruct(shape, jnp.int32) for shape in
+             ((B, 1, 1, 1), (1, N, 1, 1), (1, 1, T, 1), (1, 1, 1, S))]
+    shape = jnp.shape(jax.eval_shape(mask_mod, *index))
+    shape = (1,) * (4 - len(shape)) + tuple(shape)
+    return (B if shape[0] != 1 else None), (N if shape[1] != 1 else None)
+

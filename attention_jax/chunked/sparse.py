@@ -1,0 +1,143 @@
+"""Block masks: which blocks of the (query, key) grid a ``mask_mod`` leaves empty, partial or
+full, so that :func:`attention_jax.flex_attention` skips the empty ones and never evaluates
+the mask in the full ones (the block sparsity of FlexAttention, He et al. 2024, and of
+splash attention)."""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from .blocks import BlockSizes, check_chunk
+
+EMPTY, PARTIAL, FULL = 0, 1, 2  # a block's state: no entry attended, some, all
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class BlockMask:
+    """A mask evaluated once per block, reusable across layers and calls.
+
+    Attributes:
+      states: int8 ``(B|1, N|1, nq, nk)``: :data:`EMPTY`, :data:`PARTIAL` or :data:`FULL` for
+        each (query block, key block), per batch row and head (or the same for all).
+      shape: ``(B, N, T, S)`` it was made for; ``B``/``N`` None for "the same for all".
+      block_sizes: ``(query rows, key rows)`` of a block.
+      mask_mod: the ``(b, h, q_idx, kv_idx) -> bool`` it was made from, evaluated per
+        element in the partial blocks.
+    """
+
+    states: jax.Array
+    shape: tuple = dataclasses.field(metadata=dict(static=True))
+    block_sizes: tuple = dataclasses.field(metadata=dict(static=True))
+    mask_mod: object = dataclasses.field(metadata=dict(static=True))
+
+    def sparsity(self):
+        """The fraction of blocks skipped (empty), over every batch row and head."""
+        return float(jnp.mean(self.states == EMPTY))
+
+    def __repr__(self):
+        counts = {name: int(jnp.sum(self.states == value)) for name, value in
+                  (("empty", EMPTY), ("partial", PARTIAL), ("full", FULL))}
+        return f"BlockMask(shape={self.shape}, block_sizes={self.block_sizes}, blocks={counts})"
+
+
+def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
+    r"""Evaluate ``mask_mod`` once, into a :class:`BlockMask` of empty / partial / full blocks.
+
+    A block of ``qc`` queries and ``kc`` keys is empty when ``mask_mod`` attends none of its
+    entries (it is skipped, forward and backward), full when it attends all (the mask is
+    never evaluated there) and partial otherwise. Made once per mask and reused across
+    layers and calls; the mask is evaluated one row of blocks at a time, so memory is
+    O(qc S), not O(T S).
+
+    Args:
+      mask_mod: ``(b, h, q_idx, kv_idx) -> bool``, True = attend, on broadcasting index
+        arrays (:mod:`attention_np.mods`).
+      B, N: batch rows and query heads, or None when the mask is the same for all.
+      T, S: query and key lengths.
+      block_sizes: ``(qc, kc)``; default the CPU-tuned causal blocks of
+        :class:`~.blocks.BlockSizes` (GPU: 512 x 512), split evenly.
+
+    Example: documents of 2 and 2 tokens, causal within each, blocks of 2 x 2: the two
+    diagonal blocks are partial (causal inside), the two off the diagonal empty.
+
+    >>> from attention_np.mods import and_masks, causal_mask, document_mask
+    >>> ids = jnp.array([[0, 0, 1, 1]])
+    >>> mask = create_block_mask(and_masks(causal_mask, document_mask(ids)), 1, None, 4, 4, block_sizes=(2, 2))
+    >>> mask.states[0, 0]
+    Array([[1, 0],
+           [0, 1]], dtype=int8)
+    """
+    for name, size in (("T", T), ("S", S)):
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{name} must be a positive int; got {size!r}")
+    for name, size in (("B", B), ("N", N)):
+        if size is not None:
+            check_chunk(name, size)
+    if block_sizes is None:
+        qc, kc = default_blocks(T, S)
+    else:
+        if not (isinstance(block_sizes, (tuple, list)) and len(block_sizes) == 2):
+            raise ValueError(f"block_sizes must be a pair (query rows, key rows); got {block_sizes!r}")
+        check_chunk("block_sizes[0]", block_sizes[0])
+        check_chunk("block_sizes[1]", block_sizes[1])
+        qc, kc = block_sizes
+        qc, kc = min(block_sizes[0], T), min(block_sizes[1], S)
+    states = _states(mask_mod, B or 1, N or 1, T, S, qc, kc)
+    return BlockMask(states, (B, N, T, S), (qc, kc), mask_mod)
+
+
+@functools.partial(jax.jit, static_argnames=("mask_mod", "B", "N", "T", "S", "qc", "kc"))
+def _states(mask_mod, B, N, T, S, qc, kc):
+    """``(B, N, nq, nk)`` block states; queries past T are don't-cares, keys past S never attended."""
+    nq, nk = -(-T // qc), -(-S // kc)
+    b = jnp.arange(B).reshape(B, 1, 1, 1)
+    h = jnp.arange(N).reshape(1, N, 1, 1)
+    u = jnp.arange(nk * kc).reshape(1, 1, 1, nk * kc)
+
+    def row(i):  # the states of query block i: (B, N, nk)
+        t = i * qc + jnp.arange(qc).reshape(1, 1, qc, 1)
+        m = jnp.broadcast_to(jnp.asarray(mask_mod(b, h, t, u), bool) & (u < S), (B, N, qc, nk * kc))
+        m = m.reshape(B, N, qc, nk, kc)
+        real = (t < T)[..., None]                                                 # (1, 1, qc, 1, 1)
+        some, every = (m & real).any(axis=(2, 4)), (m | ~real).all(axis=(2, 4))
+        return jnp.where(every, FULL, jnp.where(some, PARTIAL, EMPTY)).astype(jnp.int8)
+
+    return jnp.moveaxis(lax.map(row, jnp.arange(nq)), 0, 2)                      # (B, N, nq, nk)
+
+
+def grouped(states, K, G):
+    """Block states per key/value head ``(B|1, K|1, nq, nk)`` from those per query head: a
+    block is empty (full) for the group when it is for each of its G query heads."""
+    b, n = states.shape[:2]
+    if n == 1:
+        return states
+    return union(states.reshape(b, K, G, *states.shape[2:]), axes=(2,))
+
+
+def union(states, axes):
+    """One state for the blocks over ``axes``: empty where all are, full where all are."""
+    return jnp.where(states.max(axis=axes) == EMPTY, EMPTY,
+                     jnp.where(states.min(axis=axes) == FULL, FULL, PARTIAL)).astype(jnp.int8)
+
+
+def visits(states, kind):
+    """``(indices, count)``: the positions along the last axis of ``states (..., n)`` in state
+    ``kind``, first (in order), then the others; a loop over ``indices[:count]`` visits them."""
+    hits = states == kind
+    order = jnp.argsort(~hits, axis=-1, stable=True).astype(jnp.int32)
+    return order, hits.sum(axis=-1).astype(jnp.int32)
+
+
+def default_blocks(T, S):
+    """The blocks of a block mask by default: the CPU-tuned causal blocks (GPU: 512 x 512)."""
+    qc, kc = BlockSizes.get_default().blocks(True, T, S)
+    return min(qc, T), min(kc, S)
+
+
+def attend_all(b, h, q_idx, kv_idx):
+    """The mask of no mask: every block full (but those holding keys past S)."""
+    return True

@@ -1,0 +1,152 @@
+r"""Mods for :func:`flex_attention`, written once for both halves.
+
+A ``score_mod(score, b, h, q_idx, kv_idx)`` rewrites a scaled logit; a ``mask_mod(b, h,
+q_idx, kv_idx)`` says whether query ``q_idx`` of head ``h`` in batch row ``b`` may attend key
+``kv_idx``. They are the signatures of PyTorch's FlexAttention (He et al. 2024, "FlexAttention:
+the flexibility of PyTorch with the performance of FlashAttention").
+
+A mod receives arrays that broadcast against each other: NumPy index arrays in
+``attention_np`` (``b (B, 1, 1, 1)``, ``h (1, N, 1, 1)``, ``q_idx (1, 1, T, 1)``, ``kv_idx
+(1, 1, 1, S)``), JAX ones in ``attention_jax`` (scalars there, under ``jax.vmap``). So a mod
+written with array operators (``+``, ``*``, ``==``, ``&``, indexing) runs in both. One that
+needs a function (``tanh``, ``where``) asks the arrays for their library,
+:func:`array_namespace` (NumPy or ``jax.numpy``), as :func:`soft_cap` does. A mod may close
+over arrays (a bias table, document ids): in ``attention_jax`` gradients reach the closed-over
+float arrays, so a learnable table trains. A NumPy array indexed by JAX indices must first
+become a JAX array: :func:`asarray_like` converts it for whichever half calls.
+
+Example: the causal mask and a document mask, and both at once.
+
+>>> import numpy as np
+>>> ids = np.array([[0, 0, 1, 1]])                               # two documents of two tokens
+>>> mask = and_masks(causal_mask, document_mask(ids))
+>>> q, kv = np.arange(4)[:, None], np.arange(4)[None, :]
+>>> mask(0, 0, q, kv).astype(int)                                # (T, S): causal within each document
+array([[1, 0, 0, 0],
+       [1, 1, 0, 0],
+       [0, 0, 1, 0],
+       [0, 0, 1, 1]])
+"""
+
+import sys
+
+import numpy as np
+
+
+def array_namespace(x):
+    """``jax.numpy`` for a JAX array (or tracer), else NumPy: the library a mod's functions
+    come from, so that one mod serves both halves.
+
+    >>> array_namespace(np.ones(2)).__name__
+    'numpy'
+    """
+    jax = sys.modules.get("jax")  # never imported here: a NumPy caller has no JAX arrays
+    if jax is not None and isinstance(x, jax.Array):
+        return jax.numpy
+    return np
+
+
+def asarray_like(array, index):
+    """``array`` in the library of ``index`` (NumPy or ``jax.numpy``), so that ``array[index]``
+    works in both halves whatever ``array`` was made with.
+
+    >>> asarray_like([10, 20, 30], np.arange(2))[np.arange(2)]
+    array([10, 20])
+    """
+    return array_namespace(index).asarray(array)
+
+
+def causal_mask(b, h, q_idx, kv_idx):
+    """Query t attends keys ``s <= t``.
+
+    >>> causal_mask(0, 0, 2, np.arange(4))
+    array([ True,  True,  True, False])
+    """
+    return kv_idx <= q_idx
+
+
+def sliding_window_mask(left, right=0):
+    """Query t attends keys ``t - left <= s <= t + right`` (Beltagy et al. 2020, "Longformer").
+
+    >>> sliding_window_mask(1)(0, 0, 2, np.arange(4))
+    array([False,  True,  True, False])
+    """
+    def mask_mod(b, h, q_idx, kv_idx):
+        return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
+    return mask_mod
+
+
+def prefix_lm_mask(prefix_length):
+    """Every query attends the first ``prefix_length`` keys, and causally after them (the
+    prefix LM of Raffel et al. 2020, "T5"). ``prefix_length`` an int or an int array ``(B,)``.
+
+    >>> prefix_lm_mask(3)(0, 0, 0, np.arange(5))
+    array([ True,  True,  True, False, False])
+    """
+    def mask_mod(b, h, q_idx, kv_idx):
+        prefix = asarray_like(prefix_length, kv_idx)
+        prefix = prefix[b] if prefix.ndim else prefix
+        return (kv_idx < prefix) | (kv_idx <= q_idx)
+    return mask_mod
+
+
+def document_mask(query_segment_ids, key_value_segment_ids=None):
+    """A query attends only keys of its own segment: packed documents. Segment ids are ints
+    ``(B, T)`` and ``(B, S)`` (default: the query's, self-attention).
+
+    >>> document_mask(np.array([[0, 0, 1]]))(0, 0, 2, np.arange(3))
+    array([False, False,  True])
+    """
+    kv_ids = query_segment_ids if key_value_segment_ids is None else key_value_segment_ids
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        return asarray_like(query_segment_ids, q_idx)[b, q_idx] == asarray_like(kv_ids, kv_idx)[b, kv_idx]
+    return mask_mod
+
+
+def and_masks(*mask_mods):
+    """A mask that attends where every one of ``mask_mods`` does."""
+    def mask_mod(b, h, q_idx, kv_idx):
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for other in mask_mods[1:]:
+            result = result & other(b, h, q_idx, kv_idx)
+        return result
+    return mask_mod
+
+
+def soft_cap(cap):
+    r"""Logits squashed into ``(-cap, cap)``: :math:`c \tanh(x / c)` (Gemma 2, Gemma Team 2024).
+
+    >>> soft_cap(2.0)(np.array([0.0, 1.0, 100.0]), 0, 0, 0, 0).round(4)
+    array([0.    , 0.9242, 2.    ])
+    """
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return cap * array_namespace(score).tanh(score / cap)
+    return score_mod
+
+
+def alibi(slopes):
+    r"""ALiBi (Press et al. 2022, "Train short, test long"): head h adds ``slopes[h] * (s - t)``,
+    a penalty growing with the distance to the key. ``slopes (N,)``, for example
+    :math:`2^{-8 (h + 1) / N}`.
+
+    >>> alibi(np.array([0.5]))(np.zeros(3), 0, 0, 2, np.arange(3))
+    array([-1. , -0.5,  0. ])
+    """
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + asarray_like(slopes, h)[h] * (kv_idx - q_idx)
+    return score_mod
+
+
+def relative_position_bias(table, max_distance):
+    """A learned bias per head and clipped distance (Shaw et al. 2018; Raffel et al. 2020):
+    ``score + table[h, clip(s - t, -D, D) + D]``, ``table (N, 2 D + 1)``.
+
+    >>> table = np.array([[-1.0, 0.0, 1.0]])                      # N = 1, D = 1
+    >>> relative_position_bias(table, 1)(np.zeros(4), 0, 0, 1, np.arange(4))
+    array([-1.,  0.,  1.,  1.])
+    """
+    def score_mod(score, b, h, q_idx, kv_idx):
+        distance = array_namespace(score).clip(kv_idx - q_idx, -max_distance, max_distance)
+        return score + asarray_like(table, h)[h, distance + max_distance]
+    return score_mod
