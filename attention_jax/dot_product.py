@@ -4,12 +4,12 @@ is :mod:`attention_jax.dense`."""
 
 import jax.numpy as jnp
 
-from attention_np._validate import check_sdpa, check_sdpa_options
+from attention_np._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype, operand_dtype
 from ._jit import jit, logits_scale, split_scale, static_rng
-from ._masking import attended_keys, combine_all_masks, length_mask, masked_softmax
+from ._masking import attended_keys, combine_all_masks, length_mask, log_sum_exp, masked_softmax, segment_mask
 from ._sharding import repeat_heads
 from .dropout import dropout_weights
 
@@ -18,6 +18,7 @@ def scaled_dot_product_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
     dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
+    query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None, return_residual=False,
 ):
     r"""Scaled dot-product attention, with grouped key/value heads.
 
@@ -61,9 +62,18 @@ def scaled_dot_product_attention(
       dropout_rng: a JAX key (new-style or ``PRNGKey``), its ``key_data``, or an int.
       broadcast_dropout: one dropout mask for every batch row and head (Flax's default in
         its modules). Static.
+      query_segment_ids, key_value_segment_ids: optional int ``(B, T)``, ``(B, S)``: a query
+        attends only keys of its own segment (packed sequences); either alone serves both.
+      logits_soft_cap: optional c > 0 (static): logits become ``c * tanh(logits / c)``
+        after the scale and the bias, before the mask (Gemma 2).
+      sinks: optional float ``(N,)``: per-head logits that join each row's normaliser and
+        hold no value (attention sinks); they receive gradients.
+      return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the attended
+        logits and the sink (``-inf`` for a query that attends nothing and has no sink).
 
     Returns:
-      ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+      ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``
+      (and ``lse`` third with ``return_residual``).
       ``weights`` are the softmax probabilities before dropout (what Flax sows); ``out``
       uses the dropped ones. T = 0 gives empty arrays; S = 0 a zero ``out``.
     """
@@ -73,13 +83,17 @@ def scaled_dot_product_attention(
         query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size, dropout_rate=dropout_rate,
         dropout_rng=static_rng(dropout_rng, dropout_rate), broadcast_dropout=broadcast_dropout,
+        query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
+        logits_soft_cap=logits_soft_cap, sinks=sinks, return_residual=bool(return_residual),
     )
 
 
-@jit(static_argnames=("is_causal", "scale", "local_window_size", "dropout_rate", "broadcast_dropout"))
+@jit(static_argnames=("is_causal", "scale", "local_window_size", "dropout_rate", "broadcast_dropout",
+                      "logits_soft_cap", "return_residual"))
 def _scaled_dot_product_attention(
     query, key, value, *, bias, mask, is_causal, scale, scale_value, query_seq_lengths,
     key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng, broadcast_dropout,
+    query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks, return_residual,
 ):
     """:func:`scaled_dot_product_attention`, jit-compiled."""
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
@@ -87,6 +101,7 @@ def _scaled_dot_product_attention(
     window, dropout_rate = check_sdpa_options(
         shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng
     )
+    soft_cap = check_sdpa_extras(shapes, query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks)
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
@@ -99,20 +114,29 @@ def _scaled_dot_product_attention(
     query = query.astype(operand).transpose(0, 2, 1, 3)                   # (B, N, T, H)
     key = repeat_heads(key.astype(operand), N // K).transpose(0, 2, 1, 3)      # (B, N, S, H)
     value = repeat_heads(value.astype(operand), N // K).transpose(0, 2, 1, 3)  # (B, N, S, H)
+    # 2. the mask: every option that rules keys out (mask, causal, window, lengths, segments) in one
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
-    mask = combine_all_masks(mask, is_causal, window, lengths, T, S)
+    segments = segment_mask(query_segment_ids, key_value_segment_ids, B)       # (B, 1, T, S) or None
+    mask = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
     if mask is not None:
         # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
         # cannot reach the output or the gradients
         keep = attended_keys(mask, (B, N, T, S))[..., None]                 # (B, N, S, 1)
         key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
-    # 2. logits: one score per (query, key) pair, scaled, plus the optional bias
+    # 3. logits: one score per (query, key) pair, scaled, plus the optional bias, soft-capped
     logits = jnp.einsum("BNTH,BNSH->BNTS", query, key, preferred_element_type=compute) * scale  # (B, N, T, S)
     if bias is not None:
         logits = logits + jnp.asarray(bias).astype(compute)
-    # 3. weights: softmax over the keys a query may attend to
-    weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
+    if soft_cap is not None:
+        logits = soft_cap * jnp.tanh(logits / soft_cap)
+    # 4. weights: softmax over the keys a query may attend to (and its sink), then dropout
+    sinks = None if sinks is None else jnp.asarray(sinks).astype(compute).reshape(1, N, 1, 1)
+    weights = masked_softmax(logits, mask, sinks)                          # (B, N, T, S)
     dropped = dropout_weights(weights, dropout_rng, dropout_rate, broadcast=broadcast_dropout)
-    # 4. out: the weighted average of the values, back to (B, T, N, H)
+    # 5. out: the weighted average of the values, back to (B, T, N, H)
     out = jnp.einsum("BNTS,BNSH->BNTH", dropped.astype(operand), value, preferred_element_type=compute).transpose(0, 2, 1, 3)  # (B, T, N, H)
-    return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
+    out, weights = unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
+    if not return_residual:
+        return out, weights
+    lse = log_sum_exp(logits, mask, sinks)[..., 0].transpose(0, 2, 1)       # (B, T, N)
+    return out, weights, unfold_batch(lse, batch)

@@ -10,7 +10,7 @@ import numpy as np
 from ._dtypes import compute_dtype
 
 
-def masked_softmax(logits, mask=None):
+def masked_softmax(logits, mask=None, sinks=None):
     r"""Softmax over the last axis that gives masked entries exactly zero weight.
 
     .. math::
@@ -22,6 +22,9 @@ def masked_softmax(logits, mask=None):
     Args:
       logits: float array ``(..., S)``.
       mask: optional bool array broadcastable to ``logits``, True = attend.
+      sinks: optional float array broadcastable to ``logits[..., :1]``: one more logit per
+        row, never masked, that joins the normaliser and whose weight is dropped (attention
+        sinks: the weights of a row then sum to less than 1).
 
     Returns:
       weights, same shape as ``logits``, in float32 (float64 for float64 ``logits``).
@@ -35,6 +38,9 @@ def masked_softmax(logits, mask=None):
     array([0., 0., 0.])
     """
     logits = logits.astype(compute_dtype(logits.dtype))
+    if sinks is not None:  # the sink as one more column, always attended; its weight dropped
+        logits, mask = _with_sinks(logits, mask, sinks)
+        return masked_softmax(logits, mask)[..., :-1]
     if mask is not None:
         # replace, not add -inf: masked NaN/inf logits vanish and exp never sees inf - inf
         logits = np.where(mask, logits, np.finfo(logits.dtype).min)
@@ -136,9 +142,9 @@ def length_mask(query_seq_lengths, key_value_seq_lengths, B: int, T: int, S: int
     return mask
 
 
-def combine_all_masks(mask, is_causal: bool, window, lengths, T: int, S: int):
-    """The caller's ``mask``, the causal mask, the local window and the sequence-length mask,
-    combined with ``and``; None when there is none of them.
+def combine_all_masks(mask, is_causal: bool, window, lengths, T: int, S: int, segments=None):
+    """The caller's ``mask``, the causal mask, the local window, the sequence-length mask and the
+    segment mask, combined with ``and``; None when there is none of them.
 
     >>> combine_all_masks(None, True, (1, 0), None, 3, 3)          # causal and a window of one key back
     array([[ True, False, False],
@@ -148,7 +154,55 @@ def combine_all_masks(mask, is_causal: bool, window, lengths, T: int, S: int):
     True
     """
     mask = combine_masks(mask, is_causal, T, S)
-    for extra in (None if window is None else window_mask(T, S, window), lengths):
+    for extra in (None if window is None else window_mask(T, S, window), lengths, segments):
         if extra is not None:
             mask = extra if mask is None else np.logical_and(mask, extra)
     return mask
+
+
+def _with_sinks(logits, mask, sinks):
+    """``logits (..., S)`` and ``mask`` with the sink logits as column S, attended."""
+    sink = np.broadcast_to(np.asarray(sinks).astype(logits.dtype), logits.shape[:-1] + (1,))
+    attend = np.ones(logits.shape, bool) if mask is None else np.broadcast_to(mask, logits.shape)
+    return np.concatenate([logits, sink], axis=-1), np.concatenate([attend, np.ones(sink.shape, bool)], axis=-1)
+
+
+def log_sum_exp(logits, mask=None, sinks=None):
+    r""":math:`\log (e^{\sigma} + \sum_s [m_s] e^{x_s})` over the last axis, keeping it: the
+    log of the softmax's normaliser (``jax.nn.dot_product_attention``'s residual). ``-inf`` for
+    a row that attends nothing and has no sink (its gradient there is 0, not NaN: the log
+    never sees 0).
+
+    >>> log_sum_exp(np.log(np.array([1.0, 3.0, 4.0])), np.array([True, True, False]))   # log(1 + 3)
+    array([1.38629436])
+    >>> log_sum_exp(np.zeros(2), np.zeros(2, bool))
+    array([-inf])
+    """
+    logits = logits.astype(compute_dtype(logits.dtype))
+    if sinks is not None:
+        logits, mask = _with_sinks(logits, mask, sinks)
+    if mask is not None:
+        logits = np.where(mask, logits, -np.inf)
+    peak = np.max(logits, axis=-1, keepdims=True, initial=-np.inf)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    total = np.exp(logits - peak).sum(axis=-1, keepdims=True)
+    lse = peak + np.log(np.where(total > 0, total, 1.0))
+    return np.where(total > 0, lse, -np.inf)
+
+
+def segment_mask(query_segment_ids, key_value_segment_ids, B: int):
+    """``(B, 1, T, S)`` bool (or None): query t of row b attends key s when both lie in the
+    same segment, ``query_segment_ids[b, t] == key_value_segment_ids[b, s]`` (packed
+    sequences). Either may be None: it is then the other's (self-attention).
+
+    >>> segment_mask(np.array([[0, 0, 1]]), None, 1)[0, 0].astype(int)   # two documents packed in one row
+    array([[1, 1, 0],
+           [1, 1, 0],
+           [0, 0, 1]])
+    """
+    if query_segment_ids is None and key_value_segment_ids is None:
+        return None
+    query_ids = key_value_segment_ids if query_segment_ids is None else query_segment_ids
+    key_ids = query_ids if key_value_segment_ids is None else key_value_segment_ids
+    query_ids, key_ids = np.asarray(query_ids).reshape(B, -1), np.asarray(key_ids).reshape(B, -1)
+    return (query_ids[:, None, :, None] == key_ids[:, None, None, :])

@@ -6,8 +6,8 @@ import numpy as np
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype
-from ._masking import attended_keys, combine_all_masks, length_mask, masked_softmax
-from ._validate import check_sdpa, check_sdpa_options
+from ._masking import attended_keys, combine_all_masks, length_mask, log_sum_exp, masked_softmax, segment_mask
+from ._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 from .dropout import dropout_weights
 
 
@@ -15,6 +15,7 @@ def scaled_dot_product_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
     dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
+    query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None, return_residual=False,
 ):
     r"""Scaled dot-product attention, with grouped key/value heads.
 
@@ -55,9 +56,21 @@ def scaled_dot_product_attention(
       dropout_rng: an int, or a JAX key's data (``numpy.asarray(jax.random.key_data(key))``).
       broadcast_dropout: one dropout mask for every batch row and head (Flax's default in
         its modules).
+      query_segment_ids: optional int ``(B, T)``: query t attends only keys of its own
+        segment (packed sequences; with ``is_causal``, causal within each segment).
+      key_value_segment_ids: optional int ``(B, S)``; either one alone serves both (T = S).
+      logits_soft_cap: optional c > 0: logits become ``c * tanh(logits / c)`` after the scale
+        and the bias, before the mask (Gemma Team 2024, "Gemma 2").
+      sinks: optional float ``(N,)``: per-head logits that join each row's softmax
+        normaliser and hold no value (Xiao et al. 2024, "attention sinks"; gpt-oss), so a
+        row's weights may sum to less than 1.
+      return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the logits a
+        query attends (and its sink), as ``jax.nn.dot_product_attention``; ``-inf`` for a
+        query that attends no key and has no sink.
 
     Returns:
-      ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``.
+      ``(out, weights)``: ``(B, T, N, H)`` and ``(B, N, T, S)``, in the dtype of ``query``
+      (and ``lse`` third with ``return_residual``, in the compute dtype).
       ``weights`` are the softmax probabilities before dropout (what Flax sows); ``out``
       uses the dropped ones. T = 0 gives empty arrays; S = 0 a zero ``out``.
 
@@ -84,6 +97,7 @@ def scaled_dot_product_attention(
     window, dropout_rate = check_sdpa_options(
         shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng
     )
+    soft_cap = check_sdpa_extras(shapes, query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks)
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
@@ -96,20 +110,29 @@ def scaled_dot_product_attention(
     query = query.astype(compute).transpose(0, 2, 1, 3)                   # (B, N, T, H)
     key = np.repeat(key.astype(compute), N // K, axis=2).transpose(0, 2, 1, 3)    # (B, N, S, H)
     value = np.repeat(value.astype(compute), N // K, axis=2).transpose(0, 2, 1, 3)  # (B, N, S, H)
+    # 2. the mask: every option that rules keys out (mask, causal, window, lengths, segments) in one
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
-    mask = combine_all_masks(mask, is_causal, window, lengths, T, S)
+    segments = segment_mask(query_segment_ids, key_value_segment_ids, B)       # (B, 1, T, S) or None
+    mask = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
     if mask is not None:
         # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
         # cannot reach the output or the gradients
         keep = attended_keys(mask, (B, N, T, S))[..., None]                 # (B, N, S, 1)
         key, value = np.where(keep, key, 0), np.where(keep, value, 0)
-    # 2. logits: one score per (query, key) pair, scaled, plus the optional bias
+    # 3. logits: one score per (query, key) pair, scaled, plus the optional bias, soft-capped
     logits = np.einsum("BNTH,BNSH->BNTS", query, key) * scale             # (B, N, T, S)
     if bias is not None:
         logits = logits + np.asarray(bias).astype(compute)
-    # 3. weights: softmax over the keys a query may attend to
-    weights = masked_softmax(logits, mask)                                 # (B, N, T, S)
+    if soft_cap is not None:
+        logits = soft_cap * np.tanh(logits / soft_cap)
+    # 4. weights: softmax over the keys a query may attend to (and its sink), then dropout
+    sinks = None if sinks is None else np.asarray(sinks).astype(compute).reshape(1, N, 1, 1)
+    weights = masked_softmax(logits, mask, sinks)                          # (B, N, T, S)
     dropped = dropout_weights(weights, dropout_rng, dropout_rate, broadcast=broadcast_dropout)
-    # 4. out: the weighted average of the values, back to (B, T, N, H)
+    # 5. out: the weighted average of the values, back to (B, T, N, H)
     out = np.einsum("BNTS,BNSH->BNTH", dropped, value).transpose(0, 2, 1, 3)  # (B, T, N, H)
-    return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
+    out, weights = unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
+    if not return_residual:
+        return out, weights
+    lse = log_sum_exp(logits, mask, sinks)[..., 0].transpose(0, 2, 1)       # (B, T, N)
+    return out, weights, unfold_batch(lse, batch)

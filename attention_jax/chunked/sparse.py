@@ -61,6 +61,10 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
       block_sizes: ``(qc, kc)``; default the CPU-tuned causal blocks of
         :class:`~.blocks.BlockSizes` (GPU: 512 x 512), split evenly.
 
+    Returns:
+      a :class:`BlockMask` whose ``states`` are ``(B, N, nq, nk)`` (1 for a None B or N),
+      ``nq = ceil(T / qc)``, ``nk = ceil(S / kc)``.
+
     Example: documents of 2 and 2 tokens, causal within each, blocks of 2 x 2: the two
     diagonal blocks are partial (causal inside), the two off the diagonal empty.
 

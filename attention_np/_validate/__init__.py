@@ -26,6 +26,7 @@ which argument each size came from, so a mismatch reads e.g.::
 from .dot_product import (  # noqa: F401
     check_dropout,
     check_sdpa,
+    check_sdpa_extras,
     check_sdpa_options,
     check_seq_lengths,
     check_window,

@@ -3,6 +3,7 @@ the arrays, and the options (windows, sequence lengths, dropout)."""
 
 from __future__ import annotations
 
+import math
 import numbers
 
 from .engine import (
@@ -11,6 +12,7 @@ from .engine import (
     _dtype_name,
     batch_letters,
     check_bias,
+    check_float,
     check_heads,
     check_mask,
     check_same_dtype,
@@ -88,3 +90,48 @@ def check_sdpa_options(shapes: Shapes, query_seq_lengths, key_value_seq_lengths,
     check_seq_lengths("query_seq_lengths", query_seq_lengths, shapes)
     check_seq_lengths("key_value_seq_lengths", key_value_seq_lengths, shapes)
     return check_window(local_window_size), check_dropout(dropout_rate, dropout_rng)
+
+
+def check_segment_ids(name: str, ids, shapes: Shapes, letter: str) -> None:
+    """``query_segment_ids`` / ``key_value_segment_ids``: an integer array ``(B..., T)`` (``S``)."""
+    if ids is None:
+        return
+    dtype = _dtype_name(ids)
+    if not dtype.startswith(("int", "uint")):
+        raise TypeError(f"{name} must have an integer dtype (one segment id per token); got {dtype}")
+    shape = tuple(int(d) for d in ids.shape)
+    expected = tuple(shapes[BATCH]) + (shapes[letter],)
+    if shape not in (expected, (shapes["B"], shapes[letter])):
+        raise ValueError(f"{name} must have shape (B..., {letter}) = {expected}, one id per token; got {shape}")
+
+
+def check_soft_cap(logits_soft_cap):
+    """``logits_soft_cap``: None or a finite number > 0. Returns it as a float, or None."""
+    if logits_soft_cap is None:
+        return None
+    ok = isinstance(logits_soft_cap, numbers.Real) and not isinstance(logits_soft_cap, bool)
+    if not ok or not math.isfinite(logits_soft_cap) or logits_soft_cap <= 0:
+        raise ValueError(f"logits_soft_cap must be None or a finite number > 0; got {logits_soft_cap!r}")
+    return float(logits_soft_cap)
+
+
+def check_sinks(sinks, shapes: Shapes) -> None:
+    """``sinks``: a float array ``(N,)``, one logit per query head."""
+    if sinks is None:
+        return
+    check_float("sinks", sinks)
+    if tuple(int(d) for d in sinks.shape) != (shapes["N"],):
+        raise ValueError(f"sinks must have shape (N,) = ({shapes['N']},), one logit per query head; got {tuple(sinks.shape)}")
+
+
+def check_sdpa_extras(shapes: Shapes, query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks):
+    """Segment ids, the soft-cap and the sinks: returns the soft-cap (a float, or None). One
+    segment id array alone serves both sides (self-attention, T = S)."""
+    check_segment_ids("query_segment_ids", query_segment_ids, shapes, "T")
+    check_segment_ids("key_value_segment_ids", key_value_segment_ids, shapes, "S")
+    if (query_segment_ids is None) != (key_value_segment_ids is None) and shapes["T"] != shapes["S"]:
+        given = "query_segment_ids" if key_value_segment_ids is None else "key_value_segment_ids"
+        raise ValueError(f"{given} alone serves both sides only when T == S; got T={shapes['T']}, S={shapes['S']}: "
+                         "pass both query_segment_ids and key_value_segment_ids")
+    check_sinks(sinks, shapes)
+    return check_soft_cap(logits_soft_cap)

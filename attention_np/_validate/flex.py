@@ -3,8 +3,8 @@ one batch axis (the ``b`` a mod receives), the mods, the sinks and a block mask'
 
 from __future__ import annotations
 
-from .dot_product import check_sdpa
-from .engine import Shapes, check_float
+from .dot_product import check_sdpa, check_sinks
+from .engine import Shapes
 
 
 def check_flex(query, key, value, score_mod, mask_mod, block_mask, scale, sinks) -> Shapes:
@@ -22,12 +22,7 @@ def check_flex(query, key, value, score_mod, mask_mod, block_mask, scale, sinks)
         check_block_mask(block_mask, shapes)
         if mask_mod is not None and mask_mod is not block_mask.mask_mod:
             raise ValueError("pass mask_mod or block_mask (which carries its own mask_mod), not both")
-    if sinks is not None:
-        check_float("sinks", sinks)
-        if tuple(int(d) for d in sinks.shape) != (shapes["N"],):
-            raise ValueError(
-                f"sinks must have shape (N,) = ({shapes['N']},), one logit per query head; got {tuple(sinks.shape)}"
-            )
+    check_sinks(sinks, shapes)
     return shapes
 
 

@@ -72,6 +72,27 @@ BAD_INPUTS = [
     ("apply_rotary", (z(B, T, N, H), np.arange(T, dtype=np.float32)), {}, TypeError,
      "positions must be an integer array broadcastable to (B..., T); got float32"),
     # windows, sequence lengths and dropout
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"query_segment_ids": z(B, T)}, TypeError,
+     "query_segment_ids must have an integer dtype (one segment id per token); got float32"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"key_value_segment_ids": ids(B, T)}, ValueError,
+     f"key_value_segment_ids must have shape (B..., S) = ({B}, {S}), one id per token; got ({B}, {T})"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"query_segment_ids": ids(B, T)}, ValueError,
+     f"query_segment_ids alone serves both sides only when T == S; got T={T}, S={S}: pass both query_segment_ids "
+     "and key_value_segment_ids"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"logits_soft_cap": 0.0}, ValueError,
+     "logits_soft_cap must be None or a finite number > 0; got 0.0"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"sinks": z(N + 1)}, ValueError,
+     f"sinks must have shape (N,) = ({N},), one logit per query head; got ({N + 1},)"),
+    ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"sinks": ids(N)}, TypeError,
+     "sinks must have a floating dtype (float16, bfloat16, float32 or float64); got int32"),
+    ("flex_attention", (z(1, B, T, N, H), z(1, B, S, K, H), z(1, B, S, K, H)), {}, ValueError,
+     f"query must have shape (B, T, N, H), one batch axis (the b that score_mod and mask_mod receive); got (1, {B}, {T}, {N}, {H})"),
+    ("flex_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"score_mod": 1.0}, TypeError,
+     "score_mod must be a function (score, b, h, q_idx, kv_idx) -> score or None; got float"),
+    ("flex_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"sinks": z(N, 1)}, ValueError,
+     f"sinks must have shape (N,) = ({N},), one logit per query head; got ({N}, 1)"),
+    ("flex_attention", (z(B, T, N, H), z(B, S + 1, K, H), z(B, S, K, H)), {}, ValueError,
+     f"value must have shape (B, S, K, H) with B={B}, H={H} from query, S={S + 1}, K={K} from key; got ({B}, {S}, {K}, {H})"),
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": -1}, ValueError,
      "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; got -1"),
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": (1, 2, 3)}, ValueError,
@@ -802,7 +823,8 @@ def test_init_rejects_an_unknown_score(half):
 
 
 # --- the two halves offer the same API ------------------------------------------------------------
-JAX_ONLY_NAMES = {"ring_attention", "multi_head_params_from_flax", "chunked_attention", "dot_product_attention"}
+JAX_ONLY_NAMES = {"ring_attention", "multi_head_params_from_flax", "chunked_attention", "dot_product_attention",
+                  "create_block_mask", "BlockMask"}
 # the hand-written backward passes: JAX gets them from jax.vjp
 NUMPY_ONLY_NAMES = {"scaled_dot_product_attention_vjp", "additive_attention_vjp", "multi_head_attention_vjp"}
 JAX_ONLY_PARAMETERS = {"hard_attention": {"straight_through"}}
