@@ -19,11 +19,11 @@ def block(x, start, size, axis):
 
 def block_indices(rows, i, j, cfg):
     """The global indices of block (i, j)'s entries, broadcasting to ``(B, K, R, kc)``: batch
-    row ``b (B, K, 1, 1)``, query head ``h (B, K, R, 1)``, query ``t (1, 1, R, 1)`` and key
+    row ``b (B, 1, 1, 1)``, query head ``h (B, K, R, 1)``, query ``t (1, 1, R, 1)`` and key
     ``u (1, 1, 1, kc)`` (row ``r`` of a block is query ``r // G`` of head ``r % G`` of its group)."""
     qc, kc, G = cfg.query_chunk, cfg.key_chunk, cfg.G
     r = lax.broadcasted_iota(jnp.int32, (1, 1, qc * G, 1), 2)
-    b = rows.index[..., 0][:, :, None, None]
+    b = rows.index[:, :1, 0][:, :, None, None]                                     # (B, 1, 1, 1)
     h = rows.index[..., 1][:, :, None, None] * G + r % G
     t = i * qc + r // G
     u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
@@ -32,11 +32,23 @@ def block_indices(rows, i, j, cfg):
 
 def apply_mod(fn, consts, *args):
     """A closure-converted mod ``fn(*args, *consts)`` of scalars, on arrays that broadcast
-    together: vectorized over their broadcast shape (the mods are traced on scalars, so one
-    trace serves every block shape and both passes)."""
-    shape = jnp.broadcast_shapes(*(jnp.shape(a) for a in args))
-    flat = [jnp.broadcast_to(a, shape).reshape(-1) for a in args]
-    return jax.vmap(lambda *xs: fn(*xs, *consts))(*flat).reshape(shape)
+    together: one ``jax.vmap`` per axis, each batching only the arguments that vary along
+    it, so a term that depends on the query alone (``ids[b, q_idx]``) is computed once per
+    query, not once per (query, key) entry; and one trace on scalars serves every block shape
+    and both passes."""
+    args = [jnp.asarray(a) for a in args]
+    ndim = max(a.ndim for a in args)
+    args = [a.reshape((1,) * (ndim - a.ndim) + a.shape) for a in args]
+    shape = jnp.broadcast_shapes(*(a.shape for a in args))
+    axes = [[d for d in range(ndim) if a.shape[d] != 1] for a in args]          # the axes each one varies along
+    squeezed = [a.reshape([a.shape[d] for d in own]) for a, own in zip(args, axes)]
+
+    def mod(*xs):
+        return fn(*xs, *consts)
+
+    for d in reversed([d for d in range(ndim) if shape[d] != 1]):               # innermost first
+        mod = jax.vmap(mod, in_axes=tuple(0 if d in own else None for own in axes))
+    return jnp.broadcast_to(mod(*squeezed), [n for n in shape if n != 1]).reshape(shape)
 
 
 def block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods=None):
