@@ -30,6 +30,7 @@ from attention_np._validate import check_choice, check_window, is_scalar_array
 
 from .chunked import chunked_attention
 from .dense import dense_attention
+from .dot_product import scaled_dot_product_attention
 
 IMPLEMENTATIONS = (None, "dense", "chunked", "cudnn")
 DENSE_MAX_SCORES = 2**16  # T * S up to which the dense path runs (L <= 256)
@@ -37,16 +38,17 @@ DENSE_MAX_SCORES = 2**16  # T * S up to which the dense path runs (L <= 256)
 
 def choose_implementation(query, key, *, bias=None, mask=None, is_causal=False, scale=None,
                           key_value_seq_lengths=None, local_window_size=None, dropout_rate=0.0,
-                          backend=None):
+                          backend=None, extras=False):
     """The path ``dot_product_attention(..., implementation=None)`` takes: ``"cudnn"``,
     ``"dense"`` or ``"chunked"`` (the rule in this module's docstring). ``query (B..., T, N, H)``,
-    ``key (B..., S, K, H)``; ``backend`` defaults to ``jax.default_backend()``."""
+    ``key (B..., S, K, H)``; ``backend`` defaults to ``jax.default_backend()``; ``extras``:
+    segment ids, a soft-cap, sinks or the residual are asked for (never cuDNN)."""
     backend = jax.default_backend() if backend is None else backend
     T, H = query.shape[-3], query.shape[-1]
     S = key.shape[-3]
     window = check_window(local_window_size)
     cudnn_ok = (
-        backend == "gpu"
+        backend == "gpu" and not extras
         and jnp.dtype(query.dtype) in (jnp.dtype(jnp.float16), jnp.dtype(jnp.bfloat16))
         and H <= 128 and H % 8 == 0
         and mask is None and key_value_seq_lengths is None and dropout_rate == 0
@@ -62,8 +64,10 @@ def dot_product_attention(
     query, key, value, bias=None, mask=None, *, scale=None, is_causal=False,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
     dropout_rate=0.0, dropout_rng=None, implementation=None, broadcast_dropout=False,
+    query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None, return_residual=False,
 ):
-    r"""Scaled dot-product attention with ``jax.nn.dot_product_attention``'s signature, plus dropout.
+    r"""Scaled dot-product attention with ``jax.nn.dot_product_attention``'s signature, plus dropout,
+    segment ids, soft-capping and sinks.
 
     .. math::
         \mathrm{out} = \mathrm{dropout}\Big(\mathrm{softmax}\big(\mathrm{scale} \cdot Q K^\top + \text{bias}\big)\Big) V
@@ -91,25 +95,46 @@ def dot_product_attention(
       implementation: None (the rule of :mod:`attention_jax.dispatch`), ``"dense"``,
         ``"chunked"`` or ``"cudnn"``.
       broadcast_dropout: one dropout mask for every batch row and head (Flax's modules).
+      query_segment_ids, key_value_segment_ids: optional int ``(B, T)``, ``(B, S)``: a query
+        attends only keys of its own segment (packed sequences); the chunked path skips the
+        blocks where no id meets.
+      logits_soft_cap: optional c > 0: logits ``c * tanh(logits / c)`` after the bias (Gemma 2).
+      sinks: optional float ``(N,)``, per-head sink logits (attention sinks).
+      return_residual: also return ``lse (B, T, N)``, as ``jax.nn`` (``-inf`` for a query
+        that attends nothing and has no sink).
+
+    These four run on the dense mirror (:func:`scaled_dot_product_attention`) or the chunked
+    path, never on cuDNN; ``"dense"`` with any of them is the mirror (the tuned dense path
+    does not have them).
 
     Returns:
-      ``out``: ``(B, T, N, H)`` in the dtype of ``query``.
+      ``out``: ``(B, T, N, H)`` in the dtype of ``query``; ``(out, lse)`` with ``return_residual``.
     """
     check_choice("implementation", implementation, IMPLEMENTATIONS)
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
+    extras = dict(query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
+                  logits_soft_cap=logits_soft_cap, sinks=sinks)
+    extra = any(x is not None for x in extras.values()) or return_residual
     if implementation is None:
         implementation = choose_implementation(
             query, key, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
             key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
-            dropout_rate=dropout_rate,
+            dropout_rate=dropout_rate, extras=extra,
         )
     options = dict(bias=bias, mask=mask, is_causal=is_causal, scale=scale, query_seq_lengths=query_seq_lengths,
                    key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
                    dropout_rate=dropout_rate, dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout)
+    if implementation == "dense" and extra:
+        out, _, *lse = scaled_dot_product_attention(query, key, value, **options, **extras,
+                                                    return_residual=return_residual)
+        return (out, *lse) if return_residual else out
     if implementation == "dense":
         return dense_attention(query, key, value, **options)[0]
     if implementation == "chunked":
-        return chunked_attention(query, key, value, **options)
+        return chunked_attention(query, key, value, **options, **extras, return_residual=return_residual)
+    if extra:
+        raise ValueError("implementation='cudnn' has no segment ids, soft-cap, sinks or residual here; "
+                         "use 'dense' or 'chunked'")
     if dropout_rate:
         raise ValueError("implementation='cudnn' has no attention dropout; use 'dense' or 'chunked'")
     return jax.nn.dot_product_attention(

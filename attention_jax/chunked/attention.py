@@ -3,7 +3,7 @@
 import jax.numpy as jnp
 from jax import lax
 
-from attention_np._validate import check_sdpa, check_sdpa_options
+from attention_np._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 
 from .._batch import fold_batch, fold_broadcast, unfold_batch
 from .._dtypes import compute_dtype, operand_dtype
@@ -27,6 +27,7 @@ def chunked_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
     query_chunk_size=None, key_chunk_size=None, query_seq_lengths=None, key_value_seq_lengths=None,
     local_window_size=None, dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
+    query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None, return_residual=False,
 ):
     r"""Memory-efficient scaled dot-product attention: the same result as
     :func:`scaled_dot_product_attention`, without its ``(B, N, T, S)`` weights.
@@ -78,12 +79,25 @@ def chunked_attention(
         global (b, n, t, s), so every chunking (and the backward pass) drops the same
         weights as the dense path and the NumPy half.
 
+      query_segment_ids, key_value_segment_ids: optional int ``(B, T)``, ``(B, S)`` (either
+        alone serves both when T = S): a query attends only keys of its own segment (packed
+        sequences). Blocks whose query and key ids cannot meet are skipped, forward and
+        backward, and blocks of one segment need no mask: packing D documents of L / D
+        tokens costs about 1 / D of the dense work.
+      logits_soft_cap: optional c > 0: logits become ``c * tanh(logits / c)`` after the
+        scale and the bias, before the mask (Gemma 2).
+      sinks: optional float ``(N,)``: per-head logits that join each row's normaliser and
+        hold no value (attention sinks); they receive gradients.
+      return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the attended
+        logits and the sink (``jax.nn.dot_product_attention``'s residual; ``-inf`` for a
+        query that attends nothing and has no sink); differentiable.
+
     Precision: float16/bfloat16 inputs keep their dtype as the block matmuls' operands,
     accumulated in float32 (``preferred_element_type``); the running max, normaliser and
     output accumulator are float32.
 
     Returns:
-      ``out``: ``(B, T, N, H)`` in the dtype of ``query``.
+      ``out``: ``(B, T, N, H)`` in the dtype of ``query``; ``(out, lse)`` with ``return_residual``.
     """
     scale, scale_value = split_scale(scale)
     try:
@@ -93,6 +107,8 @@ def chunked_attention(
             query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
             local_window_size=local_window_size, dropout_rate=dropout_rate,
             dropout_rng=static_rng(dropout_rng, dropout_rate), broadcast_dropout=broadcast_dropout,
+            query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
+            logits_soft_cap=logits_soft_cap, sinks=sinks, return_residual=bool(return_residual),
         )
     except TypeError as error:
         if "forward-mode autodiff" in str(error) and "custom_vjp" in str(error):
@@ -101,10 +117,11 @@ def chunked_attention(
 
 
 @jit(static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size", "local_window_size",
-                      "dropout_rate", "broadcast_dropout"))
+                      "dropout_rate", "broadcast_dropout", "logits_soft_cap", "return_residual"))
 def _chunked_attention(
     query, key, value, *, bias, mask, is_causal, scale, scale_value, query_chunk_size, key_chunk_size,
     query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng, broadcast_dropout,
+    query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks, return_residual,
 ):
     """:func:`chunked_attention`, jit-compiled (the public function adds the forward-mode message)."""
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
@@ -112,29 +129,41 @@ def _chunked_attention(
     window, dropout_rate = check_sdpa_options(
         shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng
     )
+    soft_cap = check_sdpa_extras(shapes, query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks)
     check_chunk("query_chunk_size", query_chunk_size)
     check_chunk("key_chunk_size", key_chunk_size)
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     T, S, N, H, K = (shapes[c] for c in "TSNHK")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     if T == 0 or S == 0:  # no query, or nothing to attend to: empty, or zeros (as the dense path)
-        return jnp.zeros(query.shape, dtype)
+        out = jnp.zeros(query.shape, dtype)
+        if not return_residual:
+            return out
+        sink = jnp.full(N, -jnp.inf, compute) if sinks is None else jnp.asarray(sinks).astype(compute)
+        return out, jnp.broadcast_to(sink, query.shape[:-1])
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
     B = query.shape[0]
     lengths = query_seq_lengths is not None or key_value_seq_lengths is not None
-    plain = bias is None and mask is None and not lengths and window is None and not dropout_rate
+    segments = query_segment_ids is not None or key_value_segment_ids is not None
+    plain = (bias is None and mask is None and not lengths and window is None and not dropout_rate and not segments
+             and soft_cap is None and sinks is None and not return_residual)
     cfg = _config(query_chunk_size, key_chunk_size, bool(is_causal), T, S, N // K, H, B * N, window, lengths,
                   dropout_rate, bool(broadcast_dropout), compute, plain)
+    cfg = cfg._replace(soft_cap=soft_cap, segments=segments, sparse=segments)
     q, k, v, bias, mask = _to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute),
                                    key, value, bias, mask, cfg)
-    rows = _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K)
+    rows = _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K, query_segment_ids,
+                 key_value_segment_ids)
     k, v = _zero_padding(k, v, mask, rows, key_value_seq_lengths is not None, cfg)
     # inside shard_map: every input of the custom VJP varies over the same manual axes
     q, k, v, bias, mask, qlen, kvlen = match_varying(q, k, v, bias, mask, rows.qlen, rows.kvlen)
-    out, _ = flash(q, k, v, bias, mask, rows._replace(qlen=qlen, kvlen=kvlen), Mods(), cfg)  # (B, K, Tp, G, H)
-    out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H)
-    return unfold_batch(out.astype(dtype), batch)
+    sinks = None if sinks is None else jnp.asarray(sinks).astype(compute).reshape(1, K, N // K)
+    out, lse = flash(q, k, v, bias, mask, rows._replace(qlen=qlen, kvlen=kvlen), Mods(sinks=sinks), cfg)  # (B, K, Tp, G, ...)
+    out = unfold_batch(out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H).astype(dtype), batch)
+    if not return_residual:
+        return out
+    return out, unfold_batch(lse[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, N), batch)
 
 
 def _config(query_chunk_size, key_chunk_size, is_causal, T, S, G, H, heads, window, lengths, dropout_rate,
@@ -172,9 +201,11 @@ def _to_rows(query, key, value, bias, mask, cfg):
     return q, k, v, bias, mask
 
 
-def _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K):
-    """The per-row :class:`Rows`: lengths (T and S when not given), (b, k) indices and the
-    dropout rng's words."""
+def _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K, query_segment_ids=None,
+          key_value_segment_ids=None):
+    """The per-row :class:`Rows`: lengths (T and S when not given), (b, k) indices, the
+    dropout rng's words and the segment ids (padded to whole blocks with each row's last id,
+    so a block's id range is its real tokens')."""
     def lengths(given, full):
         return jnp.full((B, 1), full, jnp.int32) if given is None else jnp.asarray(given).reshape(B, 1).astype(jnp.int32)
 
@@ -182,7 +213,17 @@ def _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K):
     words = jnp.zeros((1, 1, 2), jnp.uint32)
     if cfg.dropout_rate > 0:
         words = jnp.stack(rng_words(dropout_rng)).reshape(1, 1, 2)
-    return Rows(lengths(query_seq_lengths, cfg.T), lengths(key_value_seq_lengths, cfg.S), index, words)
+    rows = Rows(lengths(query_seq_lengths, cfg.T), lengths(key_value_seq_lengths, cfg.S), index, words)
+    if not cfg.segments:
+        return rows
+    query_ids = key_value_segment_ids if query_segment_ids is None else query_segment_ids
+    key_ids = query_ids if key_value_segment_ids is None else key_value_segment_ids
+
+    def padded(ids, length, chunk):
+        ids = jnp.asarray(ids).reshape(B, 1, length).astype(jnp.int32)
+        return jnp.pad(ids, [(0, 0), (0, 0), (0, -length % chunk)], mode="edge")
+
+    return rows._replace(qseg=padded(query_ids, cfg.T, cfg.query_chunk), kseg=padded(key_ids, cfg.S, cfg.key_chunk))
 
 
 def _zero_padding(k, v, mask, rows, has_kv_lengths, cfg):

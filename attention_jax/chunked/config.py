@@ -23,7 +23,9 @@ class Config(NamedTuple):
     tiles: int | None = None  # without autodiff, the forward as a static grid of tiles this size (kernels.forward_tiles)
     score_mod: object = None  # flex: the closure-converted score_mod(score, b, h, t, s, *consts), or None
     mask_mod: object = None  # flex: the closure-converted mask_mod(b, h, t, s, *consts), or None
-    sparse: bool = False  # flex: the blocks visited are read from Mods.states, not from the ranges of .masks
+    sparse: bool = False  # the blocks visited are read from block states (.sparse), not from the ranges of .masks
+    segments: bool = False  # per-row segment ids are given: the states come from them (.sparse.option_states)
+    soft_cap: float | None = None  # logits become soft_cap * tanh(logits / soft_cap) after the bias
 
     @property
     def banded(self):
@@ -33,13 +35,16 @@ class Config(NamedTuple):
 
 class Rows(NamedTuple):
     """Per-row arrays the blocks read: the sequence lengths ``qlen, kvlen (B, 1)`` (T and S
-    without lengths), ``index (B, K, 2)`` the (b, k) of each row (for the dropout hash under
-    per-head slicing) and the dropout rng's ``words (1, 1, 2)``."""
+    without lengths), ``index (B, K, 2)`` the (b, k) of each row (for the dropout hash and the
+    mods under per-head slicing), the dropout rng's ``words (1, 1, 2)`` and the segment ids
+    ``qseg (B, 1, Tp)``, ``kseg (B, 1, Sp)`` (or None)."""
 
     qlen: object
     kvlen: object
     index: object
     words: object
+    qseg: object = None
+    kseg: object = None
 
 
 class Mods(NamedTuple):

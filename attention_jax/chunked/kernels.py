@@ -22,9 +22,10 @@ from .masks import (
     fill_masked,
     key_range,
     query_range,
-    score_mod,
+    transform,
+    transforms,
 )
-from .sparse import FULL, PARTIAL, union, visits
+from .sparse import FULL, PARTIAL, option_states, union, visits
 
 
 def loops(start, full, end, body, carry, states=None):
@@ -38,6 +39,16 @@ def loops(start, full, end, body, carry, states=None):
         order, count = visits(states, kind)
         carry = lax.fori_loop(0, count, lambda n, c, order=order, edge=edge: body(order[n], edge, c), carry)
     return carry
+
+
+def block_states(mods, rows, cfg, nq, nk):
+    """The states ``(nq, nk)`` of this pass's blocks, one for all the rows processed together
+    (:func:`.sparse.union`): a flex block mask's, or those of the options (segment ids), or
+    None when the ranges of :mod:`.masks` decide."""
+    if not cfg.sparse:
+        return None
+    states = option_states(rows, cfg, nq, nk) if cfg.segments else mods.states
+    return union(states, axes=(0, 1))
 
 
 def sink_rows(sinks, qc):
@@ -57,7 +68,7 @@ def forward(q, k, v, bias, mask, rows, mods, *, cfg):
     # rows with no valid key in the first block processed need their exp(0) = 1 zeroed:
     # never the case for causal and padding masks alone (key 0 is valid for every row)
     zero_invalid = mask is not None or cfg.banded or cfg.sparse
-    states = union(mods.states, axes=(0, 1)) if cfg.sparse else None             # (nq, nk)
+    states = block_states(mods, rows, cfg, nq, nk)                               # (nq, nk) or None
 
     def query_chunk(i):
         def body(j, edge, carry):
@@ -141,7 +152,7 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
     delta = jnp.sum(dout * out, axis=-1) - dlse                                   # (B, K, Tp, G)
     lse = jnp.where(lse == -jnp.inf, 0, lse)  # a row that attends nothing: its logits finfo.min, exp 0
     do_operand = dout.astype(q.dtype)
-    states = union(mods.states, axes=(0, 1)) if cfg.sparse else None             # (nq, nk)
+    states = block_states(mods, rows, cfg, nq, nk)                               # (nq, nk) or None
 
     def chunk(x, i):  # (B, K, Tp, G, ...) -> chunk i as (B, K, R, ...)
         x = lax.dynamic_slice_in_dim(x, i * qc, qc, axis=2)
@@ -155,9 +166,8 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
         def body(i, edge, carry):
             dq, dk_j, dv_j, dbias, dscore = carry
             x, valid = block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods)  # (B, K, R, kc)
-            if cfg.score_mod is not None:
-                x, pullback = jax.vjp(lambda x, consts: score_mod(x, mods._replace(score=consts), rows, i, j, cfg),
-                                      x, mods.score)
+            if transforms(cfg):
+                x, pullback = jax.vjp(lambda x, consts: transform(x, consts, rows, i, j, cfg), x, mods.score)
             # the forward's weights; masked logits are finfo.min and lse is finite, so they come out exactly 0
             p = jnp.exp(fill_masked(x, valid) - chunk(lse, i)[..., None])
             do_i = chunk(do_operand, i)                                             # (B, K, R, H)
@@ -169,7 +179,7 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
                 kept = p
             dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", kept.astype(q.dtype), do_i, preferred_element_type=c)
             ds = p * (dp - chunk(delta, i)[..., None])                              # d logits
-            if cfg.score_mod is not None:
+            if transforms(cfg):
                 ds, dconsts = pullback(ds)
                 dscore = tuple(a + b for a, b in zip(dscore, dconsts))
             dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds.astype(q.dtype), kj, preferred_element_type=c)

@@ -89,15 +89,29 @@ def block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods=None):
         if cfg.lengths:
             qlen, kvlen = rows.qlen[:, :, None, None], rows.kvlen[:, :, None, None]       # (B, 1, 1, 1)
             ok = ok & (t.reshape(qc * G, kc) < qlen) & (u.reshape(qc * G, kc) < kvlen)  # (B, 1, R, kc)
+        if cfg.segments:  # the query's segment id is the key's
+            qs = jnp.repeat(lax.dynamic_slice_in_dim(rows.qseg, i * qc, qc, axis=2), G, axis=2)  # (B, 1, R)
+            ks = lax.dynamic_slice_in_dim(rows.kseg, j * kc, kc, axis=2)                         # (B, 1, kc)
+            ok = ok & (qs[..., None] == ks[:, :, None, :])                                       # (B, 1, R, kc)
         if cfg.mask_mod is not None:
             ok = ok & apply_mod(cfg.mask_mod, mods.mask, *block_indices(rows, i, j, cfg)).astype(bool)
         valid = ok if valid is None else valid & ok
     return s, valid
 
 
-def score_mod(x, mods, rows, i, j, cfg):
-    """``cfg.score_mod`` on block (i, j)'s logits ``x (B, K, R, kc)``, in the compute dtype."""
-    return apply_mod(cfg.score_mod, mods.score, x, *block_indices(rows, i, j, cfg)).astype(x.dtype)
+def transform(x, consts, rows, i, j, cfg):
+    """Block (i, j)'s logits ``x (B, K, R, kc)`` soft-capped (``cfg.soft_cap``) and through
+    ``cfg.score_mod`` (closing over ``consts``), in the compute dtype."""
+    if cfg.soft_cap is not None:
+        x = cfg.soft_cap * jnp.tanh(x / cfg.soft_cap)
+    if cfg.score_mod is not None:
+        x = apply_mod(cfg.score_mod, consts, x, *block_indices(rows, i, j, cfg)).astype(x.dtype)
+    return x
+
+
+def transforms(cfg):
+    """Whether the logits go through :func:`transform` (and the backward pass through its VJP)."""
+    return cfg.soft_cap is not None or cfg.score_mod is not None
 
 
 def fill_masked(s, valid, cap=False):
@@ -113,10 +127,10 @@ def fill_masked(s, valid, cap=False):
 
 def block_scores(q, k, bias, mask, rows, i, j, cfg, edge, cap=False, mods=None):
     """The logits of block (i, j) as the softmax sees them: :func:`block_logits`, then the
-    ``score_mod``, then masked entries replaced (:func:`fill_masked`). Returns ``(s, valid)``."""
+    soft-cap and ``score_mod``, then masked entries replaced (:func:`fill_masked`). Returns ``(s, valid)``."""
     s, valid = block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods)
-    if cfg.score_mod is not None:
-        s = score_mod(s, mods, rows, i, j, cfg)
+    if transforms(cfg):
+        s = transform(s, mods.score, rows, i, j, cfg)
     return fill_masked(s, valid, cap), valid
 
 

@@ -145,3 +145,35 @@ def default_blocks(T, S):
 def attend_all(b, h, q_idx, kv_idx):
     """The mask of no mask: every block full (but those holding keys past S)."""
     return True
+
+
+def option_states(rows, cfg, nq, nk):
+    """Block states ``(B|1, 1, nq, nk)`` of the options of ``chunked_attention`` (causal,
+    window, key padding past S, lengths, segment ids), from each block's first and last
+    query and key: empty when no entry can be attended, full when every one is. Segment ids
+    make a block empty when its queries' and keys' id ranges do not meet (exact for packed,
+    sorted ids; a safe over-approximation otherwise) and full when all its ids are one."""
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    i, j = jnp.arange(nq).reshape(nq, 1), jnp.arange(nk).reshape(1, nk)
+    t0, t1 = i * qc, jnp.minimum((i + 1) * qc, cfg.T) - 1                          # first, last real query
+    u0, u1 = j * kc, jnp.minimum((j + 1) * kc, cfg.S) - 1                          # first, last real key
+    empty, full = u0 >= cfg.S, (j + 1) * kc <= cfg.S
+    if cfg.is_causal:
+        empty, full = empty | (u0 > t1), full & (u1 <= t0)
+    if cfg.window is not None:
+        left, right = cfg.window
+        empty = empty | (u0 > t1 + right) | (u1 < t0 - left)
+        full = full & (u0 >= t1 - left) & (u1 <= t0 + right)
+    if cfg.lengths:
+        qlen, kvlen = rows.qlen[:, :, None, None], rows.kvlen[:, :, None, None]   # (B, 1, 1, 1)
+        empty, full = empty | (u0 >= kvlen) | (t0 >= qlen), full & ((j + 1) * kc <= kvlen) & (t1 < qlen)
+    if cfg.segments:
+        B = rows.qseg.shape[0]
+        q = rows.qseg.reshape(B, 1, nq, qc)                                       # padded with the last id
+        k = rows.kseg.reshape(B, 1, nk, kc)
+        qmin, qmax = q.min(-1)[..., None], q.max(-1)[..., None]                   # (B, 1, nq, 1)
+        kmin, kmax = k.min(-1)[:, :, None, :], k.max(-1)[:, :, None, :]           # (B, 1, 1, nk)
+        empty = empty | (qmax < kmin) | (kmax < qmin)
+        full = full & (qmin == qmax) & (kmin == kmax) & (qmin == kmin)
+    states = jnp.where(empty, EMPTY, jnp.where(full, FULL, PARTIAL)).astype(jnp.int8)
+    return states.reshape((1, 1) * (states.ndim == 2) + states.shape)
