@@ -4,7 +4,7 @@ import numpy as np
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
-from ._masking import attended_keys, combine_masks
+from ._masking import attended_keys, combine_all_masks, segment_mask
 from ._validate import Shapes, check_heads, check_key_value, check_multi_head, multi_head_used
 from .dot_product import scaled_dot_product_attention
 
@@ -24,7 +24,8 @@ def _layer_norm(x, scale):
     return (x - mean) / np.sqrt(var + LAYER_NORM_EPSILON) * scale
 
 
-def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False):
+def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False,
+                         query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
     .. math::
@@ -62,6 +63,9 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         relative positions), as in :func:`scaled_dot_product_attention`.
       mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
+      query_segment_ids, key_value_segment_ids, logits_soft_cap: as
+        :func:`scaled_dot_product_attention` (packed sequences; Gemma 2's soft-cap). An entry
+        ``params["sinks"]`` ``(N,)`` gives every head a sink logit (attention sinks).
 
     Returns:
       ``(out, weights)``: ``(B, T, F)`` and ``(B, N, T, S)``, in the dtype of ``query``.
@@ -117,14 +121,18 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     if "key_ln" in p:
         k = _layer_norm(k, p["key_ln"]["scale"])    # (B, S, K, H)
     # 3. scaled dot-product attention in every head at once
-    heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal)  # (B, T, N, H)
+    heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, sinks=p.get("sinks"),
+                                                  query_segment_ids=query_segment_ids, logits_soft_cap=logits_soft_cap,
+                                                  key_value_segment_ids=key_value_segment_ids)  # (B, T, N, H)
     # 4. mix the heads to the output width F
     out = _dense("BTNH,NHF->BTF", heads, p["out"])  # (B, T, F)
     # 5. a query with no key to attend to in any head gets a zero output (not the output bias)
     if S == 0:
         out = np.zeros_like(out)  # no key at all: every query has nothing to attend to
-    if mask is not None:
-        attends = np.broadcast_to(combine_masks(mask, is_causal, T, S), (B, N, T, S)).any(axis=(1, 3))  # (B, T)
+    segments = segment_mask(query_segment_ids, key_value_segment_ids, B)  # (B, 1, T, S) or None
+    if mask is not None or segments is not None:
+        combined = combine_all_masks(mask, is_causal, None, None, T, S, segments)
+        attends = np.broadcast_to(combined, (B, N, T, S)).any(axis=(1, 3))  # (B, T)
         out = np.where(attends[..., None], out, 0)
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
 

@@ -4,6 +4,7 @@ parameter shapes and rng use), whose attention is :func:`attention_jax.dot_produ
 from __future__ import annotations
 
 import functools
+import math
 from types import MappingProxyType
 
 import jax
@@ -15,14 +16,16 @@ from flax.nnx.nn import initializers as _initializers
 from flax.nnx.nn.dtypes import promote_dtype as _promote_dtype
 from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init
 
-from attention_np._validate import check_mask_dtype
+from attention_np._validate import check_mask_dtype, check_soft_cap
 from attention_np._validate import check_window as _check_window
 from attention_np.rotary import rotary_features
 
 from .._masking import combine_all_masks as _combine_all_masks
+from .._masking import segment_mask as _segment_mask
 from .._sharding import head_sum_sharding
 from ..dense import dense_attention
 from ..dispatch import dot_product_attention
+from ..dot_product import scaled_dot_product_attention
 from ..rotary import apply_rotary
 
 
@@ -49,9 +52,11 @@ class MultiHeadAttention(nnx.Module):
     Every argument of Flax's constructor and call is accepted with Flax's meaning (the
     ``*_metadata`` reach the ``nnx.Param``s, ``attention_fn`` replaces this module's attention
     as in Flax, ``qkv_sharding``/``out_sharding`` go to the projections). Additions:
-    ``rotary``, ``rotary_base``, ``rotary_fraction`` (rotary position embeddings) in the
-    constructor; ``bias``, ``local_window_size``, ``query_seq_lengths``,
-    ``key_value_seq_lengths``, ``positions`` and ``implementation`` in the call. A float
+    ``rotary``, ``rotary_base``, ``rotary_fraction`` (rotary position embeddings),
+    ``use_sinks`` (a learnable ``sinks`` parameter ``(N,)``, zeros: attention sinks) and
+    ``logits_soft_cap`` (Gemma 2) in the constructor; ``bias``, ``local_window_size``,
+    ``query_seq_lengths``, ``key_value_seq_lengths``, ``query_segment_ids``,
+    ``key_value_segment_ids``, ``positions`` and ``implementation`` in the call. A float
     ``mask`` is a ``TypeError``, as in
     every function here (Flax reads it as nonzero = attend, PyTorch as an additive 0/-inf
     bias: the two habits disagree, so neither is guessed; pass float values as ``bias``).
@@ -101,6 +106,8 @@ class MultiHeadAttention(nnx.Module):
         rotary: bool = False,
         rotary_base: float = 10000.0,
         rotary_fraction: float = 1.0,
+        use_sinks: bool = False,
+        logits_soft_cap: float | None = None,
     ):
         self.num_heads = num_heads
         self.in_features = in_features
@@ -151,6 +158,9 @@ class MultiHeadAttention(nnx.Module):
             kernel_metadata=out_kernel_metadata or kernel_metadata, bias_metadata=out_bias_metadata or bias_metadata,
             rngs=rngs,
         )
+        # attention sinks: one learnable logit per head in each row's normaliser (zeros: e^0 = one extra key's worth)
+        self.sinks = nnx.Param(jnp.zeros((num_heads,), param_dtype)) if use_sinks else nnx.data(None)
+        self.logits_soft_cap = check_soft_cap(logits_soft_cap)
         self.rngs = rngs.dropout.fork() if keep_rngs and dropout_rate > 0 else None
         self.cached_key = nnx.data(None)
         self.cached_value = nnx.data(None)
@@ -176,6 +186,8 @@ class MultiHeadAttention(nnx.Module):
         implementation=None,
         out_sharding=None,
         qkv_sharding=None,
+        query_segment_ids=None,
+        key_value_segment_ids=None,
     ):
         """Multi-head attention of ``inputs_q (B..., T, E)`` over ``inputs_k``/``inputs_v``
         ``(B..., S, E_kv)`` (default: ``inputs_q``, then ``inputs_k``), as Flax's ``__call__``.
@@ -188,7 +200,9 @@ class MultiHeadAttention(nnx.Module):
         ``decode``, ``query_seq_lengths[b]`` is the number of real new tokens of row b, so a
         right-padded batch of prompts of different lengths is prefilled in one call and
         decoded together) and ``implementation`` (None, "dense", "chunked": see
-        :mod:`attention_jax.dispatch`). With ``rotary``: ``positions`` (int, broadcastable to
+        :mod:`attention_jax.dispatch`), ``query_segment_ids``/``key_value_segment_ids`` (int
+        ``(B, T)``/``(B, S)``: packed sequences, each query attends its own segment; the
+        chunked path skips the blocks where no id meets). With ``rotary``: ``positions`` (int, broadcastable to
         ``(B..., T)``; queries and keys, T == S) for the rotary embeddings, default ``0..T-1``
         for queries and ``0..S-1`` for keys, and while decoding the cache's position onwards.
 
@@ -229,6 +243,9 @@ class MultiHeadAttention(nnx.Module):
         if mask is not None:
             check_mask_dtype(mask, has_bias=True)
         # 2. autoregressive decoding: write the new keys and values at cache_index
+        if decode and (query_segment_ids is not None or key_value_segment_ids is not None):
+            raise ValueError("query_segment_ids and key_value_segment_ids are not supported with decode: the cache "
+                             "keeps no segment ids; decode each packed sequence as its own batch row")
         if decode and key_value_seq_lengths is not None:
             raise ValueError("key_value_seq_lengths is not supported with decode: the cache masks the keys not yet "
                              "written; query_seq_lengths gives each row's number of new tokens")
@@ -254,12 +271,20 @@ class MultiHeadAttention(nnx.Module):
             return self._call_attention_fn(query, key, value, mask, dropout_rng, deterministic, sow_weights,
                                            is_causal, out_sharding, bias=bias, local_window_size=local_window_size,
                                            query_seq_lengths=query_seq_lengths, positions=positions,
-                                           key_value_seq_lengths=key_value_seq_lengths, implementation=implementation)
+                                           key_value_seq_lengths=key_value_seq_lengths, implementation=implementation,
+                                           query_segment_ids=query_segment_ids,
+                                           key_value_segment_ids=key_value_segment_ids)
         options = dict(bias=bias, mask=mask, is_causal=is_causal, local_window_size=local_window_size,
                        query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
                        dropout_rate=rate, dropout_rng=dropout_rng, broadcast_dropout=self.broadcast_dropout)
-        if sow_weights:
-            heads, weights = dense_attention(query, key, value, **options)
+        extras = dict(query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
+                      logits_soft_cap=self.logits_soft_cap, sinks=None if self.sinks is None else self.sinks[...])
+        extra = any(x is not None for x in extras.values())
+        if extra:
+            options |= extras
+        if sow_weights:  # the weights: the tuned dense path, or the mirror for the options it lacks
+            attend = scaled_dot_product_attention if extra else dense_attention
+            heads, weights = attend(query, key, value, **options)
             self.sow(nnx.Intermediate, "attention_weights", weights)
         else:
             heads = dot_product_attention(query, key, value, implementation=implementation, **options)
@@ -267,6 +292,13 @@ class MultiHeadAttention(nnx.Module):
         out = self.out(heads, out_sharding=out_sharding if out_sharding is not None else head_sum_sharding(heads))
         attends = self._attends(mask, is_causal, local_window_size, query.shape, key.shape[-3],
                                 query_seq_lengths, key_value_seq_lengths)
+        if query_segment_ids is not None or key_value_segment_ids is not None:  # a query whose segment has no key
+            batch, T, S = query.shape[:-3], query.shape[-3], key.shape[-3]
+            segments = _segment_mask(query_segment_ids, key_value_segment_ids, math.prod(batch))
+            combined = _combine_all_masks(mask, is_causal, _check_window(local_window_size), None, T, S,
+                                          segments.reshape(batch + (1, T, S)))                 # (B..., N|1, T, S)
+            has_key = combined.any(axis=(-3, -1))                                             # (B..., T)
+            attends = has_key if attends is None else attends & has_key
         return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
 
     def _call_attention_fn(self, query, key, value, mask, dropout_rng, deterministic, sow_weights, is_causal,

@@ -29,6 +29,7 @@ from .dot_product import (  # noqa: F401
     check_sdpa_extras,
     check_sdpa_options,
     check_seq_lengths,
+    check_soft_cap,
     check_window,
 )
 from .engine import (  # noqa: F401

@@ -42,7 +42,7 @@ MULTI_HEAD_NORMS = {"query_ln": {"scale": ("H",)}, "key_ln": {"scale": ("H",)}}
 def multi_head_used(params) -> dict:
     """The entries of a checked multi-head params dict that ``multi_head_attention`` uses: the
     four layers' kernels, the biases that are given (not None), and ``query_ln``/``key_ln``
-    when given (not None). Anything else (a Flax state's other entries) is left out."""
+    and ``sinks`` when given (not None). Anything else (a Flax state's other entries) is left out."""
     used = {}
     for name in MULTI_HEAD_LAYERS:
         layer = params[name]
@@ -50,6 +50,8 @@ def multi_head_used(params) -> dict:
     for name in MULTI_HEAD_NORMS:
         if params.get(name) is not None:
             used[name] = {"scale": params[name]["scale"]}
+    if params.get("sinks") is not None:  # attention sinks, one logit per head
+        used["sinks"] = params["sinks"]
     return used
 
 
