@@ -4,7 +4,6 @@ parameter shapes and rng use), whose attention is :func:`attention_jax.dot_produ
 from __future__ import annotations
 
 import functools
-import math
 from types import MappingProxyType
 
 import jax
@@ -17,16 +16,14 @@ from flax.nnx.nn.dtypes import promote_dtype as _promote_dtype
 from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init
 
 from attention_np._validate import check_mask_dtype, check_soft_cap
-from attention_np._validate import check_window as _check_window
 from attention_np.rotary import rotary_features
 
-from .._masking import combine_all_masks as _combine_all_masks
-from .._masking import segment_mask as _segment_mask
 from .._sharding import head_sum_sharding
 from ..dense import dense_attention
 from ..dispatch import dot_product_attention
 from ..dot_product import scaled_dot_product_attention
 from ..rotary import apply_rotary
+from ._attends import attending_queries, attending_segments
 
 
 class MultiHeadAttention(nnx.Module):
@@ -290,14 +287,11 @@ class MultiHeadAttention(nnx.Module):
             heads = dot_product_attention(query, key, value, implementation=implementation, **options)
         # 5. mix the heads back to out_features; a query with no key in any head gets zeros
         out = self.out(heads, out_sharding=out_sharding if out_sharding is not None else head_sum_sharding(heads))
-        attends = self._attends(mask, is_causal, local_window_size, query.shape, key.shape[-3],
-                                query_seq_lengths, key_value_seq_lengths)
+        attends = attending_queries(mask, is_causal, local_window_size, query.shape, key.shape[-3],
+                                    query_seq_lengths, key_value_seq_lengths)
         if query_segment_ids is not None or key_value_segment_ids is not None:  # a query whose segment has no key
-            batch, T, S = query.shape[:-3], query.shape[-3], key.shape[-3]
-            segments = _segment_mask(query_segment_ids, key_value_segment_ids, math.prod(batch))
-            combined = _combine_all_masks(mask, is_causal, _check_window(local_window_size), None, T, S,
-                                          segments.reshape(batch + (1, T, S)))                 # (B..., N|1, T, S)
-            has_key = combined.any(axis=(-3, -1))                                             # (B..., T)
+            has_key = attending_segments(query_segment_ids, key_value_segment_ids, mask, is_causal, local_window_size,
+                                         query.shape, key.shape[-3])
             attends = has_key if attends is None else attends & has_key
         return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
 
@@ -315,47 +309,6 @@ class MultiHeadAttention(nnx.Module):
             broadcast_dropout=self.broadcast_dropout, deterministic=deterministic if self.dropout_rate > 0 else True,
             dtype=self.dtype, precision=self.precision, module=self if sow_weights else None, is_causal=is_causal)
         return self.out(heads, out_sharding=out_sharding)
-
-    @staticmethod
-    def _attends(mask, is_causal, local_window_size, query_shape, S, query_seq_lengths=None,
-                 key_value_seq_lengths=None):
-        """``(B..., T)`` bool: True where a query has some key to attend to in some head, or
-        None when every query has one (no mask, window or lengths). A mask without a query
-        axis (key padding, ``(B..., N|1, 1, S)``, key lengths included) is reduced through
-        prefix sums, so long sequences never build a ``(T, S)`` array here."""
-        window = _check_window(local_window_size)
-        if mask is None and window is None and query_seq_lengths is None and key_value_seq_lengths is None:
-            return None
-        batch, T = tuple(query_shape[:-3]), query_shape[-3]
-        mask = None if mask is None else jnp.asarray(mask)
-        if key_value_seq_lengths is not None:                                          # keys past a row's length
-            valid = jnp.arange(S) < jnp.asarray(key_value_seq_lengths).reshape(-1, 1, 1, 1)  # (B, 1, 1, S)
-            mask = valid if mask is None else mask & valid
-        if query_seq_lengths is not None:                                              # queries past a row's length
-            rows = MultiHeadAttention._attends(mask, is_causal, local_window_size, query_shape, S)
-            valid = jnp.arange(T) < jnp.asarray(query_seq_lengths).reshape(-1, 1)      # (B, T)
-            return valid if rows is None else rows & valid
-        if mask is not None and mask.ndim >= 2 and mask.shape[-2] != 1:  # per query: reduce the mask itself
-            combined = _combine_all_masks(mask, is_causal, window, None, T, S)
-            return jnp.broadcast_to(combined, (*batch, 1, T, S) if combined.ndim < 3 else
-                                    (*batch, combined.shape[-3], T, S)).any(axis=(-3, -1))
-        if mask is None:
-            keys = jnp.ones((1, S), bool)                                              # (1, S)
-        else:
-            m = mask.reshape((1,) * (len(batch) + 3 - mask.ndim) + mask.shape)         # (B...|1, N|1, 1, S|1)
-            keys = jnp.broadcast_to(m, m.shape[:-1] + (S,)).any(axis=-3)[..., 0, :]    # (B...|1, S)
-        counts = jnp.cumsum(keys, axis=-1, dtype=jnp.int32)                              # (B...|1, S)
-        # zeros_like, not zeros: sharded like the counts on an Explicit mesh, as concatenate needs
-        prefix = jnp.concatenate([jnp.zeros_like(counts[..., :1]), counts], axis=-1)      # (B...|1, S + 1)
-        t = jnp.arange(T)
-        low, high = jnp.zeros_like(t), jnp.full_like(t, S - 1)                          # keys row t may see
-        if is_causal:
-            high = jnp.minimum(high, t)
-        if window is not None:
-            low, high = jnp.maximum(low, t - window[0]), jnp.minimum(high, t + window[1])
-        count = jnp.take(prefix, jnp.clip(high + 1, 0, S), axis=-1) - jnp.take(prefix, jnp.clip(low, 0, S), axis=-1)
-        attends = (count > 0) & (low <= high)                                           # (B...|1, T)
-        return jnp.broadcast_to(attends, (*batch, T))
 
     @classmethod
     def from_torch(cls, module, *, rngs=None, **kwargs):

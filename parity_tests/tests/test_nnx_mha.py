@@ -485,11 +485,12 @@ def test_the_readme_model_example_runs_as_written():
 def test_the_rows_with_no_key_are_exactly_the_fully_masked_ones(mask_shape, is_causal, window):
     # the module's prefix-sum shortcut for key-padding masks against the plain reduction
     from attention_jax._masking import combine_all_masks
+    from attention_jax.nnx._attends import attending_queries
     from attention_np._validate import check_window
 
     r = np.random.default_rng(1)
     mask = None if mask_shape is None else r.random(mask_shape) < 0.3
-    got = MultiHeadAttention._attends(mask, is_causal, window, (B, T, 6, 2), T)
+    got = attending_queries(mask, is_causal, window, (B, T, 6, 2), T)
     if mask is None and window is None:
         assert got is None
         return
