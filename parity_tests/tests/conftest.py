@@ -32,9 +32,27 @@ def rng():
     return np.random.default_rng(0)
 
 
-@pytest.fixture(params=[True, False], ids=["jit", "nojit"])
+# Modules whose JAX tests also run op by op (jax.disable_jit) by default: the tutorial's
+# mechanism and the core function. Elsewhere op by op is opt-in (`pytest --op-by-op`), as it
+# runs every loop in Python and took a seventh of the suite's time.
+OP_BY_OP_MODULES = ("test_additive", "test_dot_product")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--op-by-op", action="store_true",
+                     help="run every test that takes the `jit` fixture op by op (jax.disable_jit) too")
+
+
+def pytest_generate_tests(metafunc):
+    if "jit" in metafunc.fixturenames:
+        both = metafunc.config.getoption("--op-by-op") or metafunc.module.__name__.endswith(OP_BY_OP_MODULES)
+        modes = [True, False] if both else [True]
+        metafunc.parametrize("jit", modes, ids=["jit", "nojit"][:len(modes)], indirect=True)
+
+
+@pytest.fixture
 def jit(request):
-    """Run the JAX half compiled and op by op (``jax.disable_jit``)."""
+    """Run the JAX half compiled, or op by op (``jax.disable_jit``)."""
     ctx = contextlib.nullcontext() if request.param else jax.disable_jit()
     with ctx:
         yield request.param
