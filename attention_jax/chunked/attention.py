@@ -149,7 +149,7 @@ def _chunked_attention(
     plain = (bias is None and mask is None and not lengths and window is None and not dropout_rate and not segments
              and soft_cap is None and sinks is None and not return_residual)
     cfg = _config(query_chunk_size, key_chunk_size, bool(is_causal), T, S, N // K, H, B * N, window, lengths,
-                  dropout_rate, bool(broadcast_dropout), compute, plain)
+                  dropout_rate, bool(broadcast_dropout), compute, plain, segments)
     cfg = cfg._replace(soft_cap=soft_cap, segments=segments, sparse=segments)
     q, k, v, bias, mask = _to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute),
                                    key, value, bias, mask, cfg)
@@ -167,12 +167,12 @@ def _chunked_attention(
 
 
 def _config(query_chunk_size, key_chunk_size, is_causal, T, S, G, H, heads, window, lengths, dropout_rate,
-            broadcast_dropout, compute, plain):
+            broadcast_dropout, compute, plain, sparse=False):
     """The static :class:`Config`: the caller's block sizes, used exactly in both passes, or
     the tuned defaults of :class:`BlockSizes` (with the backward pass's own blocks and the
     tiles)."""
     sizes = BlockSizes.get_default()
-    default_q, default_k = sizes.blocks(is_causal, T, S)
+    default_q, default_k = sizes.blocks(is_causal, T, S, sparse)
     qc = min(query_chunk_size or default_q, T)
     kc = min(key_chunk_size or default_k, S)
     cfg = Config(is_causal, qc, kc, T, S, G, window, lengths, dropout_rate, broadcast_dropout, compute)

@@ -13,7 +13,8 @@ class BlockSizes:
     of the short causal forward pass.
 
     ``forward``: non-causal; ``causal``: square, so that blocks above the diagonal are
-    skipped; ``short_causal``: causal up to ``short_causal_length``; ``backward`` (five block
+    skipped; ``short_causal``: causal up to ``short_causal_length``, and with segment ids at
+    any length; ``backward`` (five block
     matmuls, not two: smaller blocks pay on CPU), None for the forward's own; ``tile``: the
     causal forward without autodiff as a static grid of fused ``tile``-square tiles when
     ``tile < L <= tile_max_length``, ``H <= tile_max_features`` and at least ``tile_min_rows``
@@ -38,9 +39,11 @@ class BlockSizes:
             return cls()
         return cls(forward=(512, 512), causal=(512, 512), short_causal=(512, 512), backward=None, tile=None)
 
-    def blocks(self, is_causal, T, S):
-        """``(query_chunk, key_chunk)`` for this mask and these lengths, split evenly."""
-        if is_causal and max(T, S) <= self.short_causal_length:
+    def blocks(self, is_causal, T, S, sparse=False):
+        """``(query_chunk, key_chunk)`` for this mask and these lengths, split evenly;
+        ``sparse``: blocks are skipped by their states (segment ids), where the smaller causal
+        blocks skip more."""
+        if sparse or (is_causal and max(T, S) <= self.short_causal_length):
             qc, kc = self.short_causal
         else:
             qc, kc = self.causal if is_causal else self.forward
