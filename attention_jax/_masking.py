@@ -87,6 +87,16 @@ def attended_keys(mask, shape):
     return jnp.broadcast_to(mask, shape).any(axis=-2)
 
 
+def zero_unattended(x, mask, shape):
+    """``x (..., S, F)`` with the rows of keys no query attends (:func:`attended_keys` of
+    ``mask`` broadcast to ``shape (..., T, S)``) set to 0, so that ``0 * NaN`` from a masked
+    (padding) position cannot reach an output or a gradient; ``x`` itself without a mask.
+    """
+    if mask is None:
+        return x
+    return jnp.where(attended_keys(mask, shape)[..., None], x, 0)
+
+
 def window_mask(T: int, S: int, window):
     """``(T, S)`` bool, True where ``t - left <= s <= t + right`` for ``window = (left, right)``
     (``jax.nn.dot_product_attention``'s ``local_window_size``)."""

@@ -9,7 +9,14 @@ from attention_np._validate import check_sdpa, check_sdpa_extras, check_sdpa_opt
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype, operand_dtype
 from ._jit import jit, logits_scale, split_scale, static_rng
-from ._masking import attended_keys, combine_all_masks, length_mask, log_sum_exp, masked_softmax, segment_mask
+from ._masking import (
+    combine_all_masks,
+    length_mask,
+    log_sum_exp,
+    masked_softmax,
+    segment_mask,
+    zero_unattended,
+)
 from ._sharding import repeat_heads
 from .dropout import dropout_weights
 
@@ -118,11 +125,8 @@ def _scaled_dot_product_attention(
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
     segments = segment_mask(query_segment_ids, key_value_segment_ids, B)       # (B, 1, T, S) or None
     mask = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
-    if mask is not None:
-        # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
-        # cannot reach the output or the gradients
-        keep = attended_keys(mask, (B, N, T, S))[..., None]                 # (B, N, S, 1)
-        key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
+    # keys no query may attend (padding) are zeroed: even NaN there cannot reach the output or gradients
+    key, value = (zero_unattended(x, mask, (B, N, T, S)) for x in (key, value))  # (B, N, S, H)
     # 3. logits: one score per (query, key) pair, scaled, plus the optional bias, soft-capped
     logits = jnp.einsum("BNTH,BNSH->BNTS", query, key, preferred_element_type=compute) * scale  # (B, N, T, S)
     if bias is not None:

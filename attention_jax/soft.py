@@ -6,7 +6,7 @@ from attention_np._validate import check_soft
 
 from ._dtypes import compute_dtype
 from ._jit import jit
-from ._masking import attended_keys, masked_softmax
+from ._masking import masked_softmax, zero_unattended
 
 
 @jit
@@ -29,11 +29,8 @@ def soft_attention(scores, values, *, mask=None):
     scores, values = jnp.asarray(scores), jnp.asarray(values)
     check_soft(scores, values, mask)
     dtype, compute = values.dtype, compute_dtype(values.dtype)
-    # 1. weights: softmax over the source positions a query may attend to
+    # 1. weights = softmax(scores), over the source positions a query may attend to
     weights = masked_softmax(scores, mask)                                 # (B, T, S)
-    # 2. context: the weighted average of the values
-    values = values.astype(compute)
-    if mask is not None:
-        values = jnp.where(attended_keys(mask, weights.shape)[..., None], values, 0)  # 0 * NaN cannot leak
-    context = weights @ values                                             # (B, T, H)
+    # 2. context = weights @ values, the weighted average (masked values zeroed: 0 * NaN cannot leak)
+    context = weights @ zero_unattended(values.astype(compute), mask, weights.shape)  # (B, T, H)
     return context.astype(dtype), weights.astype(dtype)

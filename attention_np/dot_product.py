@@ -6,7 +6,14 @@ import numpy as np
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import compute_dtype
-from ._masking import attended_keys, combine_all_masks, length_mask, log_sum_exp, masked_softmax, segment_mask
+from ._masking import (
+    combine_all_masks,
+    length_mask,
+    log_sum_exp,
+    masked_softmax,
+    segment_mask,
+    zero_unattended,
+)
 from ._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 from .dropout import dropout_weights
 
@@ -114,11 +121,8 @@ def scaled_dot_product_attention(
     lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)   # (B, 1, T, S) or None
     segments = segment_mask(query_segment_ids, key_value_segment_ids, B)       # (B, 1, T, S) or None
     mask = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
-    if mask is not None:
-        # keys no query may attend to (padding) are zeroed: whatever they hold, even NaN,
-        # cannot reach the output or the gradients
-        keep = attended_keys(mask, (B, N, T, S))[..., None]                 # (B, N, S, 1)
-        key, value = np.where(keep, key, 0), np.where(keep, value, 0)
+    # keys no query may attend (padding) are zeroed: even NaN there cannot reach the output or gradients
+    key, value = (zero_unattended(x, mask, (B, N, T, S)) for x in (key, value))  # (B, N, S, H)
     # 3. logits: one score per (query, key) pair, scaled, plus the optional bias, soft-capped
     logits = np.einsum("BNTH,BNSH->BNTS", query, key) * scale             # (B, N, T, S)
     if bias is not None:
