@@ -58,8 +58,8 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
         arrays (:mod:`attention_np.mods`).
       B, N: batch rows and query heads, or None when the mask is the same for all.
       T, S: query and key lengths.
-      block_sizes: ``(qc, kc)``; default the CPU-tuned causal blocks of
-        :class:`~.blocks.BlockSizes` (GPU: 512 x 512), split evenly.
+      block_sizes: ``(qc, kc)``; default 512 x 512 (:class:`~.blocks.BlockSizes`'s
+        ``short_causal``), split evenly.
 
     Returns:
       a :class:`BlockMask` whose ``states`` are ``(B, N, nq, nk)`` (1 for a None B or N),
@@ -137,8 +137,9 @@ def visits(states, kind):
 
 
 def default_blocks(T, S):
-    """The blocks of a block mask by default: the CPU-tuned causal blocks (GPU: 512 x 512)."""
-    qc, kc = BlockSizes.get_default().blocks(True, T, S)
+    """The blocks of a block mask by default: the CPU-tuned blocks of a sparse (segment ids)
+    call, 512 x 512 split evenly (GPU: 512 x 512)."""
+    qc, kc = BlockSizes.get_default().blocks(True, T, S, sparse=True)
     return min(qc, T), min(kc, S)
 
 
