@@ -11,6 +11,8 @@ as :mod:`benchmarks.attention` does (the median over rounds of same-round ratios
 - ``documents``: ``attention_jax.flex_attention`` with 8 packed documents of L / 8 tokens,
   causal within each, its block mask made once (the ideal ratio to ``causal`` is 1/8 of the
   work above the diagonal's blocks: about 0.25 with blocks of L / 8);
+- ``segments``: ``attention_jax.chunked_attention(is_causal=True, query_segment_ids=ids)``,
+  the same 8 documents as segment ids (its block states come from the ids);
 - ``flex causal``: ``flex_attention`` with the causal mask as a ``mask_mod`` (its block mask
   made once), against ``causal``;
 - ``plain`` / ``identity``: ``flex_attention`` without mods and with an identity
@@ -52,6 +54,7 @@ def build(B, N, L, H, documents):
     functions = {
         "causal": lambda q, k, v: attention_jax.chunked_attention(q, k, v, is_causal=True),
         "documents": lambda q, k, v: attention_jax.flex_attention(q, k, v, block_mask=doc_mask),
+        "segments": lambda q, k, v: attention_jax.chunked_attention(q, k, v, is_causal=True, query_segment_ids=ids),
         "flex causal": lambda q, k, v: attention_jax.flex_attention(q, k, v, block_mask=causal_blocks),
         "plain": lambda q, k, v: attention_jax.flex_attention(q, k, v),
         "identity": lambda q, k, v: attention_jax.flex_attention(q, k, v, score_mod=identity),
@@ -85,6 +88,7 @@ def main(argv=None):
     callables, masks = build(args.batch, args.heads, args.length, args.features, args.documents)
     times = round_robin(callables, args.repeats)
     ratios = {mode: {"documents / causal": median_ratio(times, "documents", "causal", mode),
+                     "segments / causal": median_ratio(times, "segments", "causal", mode),
                      "flex causal / causal": median_ratio(times, "flex causal", "causal", mode),
                      "identity / plain": median_ratio(times, "identity", "plain", mode)}
               for mode in ("forward", "forward+backward")}
