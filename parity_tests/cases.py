@@ -10,6 +10,7 @@ import numpy as np
 
 import attention_jax
 import attention_np
+from attention_np.mods import alibi, and_masks, causal_mask, document_mask, soft_cap
 
 from .harness import REGISTRY, ParityCase, register
 
@@ -354,3 +355,38 @@ for _impl in (None, "dense", "chunked"):
                                                              "implementation": _impl}),
         _reference_out, attention_jax.dot_product_attention, halves=("jax",),
     ))
+
+
+# --- flex_attention: mods, block masks, sinks and the log-sum-exp -------------------------------------------
+# Gradients by finite differences of the NumPy float64 forward (it has no hand-written VJP).
+_FLEX_Q_IDS = np.array([[0, 0, 1], [2, 0, 0]])             # batch row 1, query 0: no key of document 2
+_FLEX_KV_IDS = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]])
+_FLEX_DOCUMENTS = and_masks(causal_mask, document_mask(_FLEX_Q_IDS, _FLEX_KV_IDS))
+# blocks of 2 x 2: the blocked path's loops run, the last block of each axis is part padding
+_FLEX_BLOCKS = attention_jax.create_block_mask(_FLEX_DOCUMENTS, B, None, T, S, block_sizes=(2, 2))
+_FLEX_SOFT_CAP = soft_cap(1.0)
+_FLEX_ALIBI = alibi(2.0 ** -np.arange(1, 7))
+
+
+def _with_lse(flex_attention):
+    """``(out, lse)`` with the log-sum-exp (float32 in the softmax) in the output's dtype, as
+    the report compares each row in one dtype."""
+
+    def run(*args, **kwargs):
+        out, lse = flex_attention(*args, return_residual=True, **kwargs)
+        return out, lse.astype(out.dtype)
+
+    return run
+
+
+register(ParityCase(
+    "flex_attention/documents+causal+soft-cap blocks 2x2", "flex_attention", f"{_GQA} blocks=2x2",
+    lambda rng: (_sdpa_inputs(rng, 6, K), {"score_mod": _FLEX_SOFT_CAP, "block_mask": _FLEX_BLOCKS}),
+    **_both("flex_attention"), differentiable=(0, 1, 2),
+))
+register(ParityCase(
+    "flex_attention/alibi+sinks+lse", "flex_attention", _GQA,
+    lambda rng: (_sdpa_inputs(rng, 6, K), {"score_mod": _FLEX_ALIBI, "sinks": rng.normal(size=(6,))}),
+    _with_lse(attention_np.flex_attention), _with_lse(attention_jax.flex_attention),
+    differentiable=(0, 1, 2, "sinks"),
+))
