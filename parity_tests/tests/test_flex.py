@@ -413,7 +413,10 @@ def test_create_block_mask_errors():
 
 # --- property: random problems ---------------------------------------------------------------------------
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-# worst |error| / max(1, max |reference|) against the float64 mirror (test_every_path.py's budget)
+# worst |error| / max(1, max |reference|) against the float64 mirror (test_every_path.py's budget);
+# gradients over the largest reference gradient of the problem: a gradient that is exactly 0 in
+# float64 (a query with a single key) is a difference of two terms of the size of d_out * value
+# in the blocked backward pass (rowsum(d_out * out) - d_out . value), float32 rounding of that size
 TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
 GRAD_TOLERANCE = {"float32": 2e-5, "bfloat16": 6e-2}
 
@@ -484,5 +487,7 @@ def test_property_random_problems(p):
     assert np.isfinite(lse[~dead]).all()
     assert error(out, expected_out) <= TOLERANCE[dtype], ("out", error(out, expected_out))
     assert error(lse, expected_lse) <= TOLERANCE[dtype], ("lse", error(lse, expected_lse))
+    expected_grads = [np.asarray(g) for g in expected_grads]
+    scale = max([1.0] + [np.abs(g).max(initial=0.0) for g in expected_grads])
     for name, grad, expected in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
-        assert error(grad, expected) <= GRAD_TOLERANCE[dtype], (name, error(grad, expected))
+        assert np.abs(grad - expected).max(initial=0.0) / scale <= GRAD_TOLERANCE[dtype], (name, error(grad, expected))
