@@ -28,13 +28,15 @@ from .masks import (
 from .sparse import FULL, PARTIAL, option_states, union, visits
 
 
-def loops(start, full, end, body, carry, states=None):
-    """``body(j, edge)`` over the blocks j of a row (or column) of the grid: ``[start, full)``
-    without the edge mask, ``[full, end)`` with it; or, given the row's block ``states``
-    (:mod:`.sparse`), over its full blocks, then its partial ones, skipping the empty."""
+def loops(ranges, body, carry, states=None):
+    """``body(j, edge, carry)`` over the blocks j of a row (or column) of the grid: each
+    ``(start, end, edge)`` of ``ranges`` in turn (``edge``: the block needs the mask of
+    :func:`.masks.block_logits`); or, given the row's block ``states`` (:mod:`.sparse`),
+    over its full blocks, then its partial ones, skipping the empty."""
     if states is None:
-        carry = lax.fori_loop(start, full, lambda j, c: body(j, False, c), carry)
-        return lax.fori_loop(full, end, lambda j, c: body(j, True, c), carry)
+        for start, end, edge in ranges:
+            carry = lax.fori_loop(start, end, lambda j, c, edge=edge: body(j, edge, c), carry)
+        return carry
     for kind, edge in ((FULL, False), (PARTIAL, True)):
         order, count = visits(states, kind)
         carry = lax.fori_loop(0, count, lambda n, c, order=order, edge=edge: body(order[n], edge, c), carry)
@@ -88,7 +90,7 @@ def forward(q, k, v, bias, mask, rows, mods, *, cfg):
         if mods.sinks is not None:  # a sink is a key seen first: logit the sink, weight e^0, no value
             init = (init[1] + sink_rows(mods.sinks, qc), init[1] + 1, init[2])
         start, full, end = key_range(i, cfg, nk)
-        carry = loops(start, full, end, body, init, None if states is None else states[i])
+        carry = loops([(start, full, False), (full, end, True)], body, init, None if states is None else states[i])
         out, lse = online_softmax.finish(*carry, dead_lse=-jnp.inf)
         return out.reshape(B, K, qc, G, H), lse.reshape(B, K, qc, G)
 
@@ -192,13 +194,8 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
 
         zeros = full_like_leading(k, (B, K, kc, H), 0, c)
         start, edge_end, stop = query_range(j, cfg, nq)
-        # query_range gives the edge blocks first: loops' (start, full, end) with the edge flag swapped
-        if states is None:
-            carry = lax.fori_loop(start, edge_end, lambda i, c: body(i, True, c), (dq, zeros, zeros, dbias, dscore))
-            carry = lax.fori_loop(edge_end, stop, lambda i, c: body(i, False, c), carry)
-        else:
-            carry = loops(0, 0, 0, body, (dq, zeros, zeros, dbias, dscore), states[:, j])
-        dq, dk_j, dv_j, dbias, dscore = carry
+        dq, dk_j, dv_j, dbias, dscore = loops([(start, edge_end, True), (edge_end, stop, False)], body,
+                                              (dq, zeros, zeros, dbias, dscore), None if states is None else states[:, j])
         dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * kc, axis=2)
         dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * kc, axis=2)
         return dq, dk, dv, dbias, dscore
