@@ -435,10 +435,10 @@ def test_multi_head_attention_both_halves():
 def module_and_params():
     """A float64 NNX module with sinks and a soft-cap, its params set to :func:`mha_problem`'s."""
     params, x, kv = mha_problem(9)
-    module = attention_jax.nnx.MultiHeadAttention(N, E, qkv_features=N * H, out_features=F, num_kv_heads=K,
-                                                  use_sinks=True, logits_soft_cap=MHA_OPTIONS["logits_soft_cap"],
-                                                  decode=False, param_dtype=jnp.float64, rngs=nnx.Rngs(0))
-    assert isinstance(module.sinks, nnx.Param) and (module.sinks[...] == 0).all()
+    # built abstract (eval_shape: no initialisation run), then every parameter set
+    module = nnx.eval_shape(lambda: attention_jax.nnx.MultiHeadAttention(
+        N, E, qkv_features=N * H, out_features=F, num_kv_heads=K, use_sinks=True,
+        logits_soft_cap=MHA_OPTIONS["logits_soft_cap"], decode=False, param_dtype=jnp.float64, rngs=nnx.Rngs(0)))
     state = nnx.state(module, nnx.Param)
     nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
     nnx.update(module, state)
@@ -454,8 +454,10 @@ def test_nnx_module_equals_the_numpy_function(module_and_params):
     expected, _ = attention_np.multi_head_attention(params, x, kv, **MHA_OPTIONS)
     _, attends = mha_written_out(params, x, kv)
     ids = {name: MHA_OPTIONS[name] for name in ("query_segment_ids", "key_value_segment_ids")}
+    call = nnx.jit(lambda module, implementation: module(x, kv, implementation=implementation, **ids),
+                   static_argnums=1)
     for implementation in ("dense", "chunked"):
-        out = np.asarray(module(x, kv, implementation=implementation, **ids))
+        out = np.asarray(call(module, implementation))
         np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=implementation)
         assert (out[~attends] == 0).all()
 
@@ -475,8 +477,11 @@ def test_nnx_sink_gradient_equals_the_function(module_and_params):
     np.testing.assert_allclose(sink_grad, expected, rtol=1e-12, atol=1e-12)
 
 
-def test_nnx_decode_with_segment_ids_is_an_error():
+def test_nnx_sinks_init_and_decode_with_segment_ids_is_an_error():
+    """``use_sinks=True`` makes a learnable ``sinks`` Param (N,) of zeros; the decode cache keeps no
+    segment ids, so passing them while decoding is a ValueError."""
     module = attention_jax.nnx.MultiHeadAttention(2, E, decode=True, use_sinks=True, rngs=nnx.Rngs(0))
+    assert isinstance(module.sinks, nnx.Param) and module.sinks.shape == (2,) and (module.sinks[...] == 0).all()
     module.init_cache((1, 4, E))
     with pytest.raises(ValueError, match="query_segment_ids and key_value_segment_ids are not supported with decode"):
         module(np.ones((1, 1, E), np.float32), query_segment_ids=np.zeros((1, 1), np.int32))
