@@ -12,7 +12,7 @@ from .._sharding import match_varying
 from ..dropout import rng_words
 from .blocks import BlockSizes, check_chunk
 from .config import Config, Mods, Rows
-from .masks import attended_keys, to_rows_layout
+from .masks import attended_keys, segment_attended_keys, to_rows_layout
 from .vjp import flash
 
 _NO_FORWARD_MODE = (
@@ -227,10 +227,13 @@ def _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K, quer
 
 
 def _zero_padding(k, v, mask, rows, has_kv_lengths, cfg):
-    """Keys no query attends (the mask's, the causal mask's, past a row's length) zeroed before
-    the loops, as in the dense path: NaN or inf stored there cannot reach the output or the
-    gradients."""
+    """Keys no query attends (the mask's, the causal mask's, past a row's length, of a segment no
+    query has) zeroed before the loops, as in the dense path: NaN or inf stored there cannot
+    reach the output or the gradients."""
     keep = attended_keys(mask, cfg, k.shape[2])                                   # (B|1, K|1, Sp|1)
+    if cfg.segments:
+        in_segment = segment_attended_keys(rows, cfg, k.shape[2])                  # (B, 1, Sp)
+        keep = in_segment if keep is None else keep & in_segment
     if has_kv_lengths:
         in_length = lax.broadcasted_iota(jnp.int32, (1, 1, k.shape[2]), 2) < rows.kvlen[:, :, None]  # (B, 1, Sp)
         keep = in_length if keep is None else keep & in_length

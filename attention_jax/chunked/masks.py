@@ -225,3 +225,20 @@ def attended_keys(mask, cfg, Sp):
         last = jnp.where(mask, t, -1).max(axis=(2, 3))                            # last query that attends at all
         return s <= last
     return (mask & (lax.broadcasted_iota(jnp.int32, (1, 1, 1, 1, Sp), 4) <= t)).any(axis=(2, 3))
+
+
+def segment_attended_keys(rows, cfg, Sp):
+    """``(B, 1, Sp)``: True where some real query (``t < T`` and its row's length; ``t >= s``
+    with ``is_causal``) has key s's segment id: the keys that segment ids leave to no query
+    are padding, zeroed as the others. Found by sorting each row's query ids (stable, so the
+    last of equal ids is the latest query) and a binary search per key: O((T + S) log T)."""
+    t = jnp.arange(cfg.T)
+    query_ids = jnp.where(t < rows.qlen, rows.qseg[:, 0, :cfg.T], jnp.iinfo(jnp.int32).min)   # (B, T)
+    key_ids = rows.kseg[:, 0]                                                                  # (B, Sp)
+    order = jnp.argsort(query_ids, axis=1, stable=True)
+    ids = jnp.take_along_axis(query_ids, order, axis=1)                                        # sorted
+    last = jnp.clip(jax.vmap(lambda a, x: jnp.searchsorted(a, x, side="right"))(ids, key_ids) - 1, 0)  # (B, Sp)
+    found = jnp.take_along_axis(ids, last, axis=1) == key_ids
+    if cfg.is_causal:  # the latest query of that segment comes at or after the key
+        found = found & (jnp.take_along_axis(order, last, axis=1) >= jnp.arange(Sp))
+    return found[:, None, :]
