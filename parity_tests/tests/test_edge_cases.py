@@ -18,6 +18,10 @@ from .conftest import HALVES
 H, E, A, Q = 4, 6, 5, 3
 
 
+def _attend_nothing(b, h, q_idx, kv_idx):  # one function object: the blocked flex path compiles once per shape
+    return kv_idx < 0
+
+
 def build(rng, name, B, T, S, masked=False):
     """(args, kwargs) of one call of ``name``, float64; with ``masked`` every key is masked.
     Every array and parameter set has its own generator (seeded from ``rng``), so arrays that
@@ -51,6 +55,8 @@ def build(rng, name, B, T, S, masked=False):
         return (params, x(B, T, E), x(B, S, E)), {"mask": None if not masked else np.zeros((B, 1, T, S), bool)}
     if name in ("scaled_dot_product_attention", "chunked_attention", "dot_product_attention"):
         return (x(B, T, 2, H), x(B, S, 1, H), x(B, S, 1, H)), {"mask": None if not masked else np.zeros((B, 1, T, S), bool)}
+    if name == "flex_attention":
+        return (x(B, T, 2, H), x(B, S, 1, H), x(B, S, 1, H)), {"mask_mod": _attend_nothing if masked else None}
     if name.startswith("global_attention"):
         score = name.split("/")[1]
         params = attention_np.init_global_params(fresh(), H, score=score, source_length=1, dtype=np.float64)
@@ -72,7 +78,7 @@ def build(rng, name, B, T, S, masked=False):
 MECHANISMS = [
     "dot_scores", "scaled_dot_scores", "general_scores", "concat_scores", "soft_attention",
     "hard_attention", "self_attention", "cross_attention", "multi_head_attention",
-    "scaled_dot_product_attention", "chunked_attention", "dot_product_attention", "global_attention/dot",
+    "scaled_dot_product_attention", "chunked_attention", "dot_product_attention", "flex_attention", "global_attention/dot",
     "global_attention/general", "global_attention/concat", "global_attention/location",
     "local_attention", "location_scores", "location_sensitive_attention", "additive_attention",
 ]
@@ -97,7 +103,7 @@ def test_every_public_mechanism_is_covered():
     # (test_ring.py runs it on 2, 4 and 8 devices)
     public -= {n for n in public if "seq2seq" in n or "decode" in n or n.endswith("_vjp") or "kv_cache" in n
                or n.endswith("_step") or "diagnostics" in n or n == "ring_attention" or "transformer" in n
-               or n in ("apply_rotary", "sinusoidal_positions")}
+               or n in ("apply_rotary", "sinusoidal_positions", "create_block_mask", "BlockMask")}
     assert public <= {m.split("/")[0] for m in MECHANISMS}
 
 
@@ -195,12 +201,21 @@ def test_eval_shape_checkpoint_and_grad_agree_with_the_plain_call(name, rng):
         np.testing.assert_allclose(j, p, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", [m for m in MECHANISMS if m != "chunked_attention"])
+@pytest.mark.parametrize("name", [m for m in MECHANISMS if m not in ("chunked_attention", "flex_attention")])
 def test_forward_mode_equals_reverse_mode(name, rng):
     # jax.jacfwd (forward mode) against jax.jacrev on every dense mechanism
     f, xs = _jax_fn(name, *build(rng, name, 1, 2, 3))
     first = lambda x: f(x, *xs[1:])[0]  # noqa: E731
     np.testing.assert_allclose(jax.jacfwd(first)(xs[0]), jax.jacrev(first)(xs[0]), rtol=1e-12, atol=1e-12)
+
+
+def test_forward_mode_through_flex_attention_names_the_alternative(rng):
+    (q, k, v), _ = build(rng, "flex_attention", 1, 2, 3)
+    with pytest.raises(TypeError, match="does not support forward-mode autodiff .* Use attention_jax.flex.flex_attention"):
+        jax.jvp(lambda q: attention_jax.flex_attention(q, k, v), (q,), (q,))
+    dense = lambda q: attention_jax.flex.flex_attention(q, k, v)  # noqa: E731
+    blocked = lambda q: attention_jax.flex_attention(q, k, v)  # noqa: E731
+    np.testing.assert_allclose(jax.jacfwd(dense)(q), jax.jacrev(blocked)(q), rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("transform", ["jvp", "jacfwd"])
