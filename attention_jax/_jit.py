@@ -8,6 +8,7 @@ name int32, a dtype the caller never passed. NumPy arguments that JAX would narr
 on for that one call, and the checks report them as they are, as the NumPy half does.
 """
 
+import contextlib
 import functools
 import math
 
@@ -69,3 +70,21 @@ def static_rng(dropout_rng, dropout_rate):
         value = dropout_rng % 2**64
         return jnp.asarray([value & 0xFFFFFFFF, value >> 32], jnp.uint32)
     return dropout_rng
+
+
+@contextlib.contextmanager
+def reverse_mode_only(name, dense):
+    """Inside: JAX's error for forward-mode autodiff of a ``jax.custom_vjp`` becomes a
+    ``TypeError`` that says why ``name`` is reverse-mode only and names ``dense``, the function
+    with the same numbers (O(T S) memory) that supports forward mode."""
+    try:
+        yield
+    except TypeError as error:
+        if "forward-mode autodiff" in str(error) and "custom_vjp" in str(error):
+            raise TypeError(
+                f"{name} does not support forward-mode autodiff (jax.jvp, jax.jacfwd, jax.linearize): its "
+                "memory-efficient backward pass is a jax.custom_vjp, which JAX cannot differentiate forward. "
+                f"Use {dense} (the same numbers, O(T S) memory) for forward mode, or reverse mode (jax.grad, "
+                "jax.vjp, jax.jacrev)."
+            ) from None
+        raise

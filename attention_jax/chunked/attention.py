@@ -7,20 +7,13 @@ from attention_np._validate import check_sdpa, check_sdpa_extras, check_sdpa_opt
 
 from .._batch import fold_batch, fold_broadcast, unfold_batch
 from .._dtypes import compute_dtype, operand_dtype
-from .._jit import jit, logits_scale, split_scale, static_rng
+from .._jit import jit, logits_scale, reverse_mode_only, split_scale, static_rng
 from .._sharding import match_varying
 from ..dropout import rng_words
 from .blocks import BlockSizes, check_chunk
 from .config import Config, Mods, Rows
 from .masks import attended_keys, segment_attended_keys, to_rows_layout
 from .vjp import flash
-
-_NO_FORWARD_MODE = (
-    "chunked_attention does not support forward-mode autodiff (jax.jvp, jax.jacfwd, "
-    "jax.linearize): its memory-efficient backward pass is a jax.custom_vjp, which JAX "
-    "cannot differentiate forward. Use scaled_dot_product_attention (the same numbers, "
-    "O(T S) memory) for forward mode, or reverse mode (jax.grad, jax.vjp, jax.jacrev)."
-)
 
 
 def chunked_attention(
@@ -100,7 +93,7 @@ def chunked_attention(
       ``out``: ``(B, T, N, H)`` in the dtype of ``query``; ``(out, lse)`` with ``return_residual``.
     """
     scale, scale_value = split_scale(scale)
-    try:
+    with reverse_mode_only("chunked_attention", "scaled_dot_product_attention"):
         return _chunked_attention(
             query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale, scale_value=scale_value,
             query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size,
@@ -110,10 +103,6 @@ def chunked_attention(
             query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
             logits_soft_cap=logits_soft_cap, sinks=sinks, return_residual=bool(return_residual),
         )
-    except TypeError as error:
-        if "forward-mode autodiff" in str(error) and "custom_vjp" in str(error):
-            raise TypeError(_NO_FORWARD_MODE) from None
-        raise
 
 
 @jit(static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size", "local_window_size",

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from attention_np._validate import check_flex
 
 from .._dtypes import compute_dtype
-from .._jit import jit, logits_scale, split_scale
+from .._jit import jit, logits_scale, reverse_mode_only, split_scale
 from ..flex import flex_attention as dense_flex_attention
 from .attention import _rows, _to_rows
 from .config import Config, Mods
@@ -90,22 +90,10 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     mask_fn, mask_consts = _convert(None if block_mask.mask_mod is attend_all else block_mask.mask_mod,
                                     index, index, index, index)
     scale, scale_value = split_scale(scale)
-    try:
+    with reverse_mode_only("flex_attention", "attention_jax.flex.flex_attention"):
         return _flex_attention(query, key, value, block_mask.states, score_consts, mask_consts, sinks, scale_value,
                                score_fn=score_fn, mask_fn=mask_fn, scale=scale, block_sizes=block_mask.block_sizes,
                                return_residual=bool(return_residual))
-    except TypeError as error:
-        if "forward-mode autodiff" in str(error) and "custom_vjp" in str(error):
-            raise TypeError(_NO_FORWARD_MODE) from None
-        raise
-
-
-_NO_FORWARD_MODE = (
-    "flex_attention does not support forward-mode autodiff (jax.jvp, jax.jacfwd, jax.linearize): its "
-    "memory-efficient backward pass is a jax.custom_vjp, which JAX cannot differentiate forward. Use "
-    "attention_jax.flex.flex_attention (the same numbers, O(T S) memory) for forward mode, or reverse mode "
-    "(jax.grad, jax.vjp, jax.jacrev)."
-)
 
 
 @jit(static_argnames=("score_fn", "mask_fn", "scale", "block_sizes", "return_residual"))
