@@ -196,7 +196,7 @@ def _dot_general_operand_dtypes(fn, *args):
         for eqn in jaxpr.eqns:
             if eqn.primitive.name == "dot_general":
                 found.append(tuple(str(v.aval.dtype) for v in eqn.invars) + (str(eqn.outvars[0].aval.dtype),))
-            for sub in jax.core.jaxprs_in_params(eqn.params):
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
                 walk(sub)
 
     walk(jaxpr.jaxpr)
