@@ -7,22 +7,21 @@ import pytest
 
 import attention_jax
 import attention_np
-from parity_tests import DTYPES, REGISTRY, ParityCase, compare, run_case, run_tutorial_golden
+from parity_tests import REGISTRY, ParityCase, compare, run_all, run_case, run_tutorial_golden
 
-PARAMS = [
-    pytest.param(name, dtype, half, id=f"{name}-{dtype}-{half}")
-    for name in REGISTRY
-    for dtype in DTYPES
-    for half in REGISTRY[name].halves
-    if not (half == "numpy" and dtype == "float64")
-]
+MECHANISMS = sorted({case.mechanism for case in REGISTRY.values()})
 
 
-@pytest.mark.parametrize("name, dtype, half", PARAMS)
-def test_registered_case(name, dtype, half):
-    result = run_case(REGISTRY[name], dtype, half)
-    c = result.comparison
-    assert c.passed, f"{name} {dtype} {half}: max abs {c.max_abs:.3g}, max rel {c.max_rel:.3g}, tol {c.tol}: {c.detail}"
+@pytest.mark.parametrize("mechanism", MECHANISMS)
+def test_registered_cases(mechanism):
+    # every forward row of the mechanism's cases (each dtype, both halves), its JAX rows
+    # compiled as one program, as the report runs them
+    cases = [case for case in REGISTRY.values() if case.mechanism == mechanism]
+    results = run_all(cases, directions=("forward",))
+    assert results and not [r for r in results if r.skipped], [r.skipped for r in results if r.skipped]
+    failed = [f"{r.case} {r.dtype} {r.half}: max abs {r.comparison.max_abs:.3g}, max rel {r.comparison.max_rel:.3g}, "
+              f"tol {r.comparison.tol}: {r.comparison.detail}" for r in results if r.failed]
+    assert not failed, "\n".join(failed)
 
 
 def test_tutorial_golden_both_halves():
