@@ -68,8 +68,10 @@ def forward(q, k, v, bias, mask, rows, mods, *, cfg):
     nq, nk = Tp // qc, k.shape[2] // kc
     R = qc * G
     # rows with no valid key in the first block processed need their exp(0) = 1 zeroed:
-    # never the case for causal and padding masks alone (key 0 is valid for every row)
-    zero_invalid = mask is not None or cfg.banded or cfg.sparse
+    # never the case for the causal mask alone (key 0 is valid for every row), but a -inf
+    # bias or score_mod can rule key 0 out too
+    zero_invalid = (mask is not None or bias is not None or cfg.score_mod is not None or cfg.mask_mod is not None
+                    or cfg.banded or cfg.sparse)
     states = block_states(mods, rows, cfg, nq, nk)                               # (nq, nk) or None
 
     def query_chunk(i):
