@@ -1,14 +1,25 @@
 """Shared fixtures: float64 JAX for the 1e-12 parity rows, prime sizes, jit on and off."""
 
 import contextlib
+import os
 
-import jax
-import numpy as np
-import pytest
-from hypothesis import settings
+# The suite compiles a few thousand small programs and runs each once or twice, so XLA's
+# compile time is most of its time. On CPU the legacy fusion emitters with LLVM at -O0
+# compile about 3.5x faster and change no result (no fast-math either way); numbers in
+# benchmarks/results/experiments.md. Flags already in XLA_FLAGS win; benchmarks never
+# import this file. Set before jax starts its backend; subprocesses inherit it.
+_TEST_XLA_FLAGS = {"--xla_cpu_use_fusion_emitters": "false", "--xla_backend_optimization_level": "0",
+                   "--xla_llvm_disable_expensive_passes": "true"}
+_given = os.environ.get("XLA_FLAGS", "")
+os.environ["XLA_FLAGS"] = " ".join([_given] + [f"{k}={v}" for k, v in _TEST_XLA_FLAGS.items() if k not in _given]).strip()
 
-import attention_jax
-import attention_np
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+import attention_jax  # noqa: E402
+import attention_np  # noqa: E402
 
 # float64 parity needs x64; every float32 test passes float32 arrays explicitly.
 jax.config.update("jax_enable_x64", True)
