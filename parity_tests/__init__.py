@@ -22,15 +22,14 @@ from .harness import (
     finite_differences,
     jax_vjp,
     load_cases,
-    load_tutorial_golden,
     planned_rows,
     pytest_params,
     register,
     run_all,
     run_case,
-    run_tutorial_golden,
 )
 from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port
+from .tutorial import load_tutorial_golden, run_tutorial_golden
 
 __all__ = [
     "DIRECTIONS",

@@ -14,27 +14,11 @@ import dataclasses
 import sys
 
 import jax
-import ml_dtypes
 import numpy as np
 
+from .gradients import FD_SAMPLES, NP_DTYPES, cast_floats, central_differences, is_float, weighted_sum
+
 FRAMEWORKS = ("numpy", "jax", "torch")
-NP_DTYPES = {
-    "float64": np.dtype(np.float64),
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
-FD_STEP = 1e-5      # central differences of a float64 NumPy side (as the registry's)
-FD_SAMPLES = 64     # elements differenced per leaf; the others are not compared
-
-
-def is_float(x) -> bool:
-    return isinstance(x, np.ndarray) and str(x.dtype) in NP_DTYPES
-
-
-def cast(tree, dtype: str):
-    """Every floating NumPy leaf of ``tree`` in ``dtype``; other leaves unchanged."""
-    return jax.tree.map(lambda x: x.astype(NP_DTYPES[dtype]) if is_float(x) else x, tree)
 
 
 def _torch_module_type():
@@ -95,8 +79,8 @@ class Side:
         """``(outputs, gradients)`` in NumPy, the inputs and params cast to ``dtype``;
         gradients (``{"inputs": ..., "params": ...}``) only when ``cotangent`` is given
         (None where the side cannot take them: NumPy below float64)."""
-        inputs, kwargs = cast((tuple(inputs), dict(kwargs)), dtype)
-        params = None if self.params is None else cast(self.params, dtype)
+        inputs, kwargs = cast_floats((tuple(inputs), dict(kwargs)), dtype)
+        params = None if self.params is None else cast_floats(self.params, dtype)
         run = {"numpy": _run_numpy, "jax": _run_jax, "torch": _run_torch}[self.framework]
         return run(self, inputs, kwargs, params, dtype, cotangent, rng)
 
@@ -122,26 +106,12 @@ def _run_numpy(side, inputs, kwargs, params, dtype, cotangent, rng):
         return outputs, None
     wrt = {"inputs": inputs, "params": params}
 
-    def loss(values):
-        out = _call_numpy(side, values["params"], values["inputs"], kwargs)
-        return sum(float(np.sum(np.asarray(c, np.float64) * np.asarray(o, np.float64)))
-                   for c, o in zip(jax.tree.leaves(cotangent), jax.tree.leaves(out)))
+    def loss():
+        return weighted_sum(cotangent, _call_numpy(side, values["params"], values["inputs"], kwargs))
 
     values = jax.tree.map(lambda x: np.array(x) if is_float(x) else x, wrt)
-    grads = jax.tree.map(lambda x: np.full(x.shape, np.nan) if is_float(x) else None, values)
-    for leaf, grad in zip(jax.tree.leaves(values), jax.tree.leaves(grads)):
-        if not is_float(leaf):
-            continue
-        flat, g = leaf.reshape(-1), grad.reshape(-1)  # views: flat[i] changes the argument
-        chosen = range(flat.size) if flat.size <= FD_SAMPLES else rng.choice(flat.size, FD_SAMPLES, replace=False)
-        for i in chosen:
-            x = flat[i]
-            flat[i] = x + FD_STEP
-            plus = loss(values)
-            flat[i] = x - FD_STEP
-            minus = loss(values)
-            flat[i] = x
-            g[i] = (plus - minus) / (2 * FD_STEP)
+    grads = jax.tree.map(lambda x: central_differences(x, loss, samples=FD_SAMPLES, rng=rng) if is_float(x) else None,
+                         values)
     return outputs, grads
 
 

@@ -30,43 +30,34 @@ import collections
 import concurrent.futures
 import dataclasses
 import importlib
-import pathlib
 import time
 from collections.abc import Callable, Mapping
 
 import jax
-import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 
-from ._programs import Entry, Program, _pick, _put, run_entries
+from ._programs import Entry, Program, run_entries
+from .gradients import (  # noqa: F401  (draw_cotangent, jax_vjp, to_jax: part of this module's interface)
+    FD_SAMPLES,
+    FD_STEP,
+    FD_TOLERANCE,
+    cast_floats,
+    draw_cotangent,
+    finite_differences,
+    jax_vjp,
+    select,
+    to_jax,
+)
 
 # docs/design.md section 5: max abs and max rel error allowed against the NumPy float64 reference.
 TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
-TUTORIAL_TOLERANCE = 1e-6  # either half vs the tutorial's PyTorch class, float32
 DTYPES = tuple(TOLERANCES)
 HALVES = ("numpy", "jax")
 DIRECTIONS = ("forward", "backward")
 
-# Gradients (backward rows) against the NumPy VJP in float64: the same budget as the outputs.
+# Gradients (backward rows) against the NumPy VJP in float64: the same budget as the outputs;
+# against finite differences FD_TOLERANCE (parity_tests/gradients.py says why).
 GRAD_TOLERANCES = dict(TOLERANCES)
-# Central finite differences of the NumPy float64 forward, (L(x + h) - L(x - h)) / 2h for the
-# loss L = sum(cotangent * output), one element at a time. With h = 1e-5 the truncation error
-# is h^2 / 6 times the third derivative, ~1e-10, and the rounding error eps |L| / h ~ 1e-11 |L|
-# (measured: <= 6e-9 on the registered cases), so 1e-6 (abs or rel, as everywhere) leaves
-# two orders of margin or more, while a wrong gradient is off by 1e-2 or more. float64 only.
-FD_STEP = 1e-5
-FD_TOLERANCE = 1e-6
-# Finite differences cost two forward calls per element: arrays larger than this are checked
-# on this many elements, drawn from a generator seeded by the case (``fd_samples=None``: all).
-FD_SAMPLES = 64
-
-_NP_DTYPES = {
-    "float64": np.dtype(np.float64),
-    "float32": np.dtype(np.float32),
-    "float16": np.dtype(np.float16),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,22 +196,6 @@ def register(case: ParityCase) -> ParityCase:
         raise ValueError(f"a parity case named {case.name!r} is registered already")
     REGISTRY[case.name] = case
     return case
-
-
-def cast_floats(tree, dtype: str):
-    """Cast every floating NumPy leaf of ``tree`` to ``dtype``; other leaves pass unchanged."""
-
-    def cast(leaf):
-        if isinstance(leaf, np.ndarray) and str(leaf.dtype) in _NP_DTYPES:
-            return leaf.astype(_NP_DTYPES[dtype])
-        return leaf
-
-    return jax.tree.map(cast, tree)
-
-
-def to_jax(tree):
-    """NumPy array leaves to JAX arrays; Python scalars, strings and bools stay static."""
-    return jax.tree.map(lambda leaf: jnp.asarray(leaf) if isinstance(leaf, np.ndarray) else leaf, tree)
 
 
 def compare(expected, actual, tol: float) -> Comparison:
@@ -386,84 +361,10 @@ def _run_jax(entries: dict) -> dict:
     return results
 
 
-# --- gradients ---------------------------------------------------------------------------------
-def _select(outputs, indices):
-    return outputs if indices is None else tuple(outputs[i] for i in indices)
-
-
-def draw_cotangent(case: ParityCase, outputs):
-    """A standard-normal cotangent shaped like ``outputs``, from a generator seeded by the
-    case (the same draw in every dtype)."""
-    rng = np.random.default_rng([case.seed, 1])
-    return jax.tree.map(lambda out: rng.normal(size=np.shape(out)), outputs)
-
-
-def _loss(case, args, kwargs, cotangent) -> float:
-    outputs = _select(case.numpy_fn(*args, **kwargs), case.cotangent_outputs)
-    return sum(
-        float(np.sum(np.asarray(c, np.float64) * np.asarray(o, np.float64)))
-        for c, o in zip(jax.tree.leaves(cotangent), jax.tree.leaves(outputs))
-    )
-
-
-def finite_differences(case: ParityCase, args, kwargs, cotangent, *, step: float = FD_STEP, samples=None) -> tuple:
-    """Central finite differences of ``L = sum(cotangent * numpy_fn(*args, **kwargs))`` with
-    respect to the case's differentiable arguments, in float64: ``(L(x + h e_i) - L(x - h
-    e_i)) / 2h`` for each element ``i``. With ``samples``, an array larger than that is
-    differenced on ``samples`` elements drawn by a generator seeded by the case; its other
-    elements are NaN."""
-    rng = np.random.default_rng([case.seed, 2])
-    values = [jax.tree.map(lambda x: np.array(x, np.float64), v) for v in _pick(args, kwargs, case.differentiable)]
-    perturbed = lambda: _put(args, kwargs, case.differentiable, values)
-    grads = []
-    for value in values:
-        leaves, treedef = jax.tree.flatten(value)
-        grad_leaves = []
-        for leaf in leaves:
-            flat = leaf.reshape(-1)  # a view: changing flat[i] changes the argument
-            grad = np.full(flat.size, np.nan)
-            if samples is None or flat.size <= samples:
-                chosen = range(flat.size)
-            else:
-                chosen = np.sort(rng.choice(flat.size, samples, replace=False))
-            for i in chosen:
-                x = flat[i]
-                flat[i] = x + step
-                plus = _loss(case, *perturbed(), cotangent)
-                flat[i] = x - step
-                minus = _loss(case, *perturbed(), cotangent)
-                flat[i] = x
-                grad[i] = (plus - minus) / (2 * step)
-            grad_leaves.append(grad.reshape(leaf.shape))
-        grads.append(jax.tree.unflatten(treedef, grad_leaves))
-    return tuple(grads)
-
-
-def jax_vjp(case: ParityCase, args, kwargs, cotangent) -> tuple:
-    """``jax.vjp`` of the case's JAX function with respect to its differentiable arguments,
-    at matmul precision "highest"; the cotangent is cast to each output's dtype."""
-    jargs, jkwargs = to_jax((args, kwargs))
-
-    def fn(*values):
-        a, k = _put(jargs, jkwargs, case.differentiable, values)
-        return _select(case.jax_fn(*a, **k), case.cotangent_outputs)
-
-    @jax.jit  # one compiled program for forward and backward: faster than op-by-op vjp
-    def gradients(values, cotangent):
-        _, vjp = jax.vjp(fn, *values)
-        return tuple(vjp(cotangent))
-
-    values = _pick(jargs, jkwargs, case.differentiable)
-    with jax.default_matmul_precision("highest"):
-        outputs = jax.eval_shape(fn, *values)
-        cotangent = jax.tree.map(lambda c, o: jnp.asarray(c, o.dtype), cotangent, outputs)
-        return jax.device_get(gradients(values, cotangent))
-
-
 def _cotangent(case, args, kwargs, dtype):
     """The row's cotangent: drawn for the shapes of the NumPy float64 outputs, rounded to ``dtype``."""
     args64, kwargs64 = cast_floats((args, kwargs), "float64")
-    outputs = _select(case.numpy_fn(*args64, **kwargs64), case.cotangent_outputs)
+    outputs = select(case.numpy_fn(*args64, **kwargs64), case.cotangent_outputs)
     return cast_floats(draw_cotangent(case, outputs), dtype)
 
 
@@ -591,34 +492,3 @@ def load_cases(*modules: str) -> list[ParityCase]:
     for module in modules:
         importlib.import_module(module)
     return [case for name, case in REGISTRY.items() if name not in before]
-
-
-GOLDEN_PATH = pathlib.Path(__file__).with_name("golden") / "tutorial_additive.npz"
-
-
-def load_tutorial_golden():
-    """The notebook's own run (``torch.manual_seed(0)``, B=1, S=4, H=8), as stored by
-    ``parity_tests/golden/make_tutorial_golden.py``: ``(params, decoder_hidden,
-    encoder_outputs, context, attn_weights)`` with ``params`` already in this package's layout."""
-    import attention_np
-
-    with np.load(GOLDEN_PATH) as g:
-        state = {"attn.weight": g["attn_weight"], "attn.bias": g["attn_bias"], "v": g["v"]}
-        params = attention_np.additive_params_from_torch(state)
-        return params, g["decoder_hidden"], g["encoder_outputs"], g["context"], g["attn_weights"]
-
-
-def run_tutorial_golden() -> list[Result]:
-    """Both halves, float32, against the outputs of the tutorial's PyTorch class."""
-    import attention_jax
-    import attention_np
-
-    params, hidden, encoder_outputs, context, weights = load_tutorial_golden()
-    results = []
-    for half, fn in (("numpy", attention_np.additive_attention), ("jax", attention_jax.additive_attention)):
-        args = (params, hidden, encoder_outputs) if half == "numpy" else to_jax((params, hidden, encoder_outputs))
-        with jax.default_matmul_precision("highest"):
-            actual = jax.device_get(fn(*args))
-        comparison = compare((context, weights), actual, TUTORIAL_TOLERANCE)
-        results.append(Result("tutorial golden (PyTorch)", "additive_attention", "B=1 S=4 H=8", "float32", half, comparison, reference="PyTorch, stored"))
-    return results

@@ -26,7 +26,8 @@ from ._port_report import (  # noqa: F401  (the tolerances are part of this modu
     _paths,
     compare_leaf,
 )
-from ._sides import NP_DTYPES, Side, cast
+from ._sides import Side
+from .gradients import NP_DTYPES, cast_floats
 
 
 def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
@@ -158,17 +159,18 @@ class _Run:
     def check(self, inputs, dtype, seed) -> list:
         src, prt, ref, mapped = self.src, self.prt, self.ref, self.params
         # both sides get the same rounded numbers; the reference computes on them in float64
-        rounded = cast(inputs, dtype)
-        rounded_kwargs, rounded_port_kwargs = cast((self.kwargs, self.port_kwargs), dtype)
-        ref_in, ref_kwargs = cast((rounded, rounded_kwargs), "float64")
-        ref_side = ref if ref.params is None else dataclasses.replace(ref, params=cast(cast(ref.params, dtype), "float64"))
+        rounded = cast_floats(inputs, dtype)
+        rounded_kwargs, rounded_port_kwargs = cast_floats((self.kwargs, self.port_kwargs), dtype)
+        ref_in, ref_kwargs = cast_floats((rounded, rounded_kwargs), "float64")
+        ref_side = ref if ref.params is None else dataclasses.replace(
+            ref, params=cast_floats(cast_floats(ref.params, dtype), "float64"))
         reference_out, _ = ref_side.run(ref_in, ref_kwargs, "float64")
         cot = reference_grad = None
         fd_rng = lambda: np.random.default_rng([seed, 2])
         if self.gradients:
             rng = np.random.default_rng([seed, 1])
-            cot = cast(jax.tree.map(lambda o: rng.normal(size=np.shape(o)), reference_out), dtype)
-            _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast(cot, "float64"), fd_rng())
+            cot = cast_floats(jax.tree.map(lambda o: rng.normal(size=np.shape(o)), reference_out), dtype)
+            _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast_floats(cot, "float64"), fd_rng())
         source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
         port_out, port_grad = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
         source_out, port_out = (_like(reference_out, out, side) for out, side in ((source_out, src), (port_out, prt)))

@@ -6,10 +6,15 @@ beside what ``attention_np`` and ``attention_jax`` compute from the same inputs 
 parameters, with the max abs error of each.
 """
 
+import pathlib
+
 import jax
 import numpy as np
 
-from .harness import TUTORIAL_TOLERANCE, load_tutorial_golden
+from .gradients import to_jax
+from .harness import Result, compare
+
+TUTORIAL_TOLERANCE = 1e-6  # either half vs the tutorial's PyTorch class, float32
 
 # The notebook's Step 4 labels, in its order, and the golden's names for them.
 QUANTITIES = (
@@ -18,6 +23,37 @@ QUANTITIES = (
     ("Attention Weights", "attn_weights"),
     ("Context Vector", "context"),
 )
+
+
+GOLDEN_PATH = pathlib.Path(__file__).with_name("golden") / "tutorial_additive.npz"
+
+
+def load_tutorial_golden():
+    """The notebook's own run (``torch.manual_seed(0)``, B=1, S=4, H=8), as stored by
+    ``parity_tests/golden/make_tutorial_golden.py``: ``(params, decoder_hidden,
+    encoder_outputs, context, attn_weights)`` with ``params`` already in this package's layout."""
+    import attention_np
+
+    with np.load(GOLDEN_PATH) as g:
+        state = {"attn.weight": g["attn_weight"], "attn.bias": g["attn_bias"], "v": g["v"]}
+        params = attention_np.additive_params_from_torch(state)
+        return params, g["decoder_hidden"], g["encoder_outputs"], g["context"], g["attn_weights"]
+
+
+def run_tutorial_golden() -> list[Result]:
+    """Both halves, float32, against the outputs of the tutorial's PyTorch class."""
+    import attention_jax
+    import attention_np
+
+    params, hidden, encoder_outputs, context, weights = load_tutorial_golden()
+    results = []
+    for half, fn in (("numpy", attention_np.additive_attention), ("jax", attention_jax.additive_attention)):
+        args = (params, hidden, encoder_outputs) if half == "numpy" else to_jax((params, hidden, encoder_outputs))
+        with jax.default_matmul_precision("highest"):
+            actual = jax.device_get(fn(*args))
+        comparison = compare((context, weights), actual, TUTORIAL_TOLERANCE)
+        results.append(Result("tutorial golden (PyTorch)", "additive_attention", "B=1 S=4 H=8", "float32", half, comparison, reference="PyTorch, stored"))
+    return results
 
 
 def tutorial_step4() -> dict:

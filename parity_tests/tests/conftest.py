@@ -7,7 +7,8 @@ import os
 # compile time is most of its time. On CPU the legacy fusion emitters with LLVM at -O0
 # compile about 3.5x faster and change no result (no fast-math either way); numbers in
 # benchmarks/results/experiments.md. Flags already in XLA_FLAGS win; benchmarks never
-# import this file. Set before jax starts its backend; subprocesses inherit it.
+# import this file. Set before jax starts its backend; subprocesses inherit it. The report
+# passes the same options to its own compiles (parity_tests/_programs.py, FAST_CPU_COMPILE).
 _TEST_XLA_FLAGS = {"--xla_cpu_use_fusion_emitters": "false", "--xla_backend_optimization_level": "0",
                    "--xla_llvm_disable_expensive_passes": "true"}
 _given = os.environ.get("XLA_FLAGS", "")
@@ -72,3 +73,15 @@ def jit(request):
 def highest():
     """Full float32 matmuls for the 1e-5 rows (docs/design.md section 5)."""
     return jax.default_matmul_precision("highest")
+
+
+# The longest tests (fresh 8- and 4-device processes, the examples' training runs, the tour)
+# go first, so that pytest-xdist starts them while other workers still have short tests to
+# take, instead of one of them finishing alone at the end.
+LONGEST_FIRST = ("test_sharding.py", "test_ring.py", "test_tiny_lm_example.py", "test_tour.py",
+                 "test_reverse_example.py", "test_specialised_heads_example.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: otherwise collection order
