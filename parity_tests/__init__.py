@@ -6,11 +6,10 @@ and :func:`assert_port` check anyone's port between NumPy, JAX and PyTorch.
 """
 
 from . import cases  # noqa: F401  (registers the built-in cases)
+from .gradients import FD_STEP, FD_TOLERANCE, finite_differences, jax_vjp
 from .harness import (
     DIRECTIONS,
     DTYPES,
-    FD_STEP,
-    FD_TOLERANCE,
     GRAD_TOLERANCES,
     REGISTRY,
     TOLERANCES,
@@ -19,8 +18,6 @@ from .harness import (
     Result,
     assert_parity,
     compare,
-    finite_differences,
-    jax_vjp,
     load_cases,
     planned_rows,
     pytest_params,

@@ -24,7 +24,8 @@ import numpy as np
 
 # Each program runs once, so on CPU its compile time is the report's time: XLA's legacy fusion
 # emitters with LLVM at -O0 compile it about 4x faster, with the same results (numbers in
-# benchmarks/results/experiments.md, "The test suite's compile time").
+# benchmarks/results/experiments.md, "The test suite's compile time"). The test suite puts the
+# same options in XLA_FLAGS (parity_tests/tests/conftest.py).
 FAST_CPU_COMPILE = {"xla_cpu_use_fusion_emitters": False, "xla_backend_optimization_level": 0,
                     "xla_llvm_disable_expensive_passes": True}
 

@@ -5,6 +5,7 @@ pass. Each builder returns float64 NumPy inputs; the harness casts them per dtyp
 """
 
 import dataclasses
+import functools
 
 import numpy as np
 
@@ -362,8 +363,14 @@ for _impl in (None, "dense", "chunked"):
 _FLEX_Q_IDS = np.array([[0, 0, 1], [2, 0, 0]])             # batch row 1, query 0: no key of document 2
 _FLEX_KV_IDS = np.array([[0, 0, 1, 1, 1], [0, 0, 0, 1, 1]])
 _FLEX_DOCUMENTS = and_masks(causal_mask, document_mask(_FLEX_Q_IDS, _FLEX_KV_IDS))
-# blocks of 2 x 2: the blocked path's loops run, the last block of each axis is part padding
-_FLEX_BLOCKS = attention_jax.create_block_mask(_FLEX_DOCUMENTS, B, None, T, S, block_sizes=(2, 2))
+
+
+@functools.cache  # built on first use: importing parity_tests runs no JAX computation
+def _flex_blocks():
+    """Blocks of 2 x 2: the blocked path's loops run, the last block of each axis is part padding."""
+    return attention_jax.create_block_mask(_FLEX_DOCUMENTS, B, None, T, S, block_sizes=(2, 2))
+
+
 _FLEX_SOFT_CAP = soft_cap(1.0)
 _FLEX_ALIBI = alibi(2.0 ** -np.arange(1, 7))
 
@@ -381,7 +388,7 @@ def _with_lse(flex_attention):
 
 register(ParityCase(
     "flex_attention/documents+causal+soft-cap blocks 2x2", "flex_attention", f"{_GQA} blocks=2x2",
-    lambda rng: (_sdpa_inputs(rng, 6, K), {"score_mod": _FLEX_SOFT_CAP, "block_mask": _FLEX_BLOCKS}),
+    lambda rng: (_sdpa_inputs(rng, 6, K), {"score_mod": _FLEX_SOFT_CAP, "block_mask": _flex_blocks()}),
     **_both("flex_attention"), differentiable=(0, 1, 2),
 ))
 register(ParityCase(

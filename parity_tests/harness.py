@@ -37,14 +37,12 @@ import jax
 import numpy as np
 
 from ._programs import Entry, Program, run_entries
-from .gradients import (  # noqa: F401  (draw_cotangent, jax_vjp, to_jax: part of this module's interface)
+from .gradients import (
     FD_SAMPLES,
-    FD_STEP,
     FD_TOLERANCE,
     cast_floats,
     draw_cotangent,
     finite_differences,
-    jax_vjp,
     select,
     to_jax,
 )

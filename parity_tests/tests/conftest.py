@@ -3,16 +3,17 @@
 import contextlib
 import os
 
+from parity_tests._programs import FAST_CPU_COMPILE
+
 # The suite compiles a few thousand small programs and runs each once or twice, so XLA's
-# compile time is most of its time. On CPU the legacy fusion emitters with LLVM at -O0
-# compile about 3.5x faster and change no result (no fast-math either way); numbers in
-# benchmarks/results/experiments.md. Flags already in XLA_FLAGS win; benchmarks never
-# import this file. Set before jax starts its backend; subprocesses inherit it. The report
-# passes the same options to its own compiles (parity_tests/_programs.py, FAST_CPU_COMPILE).
-_TEST_XLA_FLAGS = {"--xla_cpu_use_fusion_emitters": "false", "--xla_backend_optimization_level": "0",
-                   "--xla_llvm_disable_expensive_passes": "true"}
+# compile time is most of its time: on CPU the report's compile options (FAST_CPU_COMPILE:
+# legacy fusion emitters, LLVM at -O0) compile about 3.5x faster and change no result; numbers
+# in benchmarks/results/experiments.md. Here they go into XLA_FLAGS, so that every compile of
+# the suite and its subprocesses gets them; flags already in XLA_FLAGS win. This must run
+# before jax starts its backend, which importing parity_tests does not do.
 _given = os.environ.get("XLA_FLAGS", "")
-os.environ["XLA_FLAGS"] = " ".join([_given] + [f"{k}={v}" for k, v in _TEST_XLA_FLAGS.items() if k not in _given]).strip()
+os.environ["XLA_FLAGS"] = " ".join([_given] + [f"--{name}={str(value).lower()}" for name, value in FAST_CPU_COMPILE.items()
+                                               if f"--{name}" not in _given]).strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
