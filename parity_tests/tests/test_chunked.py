@@ -61,13 +61,19 @@ def test_matches_sdpa_values_and_gradients(shape, option, dtype, tol, rng):
     def reference(q, k, v, bias):
         return attention_jax.scaled_dot_product_attention(q, k, v, bias=bias, **kwargs)[0]
 
+    @jax.jit  # one program a case: the outputs and both VJPs
+    def outputs_and_gradients(q, k, v, bias):
+        (_, chunked_vjp), (_, reference_vjp) = jax.vjp(chunked, q, k, v, bias), jax.vjp(reference, q, k, v, bias)
+        return chunked(q, k, v, bias), reference(q, k, v, bias), chunked_vjp(cotangent), reference_vjp(cotangent)
+
     with highest():
-        np.testing.assert_allclose(chunked(q, k, v, bias), reference(q, k, v, bias), rtol=tol, atol=tol)
-        argnums = (0, 1, 2, 3) if bias is not None else (0, 1, 2)
-        grads = [jax.grad(lambda *a, f=f: jnp.sum(f(*a) * cotangent), argnums=argnums)(q, k, v, bias) for f in (chunked, reference)]
-    for ours, expected in zip(*grads):
-        assert ours.dtype == expected.dtype
-        np.testing.assert_allclose(ours, expected, rtol=tol, atol=tol)
+        ours, expected, our_grads, expected_grads = outputs_and_gradients(q, k, v, bias)
+    np.testing.assert_allclose(ours, expected, rtol=tol, atol=tol)
+    assert (bias is None) == (our_grads[3] is None)
+    for ours, expected in zip(our_grads, expected_grads):
+        if expected is not None:
+            assert ours.dtype == expected.dtype
+            np.testing.assert_allclose(ours, expected, rtol=tol, atol=tol)
 
 
 def test_fully_masked_query_gives_zero_output_and_gradients(rng):
