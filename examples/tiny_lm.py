@@ -132,6 +132,12 @@ def train_step(model, optimizer, tokens, lengths):
     return loss
 
 
+@nnx.jit
+def decode(model, tokens, lengths=None):
+    """One call with the decode cache: the prompts' prefill, or one new token for every row."""
+    return model(tokens, lengths, decode=True)
+
+
 def sample(model, prompts, new_tokens, rng):
     """Continue every prompt by ``new_tokens`` characters (temperature 0.7) with the decode
     cache: the right-padded prompts prefilled in one call, then one token per call for all."""
@@ -141,7 +147,7 @@ def sample(model, prompts, new_tokens, rng):
         tokens[b, : lengths[b]] = [BOS] + [ENCODE[c] for c in p]
     for block in model.blocks:
         block.attention.init_cache((len(prompts), lengths.max() + new_tokens, model.embed.features))
-    logits = model(jnp.asarray(tokens), jnp.asarray(lengths), decode=True)            # (B, T, V)
+    logits = decode(model, jnp.asarray(tokens), jnp.asarray(lengths))                 # (B, T, V)
     last = np.asarray(logits)[np.arange(len(prompts)), lengths - 1]                  # each row's last real token
     out = [[] for _ in prompts]
     for _ in range(new_tokens):
@@ -149,7 +155,7 @@ def sample(model, prompts, new_tokens, rng):
         nxt = np.array([rng.choice(VOCAB, p=p / p.sum()) for p in probs], np.int32)
         for b, t in enumerate(nxt):
             out[b].append(int(t))
-        last = np.asarray(model(jnp.asarray(nxt[:, None]), decode=True))[:, 0]
+        last = np.asarray(decode(model, jnp.asarray(nxt[:, None])))[:, 0]
     for block in model.blocks:
         block.attention.cached_key = block.attention.cached_value = block.attention.cache_index = None
     return [p + decode_text(o) for p, o in zip(prompts, out)]
