@@ -136,10 +136,15 @@ OPTIONS = ("bias", "mask", "is_causal", "query_seq_lengths", "key_value_seq_leng
 
 
 def run_jax(fn, p):
-    """``fn(query, key, value, **options)`` and its ``jax.vjp`` under the problem's ``d_out``."""
+    """``fn(query, key, value, **options)`` and its ``jax.vjp`` under the problem's ``d_out``,
+    compiled as one program."""
     options = {n: p[n] for n in OPTIONS}
-    out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **options), *(jnp.asarray(p[n]) for n in ("query", "key", "value")))
-    return out, vjp(jnp.asarray(p["d_out"]))
+
+    @jax.jit
+    def forward_and_backward(q, k, v, d_out):
+        out, vjp = jax.vjp(lambda q, k, v: fn(q, k, v, **options), q, k, v)
+        return out, vjp(d_out)
+    return forward_and_backward(*(jnp.asarray(p[n]) for n in ("query", "key", "value", "d_out")))
 
 
 PATHS = {
