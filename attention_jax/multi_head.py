@@ -13,7 +13,6 @@ from ._random import init_from_numpy
 from ._sharding import head_sum_sharding
 from .dot_product import scaled_dot_product_attention
 
-
 LAYER_NORM_EPSILON = 1e-6  # flax.nnx.LayerNorm's default, which normalize_qk uses
 
 

@@ -79,7 +79,7 @@ class MultiHeadAttention(nnx.Module):
         precision=None,
         kernel_init=_default_kernel_init,
         out_kernel_init=None,
-        bias_init=_initializers.zeros_init(),
+        bias_init=_initializers.zeros_init(),  # noqa: B008 (flax.nnx.MultiHeadAttention's default)
         out_bias_init=None,
         use_bias: bool = True,
         attention_fn=None,

@@ -4,11 +4,10 @@ eval_shape), in both halves. Expected values come from elsewhere: the fully mask
 (the project's rule for "nothing to attend to"), jax.nn, torch, Flax, or per-element calls.
 """
 
-import numpy as np
-import pytest
-
 import jax
 import jax.numpy as jnp
+import numpy as np
+import pytest
 
 import attention_jax
 import attention_np
