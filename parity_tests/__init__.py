@@ -7,7 +7,9 @@ and :func:`assert_port` check anyone's port between NumPy, JAX and PyTorch.
 
 from . import cases  # noqa: F401  (registers the built-in cases)
 from .gradients import FD_STEP, FD_TOLERANCE, finite_differences, jax_vjp
-from .harness import (
+from .harness import assert_parity, compare, planned_rows, pytest_params, run_all, run_case
+from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port
+from .registry import (
     DIRECTIONS,
     DTYPES,
     GRAD_TOLERANCES,
@@ -16,16 +18,9 @@ from .harness import (
     Comparison,
     ParityCase,
     Result,
-    assert_parity,
-    compare,
     load_cases,
-    planned_rows,
-    pytest_params,
     register,
-    run_all,
-    run_case,
 )
-from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port
 from .tutorial import load_tutorial_golden, run_tutorial_golden
 
 __all__ = [

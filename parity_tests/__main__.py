@@ -36,8 +36,8 @@ import jax
 jax.config.update("jax_enable_x64", True)  # float64 parity; float32 cases stay float32
 
 from . import DIRECTIONS, DTYPES, REGISTRY, load_cases, planned_rows, run_all, run_tutorial_golden  # noqa: E402
-from .harness import HALVES  # noqa: E402
 from .port import PORTS  # noqa: E402
+from .registry import HALVES  # noqa: E402
 
 COLUMNS = ("mechanism", "case", "shapes", "direction", "dtype", "half", "reference", "max abs err", "max rel err", "tol", "result")
 SHORT = {"float64": "f64", "float32": "f32", "float16": "f16", "bfloat16": "b16"}

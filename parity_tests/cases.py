@@ -13,7 +13,7 @@ import attention_jax
 import attention_np
 from attention_np.mods import alibi, and_masks, causal_mask, document_mask, soft_cap
 
-from .harness import REGISTRY, ParityCase, register
+from .registry import REGISTRY, ParityCase, register
 
 B, T, S, N, K, H = 2, 3, 5, 7, 3, 11
 

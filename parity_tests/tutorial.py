@@ -12,7 +12,8 @@ import jax
 import numpy as np
 
 from .gradients import to_jax
-from .harness import Result, compare
+from .harness import compare
+from .registry import Result
 
 TUTORIAL_TOLERANCE = 1e-6  # either half vs the tutorial's PyTorch class, float32
 

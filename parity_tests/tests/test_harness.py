@@ -16,7 +16,7 @@ import attention_jax
 import parity_tests
 from parity_tests import REGISTRY, Comparison, Result, assert_parity, planned_rows, pytest_params, run_case
 from parity_tests import __main__ as report
-from parity_tests.harness import FINITE_DIFFERENCES, NUMPY_VJP
+from parity_tests.registry import FINITE_DIFFERENCES, NUMPY_VJP
 
 SDPA = REGISTRY["scaled_dot_product_attention/plain"]
 SOFT = REGISTRY["soft_attention/plain"]  # a finite-differences case
