@@ -77,10 +77,9 @@ def highest():
 
 
 # pytest-xdist runs each file on one worker (`--dist loadfile` in pyproject.toml), so that a
-# program shared by a file's tests compiles once, not once per worker (test_nnx_mha: 121 s on
-# one worker, 186 s of worker time split over two). The workers take the files longest first,
-# as measured on 2 cores, so that no long file starts last; files not listed follow in
-# collection order.
+# program shared by a file's tests compiles once, not once per worker (numbers in
+# benchmarks/results/experiments.md). The workers take the files longest first, as measured on
+# 2 cores, so that no long file starts last; files not listed follow in collection order.
 LONGEST_FIRST = ("test_nnx_mha.py", "test_chunked.py", "test_edge_cases.py", "test_every_path.py",
                  "test_sharding.py", "test_flex.py", "test_seq2seq.py", "test_parity.py", "test_packed.py",
                  "test_dot_product.py", "test_port.py", "test_mechanisms.py", "test_reliability.py",

@@ -70,10 +70,10 @@ def test_matches_sdpa_values_and_gradients(shape, option, dtype, tol, rng):
         ours, expected, our_grads, expected_grads = outputs_and_gradients(q, k, v, bias)
     np.testing.assert_allclose(ours, expected, rtol=tol, atol=tol)
     assert (bias is None) == (our_grads[3] is None)
-    for ours, expected in zip(our_grads, expected_grads):
-        if expected is not None:
-            assert ours.dtype == expected.dtype
-            np.testing.assert_allclose(ours, expected, rtol=tol, atol=tol)
+    for got, want in zip(our_grads, expected_grads):
+        if want is not None:
+            assert got.dtype == want.dtype
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol)
 
 
 def test_fully_masked_query_gives_zero_output_and_gradients(rng):
