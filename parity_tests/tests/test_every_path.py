@@ -297,7 +297,7 @@ def test_cached_step(seed, lengths, steps, upstream):
         step = lambda x: attention_jax.multi_head_attention_step(params32, x, cache)
         with jax.default_matmul_precision("highest"):
             out, _, next_cache = step(x32)
-            grad = jax.grad(lambda x: (step(x)[0] * d_out).sum())(x32)
+            grad = jax.jit(jax.grad(lambda x: (step(x)[0] * d_out).sum()))(x32)
         assert error(out, expected) <= TOLERANCE["float32"]
         assert np.isfinite(np.asarray(grad)).all()
         cache = next_cache

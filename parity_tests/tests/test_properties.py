@@ -93,7 +93,7 @@ def test_causal_outputs_do_not_depend_on_later_inputs(inputs):
     T = min(query.shape[1], key.shape[1])
     x = jnp.asarray(query[:, :T])  # self-attention: query = key = value = x
     # d out[:, t] / d x[:, u] for every t and u at once: (B, T, N, H, B, T, N, H)
-    jacobian = np.asarray(jax.jacrev(lambda x: attention_jax.scaled_dot_product_attention(x, x, x, is_causal=True)[0])(x))
+    jacobian = np.asarray(jax.jit(jax.jacrev(lambda x: attention_jax.scaled_dot_product_attention(x, x, x, is_causal=True)[0]))(x))
     for t in range(T):
         assert np.all(jacobian[:, t, :, :, :, t + 1 :] == 0)
 

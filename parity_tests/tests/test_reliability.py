@@ -138,7 +138,7 @@ def _float_leaves_grad(mechanism, rng, loss_of_outputs):
     function = fn("jax", mechanism)
     args = to_jax(args)
     kwargs = to_jax(kwargs)
-    return jax.grad(lambda a: loss_of_outputs(function(*a, **kwargs)))(args)
+    return jax.jit(jax.grad(lambda a: loss_of_outputs(function(*a, **kwargs))))(args)  # one program
 
 
 @pytest.mark.parametrize("mechanism", WITH_MASKED_ROWS, ids=[m.name for m in WITH_MASKED_ROWS])
