@@ -105,7 +105,7 @@ def test_jax_compiles_to_scans_and_differentiates(rng):
         logits, _ = attention_jax.seq2seq_forward(p, source_ids, target_in_ids, source_mask=mask)
         return -jax.nn.log_softmax(logits)[..., 0].mean()
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     assert all(bool(jnp.isfinite(g).all()) for g in jax.tree.leaves(grads))
     assert float(jnp.abs(grads["attention"]["additive"]["v"]).max()) > 0
     np.testing.assert_array_equal(grads["source_embed"]["embedding"][np.setdiff1d(np.arange(V_SRC), source_ids)], 0)
