@@ -9,10 +9,12 @@ heads, H features per head, E model width.
 """
 
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
-from attention_np._validate import check_kv_cache_step, multi_head_used
+from attention_np._validate import check_kv_cache_step, check_soft_cap, check_window, multi_head_used
 from attention_np.kv_cache import check_capacity
 
 from ._dtypes import cast_params, compute_dtype
@@ -31,11 +33,12 @@ def init_kv_cache(batch, max_len, num_kv_heads, head_dim, *, dtype=jnp.float32):
     return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype), "length": jnp.zeros(batch, jnp.int32)}
 
 
-def multi_head_attention_step(params, x_new, cache):
+def multi_head_attention_step(params, x_new, cache, *, local_window_size=None, logits_soft_cap=None):
     r"""Causal multi-head self-attention for ``k`` new tokens, against the cache and each other.
 
     New token j of row b sits at position :math:`p = \mathrm{length}_b + j`; its key and value
-    are written there, and it attends to every position :math:`s \le p`:
+    are written there, and it attends to every position :math:`s \le p` (with a window
+    ``(left, right)``, to :math:`p - \mathrm{left} \le s \le p`):
 
     .. math::
         \mathrm{out}_{bj} = \mathrm{MHA}(x_{bj};\ K_{b,0..p}, V_{b,0..p})
@@ -48,6 +51,8 @@ def multi_head_attention_step(params, x_new, cache):
         every bias, and ``query_ln``/``key_ln`` for Flax's ``normalize_qk``.
       x_new: ``(B, k, E)``, k >= 1 new tokens per row (k is static: one compilation per k).
       cache: from :func:`init_kv_cache` or a previous step, with K and H of ``params``.
+      local_window_size, logits_soft_cap: as :func:`attention_np.multi_head_attention_step`
+        (the window counted in cache positions); ``params["sinks"]`` ``(N,)`` sink logits.
 
     Returns:
       ``(out, weights, cache)``: ``(B, k, E)``, ``(B, N, k, L)`` (zero past each token's
@@ -63,11 +68,11 @@ def multi_head_attention_step(params, x_new, cache):
     shapes = check_kv_cache_step(params, x_new, cache)
     if not isinstance(cache["length"], jax.core.Tracer):
         check_capacity(jax.device_get(cache["length"]), shapes["k"], shapes["L"])
-    return _step(params, x_new, cache)
+    return _step(params, x_new, cache, check_window(local_window_size), check_soft_cap(logits_soft_cap))
 
 
-@jax.jit
-def _step(params, x_new, cache):
+@functools.partial(jax.jit, static_argnums=(3, 4))
+def _step(params, x_new, cache, window, logits_soft_cap):
     B, k, _ = x_new.shape
     L = cache["key"].shape[1]
     dtype, compute = x_new.dtype, compute_dtype(x_new.dtype)
@@ -90,7 +95,10 @@ def _step(params, x_new, cache):
     value = value.at[rows, positions].set(new_value, mode="drop")
     # 3. each new token attends to every position up to its own
     mask = jnp.arange(L) <= positions[:, :, None]                          # (B, k, L)
-    heads, weights = scaled_dot_product_attention(q, key, value, mask=mask[:, None])  # (B, k, N, H), (B, N, k, L)
+    if window is not None:  # and no further back than `left`, counted in cache positions
+        mask &= jnp.arange(L) >= positions[:, :, None] - window[0]
+    heads, weights = scaled_dot_product_attention(q, key, value, mask=mask[:, None], sinks=p.get("sinks"),
+                                                  logits_soft_cap=logits_soft_cap)  # (B, k, N, H), (B, N, k, L)
     # 4. mix the heads back to the model width
     out = jnp.einsum("BkNH,NHE->BkE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, k, E)
     cache_dtype = cache["key"].dtype

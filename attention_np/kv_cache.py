@@ -12,7 +12,7 @@ N query heads, K key/value heads, H features per head, E model width.
 import numpy as np
 
 from ._dtypes import cast_params, compute_dtype
-from ._validate import check_kv_cache_step, multi_head_used
+from ._validate import check_kv_cache_step, check_soft_cap, check_window, multi_head_used
 from .dot_product import scaled_dot_product_attention
 from .multi_head import _layer_norm
 
@@ -38,11 +38,12 @@ def check_capacity(length, k, max_len):
         )
 
 
-def multi_head_attention_step(params, x_new, cache):
+def multi_head_attention_step(params, x_new, cache, *, local_window_size=None, logits_soft_cap=None):
     r"""Causal multi-head self-attention for ``k`` new tokens, against the cache and each other.
 
     New token j of row b sits at position :math:`p = \mathrm{length}_b + j`; its key and value
-    are written there, and it attends to every position :math:`s \le p`:
+    are written there, and it attends to every position :math:`s \le p` (with a window
+    ``(left, right)``, to :math:`p - \mathrm{left} \le s \le p`):
 
     .. math::
         \mathrm{out}_{bj} = \mathrm{MHA}(x_{bj};\ K_{b,0..p}, V_{b,0..p})
@@ -57,6 +58,12 @@ def multi_head_attention_step(params, x_new, cache):
       x_new: ``(B, k, E)``, k >= 1 new tokens per row (one token, or a chunk: a prompt's
         prefill, a speculative draft).
       cache: from :func:`init_kv_cache` or a previous step, with K and H of ``params``.
+      local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``), as in
+        :func:`multi_head_attention`: measured between cache positions, so stepping equals
+        the causal full pass with the same window (``right`` looks ahead, where the cache
+        holds nothing yet). Sliding-window models (Mistral, Gemma 2) decode with ``(w, 0)``.
+      logits_soft_cap: optional float, as in :func:`multi_head_attention`. An entry
+        ``params["sinks"]`` ``(N,)`` gives every head a sink logit, as there.
 
     Returns:
       ``(out, weights, cache)``: ``(B, k, E)``, ``(B, N, k, L)`` (zero past each token's
@@ -65,6 +72,7 @@ def multi_head_attention_step(params, x_new, cache):
     """
     x_new = np.asarray(x_new)
     shapes = check_kv_cache_step(params, x_new, cache)
+    window, logits_soft_cap = check_window(local_window_size), check_soft_cap(logits_soft_cap)
     check_capacity(np.asarray(cache["length"]), shapes["k"], shapes["L"])
     B, k, L = shapes["B"], shapes["k"], shapes["L"]
     dtype, compute = x_new.dtype, compute_dtype(x_new.dtype)
@@ -86,7 +94,10 @@ def multi_head_attention_step(params, x_new, cache):
     key[rows, positions], value[rows, positions] = new_key, new_value
     # 3. each new token attends to every position up to its own
     mask = np.arange(L) <= positions[:, :, None]                           # (B, k, L)
-    heads, weights = scaled_dot_product_attention(q, key, value, mask=mask[:, None])  # (B, k, N, H), (B, N, k, L)
+    if window is not None:  # and no further back than `left`, counted in cache positions
+        mask &= np.arange(L) >= positions[:, :, None] - window[0]
+    heads, weights = scaled_dot_product_attention(q, key, value, mask=mask[:, None], sinks=p.get("sinks"),
+                                                  logits_soft_cap=logits_soft_cap)  # (B, k, N, H), (B, N, k, L)
     # 4. mix the heads back to the model width
     out = np.einsum("BkNH,NHE->BkE", heads, p["out"]["kernel"]) + p["out"]["bias"]  # (B, k, E)
     cache_dtype = np.asarray(cache["key"]).dtype

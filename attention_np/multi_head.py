@@ -5,7 +5,7 @@ import numpy as np
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
 from ._masking import attended_keys, combine_all_masks, segment_mask
-from ._validate import Shapes, check_heads, check_key_value, check_multi_head, multi_head_used
+from ._validate import Shapes, check_heads, check_key_value, check_multi_head, check_window, multi_head_used
 from .dot_product import scaled_dot_product_attention
 
 LAYER_NORM_EPSILON = 1e-6  # flax.nnx.LayerNorm's default, which normalize_qk uses
@@ -25,7 +25,8 @@ def _layer_norm(x, scale):
 
 
 def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False,
-                         query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None):
+                         local_window_size=None, query_segment_ids=None, key_value_segment_ids=None,
+                         logits_soft_cap=None):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
     .. math::
@@ -63,6 +64,8 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         relative positions), as in :func:`scaled_dot_product_attention`.
       mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
+      local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``): query t
+        attends only keys ``t - left <= s <= t + right``, as :func:`scaled_dot_product_attention`.
       query_segment_ids, key_value_segment_ids, logits_soft_cap: as
         :func:`scaled_dot_product_attention` (packed sequences; Gemma 2's soft-cap). An entry
         ``params["sinks"]`` ``(N,)`` gives every head a sink logit (attention sinks).
@@ -122,6 +125,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         k = _layer_norm(k, p["key_ln"]["scale"])    # (B, S, K, H)
     # 3. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, sinks=p.get("sinks"),
+                                                  local_window_size=local_window_size,
                                                   query_segment_ids=query_segment_ids, logits_soft_cap=logits_soft_cap,
                                                   key_value_segment_ids=key_value_segment_ids)  # (B, T, N, H)
     # 4. mix the heads to the output width F
@@ -130,8 +134,9 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     if S == 0:
         out = np.zeros_like(out)  # no key at all: every query has nothing to attend to
     segments = segment_mask(query_segment_ids, key_value_segment_ids, B)  # (B, 1, T, S) or None
-    if mask is not None or segments is not None:
-        combined = combine_all_masks(mask, is_causal, None, None, T, S, segments)
+    window = check_window(local_window_size)
+    if mask is not None or segments is not None or window is not None:
+        combined = combine_all_masks(mask, is_causal, window, None, T, S, segments)
         attends = np.broadcast_to(combined, (B, N, T, S)).any(axis=(1, 3))  # (B, T)
         out = np.where(attends[..., None], out, 0)
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)

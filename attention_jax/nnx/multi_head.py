@@ -15,7 +15,7 @@ from flax.nnx.nn import initializers as _initializers
 from flax.nnx.nn.dtypes import promote_dtype as _promote_dtype
 from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init
 
-from attention_np._validate import check_mask_dtype, check_soft_cap
+from attention_np._validate import check_mask_dtype, check_soft_cap, check_window
 from attention_np.rotary import rotary_features
 
 from .._sharding import head_sum_sharding
@@ -185,6 +185,7 @@ class MultiHeadAttention(nnx.Module):
         qkv_sharding=None,
         query_segment_ids=None,
         key_value_segment_ids=None,
+        input_positions=None,
     ):
         """Multi-head attention of ``inputs_q (B..., T, E)`` over ``inputs_k``/``inputs_v``
         ``(B..., S, E_kv)`` (default: ``inputs_q``, then ``inputs_k``), as Flax's ``__call__``.
@@ -202,6 +203,8 @@ class MultiHeadAttention(nnx.Module):
         chunked path skips the blocks where no id meets). With ``rotary``: ``positions`` (int, broadcastable to
         ``(B..., T)``; queries and keys, T == S) for the rotary embeddings, default ``0..T-1``
         for queries and ``0..S-1`` for keys, and while decoding the cache's position onwards.
+        ``input_positions`` is Flax's name for ``positions`` (newer Flax releases pass it on to
+        ``attention_fn``; so does this module, when it is given).
 
         Example: a padded batch without building a mask::
 
@@ -210,6 +213,11 @@ class MultiHeadAttention(nnx.Module):
         Returns:
           ``(B..., T, out_features)``.
         """
+        if input_positions is not None:
+            if positions is not None:
+                raise ValueError("positions and input_positions are the same argument (input_positions is Flax's "
+                                 "name); pass one of them")
+            positions = input_positions
         if rngs is None:
             rngs = self.rngs
         elif isinstance(rngs, _rnglib.Rngs):
@@ -247,8 +255,8 @@ class MultiHeadAttention(nnx.Module):
             raise ValueError("key_value_seq_lengths is not supported with decode: the cache masks the keys not yet "
                              "written; query_seq_lengths gives each row's number of new tokens")
         if decode:
-            key, value, mask = self._update_cache(key, value, mask, query_seq_lengths)
-            query_seq_lengths = None  # in the cache mask now
+            key, value, mask = self._update_cache(key, value, mask, query_seq_lengths, check_window(local_window_size))
+            query_seq_lengths = local_window_size = None  # in the cache mask now, in cache positions
             key, value = key.astype(query.dtype), value.astype(query.dtype)  # a cache kept in another dtype
             is_causal = False  # the cache mask is causal already
         # 3. dropout, Flax's rule for `deterministic`
@@ -266,7 +274,7 @@ class MultiHeadAttention(nnx.Module):
         # 4. attention in every head: a user's attention_fn is called as Flax calls it
         if self.attention_fn is not None:
             return self._call_attention_fn(query, key, value, mask, dropout_rng, deterministic, sow_weights,
-                                           is_causal, out_sharding, bias=bias, local_window_size=local_window_size,
+                                           is_causal, out_sharding, input_positions, bias=bias, local_window_size=local_window_size,
                                            query_seq_lengths=query_seq_lengths, positions=positions,
                                            key_value_seq_lengths=key_value_seq_lengths, implementation=implementation,
                                            query_segment_ids=query_segment_ids,
@@ -296,10 +304,11 @@ class MultiHeadAttention(nnx.Module):
         return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
 
     def _call_attention_fn(self, query, key, value, mask, dropout_rng, deterministic, sow_weights, is_causal,
-                           out_sharding, **ours):
+                           out_sharding, input_positions, **ours):
         """Flax's step 4 and 5 with the user's ``attention_fn`` in place of ours: called with
         Flax's arguments, its output projected as Flax does (no zeroing of queries that see no
         key: the function decides). Our own call options have no meaning for it."""
+        forwarded = {} if input_positions is None else {"input_positions": input_positions}  # as newer Flax does
         given = sorted(name for name, value in ours.items() if value is not None and name != "positions")
         if given:
             raise ValueError(f"{', '.join(given)} cannot be combined with attention_fn (the function replaces "
@@ -307,7 +316,8 @@ class MultiHeadAttention(nnx.Module):
         heads = self.attention_fn(
             query, key, value, mask=mask, dropout_rng=dropout_rng, dropout_rate=self.dropout_rate,
             broadcast_dropout=self.broadcast_dropout, deterministic=deterministic if self.dropout_rate > 0 else True,
-            dtype=self.dtype, precision=self.precision, module=self if sow_weights else None, is_causal=is_causal)
+            dtype=self.dtype, precision=self.precision, module=self if sow_weights else None, is_causal=is_causal,
+            **forwarded)
         return self.out(heads, out_sharding=out_sharding)
 
     @classmethod
@@ -360,11 +370,13 @@ class MultiHeadAttention(nnx.Module):
             return rotate(query, positions), rotate(key, positions)
         return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))
 
-    def _update_cache(self, key, value, mask, lengths=None):
+    def _update_cache(self, key, value, mask, lengths=None, window=None):
         """Write ``key``/``value (B..., k, K, H)`` at each row's ``cache_index`` and return the
-        whole cache with the mask of the positions each new token may see: ``s <= index[b] + j``,
-        and with ``lengths`` only the first ``lengths[b]`` new tokens of row b are real (the
-        rest are padding: they see nothing, and the next call overwrites them)."""
+        whole cache with the mask of the positions each new token may see: ``s <= index[b] + j``
+        (with ``window = (left, right)`` also ``s >= index[b] + j - left``: the window counted
+        in cache positions, as the full pass counts it), and with ``lengths`` only the first
+        ``lengths[b]`` new tokens of row b are real (the rest are padding: they see nothing, and
+        the next call overwrites them)."""
         if self.cached_key is None or self.cached_value is None or self.cache_index is None:
             raise ValueError("Autoregressive cache not initialized, call ``init_cache`` first.")
         *batch, max_length, num_kv_heads, head_dim = self.cached_key.shape
@@ -393,6 +405,8 @@ class MultiHeadAttention(nnx.Module):
         s, j = jnp.arange(max_length), jnp.arange(k)[:, None]
         start, count = index[..., None, None, None], lengths[..., None, None, None]     # (B..., 1, 1, 1)
         visible = (s <= start + j) & (s < start + count) & (j < count)                  # (B..., 1, k, L)
+        if window is not None:
+            visible &= s >= start + j - window[0]
         mask = visible if mask is None else jnp.logical_and(mask, visible)
         return key, value, mask
 
