@@ -219,7 +219,8 @@ def add_bias_block(dbias, ds, t0, s0):
     ds = ds.sum(axis=axes, keepdims=True)
     t0 = t0 if dbias.shape[2] != 1 else 0
     s0 = s0 if dbias.shape[4] != 1 else 0
-    start = (0, 0, t0, 0, s0)
+    # one index dtype: with x64 on, Python ints are int64 and the loops' block indices int32
+    start = tuple(jnp.asarray(x, jnp.int32) for x in (0, 0, t0, 0, s0))
     return lax.dynamic_update_slice(dbias, lax.dynamic_slice(dbias, start, ds.shape) + ds.astype(dbias.dtype), start)
 
 
