@@ -114,3 +114,65 @@ def test_module_rotates_after_the_projection(rng):
 def test_module_refuses_a_head_too_small_to_rotate():
     with pytest.raises(ValueError, match="H \\* fraction must be at least 2; got H=4, fraction=0.25"):
         MultiHeadAttention(2, 8, rotary=True, rotary_fraction=0.25, rngs=nnx.Rngs(0))
+
+
+def _project(params, x, name):
+    return np.einsum("BTE,ENH->BTNH", x, params[name]["kernel"]) + params[name]["bias"]
+
+
+def test_module_cross_attention_rotates_queries_at_0_to_T_and_keys_at_0_to_S(rng):
+    """T = 3 queries over S = 5 keys with the default positions: queries turned at 0..2, keys
+    at 0..4 (rotated by hand), then attention and the output projection, in NumPy."""
+    E, N, H = 6, 2, 4
+    module = MultiHeadAttention(N, E, qkv_features=N * H, rotary=True, decode=False, rngs=nnx.Rngs(4))
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    x_q, x_kv = rng.normal(size=(2, 3, E)), rng.normal(size=(2, 5, E))
+    q = rotation_by_hand(_project(params, x_q, "query"), np.arange(3), 10000.0, 1.0)
+    k = rotation_by_hand(_project(params, x_kv, "key"), np.arange(5), 10000.0, 1.0)
+    heads, _ = attention_np.scaled_dot_product_attention(q, k, _project(params, x_kv, "value"))
+    expected = np.einsum("BTNH,NHF->BTF", heads, params["out"]["kernel"]) + params["out"]["bias"]
+    with jax.default_matmul_precision("highest"):
+        got = module(jnp.asarray(x_q, jnp.float32), jnp.asarray(x_kv, jnp.float32))
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_the_decode_cache_holds_each_key_rotated_at_its_position(rng):
+    """Outputs depend on positions only through t - s, so a cache shifted by one position
+    would decode the same outputs: check what the cache holds, key by key."""
+    E, N, H, T = 6, 2, 4, 5
+    module = MultiHeadAttention(N, E, qkv_features=N * H, rotary=True, decode=True, rngs=nnx.Rngs(5))
+    params = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    x = rng.normal(size=(2, T, E))
+    module.init_cache((2, 8, E))
+    with jax.default_matmul_precision("highest"):
+        module(jnp.asarray(x[:, :3], jnp.float32))                        # a prefill of 3, then two steps
+        for t in (3, 4):
+            module(jnp.asarray(x[:, t:t + 1], jnp.float32))
+    expected = rotation_by_hand(_project(params, x, "key"), np.arange(T), 10000.0, 1.0)
+    np.testing.assert_allclose(module.cached_key[...][:, :T], expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(module.cached_key[...][:, T:], 0)
+    np.testing.assert_allclose(module.cached_value[...][:, :T], _project(params, x, "value"), rtol=1e-5, atol=1e-5)
+
+
+def test_input_positions_is_flaxs_name_for_positions(rng):
+    """Newer Flax passes ``input_positions`` to ``MultiHeadAttention.__call__`` and on to its
+    ``attention_fn``: here it is the rotary positions, and reaches a user's attention_fn only
+    when given."""
+    E, T = 8, 4
+    module = MultiHeadAttention(2, E, rotary=True, decode=False, rngs=nnx.Rngs(0))
+    x = jnp.asarray(rng.normal(size=(2, T, E)), jnp.float32)
+    positions = jnp.array([[3, 4, 5, 6], [0, 2, 4, 6]])
+    np.testing.assert_array_equal(module(x, input_positions=positions), module(x, positions=positions))
+    assert float(jnp.abs(module(x, positions=positions) - module(x)).max()) > 1e-3
+    with pytest.raises(ValueError, match="positions and input_positions are the same argument"):
+        module(x, positions=positions, input_positions=positions)
+    seen = []
+
+    def attention_fn(query, key, value, **kwargs):
+        seen.append(kwargs.get("input_positions"))
+        return nnx.dot_product_attention(query, key, value, **{k: v for k, v in kwargs.items()
+                                                                if k != "input_positions"})
+    plain = MultiHeadAttention(2, E, attention_fn=attention_fn, decode=False, rngs=nnx.Rngs(0))
+    plain(x)
+    plain(x, input_positions=positions)
+    assert seen[0] is None and seen[1] is positions
