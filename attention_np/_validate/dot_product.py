@@ -17,6 +17,7 @@ from .engine import (
     check_mask,
     check_same_dtype,
     check_scale,
+    dims,
 )
 
 
@@ -67,7 +68,7 @@ def check_seq_lengths(name: str, lengths, shapes: Shapes) -> None:
     dtype = _dtype_name(lengths)
     if not dtype.startswith(("int", "uint")):
         raise TypeError(f"{name} must have an integer dtype (one length per batch row); got {dtype}")
-    shape = tuple(int(d) for d in lengths.shape)
+    shape = dims(lengths)
     batch = shapes[BATCH]
     if shape not in (tuple(batch), (shapes["B"],)):
         raise ValueError(f"{name} must have shape (B,) = ({shapes['B']},), one length per batch row; got {shape}")
@@ -99,7 +100,7 @@ def check_segment_ids(name: str, ids, shapes: Shapes, letter: str) -> None:
     dtype = _dtype_name(ids)
     if not dtype.startswith(("int", "uint")):
         raise TypeError(f"{name} must have an integer dtype (one segment id per token); got {dtype}")
-    shape = tuple(int(d) for d in ids.shape)
+    shape = dims(ids)
     expected = tuple(shapes[BATCH]) + (shapes[letter],)
     if shape not in (expected, (shapes["B"], shapes[letter])):
         raise ValueError(f"{name} must have shape (B..., {letter}) = {expected}, one id per token; got {shape}")
@@ -120,7 +121,7 @@ def check_sinks(sinks, shapes: Shapes) -> None:
     if sinks is None:
         return
     check_float("sinks", sinks)
-    if tuple(int(d) for d in sinks.shape) != (shapes["N"],):
+    if dims(sinks) != (shapes["N"],):
         raise ValueError(f"sinks must have shape (N,) = ({shapes['N']},), one logit per query head; got {tuple(sinks.shape)}")
 
 

@@ -26,6 +26,12 @@ def batch_letters(batch, letters: str) -> tuple:
     return ("B" if len(batch) == 1 else BATCH,) + tuple(letters)
 
 
+def dims(x) -> tuple:
+    """``x.shape`` as Python ints; a symbolic size (``jax.export``'s shape polymorphism) stays
+    symbolic, so the checks decide what they can (``b == b``) and trace the rest."""
+    return tuple(int(d) if isinstance(d, numbers.Integral) else d for d in x.shape)
+
+
 def _dtype_name(x) -> str:
     return str(getattr(x, "dtype", type(x).__name__))
 
@@ -82,7 +88,7 @@ class Shapes:
         tokens = tuple(str(t) for t in letters)
         if floating:
             check_float(name, x)
-        shape = tuple(int(d) for d in x.shape)
+        shape = dims(x)
         batched = tokens[:1] == (BATCH,)
         core = tokens[1:] if batched else tokens
         n_lead = len(shape) - len(core) if batched else 0  # leading batch axes
@@ -159,7 +165,7 @@ def check_bias(bias, target, *, letters: str) -> None:
 
 
 def check_broadcast(name: str, x, target, letters: str) -> None:
-    shape = tuple(int(d) for d in x.shape)
+    shape = dims(x)
     ok = len(shape) <= len(target) and all(
         s in (1, t) for s, t in zip(reversed(shape), reversed(target))
     )
