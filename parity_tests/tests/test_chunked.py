@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import attention_jax
+import attention_np
 from attention_jax import chunked_attention
 
 from .conftest import highest
@@ -219,3 +220,102 @@ def test_default_blocks_pad_less_than_128_rows_a_block(causal):
             assert -(-L // c) * c - L < 128 * -(-L // c), (L, c)
         bq, bk = sizes.backward_blocks(qc, kc)
         assert qc % bq == 0 and kc % bk == 0, (L, qc, kc, bq, bk)
+
+
+# Block edges exactly where the masks change, fixed rather than drawn, each against the NumPy
+# half with the mask written out: (T, S, query_chunk, key_chunk, options). An off-by-one in the
+# block states (.sparse.option_states) or the block ranges (.masks) skips a block holding one
+# attended entry, or takes a block as full that is not.
+BOUNDARIES = {
+    # causal, 4 x 4 blocks: each diagonal block starts on the diagonal (its first key is its first query)
+    "causal, diagonal on the block edges": (12, 12, 4, 4, dict(is_causal=True)),
+    # causal, keys in blocks of 3: key block [3, 6) starts at the last query of block [0, 4)
+    "causal, first key is the last query": (12, 12, 4, 3, dict(is_causal=True)),
+    # window (1, 0): query 4 sees key 3, the last key of block [0, 4) and the only one it holds for that block
+    "window, last key of a block is the left edge": (12, 12, 4, 4, dict(local_window_size=(1, 0))),
+    # window (0, 1): query 3 sees key 4, the first key of block [4, 8)
+    "window, first key of a block is the right edge": (12, 12, 4, 4, dict(local_window_size=(0, 1))),
+    # window (3, 3): block [4, 8) x [4, 8) is exactly full; (2, 3): the same block is not
+    "window, a block exactly full": (12, 12, 4, 4, dict(local_window_size=(3, 3))),
+    "window, a block one key short of full": (12, 12, 4, 4, dict(local_window_size=(2, 3))),
+    # key lengths on a block edge (4) and one past it (5); query lengths on an edge
+    "lengths on the block edges": (12, 12, 4, 4, dict(key_value_seq_lengths=np.array([4, 5]),
+                                                      query_seq_lengths=np.array([8, 12]))),
+    # segment boundaries on block edges (row 0) and one past them (row 1), causal
+    "segments on the block edges": (12, 12, 4, 4, dict(is_causal=True, segments=np.array(
+        [[0] * 4 + [1] * 4 + [2] * 4, [0] * 5 + [1] * 4 + [2] * 3]))),
+}
+
+
+def _written_out_mask(T, S, options):
+    """The options of BOUNDARIES as one boolean ``(B, 1, T, S)`` mask, built here."""
+    t, s = np.arange(T)[:, None], np.arange(S)[None, :]
+    mask = np.ones((2, 1, T, S), bool)
+    if options.get("is_causal"):
+        mask &= s <= t
+    if "local_window_size" in options:
+        left, right = options["local_window_size"]
+        mask &= (s >= t - left) & (s <= t + right)
+    if "key_value_seq_lengths" in options:
+        mask &= np.arange(S) < options["key_value_seq_lengths"][:, None, None, None]
+        mask &= np.arange(T)[:, None] < options["query_seq_lengths"][:, None, None, None]
+    if "segments" in options:
+        ids = options["segments"]
+        mask &= ids[:, None, :, None] == ids[:, None, None, :]
+    return mask
+
+
+@pytest.mark.parametrize("case", BOUNDARIES)
+def test_block_edges_where_the_masks_change(case, rng):
+    from attention_np.backward import scaled_dot_product_attention_vjp
+
+    T, S, qc, kc, options = BOUNDARIES[case]
+    q, k, v, d_out = (rng.normal(size=(2, n, 2, 4)) for n in (T, S, S, T))
+    mask = _written_out_mask(T, S, options)
+    expected, _ = attention_np.scaled_dot_product_attention(q, k, v, mask=mask)
+    expected_grads = scaled_dot_product_attention_vjp(q, k, v, d_out, mask=mask)
+    options = dict(options)
+    if "segments" in options:
+        ids = options.pop("segments")
+        options |= dict(query_segment_ids=ids, key_value_segment_ids=ids)
+
+    @jax.jit
+    def run(q, k, v, d_out):
+        out, vjp = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, query_chunk_size=qc, key_chunk_size=kc,
+                                                             **options), q, k, v)
+        return out, vjp(d_out)
+
+    out, grads = run(q, k, v, d_out)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    for got, want in zip(grads, expected_grads[:3]):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_gradients_through_the_lse_and_the_sinks_equal_the_mirror(is_causal, rng):
+    """``return_residual=True`` and ``sinks``: the gradients of a loss on both the output and
+    the log-sum-exp, in query, key, value and the sinks, through the custom VJP (blocks of
+    3 x 4, ragged), equal ``jax.grad`` of the dense mirror, float64; and they are not zero."""
+    q, k, v = (rng.normal(size=s) for s in ((2, 7, 4, 5), (2, 9, 2, 5), (2, 9, 2, 5)))
+    sinks, d_out, d_lse = rng.normal(size=4), rng.normal(size=(2, 7, 4, 5)), rng.normal(size=(2, 7, 4))
+
+    def chunked(q, k, v, sinks):
+        return chunked_attention(q, k, v, sinks=sinks, is_causal=is_causal, return_residual=True,
+                                 query_chunk_size=3, key_chunk_size=4)
+
+    def mirror(q, k, v, sinks):
+        out, _, lse = attention_jax.scaled_dot_product_attention(q, k, v, sinks=sinks, is_causal=is_causal,
+                                                                 return_residual=True)
+        return out, lse
+
+    def loss(path):
+        return lambda *args: (lambda out, lse: jnp.sum(out * d_out) + jnp.sum(lse * d_lse))(*path(*args))
+
+    got = jax.jit(jax.grad(loss(chunked), argnums=(0, 1, 2, 3)))(q, k, v, sinks)
+    want = jax.jit(jax.grad(loss(mirror), argnums=(0, 1, 2, 3)))(q, k, v, sinks)
+    for name, g, w in zip(("query", "key", "value", "sinks"), got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-12, err_msg=name)
+        assert np.abs(np.asarray(g)).max() > 1e-3, name
+    # the lse's own part of the query gradient is there: the loss without it differs
+    without = jax.grad(lambda q: jnp.sum(chunked(q, k, v, sinks)[0] * d_out))(q)
+    assert np.abs(np.asarray(got[0]) - np.asarray(without)).max() > 1e-3

@@ -232,3 +232,23 @@ def test_half_precision_backward_of_chunked_has_half_operands():
                                                 argnums=(0, 1, 2)), q, k, v)
     half = OPERAND or "bfloat16"
     assert len(dots) >= 6 and all(d[:2] == (half, half) and d[2] == "float32" for d in dots), dots
+
+
+@pytest.mark.parametrize("path", ["dense", "chunked"])
+def test_causal_keys_past_the_last_query_are_never_read(path):
+    """With the causal mask alone and S > T, keys s >= T have no query: NaN or inf stored
+    there (unwritten cache slots) must not reach the output or the gradients. Expected: the
+    NumPy half on the first T keys only."""
+    Tq, Sk, rng = 5, 9, np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(2, n, 2, 4)) for n in (Tq, Sk, Sk))
+    k[:, Tq:], v[:, Tq:] = np.nan, np.inf
+    expected, _ = attention_np.scaled_dot_product_attention(q, k[:, :Tq], v[:, :Tq], is_causal=True)
+
+    def f(q, k, v):
+        return attention_jax.dot_product_attention(q, k, v, is_causal=True, implementation=path)
+
+    out, vjp = jax.vjp(f, *(jnp.asarray(x) for x in (q, k, v)))
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    grads = vjp(jnp.ones_like(out))
+    assert all(np.isfinite(g).all() for g in grads)
+    assert np.all(np.asarray(grads[1])[:, Tq:] == 0) and np.all(np.asarray(grads[2])[:, Tq:] == 0)

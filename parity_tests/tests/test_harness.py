@@ -14,7 +14,16 @@ import pytest
 
 import attention_jax
 import parity_tests
-from parity_tests import REGISTRY, Comparison, Result, assert_parity, planned_rows, pytest_params, run_case
+from parity_tests import (
+    REGISTRY,
+    Comparison,
+    Result,
+    assert_parity,
+    compare,
+    planned_rows,
+    pytest_params,
+    run_case,
+)
 from parity_tests import __main__ as report
 from parity_tests.registry import FINITE_DIFFERENCES, NUMPY_VJP
 
@@ -25,6 +34,22 @@ SOFT = REGISTRY["soft_attention/plain"]  # a finite-differences case
 def _stop_key_gradient(*args, **kwargs):  # same forward, no gradient through the key
     query, key, value = args
     return attention_jax.scaled_dot_product_attention(query, jax.lax.stop_gradient(key), value, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "expected, actual, tol, passed",
+    [
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-6]), 1e-5, True),
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-4]), 1e-5, False),
+        (np.array([1e6]), np.array([1e6 + 1.0]), 1e-5, True),  # relative 1e-6
+        (np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), 1e-5, True),
+        (np.array([0.0, 1.0]), np.array([np.nan, 1.0]), 1e-5, False),   # NaN on one side only
+        (np.array([np.nan, 1.0]), np.array([1.0, np.nan]), 1e-5, False),  # NaN in other places
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0]), 1e-5, False),
+    ],
+)
+def test_compare_tolerances_nan_placement_and_shapes(expected, actual, tol, passed):
+    assert compare(expected, actual, tol).passed is passed
 
 
 def test_backward_row_catches_a_wrong_jax_gradient():
