@@ -265,8 +265,12 @@ def _written_out_mask(T, S, options):
     return mask
 
 
-@pytest.mark.parametrize("case", BOUNDARIES)
-def test_block_edges_where_the_masks_change(case, rng):
+@pytest.mark.parametrize("case, sparse", [pytest.param(case, sparse, id=f"{case}-{'states' if sparse else 'ranges'}")
+                                          for case in BOUNDARIES for sparse in (False, True)
+                                          if sparse or "segments" not in BOUNDARIES[case][4]])
+def test_block_edges_where_the_masks_change(case, sparse, rng):
+    """Each case on both of chunked's ways to choose blocks: the loop ranges of ``.masks``, and
+    (given segment ids, here one segment when the case has none) the block states of ``.sparse``."""
     from attention_np.backward import scaled_dot_product_attention_vjp
 
     T, S, qc, kc, options = BOUNDARIES[case]
@@ -275,8 +279,8 @@ def test_block_edges_where_the_masks_change(case, rng):
     expected, _ = attention_np.scaled_dot_product_attention(q, k, v, mask=mask)
     expected_grads = scaled_dot_product_attention_vjp(q, k, v, d_out, mask=mask)
     options = dict(options)
-    if "segments" in options:
-        ids = options.pop("segments")
+    ids = options.pop("segments", np.zeros((2, T), np.int32) if sparse else None)
+    if ids is not None:
         options |= dict(query_segment_ids=ids, key_value_segment_ids=ids)
 
     @jax.jit
