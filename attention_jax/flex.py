@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from attention_np._validate import check_flex
 
 from ._dtypes import compute_dtype
-from ._masking import masked_softmax
+from ._masking import masked_softmax, zero_unattended
 
 
 def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None, scale=None,
@@ -32,19 +32,21 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     # 2. the indices the mods see, broadcasting to (B, N, T, S)
     b, h = jnp.arange(B).reshape(B, 1, 1, 1), jnp.arange(N).reshape(1, N, 1, 1)
     q_idx, kv_idx = jnp.arange(T).reshape(1, 1, T, 1), jnp.arange(S).reshape(1, 1, 1, S)
-    # 3. logits, scaled, then rewritten by score_mod
+    # 3. the mask; keys no query may attend (padding) are zeroed: even NaN there cannot reach the output
+    mask = jnp.ones((B, N, T, S), bool)
+    if mask_mod is not None:
+        mask = jnp.broadcast_to(jnp.asarray(mask_mod(b, h, q_idx, kv_idx), bool), (B, N, T, S))
+    key, value = (zero_unattended(x, mask, (B, N, T, S)) for x in (key, value))     # (B, N, S, H)
+    # 4. logits, scaled, then rewritten by score_mod
     logits = jnp.einsum("BNTH,BNSH->BNTS", query, key) * scale                       # (B, N, T, S)
     if score_mod is not None:
         logits = jnp.broadcast_to(score_mod(logits, b, h, q_idx, kv_idx), logits.shape).astype(compute)
-    mask = jnp.ones(logits.shape, bool)
-    if mask_mod is not None:
-        mask = jnp.broadcast_to(jnp.asarray(mask_mod(b, h, q_idx, kv_idx), bool), logits.shape)
-    # 4. a sink is one more logit per head in each row's softmax, with no value
+    # 5. a sink is one more logit per head in each row's softmax, with no value
     if sinks is not None:
         sink = jnp.broadcast_to(jnp.asarray(sinks).astype(compute).reshape(1, N, 1, 1), (B, N, T, 1))
         logits = jnp.concatenate([logits, sink], axis=-1)                             # (B, N, T, S + 1)
         mask = jnp.concatenate([mask, jnp.ones((B, N, T, 1), bool)], axis=-1)
-    # 5. weights: softmax over the keys a query may attend (and its sink), then the values
+    # 6. weights: softmax over the keys a query may attend (and its sink), then the values
     weights = masked_softmax(logits, mask)[..., :S]                                  # (B, N, T, S)
     out = jnp.einsum("BNTS,BNSH->BNTH", weights, value).transpose(0, 2, 1, 3)         # (B, T, N, H)
     if not return_residual:

@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from ._dtypes import compute_dtype
-from ._masking import masked_softmax
+from ._masking import masked_softmax, zero_unattended
 from ._validate import check_flex
 
 
@@ -31,7 +31,10 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     (query, key) pair, ``b (B, 1, 1, 1)``, ``h (1, N, 1, 1)``, ``q_idx (1, 1, T, 1)``,
     ``kv_idx (1, 1, 1, S)``. ``attention_jax.flex_attention`` computes the same block by
     block and skips the blocks a ``block_mask`` rules out; here a ``block_mask`` is used for
-    its ``mask_mod`` alone.
+    its ``mask_mod`` alone. A key that ``mask_mod`` hides from every query of a head is
+    padding: its key and value are zeroed before the products, so NaN or inf stored there
+    reaches no output and no gradient, whatever the blocks (NaN in a key some query attends
+    propagates).
 
     Shapes: B batch (one axis: the ``b`` the mods receive), T query length, S key length,
     N query heads, K key/value heads (N % K == 0, grouped-query attention), H features.
@@ -81,19 +84,21 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     # 2. the indices the mods see, broadcasting to (B, N, T, S)
     b, h = np.arange(B).reshape(B, 1, 1, 1), np.arange(N).reshape(1, N, 1, 1)
     q_idx, kv_idx = np.arange(T).reshape(1, 1, T, 1), np.arange(S).reshape(1, 1, 1, S)
-    # 3. logits, scaled, then rewritten by score_mod
+    # 3. the mask; keys no query may attend (padding) are zeroed: even NaN there cannot reach the output
+    mask = np.ones((B, N, T, S), bool)
+    if mask_mod is not None:
+        mask = np.broadcast_to(np.asarray(mask_mod(b, h, q_idx, kv_idx), bool), (B, N, T, S))
+    key, value = (zero_unattended(x, mask, (B, N, T, S)) for x in (key, value))     # (B, N, S, H)
+    # 4. logits, scaled, then rewritten by score_mod
     logits = np.einsum("BNTH,BNSH->BNTS", query, key) * scale                       # (B, N, T, S)
     if score_mod is not None:
         logits = np.broadcast_to(score_mod(logits, b, h, q_idx, kv_idx), logits.shape).astype(compute)
-    mask = np.ones(logits.shape, bool)
-    if mask_mod is not None:
-        mask = np.broadcast_to(np.asarray(mask_mod(b, h, q_idx, kv_idx), bool), logits.shape)
-    # 4. a sink is one more logit per head in each row's softmax, with no value
+    # 5. a sink is one more logit per head in each row's softmax, with no value
     if sinks is not None:
         sink = np.broadcast_to(np.asarray(sinks).astype(compute).reshape(1, N, 1, 1), (B, N, T, 1))
         logits = np.concatenate([logits, sink], axis=-1)                             # (B, N, T, S + 1)
         mask = np.concatenate([mask, np.ones((B, N, T, 1), bool)], axis=-1)
-    # 5. weights: softmax over the keys a query may attend (and its sink), then the values
+    # 6. weights: softmax over the keys a query may attend (and its sink), then the values
     weights = masked_softmax(logits, mask)[..., :S]                                  # (B, N, T, S)
     out = np.einsum("BNTS,BNSH->BNTH", weights, value).transpose(0, 2, 1, 3)         # (B, T, N, H)
     if not return_residual:

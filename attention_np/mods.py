@@ -12,8 +12,10 @@ written with array operators (``+``, ``*``, ``==``, ``&``, indexing) runs in bot
 needs a function (``tanh``, ``where``) asks the arrays for their library,
 :func:`array_namespace` (NumPy or ``jax.numpy``), as :func:`soft_cap` does. A mod may close
 over arrays (a bias table, document ids): in ``attention_jax`` gradients reach the closed-over
-float arrays, so a learnable table trains. A NumPy array indexed by JAX indices must first
-become a JAX array: :func:`asarray_like` converts it for whichever half calls.
+float arrays, so a learnable table trains, and any of them may be a tracer (document ids
+passed as an argument of the training step that JAX transforms). A NumPy array indexed by
+JAX indices must first become a JAX array: :func:`asarray_like` converts it for whichever
+half calls.
 
 Example: the causal mask and a document mask, and both at once.
 

@@ -49,7 +49,7 @@ MODS = {
 def draw(name, score_mod, mask_mod, title):
     t, s = np.arange(L)[:, None], np.arange(L)[None, :]
     mask = np.ones((L, L), bool) if mask_mod is None else np.broadcast_to(mask_mod(0, 0, t, s), (L, L))
-    block_mask = create_block_mask(mask_mod or (lambda b, h, q_idx, kv_idx: kv_idx >= 0), None, None, L, L,
+    block_mask = create_block_mask(mask_mod or (lambda b, h, q_idx, kv_idx: kv_idx >= 0), 1, None, L, L,
                                    block_sizes=(BLOCK, BLOCK))
     states = np.asarray(block_mask.states)[0, 0]                         # (L / 8, L / 8)
     fig, (left, right) = plt.subplots(1, 2, figsize=(7.2, 3.4))

@@ -2,6 +2,8 @@
 block by block in :func:`attention_jax.chunked_attention`'s kernels, skipping the blocks a
 :class:`~.sparse.BlockMask` rules out, forward and backward."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -12,8 +14,9 @@ from .._jit import jit, logits_scale, reverse_mode_only, split_scale
 from ..flex import flex_attention as dense_flex_attention
 from .attention import _rows, _to_rows
 from .config import Config, Mods
-from .sparse import attend_all, create_block_mask, grouped
-from .vjp import flash
+from .masks import convert_mod
+from .sparse import attend_all, create_block_mask, depends, grouped
+from .vjp import _flash_bwd, _flash_fwd  # flex binds score_mod's integer arrays around them (_flash)
 
 
 def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_mask=None, scale=None,
@@ -33,7 +36,12 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
     skipped in both passes, full blocks never evaluate ``mask_mod``, partial blocks evaluate
     it per element. The backward pass recomputes each block from the saved log-sum-exp and
     goes through ``score_mod`` by its VJP, so gradients reach the float arrays a mod closes
-    over (an ALiBi slope, a relative-position table). Sinks (Xiao et al. 2024; gpt-oss) are
+    over (an ALiBi slope, a relative-position table). A mod may close over traced arrays of
+    any dtype (document ids or an offset passed to a jitted, differentiated or vmapped step):
+    they become arguments of the compiled function, the float ones differentiated. Keys that
+    ``mask_mod`` hides from every query (of the G query heads a key/value head serves) are
+    padding, zeroed before the products: NaN stored there reaches no output and no gradient,
+    whatever the blocks, as in the dense definition. Sinks (Xiao et al. 2024; gpt-oss) are
     per-head logits that join each row's normaliser with no value; they get gradients.
 
     The mods are traced once on scalars and vectorized over each block (``jax.vmap``), so a
@@ -83,58 +91,85 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
         return dense_flex_attention(query, key, value, score_mod=score_mod, mask_mod=mask_mod, block_mask=block_mask,
                                     scale=scale, sinks=sinks, return_residual=return_residual)
     if block_mask is None:
-        block_mask = create_block_mask(mask_mod or attend_all, *_depends(mask_mod, B, N, T, S), T, S)
+        on_b, on_h = depends(mask_mod, B, N, T, S) if mask_mod is not None else (False, False)
+        block_mask = create_block_mask(mask_mod or attend_all, B if on_b else None, N if on_h else None, T, S)
     compute = compute_dtype(query.dtype)
     index = jnp.zeros((), jnp.int32)
-    score_fn, score_consts = _convert(score_mod, jnp.zeros((), compute), index, index, index, index)
-    mask_fn, mask_consts = _convert(None if block_mask.mask_mod is attend_all else block_mask.mask_mod,
-                                    index, index, index, index)
+    score_fn, score_consts, score_fixed = convert_mod(score_mod, jnp.zeros((), compute), index, index, index, index)
+    every_key = block_mask.mask_mod is attend_all
+    mask_fn, mask_floats, mask_fixed = convert_mod(None if every_key else block_mask.mask_mod, index, index, index,
+                                                   index)
+    attended = None if every_key else block_mask.attended
     scale, scale_value = split_scale(scale)
     with reverse_mode_only("flex_attention", "attention_jax.flex.flex_attention"):
-        return _flex_attention(query, key, value, block_mask.states, score_consts, mask_consts, sinks, scale_value,
-                               score_fn=score_fn, mask_fn=mask_fn, scale=scale, block_sizes=block_mask.block_sizes,
-                               return_residual=bool(return_residual))
+        return _flex_attention(query, key, value, block_mask.states, attended, score_consts, score_fixed,
+                               mask_floats + mask_fixed, sinks, scale_value, score_fn=score_fn, mask_fn=mask_fn,
+                               scale=scale, block_sizes=block_mask.block_sizes, return_residual=bool(return_residual))
 
 
 @jit(static_argnames=("score_fn", "mask_fn", "scale", "block_sizes", "return_residual"))
-def _flex_attention(query, key, value, states, score_consts, mask_consts, sinks, scale_value, *, score_fn, mask_fn,
-                    scale, block_sizes, return_residual):
-    """:func:`flex_attention` compiled: the rows layout of :mod:`.attention`, then the kernels."""
+def _flex_attention(query, key, value, states, attended, score_consts, score_fixed, mask_consts, sinks, scale_value, *,
+                    score_fn, mask_fn, scale, block_sizes, return_residual):
+    """:func:`flex_attention` compiled: keys no query attends zeroed, the rows layout of
+    :mod:`.attention`, then the kernels."""
     B, T, N, H = query.shape
     S, K = key.shape[1], key.shape[2]
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     qc, kc = block_sizes
     cfg = Config(False, qc, kc, T, S, N // K, compute=compute, score_mod=score_fn, mask_mod=mask_fn, sparse=True)
+    key, value = _zero_unattended(key, value, attended, N // K)                     # (B, S, K, H)
     q, k, v, _, _ = _to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute),
                              key, value, None, None, cfg)
     rows = _rows(None, None, None, cfg, B, K)
     sinks = None if sinks is None else jnp.asarray(sinks).astype(compute).reshape(1, K, N // K)
     mods = Mods(tuple(score_consts), tuple(mask_consts), sinks, grouped(states, K, N // K))
-    out, lse = flash(q, k, v, None, None, rows, mods, cfg)                        # (B, K, Tp, G, H), (B, K, Tp, G)
+    out, lse = _flash(q, k, v, rows, mods, tuple(score_fixed), cfg)               # (B, K, Tp, G, H), (B, K, Tp, G)
     out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H).astype(dtype)
     if not return_residual:
         return out
     return out, lse[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, N)
 
 
-def _convert(mod, *example):
-    """``(fn, consts)``: ``mod`` traced on scalars, the float arrays it closes over hoisted
-    into ``consts`` (``jax.closure_convert``), so the custom VJP differentiates them; ``(None, ())``
-    for no mod."""
-    if mod is None:
-        return None, ()
-    fn, consts = jax.closure_convert(mod, *example)
-    return fn, tuple(consts)
+def _zero_unattended(key, value, attended, G):
+    """``key``, ``value (B, S, K, H)`` with the keys no query of the key/value head's G query heads
+    attends set to 0 (``attended (B|1, N|1, S)`` of the block mask; None: every key is kept):
+    padding, zeroed before the products as in the dense paths, so NaN or inf stored there
+    reaches no output and no gradient, whether its block is partial or skipped."""
+    if attended is None:
+        return key, value
+    b, n, S = attended.shape
+    if n != 1:  # a key of a grouped head is kept when any of its query heads attends it
+        attended = attended.reshape(b, n // G, G, S).any(axis=2)                   # (B|1, K, S)
+    keep = attended.transpose(0, 2, 1)[..., None]                                 # (B|1, S, K|1, 1)
+    return jnp.where(keep, key, 0), jnp.where(keep, value, 0)
 
 
-def _depends(mask_mod, B, N, T, S):
-    """``(B or None, N or None)``: None where ``mask_mod`` does not depend on the batch row (the
-    head), read off the shape of its result on broadcasting index arrays."""
-    if mask_mod is None:
-        return None, None
-    index = [jax.ShapeDtypeStruct(shape, jnp.int32) for shape in
-             ((B, 1, 1, 1), (1, N, 1, 1), (1, 1, T, 1), (1, 1, 1, S))]
-    shape = jnp.shape(jax.eval_shape(mask_mod, *index))
-    shape = (1,) * (4 - len(shape)) + tuple(shape)
-    return (B if shape[0] != 1 else None), (N if shape[1] != 1 else None)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _flash(q, k, v, rows, mods, fixed, cfg):
+    """:func:`.vjp.flash` with ``score_mod``'s integer and boolean arrays (``fixed``) as arguments:
+    ``cfg`` is static, so a ``score_mod`` there that closed over them would hold the tracers of
+    the trace that made it, dead by the time the backward pass runs (under ``jit(grad)``,
+    ``grad(jit)``, ``vmap``). Forward and backward each bind the ``fixed`` they are given."""
+    return _flash_fwd(q, k, v, None, None, rows, mods, _bind(cfg, fixed))[0]
 
+
+def _flash_forward(q, k, v, rows, mods, fixed, cfg):
+    outputs, residuals = _flash_fwd(q, k, v, None, None, rows, mods, _bind(cfg, fixed))
+    return outputs, (residuals, fixed)
+
+
+def _flash_backward(cfg, saved, cotangents):
+    residuals, fixed = saved
+    dq, dk, dv, _, _, drows, dmods = _flash_bwd(_bind(cfg, fixed), residuals, cotangents)
+    return dq, dk, dv, drows, dmods, tuple(None for _ in fixed)  # integers and booleans: no cotangent
+
+
+_flash.defvjp(_flash_forward, _flash_backward)
+
+
+def _bind(cfg, fixed):
+    """``cfg`` whose ``score_mod`` takes ``fixed`` after the float arrays the kernels pass it."""
+    if not fixed:
+        return cfg
+    score_mod = cfg.score_mod
+    return cfg._replace(score_mod=lambda *args: score_mod(*args, *fixed))

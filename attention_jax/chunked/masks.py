@@ -2,6 +2,8 @@
 padding and length masks built per block from iota (no ``(T, S)`` mask exists), the caller's
 bias and mask read block by block, and the loop bounds that skip blocks no query sees."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -28,6 +30,45 @@ def block_indices(rows, i, j, cfg):
     t = i * qc + r // G
     u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
     return tuple(x.astype(jnp.int32) for x in (b, h, t, u))  # int32 as the mods were traced, x64 or not
+
+
+def convert_mod(mod, *example):
+    """``(fn, differentiated, fixed)``: ``mod`` traced once on the arrays ``example``, with every
+    traced array it closes over hoisted out into an argument, so that ``fn(*args, *differentiated,
+    *fixed)`` is ``mod(*args)`` and closes over no tracer of the caller's ``jit``, ``grad`` or
+    ``vmap``; ``differentiated`` are the float arrays (a bias table, ALiBi slopes: the custom VJP
+    gives them gradients), ``fixed`` the integer and boolean ones (document ids, an offset: no
+    gradient). Arrays that are not traced stay in ``fn`` as constants. ``(None, (), ())`` for no
+    mod. The same mod and example types give the same ``fn``, so a static ``fn`` compiles once.
+
+    ``jax.closure_convert`` would hoist only the arrays that may carry a tangent, leaving an
+    integer tracer inside ``fn``, where the custom VJP's backward pass cannot reach it."""
+    if mod is None:
+        return None, (), ()
+    example = tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in example)
+    if jax.config.jax_check_tracer_leaks:  # the cache holds the hoisted tracers: the leak checker would flag them
+        return _converted.__wrapped__(mod, example)
+    return _converted(mod, example)
+
+
+@functools.lru_cache(maxsize=256)
+def _converted(mod, example):
+    """:func:`convert_mod`, cached per mod and the ``(shape, dtype)`` of each example argument."""
+    closed = jax.make_jaxpr(mod)(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in example))
+    consts = closed.consts                                                        # what mod closes over
+    traced = [i for i, c in enumerate(consts) if isinstance(c, jax.core.Tracer)]
+    floats = [i for i in traced if jnp.issubdtype(consts[i].dtype, jnp.inexact)]
+    fixed = [i for i in traced if i not in floats]
+    kept = [None if i in traced else c for i, c in enumerate(consts)]             # the constants, holes for the rest
+    jaxpr, n = closed.jaxpr, len(example)                                         # fn holds no tracer
+
+    def fn(*args):
+        values = list(kept)
+        for i, value in zip(floats + fixed, args[n:], strict=True):
+            values[i] = value
+        return jax.core.eval_jaxpr(jaxpr, values, *args[:n])[0]
+
+    return fn, tuple(consts[i] for i in floats), tuple(consts[i] for i in fixed)
 
 
 def apply_mod(fn, consts, *args):

@@ -11,6 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .blocks import BlockSizes, check_chunk
+from .masks import convert_mod
 
 EMPTY, PARTIAL, FULL = 0, 1, 2  # a block's state: no entry attended, some, all
 
@@ -27,12 +28,16 @@ class BlockMask:
       block_sizes: ``(query rows, key rows)`` of a block.
       mask_mod: the ``(b, h, q_idx, kv_idx) -> bool`` it was made from, evaluated per
         element in the partial blocks.
+      attended: bool ``(B|1, N|1, S)``, True where some query attends key s; a key no query
+        attends is padding, zeroed before the products (NaN stored there is never read).
+        None (a hand-made mask): every key is read.
     """
 
     states: jax.Array
     shape: tuple = dataclasses.field(metadata=dict(static=True))
     block_sizes: tuple = dataclasses.field(metadata=dict(static=True))
     mask_mod: object = dataclasses.field(metadata=dict(static=True))
+    attended: jax.Array | None = None
 
     def sparsity(self):
         """The fraction of blocks skipped (empty), over every batch row and head."""
@@ -51,7 +56,13 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
     entries (it is skipped, forward and backward), full when it attends all (the mask is
     never evaluated there) and partial otherwise. Made once per mask and reused across
     layers and calls; the mask is evaluated one row of blocks at a time, so memory is
-    O(qc S), not O(T S).
+    O(qc S), not O(T S). The same pass records which keys some query attends
+    (``attended``): the others are padding, zeroed by ``flex_attention``.
+
+    As in PyTorch, ``B=None`` (``N=None``) means one mask for every batch row (head): a
+    ``mask_mod`` whose result varies along ``b`` (``h``), such as :func:`document_mask` of
+    per-row ids, is then a ``ValueError`` that says to pass ``B`` (``N``), never row (head) 0's
+    mask silently used for all.
 
     Args:
       mask_mod: ``(b, h, q_idx, kv_idx) -> bool``, True = attend, on broadcasting index
@@ -63,7 +74,7 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
 
     Returns:
       a :class:`BlockMask` whose ``states`` are ``(B, N, nq, nk)`` (1 for a None B or N),
-      ``nq = ceil(T / qc)``, ``nk = ceil(S / kc)``.
+      ``nq = ceil(T / qc)``, ``nk = ceil(S / kc)``, and ``attended`` ``(B, N, S)``.
 
     Example: documents of 2 and 2 tokens, causal within each, blocks of 2 x 2: the two
     diagonal blocks are partial (causal inside), the two off the diagonal empty.
@@ -90,27 +101,55 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
         check_chunk("block_sizes[1]", block_sizes[1])
         qc, kc = block_sizes
         qc, kc = min(block_sizes[0], T), min(block_sizes[1], S)
-    states = _states(mask_mod, B or 1, N or 1, T, S, qc, kc)
-    return BlockMask(states, (B, N, T, S), (qc, kc), mask_mod)
+    on_b, on_h = depends(mask_mod, B, N, T, S)
+    for name, size, varies, axis, unit, means in (("B", B, on_b, "b", "batch row", "the batch size"),
+                                                  ("N", N, on_h, "h", "head", "the number of query heads")):
+        if size is None and varies:
+            raise ValueError(
+                f"mask_mod depends on the {unit} {axis} (its result varies along {axis}), but {name}=None makes "
+                f"one mask for every {unit}, {unit} 0's: pass {name}, {means}"
+            )
+    # evaluated on the index arrays of _states, with the arrays mask_mod closes over as arguments
+    nk = -(-S // kc)
+    index = [jnp.zeros(shape, jnp.int32) for shape in ((B or 1, 1, 1, 1), (1, N or 1, 1, 1), (1, 1, qc, 1),
+                                                       (1, 1, 1, nk * kc))]
+    fn, floats, fixed = convert_mod(mask_mod, *index)
+    states, attended = _states(fn, floats + fixed, B or 1, N or 1, T, S, qc, kc)
+    return BlockMask(states, (B, N, T, S), (qc, kc), mask_mod, attended)
 
 
-@functools.partial(jax.jit, static_argnames=("mask_mod", "B", "N", "T", "S", "qc", "kc"))
-def _states(mask_mod, B, N, T, S, qc, kc):
-    """``(B, N, nq, nk)`` block states; queries past T are don't-cares, keys past S never attended."""
+def depends(mask_mod, B, N, T, S):
+    """``(on_b, on_h)``: whether ``mask_mod``'s result varies along the batch row (the head),
+    read off its shape on broadcasting index arrays (nothing is computed); a None ``B``
+    (``N``) is tried as 2."""
+    index = [jax.ShapeDtypeStruct(shape, jnp.int32) for shape in
+             ((B or 2, 1, 1, 1), (1, N or 2, 1, 1), (1, 1, T, 1), (1, 1, 1, S))]
+    shape = jnp.shape(jax.eval_shape(mask_mod, *index))
+    shape = (1,) * (4 - len(shape)) + tuple(shape)
+    return shape[0] != 1, shape[1] != 1
+
+
+@functools.partial(jax.jit, static_argnames=("mask_fn", "B", "N", "T", "S", "qc", "kc"))
+def _states(mask_fn, consts, B, N, T, S, qc, kc):
+    """``(B, N, nq, nk)`` block states and ``(B, N, S)`` the keys some query attends, of the
+    closure-converted ``mask_fn(b, h, q_idx, kv_idx, *consts)`` (:func:`.masks.convert_mod`);
+    queries past T are don't-cares, keys past S never attended."""
     nq, nk = -(-T // qc), -(-S // kc)
-    b = jnp.arange(B).reshape(B, 1, 1, 1)
-    h = jnp.arange(N).reshape(1, N, 1, 1)
-    u = jnp.arange(nk * kc).reshape(1, 1, 1, nk * kc)
+    b = jnp.arange(B, dtype=jnp.int32).reshape(B, 1, 1, 1)                        # int32 as mask_fn was traced
+    h = jnp.arange(N, dtype=jnp.int32).reshape(1, N, 1, 1)
+    u = jnp.arange(nk * kc, dtype=jnp.int32).reshape(1, 1, 1, nk * kc)
 
-    def row(i):  # the states of query block i: (B, N, nk)
-        t = i * qc + jnp.arange(qc).reshape(1, 1, qc, 1)
-        m = jnp.broadcast_to(jnp.asarray(mask_mod(b, h, t, u), bool) & (u < S), (B, N, qc, nk * kc))
-        m = m.reshape(B, N, qc, nk, kc)
-        real = (t < T)[..., None]                                                 # (1, 1, qc, 1, 1)
+    def row(attended, i):  # query block i: the keys attended so far and by it, its states (B, N, nk)
+        t = i * qc + jnp.arange(qc, dtype=jnp.int32).reshape(1, 1, qc, 1)
+        m = jnp.broadcast_to(jnp.asarray(mask_fn(b, h, t, u, *consts), bool) & (u < S), (B, N, qc, nk * kc))
+        real = t < T                                                              # (1, 1, qc, 1)
+        attended = attended | (m & real).any(axis=2)                              # (B, N, nk * kc)
+        m, real = m.reshape(B, N, qc, nk, kc), real[..., None]
         some, every = (m & real).any(axis=(2, 4)), (m | ~real).all(axis=(2, 4))
-        return jnp.where(every, FULL, jnp.where(some, PARTIAL, EMPTY)).astype(jnp.int8)
+        return attended, jnp.where(every, FULL, jnp.where(some, PARTIAL, EMPTY)).astype(jnp.int8)
 
-    return jnp.moveaxis(lax.map(row, jnp.arange(nq)), 0, 2)                      # (B, N, nq, nk)
+    attended, states = lax.scan(row, jnp.zeros((B, N, nk * kc), bool), jnp.arange(nq, dtype=jnp.int32))
+    return jnp.moveaxis(states, 0, 2), attended[..., :S]                         # (B, N, nq, nk), (B, N, S)
 
 
 def grouped(states, K, G):

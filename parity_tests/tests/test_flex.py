@@ -11,6 +11,13 @@ dense JAX mirror against values computed another way.
 - block skipping: a NaN in a key block that the block mask rules out for a query block never
   reaches it (forward and backward), a block marked full is not masked, and the block states
   equal a count made here;
+- block masks per batch row and head: ``create_block_mask`` refuses B=None (N=None) for a
+  mask_mod that depends on b (h), and the block mask flex_attention makes itself is per row and
+  head (the NumPy definition);
+- mods closing over traced int and bool arrays (document ids, a padding mask, an offset) under
+  jit(grad), grad(jit) and vmap (the NumPy definition, ``jax.grad`` of the dense mirror);
+- NaN in the keys and values no query attends is never read, whatever the blocks, in both
+  halves, values and gradients;
 - the errors, and a property test over random shapes, masks, mods, sinks and dtypes.
 
 One shape serves most tests (the blocked path compiles once per shape, dtype and mod), with
@@ -35,6 +42,7 @@ from attention_np.mods import (
     alibi,
     and_masks,
     array_namespace,
+    asarray_like,
     causal_mask,
     document_mask,
     prefix_lm_mask,
@@ -369,6 +377,146 @@ def test_block_states_of_documents_and_causal(blocks):
     counts = {v: int((expected == v).sum()) for v in (0, 1, 2)}
     assert f"'empty': {counts[0]}, 'partial': {counts[1]}, 'full': {counts[2]}" in repr(block_mask)
     assert block_mask.sparsity() == pytest.approx(counts[0] / expected.size)
+
+
+# --- block masks per batch row and head ---------------------------------------------------------------------
+# with one block (the default blocks at these lengths) the block is full for row 0 (one document) and partial
+# for row 1 (two); full for head 0 (it sees every key) and partial for the others (causal)
+PER_ROW = document_mask(np.array([[0] * T, [0, 0, 0, 1, 1, 1, 1]]), np.array([[0] * S, [0] * 5 + [1] * 6]))
+PER_HEAD = lambda b, h, q_idx, kv_idx: (kv_idx <= q_idx) | (h == 0)  # noqa: E731
+
+
+def test_create_block_mask_refuses_a_none_axis_the_mask_varies_along():
+    """B=None (N=None) means one mask for every batch row (head), as in PyTorch: a mask_mod
+    that depends on b (h) is refused with what to pass, never evaluated for row (head) 0 alone."""
+    with pytest.raises(ValueError, match=r"mask_mod depends on the batch row b .*B=None .*: pass B, the batch size"):
+        create_block_mask(PER_ROW, None, None, T, S)
+    with pytest.raises(ValueError, match=r"mask_mod depends on the head h .*N=None .*: pass N, the number of query"):
+        create_block_mask(PER_HEAD, B, None, T, S)
+    assert np.asarray(create_block_mask(PER_ROW, B, None, T, S).states).ravel().tolist() == [2, 1]
+    assert np.asarray(create_block_mask(PER_HEAD, None, N, T, S).states).ravel().tolist() == [2] + [1] * (N - 1)
+
+
+@pytest.mark.parametrize("name", ["per row", "per head"])
+def test_own_block_mask_per_batch_row_and_head(name):
+    """Without ``block_mask=``, flex_attention makes one per batch row (head) when mask_mod
+    depends on b (h): a blocked path that used row 0's (head 0's) full block everywhere would
+    attend across row 1's documents (future keys of head 1). Expected: the NumPy definition."""
+    mask_mod = {"per row": PER_ROW, "per head": PER_HEAD}[name]
+    expected_out, expected_lse = attention_np.flex_attention(QUERY, KEY, VALUE, mask_mod=mask_mod, return_residual=True)
+    out, lse = attention_jax.flex_attention(QUERY, KEY, VALUE, mask_mod=mask_mod, return_residual=True)
+    assert error(out, expected_out) <= TIGHT and error(lse, expected_lse) <= TIGHT
+
+
+# --- mods closing over traced integer and boolean arrays ----------------------------------------------------
+TRACED_KEEP = np.ones((B, S), bool)
+TRACED_KEEP[0, 9], TRACED_KEEP[1, 2] = False, False                # a padded key per row
+
+
+def traced_mods(q_ids, kv_ids, keep, offset):
+    """A document mask and a key-padding mask over (possibly traced) int ids and a bool array,
+    and a score_mod with an int offset: ``score + 0.3 ((kv_idx + offset) mod 3)``."""
+    def padding(b, h, q_idx, kv_idx):
+        return asarray_like(keep, kv_idx)[b, kv_idx]
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        return score + 0.3 * ((kv_idx + offset) % 3)
+    return score_mod, and_masks(document_mask(q_ids, kv_ids), padding)
+
+
+def traced_loss(fn, blocks):
+    """``sum(d_out * out)`` of ``fn`` with :func:`traced_mods`; the blocked path's block mask is
+    made inside, from the traced arrays."""
+    def loss(query, key, value, q_ids, kv_ids, keep, offset):
+        score_mod, mask_mod = traced_mods(q_ids, kv_ids, keep, offset)
+        masks = {"mask_mod": mask_mod}
+        if blocks:
+            masks = {"block_mask": create_block_mask(mask_mod, B, None, T, S, block_sizes=BLOCKS)}
+        return jnp.sum(COTANGENTS[0] * fn(query, key, value, score_mod=score_mod, **masks))
+    return loss
+
+
+TRANSFORMS = {
+    "jit(grad)": lambda loss: jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2))),
+    "grad(jit)": lambda loss: jax.value_and_grad(jax.jit(loss), argnums=(0, 1, 2)),
+    "vmap(grad)": lambda loss: jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1, 2)),
+                                                in_axes=(None, None, None, 0, 0, 0, 0))),
+}
+
+
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_mods_closing_over_traced_integers(transform):
+    """Document ids, a bool padding mask and an int offset passed as arguments of the
+    differentiated function (traced), under jit(grad), grad(jit) and vmap over two sets of them:
+    the loss equals the NumPy definition's, the gradients ``jax.grad`` of the dense mirror's."""
+    sets = [(Q_IDS, KV_IDS, TRACED_KEEP, np.int32(2))]
+    if transform == "vmap(grad)":  # a second set: other documents, other padding, another offset
+        sets.append((Q_IDS[::-1], KV_IDS[::-1], TRACED_KEEP[::-1], np.int32(1)))
+    traced = sets[0] if len(sets) == 1 else tuple(np.stack(arrays) for arrays in zip(*sets))
+    loss, grads = TRANSFORMS[transform](traced_loss(attention_jax.flex_attention, blocks=True))(QUERY, KEY, VALUE,
+                                                                                                 *traced)
+    dense = jax.jit(jax.grad(traced_loss(attention_jax.flex.flex_attention, blocks=False), argnums=(0, 1, 2)))
+    for i, arrays in enumerate(sets):
+        set_loss, set_grads = (loss, grads) if len(sets) == 1 else jax.tree.map(lambda x: x[i], (loss, grads))
+        score_mod, mask_mod = traced_mods(*arrays)
+        out = attention_np.flex_attention(QUERY, KEY, VALUE, score_mod=score_mod, mask_mod=mask_mod)
+        assert error(set_loss, np.sum(COTANGENTS[0] * out)) <= TIGHT, i
+        for name, grad, expected in zip(PRIMAL_NAMES, set_grads, dense(QUERY, KEY, VALUE, *arrays)):
+            assert error(grad, expected) <= TIGHT, (i, name, error(grad, expected))
+
+
+# --- NaN where no query attends ------------------------------------------------------------------------------
+# keys with id 9 belong to no query's document: padding. Key 10 is padding in both rows: with 1 x 1 blocks its
+# blocks are empty in both (skipped), with 3 x 4 and 7 x 11 it shares a partial block with attended keys
+PAD_KV_IDS = np.array([[0, 0, 9, 0, 1, 1, 9, 2, 2, 2, 9], [0, 0, 1, 9, 1, 1, 2, 2, 2, 2, 9]])
+PADDED = document_mask(Q_IDS, PAD_KV_IDS)
+NAN_KEY, NAN_VALUE = KEY.copy(), VALUE.copy()
+NAN_KEY[PAD_KV_IDS == 9], NAN_VALUE[PAD_KV_IDS == 9] = np.nan, np.nan
+
+
+def padded_flex(fn, **masks):
+    """``(query, key, value) -> (out, lse)`` of ``fn`` with the padding's document mask."""
+    return lambda query, key, value: fn(query, key, value, return_residual=True, **masks)
+
+
+@pytest.fixture(scope="module")
+def clean_padding():
+    """The NumPy definition's ``(out, lse)`` on clean inputs, and the gradients of the dense
+    mirror there (``jax.vjp``), and its ``((out, lse), gradients)`` with NaN in the padding:
+    one program for both."""
+    expected = attention_np.flex_attention(QUERY, KEY, VALUE, mask_mod=PADDED, return_residual=True)
+
+    @jax.jit
+    def mirror(primals, cotangents):
+        outputs, vjp = jax.vjp(padded_flex(attention_jax.flex.flex_attention, mask_mod=PADDED), *primals)
+        return outputs, vjp(cotangents)
+
+    _, expected_grads = mirror((QUERY, KEY, VALUE), COTANGENTS)
+    return expected, expected_grads, mirror((QUERY, NAN_KEY, NAN_VALUE), COTANGENTS)
+
+
+@pytest.mark.parametrize("blocks", [None, (1, 1), (3, 4), (7, 11)], ids=str)
+def test_nan_where_no_query_attends_is_never_read(blocks, clean_padding):
+    """NaN stored in the keys and values of the padding (keys no query's mask_mod attends):
+    outputs, lse and gradients equal those of clean inputs and are finite, in the NumPy
+    definition and the dense mirror (``blocks`` None) and in the blocked path, whether the
+    padding's block is skipped (1 x 1) or partial (3 x 4, 7 x 11). Expected: the NumPy
+    definition on clean inputs; for the gradients, ``jax.vjp`` of the dense mirror there."""
+    (expected_out, expected_lse), expected_grads, mirror_results = clean_padding
+    if blocks is None:
+        results = {"numpy": (attention_np.flex_attention(QUERY, NAN_KEY, NAN_VALUE, mask_mod=PADDED,
+                                                         return_residual=True), None),
+                   "jax mirror": mirror_results}
+    else:
+        block_mask = create_block_mask(PADDED, B, None, T, S, block_sizes=blocks)
+        column = np.asarray(block_mask.states)[:, 0, :, 10 // blocks[1]]          # key 10's blocks (B, nq)
+        assert (column == 0).all() if blocks == (1, 1) else (column == 1).any()   # (EMPTY=0, PARTIAL=1)
+        results = {"jax": outputs_and_gradients(padded_flex(attention_jax.flex_attention, block_mask=block_mask),
+                                                (QUERY, NAN_KEY, NAN_VALUE), COTANGENTS)}
+    for half, ((out, lse), grads) in results.items():
+        assert error(out, expected_out) <= TIGHT and error(lse, expected_lse) <= TIGHT, half
+        for name, grad, expected in zip(PRIMAL_NAMES, grads or (), expected_grads):
+            assert error(grad, expected) <= TIGHT, (half, name, error(grad, expected))
 
 
 # --- errors ------------------------------------------------------------------------------------------------
