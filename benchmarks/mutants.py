@@ -156,22 +156,24 @@ def plant(dest: Path, mutant: Mutant) -> None:
     path.write_text(text.replace(mutant.old, mutant.new))
 
 
-def run_tests(dest: Path, tests, timeout: int) -> tuple[list[str], str, float]:
-    """``(failed test ids, pytest's last line, seconds)``: the copy's packages, not the installed ones."""
-    env = dict(os.environ, PYTHONPATH=str(dest))
+def run_tests(dest: Path, tests, timeout: int) -> tuple[int, list[str], str, float]:
+    """``(pytest's exit code, failed test ids, its last line, seconds)``, on the copy's packages
+    (first on ``sys.path``), not the installed ones. Exit code 1 or 2 (a failure, an error while
+    collecting) is a catch; 4 and 5 (bad usage, no test) mean the run proved nothing."""
     tests = [t for t in tests if (dest / t).exists()]
-    if not tests:
-        return [], "no test file", 0.0
+    if not tests:  # an older revision without these files: nothing runs, nothing is caught
+        return 0, [], "no test file", 0.0
+    env = dict(os.environ, PYTHONPATH=str(dest))
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-n", "0", "-x", *tests]
     start = time.perf_counter()
     try:
         done = subprocess.run(command, cwd=dest, env=env, capture_output=True, text=True, timeout=timeout)
-        output = done.stdout + done.stderr
     except subprocess.TimeoutExpired:
-        return ["(timed out)"], "timed out", time.perf_counter() - start
+        return 1, ["(timed out)"], "timed out", time.perf_counter() - start
+    output = done.stdout + done.stderr
     failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)))
     lines = [line for line in output.strip().splitlines() if line.strip()]
-    return failed, lines[-1] if lines else "", time.perf_counter() - start
+    return done.returncode, failed, lines[-1] if lines else "", time.perf_counter() - start
 
 
 def main(argv=None) -> int:
@@ -199,28 +201,31 @@ def main(argv=None) -> int:
             subprocess.run(["tar", "-x", "-C", str(clean)], input=archive.stdout, check=True)
         # the unmutated tests must pass, or a "catch" proves nothing
         baseline = sorted({t for m in chosen for t in m.tests})
-        failed, last, seconds = run_tests(clean, baseline, args.timeout)
-        if failed:
-            raise SystemExit(f"the test files fail without a mutant: {failed} ({last})")
+        code, failed, last, seconds = run_tests(clean, baseline, args.timeout)
+        if code != 0:
+            raise SystemExit(f"the test files do not pass without a mutant (exit {code}): {failed} {last}")
         print(f"baseline: {len(baseline)} test files pass ({seconds:.0f} s)", flush=True)
         for m in chosen:
             work = Path(tmp) / m.name
             shutil.copytree(clean, work)
             plant(work, m)
-            failed, last, seconds = run_tests(work, m.tests, args.timeout)
+            code, failed, last, seconds = run_tests(work, m.tests, args.timeout)
             where = "own files"
-            if not failed and args.suite:
-                failed, last, seconds = run_tests(work, [T], args.timeout)
+            if code not in (1, 2) and args.suite:
+                code, failed, last, seconds = run_tests(work, [T], args.timeout)
                 where = "whole suite"
-            results.append(dict(name=m.name, path=m.path, bug=m.bug, caught=bool(failed), by=failed,
+            if code not in (0, 1, 2):
+                raise SystemExit(f"{m.name}: pytest exit {code} proves nothing: {last}")
+            caught = code != 0
+            results.append(dict(name=m.name, path=m.path, bug=m.bug, caught=caught, by=failed or [last],
                                 where=where, seconds=round(seconds, 1), pytest=last))
-            print(f"{m.name} {'caught' if failed else 'SURVIVED'} ({seconds:.0f} s): {m.bug}", flush=True)
+            print(f"{m.name} {'caught' if caught else 'SURVIVED'} ({seconds:.0f} s): {m.bug}", flush=True)
             shutil.rmtree(work)
     caught = sum(r["caught"] for r in results)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "mutants.json").write_text(json.dumps(results, indent=1) + "\n")
     rows = [f"| {r['name']} | `{r['path']}` | {r['bug']} | {'caught' if r['caught'] else '**survived**'} | "
-            f"{'<br>'.join(r['by']) or '-'} |" for r in results]
+            f"{'<br>'.join(r['by']) if r['caught'] else '-'} |" for r in results]
     (args.out / "mutants.md").write_text(
         f"# Mutation score: {caught} of {len(results)} caught\n\n"
         "`python -m benchmarks.mutants`: each mutant planted in a copy of the tree, its owners' test files run "
