@@ -157,3 +157,19 @@ def test_outputs_keep_the_input_dtype(half, rng):
     for dtype in (np.float16, np.float32, np.float64):
         out, weights = HALVES[half](*qkv(rng, dtype=dtype))
         assert out.dtype == dtype and weights.dtype == dtype
+
+
+@pytest.mark.parametrize("window", [(0, 0), (1, 0), (0, 2), (2, 1), 1], ids=str)
+@pytest.mark.parametrize("half", HALVES)
+def test_a_window_is_the_band_written_out(half, window, rng):
+    """``local_window_size=(left, right)`` (an int w: ``(w, w)``) equals the mask
+    ``t - left <= s <= t + right`` built here, with T != S; the edges included."""
+    query, key, value = qkv(rng, dtype=np.float64, t=4, s=6)
+    left, right = (window, window) if isinstance(window, int) else window
+    t, s = np.arange(4)[:, None], np.arange(6)[None, :]
+    band = (s >= t - left) & (s <= t + right)
+    out, weights = HALVES[half](query, key, value, local_window_size=window)
+    expected, expected_weights = attention_np.scaled_dot_product_attention(query, key, value, mask=band)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(weights, expected_weights, rtol=1e-12, atol=1e-12)
+    assert (np.asarray(weights)[..., band] > 0).all()                  # every key of the band is attended
