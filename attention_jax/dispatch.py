@@ -19,6 +19,10 @@ Which path runs (``implementation=None``), decided from static facts at trace ti
    alone up to L = 1024 (H <= 64, at least 16 batch rows x heads) its forward pass without
    autodiff runs as a static grid of fused 256 x 256 tiles instead of its block loop.
 
+``implementation="xla"``, ``jax.nn.dot_product_attention``'s name for its plain (non-cuDNN)
+path, is accepted as ``jax.nn`` accepts it and runs the dense path (``"dense"``), so code
+written for ``jax.nn`` runs unchanged.
+
 Forward-mode autodiff (``jax.jvp``) needs ``implementation="dense"`` at long lengths: the
 chunked path is reverse-mode only.
 """
@@ -32,7 +36,7 @@ from .chunked import chunked_attention
 from .dense import dense_attention
 from .dot_product import scaled_dot_product_attention
 
-IMPLEMENTATIONS = (None, "dense", "chunked", "cudnn")
+IMPLEMENTATIONS = (None, "dense", "chunked", "cudnn", "xla")  # "xla": jax.nn's name for the dense path
 DENSE_MAX_SCORES = 2**16  # T * S up to which the dense path runs (L <= 256)
 
 
@@ -93,7 +97,8 @@ def dot_product_attention(
         (or its ``key_data``, or an int). The keep-mask is the same on every path
         (:mod:`attention_jax.dropout`).
       implementation: None (the rule of :mod:`attention_jax.dispatch`), ``"dense"``,
-        ``"chunked"`` or ``"cudnn"``.
+        ``"chunked"`` or ``"cudnn"``; ``"xla"`` (``jax.nn``'s name for its plain path) is
+        ``"dense"``.
       broadcast_dropout: one dropout mask for every batch row and head (Flax's modules).
       query_segment_ids, key_value_segment_ids: optional int ``(B, T)``, ``(B, S)``: a query
         attends only keys of its own segment (packed sequences); the chunked path skips the
@@ -111,6 +116,8 @@ def dot_product_attention(
       ``out``: ``(B, T, N, H)`` in the dtype of ``query``; ``(out, lse)`` with ``return_residual``.
     """
     check_choice("implementation", implementation, IMPLEMENTATIONS)
+    if implementation == "xla":  # jax.nn's plain XLA path: ours is the dense path
+        implementation = "dense"
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
     extras = dict(query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
                   logits_soft_cap=logits_soft_cap, sinks=sinks)

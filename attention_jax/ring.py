@@ -193,7 +193,11 @@ def _ring(query, key, value, mask, *, mesh, axis_name, P, scale, is_causal):
 
     local.defvjp(local_fwd, local_bwd)
     seq = PartitionSpec(_batch_axes(query, axis_name), axis_name)
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(seq, seq, seq, seq), out_specs=seq, check_vma=True)
+    # the ring axis alone is manual; on a mesh without Explicit axes the others stay automatic,
+    # so XLA keeps the batch (and heads) sharded as the query is, not replicated
+    manual = {axis_name} if AxisType.Explicit not in tuple(mesh.axis_types) else set(mesh.axis_names)
+    sharded = jax.shard_map(local, mesh=mesh, in_specs=(seq, seq, seq, seq), out_specs=seq, axis_names=manual,
+                            check_vma=True)
     q = query.astype(compute).reshape(B, T, K, N // K, H)                  # (B, T, K, G, H): G query heads a kv head
     args = (q, key.astype(compute), value.astype(compute), mask)
     if AxisType.Explicit in tuple(mesh.axis_types):
@@ -206,7 +210,9 @@ def _ring(query, key, value, mask, *, mesh, axis_name, P, scale, is_causal):
 
 def _batch_axes(query, axis_name):
     """The mesh axes the query's batch axis is sharded over on an Explicit mesh (kept, so that
-    data and sequence parallelism combine), or None: replicated over the other axes."""
+    data and sequence parallelism combine), or None. On a mesh without Explicit axes the
+    ``shard_map`` is manual over the ring axis only, and XLA keeps the batch (and heads) as the
+    query has them."""
     spec = explicit_spec(query)
     if spec is None or spec[0] is None:
         return None

@@ -1,12 +1,14 @@
 """Run by test_ring.py in a fresh process with 8 simulated CPU devices (XLA reads the device
-count once, at start-up): ring attention against the single-device function, as JSON."""
+count once, at start-up): ring attention against the single-device function, as JSON.
+``ring_check.py --smoke``: a quick check on 2 devices (CI runs it at the lowest declared versions)."""
 
 import contextlib
 import json
 import os
 import sys
 
-os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
+SMOKE = "--smoke" in sys.argv
+os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={2 if SMOKE else 8}"
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -25,9 +27,9 @@ def mesh_of(p):
     return Mesh(np.array(jax.devices()[:p]), ("sp",))
 
 
-def errors(p, causal, n, k, seed=0):
+def errors(p, causal, n, k, seed=0, L=24):
     rng = np.random.default_rng(seed)
-    B, L, H = 2, 24, 5
+    B, H = 2, 5
     q = rng.normal(size=(B, L, n, H)).astype(np.float32)
     kv = [rng.normal(size=(B, L, k, H)).astype(np.float32) for _ in range(2)]
     mask = rng.random((B, L)) < 0.8
@@ -80,7 +82,31 @@ def mesh_kind_errors(kind, shape, with_mask, causal):
         "forward": float(jnp.abs(np.asarray(out) - expected).max()),
         "gradients": max(float(jnp.abs(np.asarray(a) - b).max()) for a, b in zip(grads, expected_grads)),
         "finite": bool(all(np.isfinite(np.asarray(g)).all() for g in grads)),
+        **(kept_sharding(out, grads, args) if len(shape) == 2 else {}),
     }
+
+
+def kept_sharding(out, grads, args):
+    """Whether the output has the query's sharding and each gradient its input's (the specs
+    too, for the message)."""
+    same = lambda a, b: a.sharding.is_equivalent_to(b.sharding, b.ndim)
+    return {"query_sharding": str(args[0].sharding.spec), "out_sharding": str(out.sharding.spec),
+            "out_kept": same(out, args[0]), "grads_kept": all(same(g, x) for g, x in zip(grads, args))}
+
+
+def replicated_batch(kind):
+    """On a (data, sp) mesh of ``kind``, a query split along T only (replicated over data): the
+    output too, with the single-device function's values."""
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.normal(size=(2, 16, 2, 4)).astype(np.float32) for _ in range(3))
+    mesh = jax.make_mesh((2, 4), ("data", "sp"), axis_types=(getattr(AxisType, kind),) * 2)
+    args = tuple(jax.device_put(x, NamedSharding(mesh, PartitionSpec(None, "sp"))) for x in (q, k, v))
+    with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
+        out = attention_jax.ring_attention(*args, mesh=mesh, axis_name="sp")
+    with jax.default_matmul_precision("highest"):
+        expected = attention_jax.scaled_dot_product_attention(q, k, v)[0]
+    return {"forward": float(jnp.abs(np.asarray(out) - expected).max()), "query_sharding": str(args[0].sharding.spec),
+            "out_sharding": str(out.sharding.spec), "out_kept": args[0].sharding.is_equivalent_to(out.sharding, 4)}
 
 
 @st.composite
@@ -161,17 +187,33 @@ def temp_bytes(p, L=4096, N=1, H=64, causal=False):
     return compiled.memory_analysis().temp_size_in_bytes
 
 
+def smoke():
+    """2 devices: values and gradients, causal or not, grouped heads, a key-padding mask, the
+    output's sharding; a mesh from jax.make_mesh of each axis type."""
+    result = {"devices": jax.device_count(), "cases": {}}
+    for causal, n, k in ((False, 6, 3), (True, 6, 6)):
+        result["cases"][f"P=2 causal={causal} N={n} K={k}"] = errors(2, causal, n, k)
+    for kind in ("Explicit", "Auto"):
+        result["cases"][f"{kind} 2 mask=True"] = mesh_kind_errors(kind, (2,), True, False)
+    json.dump(result, sys.stdout)
+
+
 def main():
+    if SMOKE:
+        return smoke()
     result = {"devices": jax.device_count(), "cases": {}, "memory": {}}
     configs = [(2, c, n, k) for c in (False, True) for n, k in ((6, 6), (6, 3))]
     configs += [(p, c, 6, 3) for p in (4, 8) for c in (False, True)]
     for p, causal, n, k in configs:
         result["cases"][f"P={p} causal={causal} N={n} K={k}"] = errors(p, causal, n, k)
+    # one query row a device (T = P): each causal block's first key is its last (only) query
+    result["one_row"] = {f"P={p} causal": errors(p, True, 2, 1, L=p) for p in (4, 8)}
     result["nan_rows"] = nan_rows()
     result["mesh_kinds"] = {
         f"{kind} {'x'.join(map(str, shape))} mask={with_mask} causal={causal}": mesh_kind_errors(kind, shape, with_mask, causal)
         for kind in ("Explicit", "Auto") for shape in ((4,), (2, 4)) for with_mask, causal in ((False, True), (True, False))
     }
+    result["replicated_batch"] = {kind: replicated_batch(kind) for kind in ("Explicit", "Auto")}
     result["property"] = ring_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)

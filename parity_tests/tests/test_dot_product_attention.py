@@ -150,8 +150,8 @@ def test_dot_product_attention_matches_jax_nn_without_batch_axes_and_with_gqa_bi
 
 def test_bad_implementation_and_cudnn_dropout_are_clear_errors():
     q, k, v = _qkv()
-    with pytest.raises(ValueError, match="implementation must be one of None, 'dense', 'chunked', 'cudnn'; got 'xla'"):
-        attention_jax.dot_product_attention(q, k, v, implementation="xla")
+    with pytest.raises(ValueError, match="implementation must be one of None, 'dense', 'chunked', 'cudnn', 'xla'; got 'flash'"):
+        attention_jax.dot_product_attention(q, k, v, implementation="flash")
     with pytest.raises(ValueError, match="implementation='cudnn' has no attention dropout"):
         attention_jax.dot_product_attention(q, k, v, implementation="cudnn", dropout_rate=0.1, dropout_rng=0)
     for impl in ("dense", "chunked"):
@@ -161,6 +161,21 @@ def test_bad_implementation_and_cudnn_dropout_are_clear_errors():
             attention_jax.dot_product_attention(q, k, v, query_seq_lengths=np.ones(B, np.float32), implementation=impl)
         with pytest.raises(ValueError, match="needs a dropout_rng"):
             attention_jax.dot_product_attention(q, k, v, dropout_rate=0.5, implementation=impl)
+
+
+@pytest.mark.parametrize("option", ["everything", "window"])
+def test_implementation_xla_is_jax_nns_plain_path_and_runs_ours_dense(option):
+    # jax.nn calls its plain (non-cuDNN) path "xla": code written for jax.nn runs unchanged,
+    # on our dense path, with jax.nn's numbers on every query that has a key to attend to
+    q, k, v = _qkv()
+    options = OPTIONS[option]
+    valid = _valid_rows(options)
+    with highest():
+        got = attention_jax.dot_product_attention(q, k, v, **options, implementation="xla")
+        expected = jax.nn.dot_product_attention(q, k, v, **options, implementation="xla")
+        dense = attention_jax.dot_product_attention(q, k, v, **options, implementation="dense")
+    np.testing.assert_allclose(np.asarray(got)[valid], np.asarray(expected)[valid], **TOL)
+    np.testing.assert_array_equal(got, dense)
 
 
 # --- a traced scale: a learnable temperature -------------------------------------------------------
@@ -252,3 +267,22 @@ def test_causal_keys_past_the_last_query_are_never_read(path):
     grads = vjp(jnp.ones_like(out))
     assert all(np.isfinite(g).all() for g in grads)
     assert np.all(np.asarray(grads[1])[:, Tq:] == 0) and np.all(np.asarray(grads[2])[:, Tq:] == 0)
+
+
+@pytest.mark.parametrize("path", ["dense", "chunked"])
+def test_a_row_of_minus_inf_bias_gives_zeros_without_a_mask(path):
+    """A bias whose row for query 1 is all ``-inf`` (no mask, no causal flag): that query sees
+    no key, so its output and its query gradient are zeros, finite, as the NumPy half says;
+    the other rows equal the NumPy half."""
+    rng = np.random.default_rng(1)
+    q, k, v, d_out = (rng.normal(size=(2, n, 2, 4)) for n in (3, 5, 5, 3))
+    bias = rng.normal(size=(1, 2, 3, 5))
+    bias[:, :, 1] = -np.inf
+    expected, _ = attention_np.scaled_dot_product_attention(q, k, v, bias=bias)
+    out, vjp = jax.vjp(lambda q, k, v: attention_jax.dot_product_attention(q, k, v, bias=bias, implementation=path),
+                       *(jnp.asarray(x) for x in (q, k, v)))
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_array_equal(np.asarray(out)[:, 1], 0)
+    grads = vjp(jnp.asarray(d_out))
+    assert all(np.isfinite(np.asarray(g)).all() for g in grads)
+    np.testing.assert_array_equal(np.asarray(grads[0])[:, 1], 0)

@@ -541,9 +541,9 @@ def test_every_argument_of_flaxs_constructor_and_call_is_accepted():
 
 
 def test_metadata_reaches_the_params_as_in_flax():
-    metadata = dict(kernel_metadata={"sharding_names": (None, "model", None)}, bias_metadata={"sharding_names": ("model", None)},
-                    out_kernel_metadata={"sharding_names": ("model", None, None)}, out_bias_metadata={"sharding_names": (None,)},
-                    query_ln_scale_metadata={"sharding_names": (None,)}, key_ln_scale_metadata={"sharding_names": (None,)})
+    metadata = dict(kernel_metadata={"out_sharding": (None, "model", None)}, bias_metadata={"out_sharding": ("model", None)},
+                    out_kernel_metadata={"out_sharding": ("model", None, None)}, out_bias_metadata={"out_sharding": (None,)},
+                    query_ln_scale_metadata={"out_sharding": (None,)}, key_ln_scale_metadata={"out_sharding": (None,)})
     kwargs = dict(num_heads=2, in_features=E, normalize_qk=True, decode=False, **metadata)
     mesh = jax.make_mesh((1,), ("model",), axis_types=(jax.sharding.AxisType.Auto,))
     with jax.set_mesh(mesh):                                                    # Flax places annotated params

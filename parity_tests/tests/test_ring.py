@@ -30,6 +30,13 @@ def test_values_and_gradients_equal_the_single_device_function(ring):
         assert case["out_sharding"] == "P(None, 'sp')", name  # the output stays sharded along T
 
 
+def test_one_query_row_per_device(ring):
+    # T = P: the diagonal block of each device holds one query and one key, the same position
+    assert sorted(ring["one_row"]) == ["P=4 causal", "P=8 causal"]
+    for name, case in ring["one_row"].items():
+        assert case["forward"] <= 1e-5 and case["gradients"] <= 1e-5 and case["finite"], (name, case)
+
+
 def test_nan_in_a_key_reaches_the_queries_that_attend_it(ring):
     # and only those: queries t >= 3 of the causal ring, not zeros;
     # the dense path may also give NaN before (docs/design.md, "the causal mask alone")
@@ -49,6 +56,23 @@ def test_meshes_from_make_mesh_explicit_and_auto_with_and_without_mask(ring):
         assert case["finite"], name
 
 
+@pytest.mark.parametrize("kind", ["Auto", "Explicit"])
+def test_the_output_keeps_the_querys_sharding_on_a_data_and_sequence_mesh(ring, kind):
+    # batch split over "data", sequence over "sp": the output (and each gradient) stays split
+    # over both, not gathered or replicated over "data"; values as above, within 1e-5
+    cases = {name: c for name, c in ring["mesh_kinds"].items() if name.startswith(f"{kind} 2x4")}
+    assert len(cases) == 2, sorted(ring["mesh_kinds"])
+    for name, case in cases.items():
+        assert case["query_sharding"] == "P('data', 'sp')", name
+        assert case["out_kept"], (name, case["out_sharding"])
+        assert case["grads_kept"], name
+        assert case["forward"] <= 1e-5 and case["gradients"] <= 1e-5, name
+    # a query replicated over "data" gives an output replicated over "data"
+    replicated = ring["replicated_batch"][kind]
+    assert replicated["out_kept"], replicated
+    assert replicated["forward"] <= 1e-5, replicated
+
+
 def test_random_problems_equal_the_numpy_reference(ring):
     # hypothesis inside the 8-device process: key-padding masks with dead batch rows, grouped
     # heads, causal or not, upstream gradients up to 1e4; RING_PROPERTY_EXAMPLES=500 searches longer
@@ -58,6 +82,18 @@ def test_random_problems_equal_the_numpy_reference(ring):
 def test_memory_per_device_falls_at_least_in_proportion_to_the_ring(ring):
     memory = {int(p): b for p, b in ring["memory"].items()}
     assert memory[4] <= memory[2] / 2 and memory[8] <= memory[4] / 2, memory
+
+
+def test_two_devices_quick_check():
+    # the ring on 2 devices alone, in a few seconds (CI runs it at the lowest declared versions)
+    script = pathlib.Path(__file__).with_name("ring_check.py")
+    done = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["devices"] == 2 and len(result["cases"]) == 4, result
+    for name, case in result["cases"].items():
+        assert case["forward"] <= 1e-5 and case["gradients"] <= 1e-5 and case["finite"], (name, case)
+        assert case.get("out_sharding", "P(None, 'sp')") == "P(None, 'sp')", (name, case)
 
 
 def test_lengths_must_divide_evenly(ring):
