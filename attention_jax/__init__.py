@@ -13,18 +13,18 @@ the fastest correct path) and ``attention_jax.nnx.MultiHeadAttention`` (a drop-i
 
 from . import nnx  # noqa: F401  (Flax NNX modules: attention_jax.nnx.AdditiveAttention, Seq2Seq)
 from .additive import additive_attention, additive_params_from_torch, init_additive_params
-from .chunked import BlockMask, chunked_attention, create_block_mask, flex_attention
 from .cross_attention import cross_attention, init_cross_attention_params
 from .diagnostics import alignment_diagnostics
-from .dispatch import dot_product_attention
 from .dot_product import scaled_dot_product_attention
+from .fast.chunked import BlockMask, chunked_attention, create_block_mask, flex_attention
+from .fast.dispatch import dot_product_attention
 from .global_attention import global_attention, init_global_params
 from .hard import hard_attention
 from .kv_cache import init_kv_cache, multi_head_attention_step
 from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention, multi_head_params_from_flax
-from .ring import ring_attention
+from .parallel.ring import ring_attention
 from .rotary import apply_rotary
 from .scores import (
     concat_scores,

@@ -1,6 +1,6 @@
 """Softmax with a boolean mask, and the causal mask: line-by-line mirror of
 ``attention_np/_masking.py``. The fusion-friendly variants the tuned paths use are in
-:mod:`attention_jax._fused`.
+:mod:`attention_jax.fast._fused`.
 
 docs/design.md section 4: masked logits are *replaced* (``where``), never added to ``-inf``, so
 no NaN can appear, in the forward pass or the gradients; a row with every key masked gets

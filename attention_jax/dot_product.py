@@ -1,6 +1,6 @@
 """Scaled dot-product attention (Vaswani et al. 2017): line-by-line mirror of
 ``attention_np/dot_product.py``. The path tuned for XLA's CPU backend, with the same numbers,
-is :mod:`attention_jax.dense`."""
+is :mod:`attention_jax.fast.dense`."""
 
 import jax.numpy as jnp
 

@@ -1,6 +1,6 @@
 """Programmable attention: line-by-line mirror of ``attention_np/flex.py``, the dense definition
 (O(T S) memory). :func:`attention_jax.flex_attention` computes the same block by block
-(:mod:`attention_jax.chunked.flex`), skipping the blocks a block mask rules out."""
+(:mod:`attention_jax.fast.chunked.flex`), skipping the blocks a block mask rules out."""
 
 import math
 

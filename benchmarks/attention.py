@@ -13,7 +13,7 @@ fixed random ``c``) of
 - ``attention_jax.dot_product_attention`` (``implementation=None``, the path the NNX module
   takes),
 - ``attention_jax.chunked_attention`` (online softmax, custom VJP),
-- ``ours_sdpa``: the tuned dense path ``attention_jax.dense.dense_attention``
+- ``ours_sdpa``: the tuned dense path ``attention_jax.fast.dense.dense_attention``
   (``implementation="dense"``; output only, weights not kept),
 - ``mirror``: ``attention_jax.scaled_dot_product_attention``, the plain line-by-line mirror
   of the NumPy reference (output only),
@@ -133,7 +133,7 @@ def make(impl, B, N, L, H, causal, dtype):
     import jax.numpy as jnp
 
     import attention_jax
-    from attention_jax.dense import dense_attention
+    from attention_jax.fast.dense import dense_attention
 
     fn = {
         "dot_product_attention": lambda q, k, v: attention_jax.dot_product_attention(q, k, v, is_causal=causal),
@@ -388,7 +388,7 @@ def path_of(key, dtype):
     """The path ``dot_product_attention`` takes at this configuration (its own dispatch rule)."""
     import jax
 
-    from attention_jax.dispatch import choose_implementation
+    from attention_jax.fast.dispatch import choose_implementation
 
     B, N, L, H, causal = key
     x = jax.ShapeDtypeStruct((B, L, N, H), dtype)

@@ -193,7 +193,7 @@ def test_causal_tiles_match_numpy(B, T, S, N, K, H, rng):
     the block loop (which also returns the log-sum-exp). Both against the NumPy half, with
     ragged last tiles, T != S both ways and grouped heads."""
     import attention_np
-    from attention_jax.chunked import BlockSizes
+    from attention_jax.fast.chunked import BlockSizes
 
     if jax.default_backend() != "cpu":
         pytest.skip("the tiles are the CPU backend's rule")
@@ -211,7 +211,7 @@ def test_default_blocks_pad_less_than_128_rows_a_block(causal):
     """The default blocks split a length into equal blocks (rounded up to 128 rows), so
     the padding is under 128 rows a block (not up to a whole block: 1536 keys padded to
     2048); the backward pass's blocks divide the forward's, so one padding fits both."""
-    from attention_jax.chunked import BlockSizes
+    from attention_jax.fast.chunked import BlockSizes
 
     sizes = BlockSizes.get_default("cpu")
     for L in range(1, 9000, 37):

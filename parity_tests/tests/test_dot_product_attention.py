@@ -9,7 +9,7 @@ import pytest
 
 import attention_jax
 import attention_np
-from attention_jax.dispatch import DENSE_MAX_SCORES, choose_implementation
+from attention_jax.fast.dispatch import DENSE_MAX_SCORES, choose_implementation
 
 from .conftest import highest
 
@@ -86,8 +86,8 @@ def test_a_window_skips_key_blocks_so_the_work_is_linear_in_length():
     # the compiled loop visits only blocks that meet the band: with kc = qc = 64 and a
     # window of 64 each query chunk needs at most 3 key chunks of L/64
     L = 1024
-    from attention_jax.chunked.config import Config
-    from attention_jax.chunked.masks import key_range
+    from attention_jax.fast.chunked.config import Config
+    from attention_jax.fast.chunked.masks import key_range
     cfg = Config(False, 64, 64, L, L, 1, (64, 64), False)
     bounds = [tuple(int(x) for x in key_range(i, cfg, L // 64)) for i in range(L // 64)]
     assert max(end - start for start, _, end in bounds) == 3

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 import attention_jax
 import attention_jax.nnx
 import attention_np
-from attention_jax.dense import dense_attention
+from attention_jax.fast.dense import dense_attention
 
 # Worst |error| / max(1, max |reference|) per dtype (docs/design.md, tolerances); bfloat16
 # and float16 gradients pass through two rounded matmuls more than the outputs.
@@ -190,7 +190,7 @@ def test_jax_paths(path, p):
 @FEWER
 @given(p=problems(), dropout=st.sampled_from([0.0, 0.5]))
 def test_tuned_dense_path_equals_the_mirror(p, dropout):
-    """:mod:`attention_jax.dense` against :func:`attention_jax.scaled_dot_product_attention`
+    """:mod:`attention_jax.fast.dense` against :func:`attention_jax.scaled_dot_product_attention`
     (the line-by-line mirror of the NumPy half): outputs, weights and gradients, dropout
     included (the same keep-mask)."""
     options = {n: p[n] for n in OPTIONS} | {"dropout_rate": dropout, "dropout_rng": 7}

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 import attention_jax
 import attention_jax.nnx
 import attention_np
-from attention_jax.chunked.attention import _config, _rows
-from attention_jax.chunked.sparse import EMPTY, FULL, PARTIAL, option_states
+from attention_jax.fast.chunked.attention import _config, _rows
+from attention_jax.fast.chunked.sparse import EMPTY, FULL, PARTIAL, option_states
 
 from .conftest import highest
 

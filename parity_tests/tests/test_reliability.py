@@ -213,5 +213,5 @@ def test_nan_in_an_attended_key_reaches_the_queries_that_attend_it(path, is_caus
     out = np.asarray(SDPA_PATHS[path](q, k, v, is_causal))
     touched = slice(s, None) if is_causal else slice(None)
     assert np.all(np.isnan(out[:, touched])), "a query attending the poisoned key must give NaN"
-    if is_causal and path != "dense (tuned)":  # see attention_jax._fused.replace_masked
+    if is_causal and path != "dense (tuned)":  # see attention_jax.fast._fused.replace_masked
         assert np.all(np.isfinite(out[:, :s])), "queries before the poisoned key never see it"

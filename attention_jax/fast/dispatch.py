@@ -8,7 +8,7 @@ Which path runs (``implementation=None``), decided from static facts at trace ti
    (a query could then have no key, where cuDNN returns the mean of the values and we
    return zeros), no dropout, a window only with ``is_causal`` (cuDNN supports only a left
    window), and no traced ``scale``.
-2. ``"dense"`` (:func:`attention_jax.dense.dense_attention`, the numbers of
+2. ``"dense"`` (:func:`attention_jax.fast.dense.dense_attention`, the numbers of
    :func:`scaled_dot_product_attention` tuned for XLA's CPU fusions) when ``T * S <= 2**16`` (L <= 256):
    at those lengths XLA's CPU backend runs the dense path as one fused kernel, which beats
    the blockwise loop (``benchmarks/results/training/attention.md``: 8x8x128x64, 3.9 ms
@@ -32,9 +32,9 @@ import jax.numpy as jnp
 
 from attention_np._validate import check_choice, check_window, is_scalar_array
 
+from ..dot_product import scaled_dot_product_attention
 from .chunked import chunked_attention
 from .dense import dense_attention
-from .dot_product import scaled_dot_product_attention
 
 IMPLEMENTATIONS = (None, "dense", "chunked", "cudnn", "xla")  # "xla": jax.nn's name for the dense path
 DENSE_MAX_SCORES = 2**16  # T * S up to which the dense path runs (L <= 256)
@@ -96,7 +96,7 @@ def dot_product_attention(
       dropout_rate: probability of dropping an attention weight; ``dropout_rng`` a JAX key
         (or its ``key_data``, or an int). The keep-mask is the same on every path
         (:mod:`attention_jax.dropout`).
-      implementation: None (the rule of :mod:`attention_jax.dispatch`), ``"dense"``,
+      implementation: None (the rule of :mod:`attention_jax.fast.dispatch`), ``"dense"``,
         ``"chunked"`` or ``"cudnn"``; ``"xla"`` (``jax.nn``'s name for its plain path) is
         ``"dense"``.
       broadcast_dropout: one dropout mask for every batch row and head (Flax's modules).

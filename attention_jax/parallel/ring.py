@@ -5,7 +5,7 @@ When a sequence does not fit one device, shard it: device i of the ring holds qu
 Each device computes attention of its queries against the key/value block it holds, then
 passes that block to the next device with ``lax.ppermute`` and receives the previous one's;
 after P steps every query block has met every key/value block. The blocks are combined with
-the online softmax of ``chunked_attention`` (:mod:`attention_jax.online_softmax`: a running
+the online softmax of ``chunked_attention`` (:mod:`attention_jax.fast.online_softmax`: a running
 max ``m``, normaliser ``l`` and output accumulator per query row), so no device ever holds
 more than one (T/P, S/P) score block or more than one foreign key/value block.
 
@@ -33,14 +33,14 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from attention_np._validate import check_sdpa
 
-from . import online_softmax
-from ._dtypes import compute_dtype
-from ._sharding import explicit_spec, varying_axes
+from .._dtypes import compute_dtype
+from .._sharding import explicit_spec, varying_axes
+from ..fast import online_softmax
 
 
 def _block(q, k, v, q_start, k_start, *, scale, is_causal, key_mask):
     """Logits of one (T/P, S/P) block, masked logits ``finfo.min`` (the convention of
-    :mod:`attention_jax.online_softmax`): ``(B, K, G, Tb, Sb)`` and the mask."""
+    :mod:`attention_jax.fast.online_softmax`): ``(B, K, G, Tb, Sb)`` and the mask."""
     logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k) * scale                 # (B, K, G, Tb, Sb)
     mask = key_mask[:, None, None, None, :]                                # (B, 1, 1, 1, Sb)
     if is_causal:

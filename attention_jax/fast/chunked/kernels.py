@@ -12,8 +12,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ..._sharding import full_like_leading, leading_sharded
 from .. import online_softmax
-from .._sharding import full_like_leading, leading_sharded
 from .masks import (
     block,
     block_logits,

@@ -6,9 +6,9 @@ short lengths run it.
 What differs from the plain mirror in :mod:`attention_jax.dot_product`, each measured in
 ``benchmarks/results/experiments.md``:
 
-- the softmax as numerator and row sums (:func:`attention_jax._fused.softmax_parts`), and the
+- the softmax as numerator and row sums (:func:`attention_jax.fast._fused.softmax_parts`), and the
   sums divide the ``(T, H)`` output, not the ``(T, S)`` weights;
-- the causal mask alone is a minimum (:func:`attention_jax._fused.replace_masked`), and only
+- the causal mask alone is a minimum (:func:`attention_jax.fast._fused.replace_masked`), and only
   keys ``s >= T`` are padding, so no reduction over the mask is needed;
 - without a bias or a mask that can empty a row, the empty-row guards are skipped.
 """
@@ -17,13 +17,13 @@ import jax.numpy as jnp
 
 from attention_np._validate import check_sdpa, check_sdpa_options
 
-from ._batch import fold_batch, fold_broadcast, unfold_batch
-from ._dtypes import compute_dtype, operand_dtype
+from .._batch import fold_batch, fold_broadcast, unfold_batch
+from .._dtypes import compute_dtype, operand_dtype
+from .._jit import jit, logits_scale, split_scale, static_rng
+from .._masking import attended_keys, combine_all_masks, length_mask
+from .._sharding import repeat_heads
+from ..dropout import dropout_weights
 from ._fused import softmax_parts
-from ._jit import jit, logits_scale, split_scale, static_rng
-from ._masking import attended_keys, combine_all_masks, length_mask
-from ._sharding import repeat_heads
-from .dropout import dropout_weights
 
 
 def dense_attention(

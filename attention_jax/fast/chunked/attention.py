@@ -5,11 +5,11 @@ from jax import lax
 
 from attention_np._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 
-from .._batch import fold_batch, fold_broadcast, unfold_batch
-from .._dtypes import compute_dtype, operand_dtype
-from .._jit import jit, logits_scale, reverse_mode_only, split_scale, static_rng
-from .._sharding import match_varying
-from ..dropout import rng_words
+from ..._batch import fold_batch, fold_broadcast, unfold_batch
+from ..._dtypes import compute_dtype, operand_dtype
+from ..._jit import jit, logits_scale, reverse_mode_only, split_scale, static_rng
+from ..._sharding import match_varying
+from ...dropout import rng_words
 from .blocks import BlockSizes, check_chunk
 from .config import Config, Mods, Rows
 from .masks import attended_keys, segment_attended_keys, to_rows_layout

@@ -8,7 +8,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from .._sharding import reshard_like
+from ..._sharding import reshard_like
 from .config import Residuals
 from .kernels import backward, each_head, forward, forward_tiles
 

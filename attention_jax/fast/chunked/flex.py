@@ -9,9 +9,9 @@ import jax.numpy as jnp
 
 from attention_np._validate import check_flex
 
-from .._dtypes import compute_dtype
-from .._jit import jit, logits_scale, reverse_mode_only, split_scale
-from ..flex import flex_attention as dense_flex_attention
+from ..._dtypes import compute_dtype
+from ..._jit import jit, logits_scale, reverse_mode_only, split_scale
+from ...flex import flex_attention as dense_flex_attention
 from .attention import _rows, _to_rows
 from .config import Config, Mods
 from .masks import convert_mod

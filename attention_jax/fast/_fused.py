@@ -1,5 +1,5 @@
 """The masked softmax written for XLA's CPU fusions: what the tuned paths
-(:mod:`attention_jax.dense`, :mod:`attention_jax.chunked`) use instead of the plain
+(:mod:`attention_jax.fast.dense`, :mod:`attention_jax.fast.chunked`) use instead of the plain
 :func:`attention_jax._masking.masked_softmax`, with the same numbers (tested equal).
 
 Two tricks, measured in ``benchmarks/results/experiments.md``:
@@ -13,8 +13,8 @@ Two tricks, measured in ``benchmarks/results/experiments.md``:
 import jax
 import jax.numpy as jnp
 
-from ._dtypes import compute_dtype
-from ._masking import _nonzero, _row_max
+from .._dtypes import compute_dtype
+from .._masking import _nonzero, _row_max
 
 
 def softmax_parts(logits, mask=None, *, empty_rows=True):

@@ -8,8 +8,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from ...dropout import keep_mask
 from .._fused import replace_masked
-from ..dropout import keep_mask
 
 
 def block(x, start, size, axis):
