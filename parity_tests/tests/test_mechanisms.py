@@ -124,6 +124,13 @@ def test_straight_through_is_hard_forward_and_soft_backward(rng, jit):
     np.testing.assert_allclose(st_scores, soft_scores, atol=1e-12)
     np.testing.assert_allclose(st_values, jnp.einsum("BTS,BTH->BSH", hard[1], c), atol=1e-12)
     assert np.any(np.asarray(st_scores) != 0)
+    # the returned weights carry the same straight-through gradient: a loss on them reaches the
+    # scores as through softmax(scores + noise)
+    w = jnp.asarray(rng.normal(size=(B, T, S)))
+    st_weights = jax.grad(lambda s: jnp.sum(attention_jax.hard_attention(s, values, mask=mask, gumbel_noise=noise, straight_through=True)[1] * w))(scores)
+    soft_weights = jax.grad(lambda s: jnp.sum(attention_jax.soft_attention(s + noise, values, mask=mask)[1] * w))(scores)
+    np.testing.assert_allclose(st_weights, soft_weights, atol=1e-12)
+    assert np.any(np.asarray(st_weights) != 0)
 
 
 def test_straight_through_hard_attention_trains(rng):
