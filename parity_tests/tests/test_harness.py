@@ -42,6 +42,8 @@ def _stop_key_gradient(*args, **kwargs):  # same forward, no gradient through th
         (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-6]), 1e-5, True),
         (np.array([1.0, 2.0]), np.array([1.0, 2.0 + 1e-4]), 1e-5, False),
         (np.array([1e6]), np.array([1e6 + 1.0]), 1e-5, True),  # relative 1e-6
+        (np.array([1.0]), np.array([1.0 + 1.5e-5]), 1e-5, False),  # relative 1.5e-5: just outside
+        (np.array([1e-3]), np.array([1e-3 + 2e-5]), 1e-5, False),  # absolute 2e-5, relative 2e-2
         (np.array([np.nan, 1.0]), np.array([np.nan, 1.0]), 1e-5, True),
         (np.array([0.0, 1.0]), np.array([np.nan, 1.0]), 1e-5, False),   # NaN on one side only
         (np.array([np.nan, 1.0]), np.array([1.0, np.nan]), 1e-5, False),  # NaN in other places
