@@ -7,6 +7,7 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.extend import core as jax_core
 
 from ...dropout import keep_mask
 from .._fused import replace_masked
@@ -66,7 +67,7 @@ def _converted(mod, example):
         values = list(kept)
         for i, value in zip(floats + fixed, args[n:], strict=True):
             values[i] = value
-        return jax.core.eval_jaxpr(jaxpr, values, *args[:n])[0]
+        return jax_core.jaxpr_as_fun(jax_core.ClosedJaxpr(jaxpr, values))(*args[:n])[0]
 
     return fn, tuple(consts[i] for i in floats), tuple(consts[i] for i in fixed)
 
