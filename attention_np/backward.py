@@ -295,10 +295,10 @@ def multi_head_attention_vjp(params, query, key, value, d_out, *, mask=None, is_
       ``(B, S, E_kv)``, each in its input's dtype.
 
     Example: the two heads of :func:`multi_head_attention`'s example, ``d_out = 1``.
-    ``dW^O`` of head n is its output summed over the positions (head 1: ``4 + 4``, head 2:
+    ``dW^O`` of head n is its output summed over the positions (head 0: ``4 + 4``, head 1:
     ``3 + 4``). Both heads read their values from feature 0, so a position's ``d_value`` is
     the weight it is given, summed over queries and heads: position 0 gets ``0.5 + 0.5``
-    from head 1 and ``0.75 + 0.5`` from head 2, 2.25; position 1 gets ``1 + 0.75 = 1.75``.
+    from head 0 and ``0.75 + 0.5`` from head 1, 2.25; position 1 gets ``1 + 0.75 = 1.75``.
 
     >>> ln3 = np.log(3)
     >>> params = {                                                # no biases, as use_bias=False

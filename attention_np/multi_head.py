@@ -74,12 +74,13 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
       ``(out, weights)``: ``(B, T, F)`` and ``(B, N, T, S)``, in the dtype of ``query``.
       T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to, so no output bias).
 
-    Example: two heads of one feature (N = 2, H = 1, so the scale is 1); both read their
-    values from feature 0 (``v = [2, 6]``), and head n writes output feature n. Head 1 has
-    zero query and key kernels: its scores are 0, its weights uniform, its output
-    ``(2 + 6) / 2 = 4`` everywhere. Head 2 matches feature 1: ``q = [1, 0]``, ``k = [ln 3,
-    0]``; position 0 scores ``[ln 3, 0]``, weights ``[3, 1] / 4``, output ``0.75 * 2 + 0.25 *
-    6 = 3``; position 1 scores ``[0, 0]``, output 4.
+    Example: two heads of one feature (N = 2, H = 1, so the scale is 1); heads, features and
+    positions are numbered from 0. Both heads read their values from feature 0
+    (``v = [2, 6]``), and head n writes output feature n. Head 0 has zero query and key
+    kernels: its scores are 0, its weights uniform, its output ``(2 + 6) / 2 = 4``
+    everywhere. Head 1 matches feature 1: ``q = [1, 0]``, ``k = [ln 3, 0]``; position 0
+    scores ``[ln 3, 0]``, weights ``[3, 1] / 4``, output ``0.75 * 2 + 0.25 * 6 = 3``;
+    position 1 scores ``[0, 0]``, output 4.
 
     >>> ln3 = np.log(3)
     >>> params = {                                                # no biases, as use_bias=False
@@ -95,7 +96,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     <BLANKLINE>
             [[0.75, 0.25],
              [0.5 , 0.5 ]]]])
-    >>> out.round(4)                                              # (B, T, F): [head 1, head 2]
+    >>> out.round(4)                                              # (B, T, F): [head 0, head 1]
     array([[[4., 3.],
             [4., 4.]]])
     """

@@ -5,6 +5,7 @@ connection to be read."""
 
 import doctest
 import importlib
+import inspect
 import os
 import pkgutil
 import re
@@ -116,6 +117,33 @@ def test_relative_links_resolve_on_github(path):
         elif anchor and resolved.suffix == ".md" and anchor not in _slugs(resolved.read_text()):
             broken.append(target)
     assert not broken, f"{path.name}: {broken}"
+
+
+def _resolve(name):
+    """The functions ``name`` means as the docs write it: a bare ``f`` is in both halves, a dotted
+    ``attention_jax.nnx.C`` or ``jax.nn.f`` is that path; a class means its ``__call__``."""
+    if "." in name:
+        top, *path = name.split(".")
+        objects = [importlib.import_module(top)]
+        for part in path:
+            objects = [getattr(objects[0], part)]
+    else:
+        objects = [getattr(attention_np, name), getattr(attention_jax, name)]
+    return [obj.__call__ if isinstance(obj, type) else obj for obj in objects]
+
+
+def test_the_learner_page_names_the_calls_that_take_a_window():
+    # learn.md says self_attention takes no window and names the calls that take
+    # local_window_size: each name is checked against the code, so the sentence cannot drift
+    text = (ROOT / "docs" / "learn.md").read_text()
+    start = text.index("`self_attention` takes no window")
+    sentence = text[start:text.index(".", text.index("same argument", start))]
+    names = re.findall(r"`([\w.]+)(?:\(|`)", sentence)
+    assert "self_attention" in names and "scaled_dot_product_attention" in names, names
+    for name in names:
+        for function in _resolve(name):
+            takes = "local_window_size" in inspect.signature(function).parameters
+            assert takes == (name != "self_attention"), (name, function)
 
 
 def test_the_readme_examples_run_as_written():

@@ -139,6 +139,36 @@ def test_tour_shows_that_the_scale_softens_the_weights(executed):
     assert gradient_u[-1] < 0.25 * gradient_s[-1] and max(gradient_s) - min(gradient_s) < 0.05
 
 
+def test_tour_says_why_the_unscaled_softmax_is_sharp_and_states_what_it_prints(executed):
+    # the scores' variance is about H, as the argument says; what makes the softmax sharp is that a
+    # word and its translation match (a mean score far above the others'), and the numbers the
+    # text quotes are the ones the cell prints
+    notebook, _ = executed
+    lines = _text(notebook).splitlines()
+    line = next(x for x in lines if x.startswith("scores q.k: variance"))
+    variance, H, matched, others = map(float, re.findall(r"-?\d+(?:\.\d+)?", line.split(":", 1)[1]))
+    assert H == 8 and 0.75 * H < variance < 1.25 * H, line
+    assert matched - others > np.sqrt(H), line
+    text = TWIN.read_text()
+    section = text[text.index("# Section 1's soft attention used the same"):text.index("### 7. Location-based")]
+    printed = next(x for x in lines if x.startswith("'chat' scores 'cat' and 'on':"))
+    for number in re.findall(r"\d+\.\d+", printed):
+        assert number in section, (number, printed)
+
+
+def test_tour_keeps_one_meaning_per_letter_and_one_vector_convention():
+    text = TWIN.read_text()
+    # H is the features of one word / one head (8) throughout; the model width is E, a head's width head_dim
+    assert not re.search(r"\bH\s*=\s*4\b", text)
+    for call in ("init_multi_head_params(", "init_transformer_encoder_params(", "sinusoidal_positions("):
+        arguments = text[text.index(call) + len(call):].split("\n", 1)[0].split("#", 1)[0]  # the code on that line
+        assert not re.search(r"\bH\b", arguments), (call, arguments)
+    # vectors are rows, so a dot product is q k^T, never the column form q^T k
+    assert not re.search(r"[qk](_\w)?\^\\top\s*[kq]", text)
+    # the tutorial's weights are one row, for the decoder state, not a decoder step
+    assert '["step 4"]' not in text
+
+
 def test_tour_says_which_pictures_are_the_same_and_checks_it(executed):
     # cross-attention with identity projections is scaled dot-product attention; Luong's
     # global attention with the dot score has the weights of soft attention on dot scores
