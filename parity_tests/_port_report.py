@@ -24,8 +24,11 @@ _SHOWN = 3  # NaN/inf positions named per leaf
 @dataclasses.dataclass(frozen=True)
 class LeafCheck:
     """One output or gradient leaf in one dtype. ``index`` is the worst element's (largest
-    error relative to its tolerance); ``source_error`` the source's largest error in the
-    leaf; ``verdict`` says which side is off when it fails."""
+    error relative to its tolerance, or where NaN/inf is misplaced when only that fails);
+    ``source_error`` the source's largest error in the leaf; ``mismatched`` counts the
+    elements that fail, ``misplaced`` those of them where the port and the reference are not
+    both NaN or the same inf, which ``nonfinite`` describes; ``verdict`` says which side is
+    off when it fails."""
 
     name: str
     dtype: str
@@ -42,6 +45,7 @@ class LeafCheck:
     source_error: float = 0.0
     nonfinite: str = ""
     verdict: str = ""
+    misplaced: int = 0
     problem: str = ""   # structure, shape or dtype mismatch: nothing compared
     where: str = ""     # in a sweep: "size=64 seed=1"
 
@@ -57,14 +61,20 @@ class LeafCheck:
         return not self.problem and not self.mismatched and not self.nonfinite
 
     def __str__(self) -> str:
-        head = f"{'pass' if self.passed else 'FAIL'} {self.where + ' ' if self.where else ''}{self.dtype} {self.name} {self.shape}"
+        shape = "" if self.problem and not self.shape else str(self.shape)
+        head = " ".join(part for part in ("pass" if self.passed else "FAIL", self.where, self.dtype, self.name, shape) if part)
         if self.problem:
             return f"{head}: {self.problem}"
         if self.passed:
             return (f"{head}: closest to its tolerance at {list(self.index)}, |port - ref| {self.abs_error:.2e} "
                     f"<= {self.tolerance:.2e} (source's max error {self.source_error:.2e})")
-        lines = [f"{head}: {self.mismatched} of {self.total} elements outside tolerance"]
-        if self.mismatched:
+        outside = self.mismatched - self.misplaced
+        if not self.misplaced:
+            lines = [f"{head}: {self.mismatched} of {self.total} elements outside tolerance"]
+        else:
+            lines = [f"{head}: {self.mismatched} of {self.total} elements fail: {self.misplaced} where NaN/inf do not match "
+                     f"the reference's{f', {outside} outside tolerance' if outside else ''}"]
+        if outside:
             lines.append(
                 f"    worst at {list(self.index)}: source {self.source:.6g}, port {self.port:.6g}, reference "
                 f"{self.reference:.6g}; |port - ref| {self.abs_error:.3e}, rel {self.rel_error:.3e}, tolerance {self.tolerance:.3e}")
@@ -138,14 +148,32 @@ def _bounds(reference, source_error, dtype, tolerance):
     return atol + rtol * np.abs(reference)
 
 
+def _misplaced(a, ref):
+    """Where ``a`` and ``ref`` are not both finite, both NaN or the same inf."""
+    with np.errstate(invalid="ignore"):
+        same = (np.isfinite(a) & np.isfinite(ref)) | (np.isnan(a) & np.isnan(ref)) | (np.isinf(a) & (a == ref))
+    return ~same
+
+
+def _value(x) -> str:
+    return "NaN" if np.isnan(x) else f"{x:.6g}"
+
+
 def _nonfinite(a, ref, who) -> str:
-    """Where ``a`` is NaN/inf and ``ref`` not, or the other way round."""
-    bad = (np.isnan(a) != np.isnan(ref)) | (np.isinf(a) & np.isinf(ref) & (np.sign(a) != np.sign(ref))) | (np.isinf(a) != np.isinf(ref))
-    if not bad.any():
-        return ""
-    where = [tuple(int(i) for i in ix) for ix in np.argwhere(bad)[:_SHOWN]]
-    shown = ", ".join(f"{list(ix)} ({who} {a[ix]:g}, reference {ref[ix]:g})" for ix in where)
-    return f"NaN/inf at {int(bad.sum())} positions where the reference differs: {shown}{', ...' if bad.sum() > _SHOWN else ''}"
+    """Which side has NaN/inf where the other has not, a line each way: ``the port has NaN at
+    [0, 3] where the reference has 0.51; 4 such elements``."""
+    bad = _misplaced(a, ref)
+    lines = []
+    for side, other, here, there, mask in ((who, "the reference", a, ref, bad & ~np.isfinite(a)),
+                                           ("reference", f"the {who}", ref, a, bad & np.isfinite(a))):
+        if not mask.any():
+            continue
+        first, *more = [tuple(int(i) for i in ix) for ix in np.argwhere(mask)[:_SHOWN]]
+        count = int(mask.sum())
+        also = f" (also at {', '.join(str(list(ix)) for ix in more)}{', ...' if count > _SHOWN else ''})" if more else ""
+        lines.append(f"the {side} has {_value(here[first])} at {list(first)} where {other} has {_value(there[first])}{also}; "
+                     f"{count} such element{'s' if count != 1 else ''}")
+    return "\n    ".join(lines)
 
 
 def compare_leaf(name, dtype, source, port, reference, tolerance, *, sampled=False) -> LeafCheck:
@@ -165,42 +193,52 @@ def compare_leaf(name, dtype, source, port, reference, tolerance, *, sampled=Fal
     if sampled:
         skipped = np.isnan(reference)
         source, port, total = np.where(skipped, np.nan, source), np.where(skipped, np.nan, port), int((~skipped).sum())
-    with np.errstate(invalid="ignore"):
-        port_err = np.where(port == reference, 0.0, np.abs(port - reference))       # inf == inf: 0
-        source_err = np.where(source == reference, 0.0, np.abs(source - reference))
+    port_err, source_err = _errors(port, reference), _errors(source, reference)
     finite_source = source_err[np.isfinite(source_err)]
     source_error = float(finite_source.max()) if finite_source.size else 0.0
     bound = _bounds(reference, source_error, dtype, tolerance)
+    misplaced = _misplaced(port, reference)
     with np.errstate(invalid="ignore"):
-        off = np.isfinite(reference) & ~(port_err <= bound)
+        off = ~misplaced & np.isfinite(reference) & ~(port_err <= bound)
     nonfinite = _nonfinite(port, reference, "port")
     if not reference.size:
         return LeafCheck(name, dtype, shape, 0, 0, nonfinite=nonfinite)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(np.isfinite(reference), port_err / np.maximum(bound, np.finfo(float).tiny), 0.0)
-    ratio = np.where(np.isnan(ratio), np.inf, ratio)  # a NaN where the reference is finite: the worst
+        ratio = np.where(np.isfinite(reference) & ~misplaced, port_err / np.maximum(bound, np.finfo(float).tiny), 0.0)
+    if misplaced.any() and not off.any():  # only NaN/inf fail: the first of them
+        ratio = misplaced.astype(float)
     index = np.unravel_index(int(np.argmax(ratio)), shape)
     ref_i = reference[index]
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = float(port_err[index] / abs(ref_i)) if ref_i else float(np.inf if port_err[index] else 0.0)
     check = LeafCheck(
-        name, dtype, shape, int(off.sum()), total, tuple(int(i) for i in index), float(source[index]), float(port[index]),
-        float(ref_i), float(port_err[index]), rel, float(bound[index]), source_error, nonfinite)
+        name, dtype, shape, int((off | misplaced).sum()), total, tuple(int(i) for i in index), float(source[index]),
+        float(port[index]), float(ref_i), float(port_err[index]), rel, float(bound[index]), source_error, nonfinite,
+        misplaced=int(misplaced.sum()))
     if check.passed:
         return check
-    return dataclasses.replace(check, verdict=_verdict(source, source_err, reference, dtype, index))
+    return dataclasses.replace(check, verdict=_verdict(source, source_err, reference, dtype, index, misplaced, off))
 
 
-def _verdict(source, source_err, reference, dtype, index) -> str:
-    """Which side is off: the source measured against the float64 reference at the dtype's
-    own tolerance (:data:`PORT_TOLERANCES`)."""
-    atol, rtol = PORT_TOLERANCES[dtype]
+def _errors(x, reference):
+    """``|x - reference|``, 0 where both are NaN or the same inf."""
     with np.errstate(invalid="ignore"):
-        source_off = np.isfinite(reference) & ~(source_err <= atol + rtol * np.abs(reference))
-    source_nonfinite = _nonfinite(source, reference, "source")
-    if source_off.any() or source_nonfinite:
+        return np.where((x == reference) | (np.isnan(x) & np.isnan(reference)), 0.0, np.abs(x - reference))
+
+
+def _verdict(source, source_err, reference, dtype, index, port_misplaced, port_off) -> str:
+    """Which side is off: the source measured against the float64 reference at the dtype's
+    own tolerance (:data:`PORT_TOLERANCES`), NaN/inf included."""
+    atol, rtol = PORT_TOLERANCES[dtype]
+    source_misplaced = _misplaced(source, reference)
+    with np.errstate(invalid="ignore"):
+        source_off = ~source_misplaced & np.isfinite(reference) & ~(source_err <= atol + rtol * np.abs(reference))
+    if source_off.any() or source_misplaced.any():
+        source_nonfinite = _nonfinite(source, reference, "source").replace("\n    ", "; ")
+        same = not port_off.any() and np.array_equal(port_misplaced, source_misplaced)
         return (f"the source is off from the float64 reference too: {int(source_off.sum())} elements beyond "
                 f"{atol:g} + {rtol:g} |ref|{'; ' + source_nonfinite if source_nonfinite else ''}; "
-                f"the port is further off")
-    return (f"the port is off: the source is within {atol:g} + {rtol:g} |ref| of the reference everywhere "
-            f"(here {source_err[index]:.2e})")
+                + ("the port has its NaN/inf at the same elements" if same else "the port is further off"))
+    return (f"the port is off: the source is within {atol:g} + {rtol:g} |ref| of the reference everywhere"
+            + (", NaN and inf where the reference has them" if port_misplaced.any() else "")
+            + (f" (here {source_err[index]:.2e})" if port_off.any() else ""))

@@ -5,6 +5,11 @@ outputs and its gradients as NumPy arrays.
 Gradients are those of ``L = sum(cotangent * outputs)`` with respect to every floating input
 leaf and every parameter: PyTorch autograd for PyTorch, ``jax.vjp`` for JAX, central finite
 differences in float64 for NumPy. PyTorch is imported only when a side is PyTorch.
+
+Outputs are compared as the plain trees they are: a ``Mapping`` of any class (Hugging Face's
+``ModelOutput``, an ``OrderedDict`` subclass) as a ``dict``, a dataclass as the ``dict`` of its
+fields (:func:`plain_tree`), where ``jax.tree`` would take each for one leaf; a namedtuple as
+the tuple it is.
 """
 
 from __future__ import annotations
@@ -12,11 +17,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import sys
+from collections.abc import Mapping
 
 import jax
+import ml_dtypes
 import numpy as np
 
-from .gradients import FD_SAMPLES, NP_DTYPES, cast_floats, central_differences, is_float, weighted_sum
+from .gradients import FD_SAMPLES, NP_DTYPES, central_differences, is_float, weighted_sum
 
 FRAMEWORKS = ("numpy", "jax", "torch")
 
@@ -79,14 +86,57 @@ class Side:
         """``(outputs, gradients)`` in NumPy, the inputs and params cast to ``dtype``;
         gradients (``{"inputs": ..., "params": ...}``) only when ``cotangent`` is given
         (None where the side cannot take them: NumPy below float64)."""
-        inputs, kwargs = cast_floats((tuple(inputs), dict(kwargs)), dtype)
-        params = None if self.params is None else cast_floats(self.params, dtype)
+        inputs, kwargs = round_floats((tuple(inputs), dict(kwargs)), dtype)
+        params = None if self.params is None else round_floats(self.params, dtype)
         run = {"numpy": _run_numpy, "jax": _run_jax, "torch": _run_torch}[self.framework]
         return run(self, inputs, kwargs, params, dtype, cotangent, rng)
 
 
+def round_floats(tree, dtype: str):
+    """Every floating NumPy leaf of ``tree`` rounded to ``dtype``, its finite values first
+    clipped to the dtype's finite range; other leaves unchanged. A large finite number stays
+    finite: ``finfo(float32).min`` (the additive masks of Hugging Face models) would round to
+    ``-inf`` in bfloat16 and float16 and turn a fully masked row into NaN that the model, which
+    builds its mask in its own dtype, never computes. NaN and inf stay as they are."""
+    target = NP_DTYPES[dtype]
+    high = float(ml_dtypes.finfo(target).max)
+
+    def one(x):
+        if not is_float(x):
+            return x
+        if float(ml_dtypes.finfo(x.dtype).max) > high:
+            x = np.where(np.isfinite(x), np.clip(x, -high, high), x)
+        return x.astype(target)
+
+    return jax.tree.map(one, tree)
+
+
+def plain_tree(tree):
+    """``tree`` with every ``Mapping`` as a ``dict`` and every dataclass instance as the ``dict``
+    of its fields, recursively; lists, tuples, namedtuples (a tuple to ``jax.tree``, which names
+    their leaves by field) and dicts keep their type, any other object (an array, a tensor,
+    None) is a leaf. Both sides and the reference return their outputs in this form, so a
+    ``ModelOutput`` on one side and a dict on the other are the same outputs."""
+    if isinstance(tree, Mapping):
+        return {k: plain_tree(v) for k, v in tree.items()}
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # a namedtuple: a tuple to jax.tree, its leaves named
+        return type(tree)(*(plain_tree(v) for v in tree))
+    if isinstance(tree, (tuple, list)):
+        return type(tree)(plain_tree(v) for v in tree)
+    if dataclasses.is_dataclass(tree) and not isinstance(tree, type):
+        return {f.name: plain_tree(getattr(tree, f.name)) for f in dataclasses.fields(tree)}
+    return tree
+
+
+def _on_device(tree):
+    """The NumPy array leaves of ``tree`` as JAX arrays; Python options (``is_causal=True``,
+    ``local_window_size=(1, 0)``, None, strings) stay as they are, so that a function that
+    takes them as static arguments sees them unchanged."""
+    return jax.tree.map(lambda x: jax.device_put(x) if isinstance(x, np.ndarray) else x, tree)
+
+
 def _call_numpy(side, params, inputs, kwargs):
-    return side.fn(*inputs, **kwargs) if params is None else side.fn(params, *inputs, **kwargs)
+    return plain_tree(side.fn(*inputs, **kwargs) if params is None else side.fn(params, *inputs, **kwargs))
 
 
 def check_leaves(side, outputs, expected) -> None:
@@ -126,7 +176,7 @@ def _jax_callable(side):
     def call(params, inputs, kwargs):
         new_state = jax.tree.map(lambda x: x, state)
         nnx.replace_by_pure_dict(new_state, params)
-        return nnx.merge(graphdef, new_state, rest)(*inputs, **kwargs)
+        return plain_tree(nnx.merge(graphdef, new_state, rest)(*inputs, **kwargs))
 
     return call
 
@@ -135,7 +185,7 @@ def _run_jax(side, inputs, kwargs, params, dtype, cotangent, rng):
     call = _jax_callable(side)
     x64 = jax.enable_x64(True) if dtype == "float64" else contextlib.nullcontext()  # leave the caller's setting
     with x64, jax.default_matmul_precision("highest"):
-        inputs, kwargs, params = jax.device_put((inputs, kwargs, params))
+        inputs, kwargs, params = _on_device((inputs, kwargs, params))
         floats = [i for i, x in enumerate(inputs) if _all_float(x)]
 
         def fn(params, *float_inputs):
@@ -187,7 +237,9 @@ def _from_torch(torch, t):
 
 
 def _torch_tree(torch, tree, fn):
-    """``fn`` on the tensor leaves of tuples, lists and dicts of tensors."""
+    """``fn`` on the tensor leaves of tuples (namedtuples too), lists and dicts of tensors."""
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_torch_tree(torch, x, fn) for x in tree))
     if isinstance(tree, (tuple, list)):
         return type(tree)(_torch_tree(torch, x, fn) for x in tree)
     if isinstance(tree, dict):
@@ -204,7 +256,7 @@ def _run_torch(side, inputs, kwargs, params, dtype, cotangent, rng):
     t_params = None if params is None else {k: _to_torch(torch, v, wants_grad) for k, v in params.items()}
     with torch.enable_grad() if wants_grad else torch.no_grad():
         if side.is_module:
-            outputs = torch.func.functional_call(side.fn, t_params, tuple(t_inputs), t_kwargs)
+            outputs = plain_tree(torch.func.functional_call(side.fn, t_params, tuple(t_inputs), t_kwargs))
         else:
             outputs = _call_numpy(side, t_params, t_inputs, t_kwargs)
     np_outputs = _torch_tree(torch, outputs, lambda t: _from_torch(torch, t))

@@ -5,8 +5,8 @@ Both sides run on the same rounded inputs and are compared, leaf by leaf, with a
 reference (the source run in float64, or ``reference=``). Gradients are those of
 ``L = sum(cotangent * outputs)`` under one seeded cotangent, with respect to every floating
 input and, through a parameter map, every parameter. A failing leaf is reported with its
-path, how many elements are off, the worst element's index and values, and which side is
-off from the reference. See ``docs/ports.md``.
+path, how many elements are off, the worst element's index and values, which side has NaN or
+inf where the other has not, and which side is off from the reference. See ``docs/ports.md``.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from ._port_report import (  # noqa: F401  (the tolerances are part of this modu
     _paths,
     compare_leaf,
 )
-from ._sides import Side
+from ._sides import Side, round_floats
 from .gradients import NP_DTYPES, cast_floats
 
 
 def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
-               gradients=True, tolerance="source", seed=0, reference=None, params=None, sizes=None, seeds=None) -> PortReport:
+               gradients=True, tolerance="source", seed=0, reference=None, params=None, sizes=None, seeds=None,
+               ignore_params=()) -> PortReport:
     r"""Check that ``port`` computes what ``source`` computes, values and gradients.
 
     Each dtype row rounds ``inputs`` to the dtype once and gives the same numbers to both
@@ -48,18 +49,23 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
     - ``tolerance="dtype"``: :math:`|p_i - r_i| \le a + b |r_i|` with
       :data:`PORT_TOLERANCES`; or your own ``(atol, rtol)``, or ``{dtype: (atol, rtol)}``.
 
-    NaN and inf must sit where the reference's do.
+    NaN and inf must sit where the reference's do. Rounding to a dtype clips finite values to
+    its finite range first (``finfo(float32).min`` stays finite in bfloat16).
 
     Args:
       source, port: callables (NumPy, JAX or PyTorch), ``torch.nn.Module`` or
         ``flax.nnx.Module``; called as ``fn(*inputs, **kwargs)`` and returning an array or
-        a tuple/dict of arrays (the same structure on both sides).
+        a tree of arrays (the same leaves on both sides): tuples, lists, dicts, and any
+        ``Mapping`` (Hugging Face's ``ModelOutput``), namedtuple or dataclass, compared as
+        the dict or tuple it is.
       inputs: tuple of float64 NumPy arrays (or pytrees of them, e.g. a params dict);
         bool and int arrays pass unrounded and are not differentiated. Or, to sweep, a
         callable ``(rng, size) -> tuple``, called for every ``size`` of ``sizes`` and seed of
         ``seeds`` (default ``(seed,)``) with ``numpy.random.default_rng(seed)``; every leaf
         check is tagged ``size=... seed=...`` and :attr:`PortReport.worst` is the worst.
-      kwargs: options for both sides (masks, flags); arrays are converted, not differentiated.
+      kwargs: options for both sides (masks, flags): NumPy arrays are rounded to the dtype
+        (floats) and converted to the side's framework, not differentiated; anything else
+        (``is_causal=True``, ``local_window_size=(1, 0)``, None, strings) is passed as it is.
       port_kwargs: the port's options when they differ from the source's (default ``kwargs``).
       frameworks: ``(source's, port's)`` or ``(source's, port's, reference's)``, each
         ``"numpy"``, ``"jax"`` or ``"torch"``.
@@ -77,7 +83,12 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         ``port(params, *inputs, **kwargs)`` (a function) or with them loaded (an
         ``nnx.Module``), in every dtype. It must only reshape, transpose, split or rename,
         so that it maps the source's parameter gradients too: they are compared with the
-        port's leaf by leaf (``grad.params.query.kernel``).
+        port's leaf by leaf (``grad.params.query.kernel``). Every element of every source
+        parameter must reach the port's parameters: one the map leaves out, in whole or in
+        part, is named in the report and fails it, as its gradient would never be compared.
+      ignore_params: names of source parameters the map may leave out (PyTorch's
+        ``named_parameters()`` names, ``"norm.bias"``; for an ``nnx.Module`` the dotted path,
+        ``"query.kernel"``), e.g. a bias the port has no place for; needs ``params``.
 
     Returns:
       a :class:`PortReport`: ``.passed``, ``.failures``, ``str(report)``.
@@ -109,6 +120,11 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         raise ValueError(f"tolerance must be 'source', 'dtype', (atol, rtol) or {{dtype: (atol, rtol)}}; got {tolerance!r}")
     if params is not None and not callable(params):
         raise TypeError(f"params must be a callable that maps the source's parameters to the port's; got {type(params).__name__}")
+    if isinstance(ignore_params, str):
+        ignore_params = (ignore_params,)
+    ignore_params = tuple(ignore_params or ())
+    if ignore_params and params is None:
+        raise ValueError("ignore_params names source parameters a parameter map leaves out: it needs params=")
     src = Side.make(source, frameworks[0], "source")
     prt = Side.make(port, frameworks[1], "port")
     ref = src if reference is None else Side.make(reference, frameworks[2] if len(frameworks) == 3 else frameworks[0], "reference")
@@ -116,8 +132,12 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         if src.params is None:
             raise ValueError("params: a parameter map needs a module source (torch.nn.Module or nnx.Module)")
         prt.params = _mapped(params, src.params)
+        unknown = sorted(set(ignore_params) - {name for name, _ in _parameter_names(src.params)})
+        if unknown:
+            raise ValueError(f"ignore_params: the source has no parameters {', '.join(unknown)}; "
+                             f"its parameters are {', '.join(name for name, _ in _parameter_names(src.params))}")
     run = _Run(src, prt, ref, params, kwargs, port_kwargs, gradients, tolerance)
-    checks = []
+    checks = [] if params is None else _unmapped(params, src.params, ignore_params)
     if not sweep:
         for dtype in dtypes:
             checks += run.check(tuple(inputs), dtype, seed)
@@ -159,11 +179,11 @@ class _Run:
     def check(self, inputs, dtype, seed) -> list:
         src, prt, ref, mapped = self.src, self.prt, self.ref, self.params
         # both sides get the same rounded numbers; the reference computes on them in float64
-        rounded = cast_floats(inputs, dtype)
-        rounded_kwargs, rounded_port_kwargs = cast_floats((self.kwargs, self.port_kwargs), dtype)
+        rounded = round_floats(inputs, dtype)
+        rounded_kwargs, rounded_port_kwargs = round_floats((self.kwargs, self.port_kwargs), dtype)
         ref_in, ref_kwargs = cast_floats((rounded, rounded_kwargs), "float64")
         ref_side = ref if ref.params is None else dataclasses.replace(
-            ref, params=cast_floats(cast_floats(ref.params, dtype), "float64"))
+            ref, params=cast_floats(round_floats(ref.params, dtype), "float64"))
         reference_out, _ = ref_side.run(ref_in, ref_kwargs, "float64")
         cot = reference_grad = None
         fd_rng = lambda: np.random.default_rng([seed, 2])
@@ -207,6 +227,46 @@ def _mapped(params, tree):
     float64 only with x64 on, so it runs with x64 on."""
     with jax.enable_x64(True):
         return _as_numpy(params(tree))
+
+
+def _parameter_names(tree) -> list:
+    """``[(name, leaf)]`` of a module's parameters: PyTorch's ``named_parameters()`` names
+    (``norm.bias``), the dotted path of an ``nnx.Module``'s (``query.kernel``)."""
+    return [(name.removeprefix("."), leaf) for name, leaf in _paths(tree, "")]
+
+
+def _unmapped(params, source_params, ignore) -> list:
+    """A failing check naming the source parameters (not in ``ignore``) some of whose
+    elements the parameter map leaves out. The map only moves elements (reshape, transpose,
+    split, rename), so it is run on parameters whose elements are numbered 1, 2, ...: an
+    element whose number appears nowhere in the port's parameters is left out, and its
+    gradient is never compared."""
+    leaves, treedef = jax.tree.flatten(source_params)
+    numbered, start = [], 1
+    for leaf in leaves:
+        if np.asarray(leaf).dtype.kind == "f":
+            numbered.append(np.arange(start, start + np.size(leaf), dtype=np.float64).reshape(np.shape(leaf)))
+            start += np.size(leaf)
+        else:
+            numbered.append(leaf)
+    mapped = [np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(_mapped(params, jax.tree.unflatten(treedef, numbered)))
+              if np.asarray(x).dtype.kind == "f"]
+    found = np.concatenate(mapped) if mapped else np.zeros(0)
+    found = found[(found >= 1) & (found < start) & (found == np.round(found))].astype(np.int64)
+    reached = np.zeros(start, bool)
+    reached[found] = True
+    missing = []
+    for (name, leaf), ids in zip(_parameter_names(source_params), numbered):
+        if name in ignore or np.asarray(leaf).dtype.kind != "f" or not np.size(leaf):
+            continue
+        kept = int(reached[ids.astype(np.int64)].sum())
+        if kept < ids.size:
+            missing.append(f"{name} {tuple(np.shape(leaf))}" + (f" ({ids.size - kept} of its {ids.size} elements)" if kept else ""))
+    if not missing:
+        return []
+    return [LeafCheck("params", "", (), len(missing), len(leaves), problem=(
+        f"the parameter map leaves out source parameters {', '.join(missing)}: their gradients are never compared; "
+        "map them, or name them in ignore_params= if the port has no place for them"))]
 
 
 def _as_numpy(tree):

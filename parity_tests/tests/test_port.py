@@ -2,6 +2,8 @@
 reference; failures located by leaf and element. The PyTorch ports are skipped without torch.
 Expected values come from the other framework or the float64 reference, never from the port."""
 
+import collections
+import dataclasses
 import subprocess
 import sys
 
@@ -67,7 +69,9 @@ def test_nan_placement_and_a_source_that_is_off_are_named():
 
     report = check_port(lambda x: x * 2, nan_at_2, (x,), frameworks=("numpy", "jax"), gradients=False)
     (check,) = report.failures
-    assert "NaN/inf at 1 positions" in str(check) and "[2]" in check.nonfinite
+    reference_2 = 2 * float(x.astype(np.float32)[2])
+    assert f"the port has NaN at [2] where the reference has {reference_2:.6g}; 1 such element" in check.nonfinite
+    assert check.mismatched == check.misplaced == 1 and "1 of 4 elements fail" in str(check)
     # a source far from a given float64 reference: the verdict blames the source as well
     report = check_port(lambda x: x * 2 + 1e-3, lambda x: x * 2, (x,), frameworks=("numpy", "jax", "numpy"),
                         reference=lambda x: x * 2 + 1, gradients=False, tolerance="dtype")
@@ -93,6 +97,7 @@ def test_tolerances_dtype_source_and_explicit():
     ({"tolerance": "loose"}, ValueError, "tolerance must be 'source', 'dtype'"),
     ({"params": {"w": 1}}, TypeError, "params must be a callable"),
     ({"params": lambda p: p}, ValueError, "params: a parameter map needs a module source"),
+    ({"ignore_params": ("norm.bias",)}, ValueError, "ignore_params names source parameters .* it needs params="),
 ])
 def test_bad_arguments_are_named(kwargs, error, message):
     with pytest.raises(error, match=message):
@@ -106,6 +111,245 @@ def test_torch_is_imported_only_for_a_torch_side():
             "assert parity_tests.check_port(np.tanh, jnp.tanh, (np.ones(3),), frameworks=('numpy', 'jax')).passed; "
             "assert 'torch' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_nan_placement_says_which_side_has_nan_where():
+    """Three placements, each with its expected line: the reference has NaN where the port has
+    a number (4 elements in a column); the port has NaN where the reference has a number; and
+    source and port both NaN where a given float64 reference has numbers (the source is off
+    too, the port no further)."""
+    y = np.random.default_rng(11).normal(size=(4, 6))
+    y32 = y.astype(np.float32).astype(np.float64)
+    column_3 = np.arange(6) == 3
+    kw = dict(frameworks=("numpy", "jax"), gradients=False)
+    report = check_port(lambda y: np.where(column_3, np.nan, y * 2), lambda y: y * 2, (y,), **kw)
+    (check,) = report.failures
+    assert (check.mismatched, check.misplaced, check.total) == (4, 4, 24) and check.index == (0, 3)
+    text = str(check)
+    assert "4 of 24 elements fail: 4 where NaN/inf do not match the reference's" in text
+    assert (f"the reference has NaN at [0, 3] where the port has {2 * y32[0, 3]:.6g} (also at [1, 3], [2, 3], ...); "
+            "4 such elements") in text
+    assert "worst at" not in text and "nan)" not in text and "the port is off" in text
+
+    report = check_port(lambda y: y * 2, lambda y: jnp.where(column_3, jnp.nan, y * 2) + (jnp.arange(6) == 0), (y,), **kw)
+    (check,) = report.failures
+    assert (check.mismatched, check.misplaced) == (8, 4)  # column 3 NaN, column 0 off by 1
+    text = str(check)
+    assert f"the port has NaN at [0, 3] where the reference has {2 * y32[0, 3]:.6g}" in text and "; 4 such elements" in text
+    assert "8 of 24 elements fail: 4 where NaN/inf do not match the reference's, 4 outside tolerance" in text
+    assert check.index[1] == 0 and "worst at [" in text  # the worst finite element
+
+    both_nan = lambda y: np.where(column_3, np.nan, y * 2)
+    report = check_port(both_nan, lambda y: jnp.where(column_3, jnp.nan, y * 2), (y,), frameworks=("numpy", "jax", "numpy"),
+                        reference=lambda y: y * 2, gradients=False)
+    text = str(report.failures[0])
+    assert "the source is off from the float64 reference too" in text and "the source has NaN at [0, 3]" in text
+    assert "the port has its NaN/inf at the same elements" in text
+
+
+def test_python_options_reach_a_jax_side_as_they_are():
+    """``is_causal=True`` and ``local_window_size=(1, 0)`` are static arguments of a jitted JAX
+    port: they arrive as the Python values they are, while an array option (``bias``) is
+    rounded and converted. The source writes the band out by hand; the same port called with
+    another window fails, so the options are not ignored either."""
+    rng = np.random.default_rng(10)
+    q, k, v = (rng.normal(size=(B, S, 2, 4)) for _ in range(3))
+    bias = rng.normal(size=(B, 2, S, S))
+
+    def band(q, k, v, *, is_causal, local_window_size, bias):
+        left, right = local_window_size
+        t, s = np.arange(q.shape[1])[:, None], np.arange(k.shape[1])[None, :]
+        allowed = (s >= t - left) & (s <= t + right) & ((s <= t) | (not is_causal))
+        logits = np.einsum("BTNH,BSNH->BNTS", q, k) / np.sqrt(q.shape[-1]) + bias
+        return np.einsum("BNTS,BSNH->BTNH", _softmax(np.where(allowed, logits, -np.inf)), v)
+
+    jitted = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal", "local_window_size"))
+    options = {"is_causal": True, "local_window_size": (1, 0), "bias": bias}
+    for port, dtypes in ((jitted, ("float32",)), (attention_jax.dot_product_attention, ("float64", "float32"))):
+        # (jax.nn's float64 is good to about 1e-7 only: it is checked in float32)
+        report = check_port(band, port, (q, k, v), kwargs=options, frameworks=("numpy", "jax"), dtypes=dtypes)
+        assert report.passed, str(report)
+    wider = check_port(band, jitted, (q, k, v), kwargs=options, port_kwargs={**options, "local_window_size": (2, 0)},
+                       frameworks=("numpy", "jax"), gradients=False)
+    assert [c.name for c in wider.failures] == ["output"]
+
+
+class ModelOutput(collections.OrderedDict):
+    """Hugging Face's ``ModelOutput``, in miniature: a dataclass that is also an ``OrderedDict``
+    of its fields that are not None."""
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if getattr(self, field.name) is not None:
+                self[field.name] = getattr(self, field.name)
+
+
+@dataclasses.dataclass
+class AttentionOutput(ModelOutput):
+    last_hidden_state: object = None
+    hidden_states: object = None  # None: not an output
+    attentions: object = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Frozen:
+    last_hidden_state: object
+    attentions: object
+
+
+Pair = collections.namedtuple("Pair", "last_hidden_state attentions")
+
+
+class Ordered(collections.OrderedDict):
+    pass
+
+
+@pytest.mark.parametrize("container", [
+    lambda out, w: AttentionOutput(last_hidden_state=out, attentions=w),
+    lambda out, w: Ordered(last_hidden_state=out, attentions=w),
+    Frozen,
+    Pair,
+], ids=["ModelOutput", "OrderedDict subclass", "dataclass", "namedtuple"])
+def test_outputs_in_mappings_dataclasses_and_namedtuples_are_compared_leaf_by_leaf(container):
+    """Each side returns its outputs in the container (the first three are one leaf to
+    ``jax.tree``): they are compared as the dict or tuple it is, each field a leaf named by
+    its field, with the gradients; a port whose weights are off fails in that field alone."""
+    rng = np.random.default_rng(12)
+    q, k = rng.normal(size=(B, T, 4)), rng.normal(size=(B, S, 4))
+
+    def source(q, k):
+        weights = _softmax(q @ k.transpose(0, 2, 1))
+        return container(weights @ k, weights)
+
+    def port(q, k, *, off=0.0):
+        weights = jax.nn.softmax(q @ jnp.swapaxes(k, 1, 2), axis=-1)
+        return container(weights @ k, weights + off)
+
+    report = check_port(source, port, (q, k), frameworks=("numpy", "jax"), dtypes=("float64", "float32"))
+    assert report.passed, str(report)
+    assert {c.name for c in report.checks} == {"output.attentions", "output.last_hidden_state", "grad.inputs[0]", "grad.inputs[1]"}
+    report = check_port(source, lambda q, k: port(q, k, off=1e-3), (q, k), frameworks=("numpy", "jax"), gradients=False)
+    assert [c.name for c in report.failures] == ["output.attentions"]
+
+
+def test_outputs_of_a_torch_side_in_a_model_output_or_a_namedtuple_are_compared_leaf_by_leaf():
+    """A PyTorch source returning a ``ModelOutput`` (an ``OrderedDict`` subclass and a
+    dataclass), and one returning a namedtuple; the JAX port returns a plain dict, and a
+    tuple."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(13)
+    q, k = rng.normal(size=(B, T, 4)), rng.normal(size=(B, S, 4))
+
+    def source(q, k, *, container):
+        weights = torch.softmax(q @ k.transpose(1, 2), dim=-1)
+        return container(last_hidden_state=weights @ k, attentions=weights)
+
+    def port(q, k, *, container):
+        weights = jax.nn.softmax(q @ jnp.swapaxes(k, 1, 2), axis=-1)
+        return {"last_hidden_state": weights @ k, "attentions": weights} if container is AttentionOutput else (weights @ k, weights)
+
+    for container in (AttentionOutput, Pair):
+        report = check_port(source, port, (q, k), kwargs={"container": container}, dtypes=("float32", "bfloat16"))
+        assert report.passed, str(report)
+        assert {c.name for c in report.checks} == {"output.attentions", "output.last_hidden_state", "grad.inputs[0]", "grad.inputs[1]"}
+
+
+def test_a_parameter_map_that_leaves_out_source_parameters_fails_and_names_them():
+    """An NNX source (LayerNorm, then Linear) and a port without the LayerNorm's bias: the bias
+    starts at zero, so outputs and every compared gradient agree, yet its gradient would never
+    be compared. The map leaving it out fails, naming it; so does a map that drops one
+    element of another parameter (an off-by-one slice); ``ignore_params`` accepts the first."""
+    from flax import nnx
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.norm, self.proj = nnx.LayerNorm(E, rngs=rngs), nnx.Linear(E, E, rngs=rngs)
+
+        def __call__(self, x):
+            return self.proj(self.norm(x))
+
+    def port(params, x):  # layer norm with a scale and no bias
+        normed = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-6)
+        return (normed * params["scale"]) @ params["kernel"] + params["bias"]
+
+    def no_norm_bias(p):
+        return {"scale": p["norm"]["scale"], "kernel": p["proj"]["kernel"], "bias": p["proj"]["bias"]}
+
+    def off_by_one(p):
+        return {**no_norm_bias(p), "bias": jnp.concatenate([p["proj"]["bias"][:-1], jnp.zeros(1)])}
+
+    source = Block(nnx.Rngs(0))
+    x = np.random.default_rng(14).normal(size=(B, T, E))
+    report = check_port(source, port, (x,), frameworks=("jax", "jax"), params=no_norm_bias)
+    assert [c.name for c in report.failures] == ["params"]
+    assert "the parameter map leaves out source parameters norm.bias (12,): their gradients are never compared" in str(report)
+    assert all(c.passed for c in report.checks if c.name != "params")  # all else agrees: the bias is zero
+    report = check_port(source, port, (x,), frameworks=("jax", "jax"), params=off_by_one, ignore_params=("norm.bias",))
+    assert "leaves out source parameters proj.bias (12,) (1 of its 12 elements)" in str(report.failures[0])
+    report = check_port(source, port, (x,), frameworks=("jax", "jax"), params=no_norm_bias, ignore_params=("norm.bias",))
+    assert report.passed, str(report)
+    with pytest.raises(ValueError, match="ignore_params: the source has no parameters norm.beta; its parameters are "):
+        check_port(source, port, (x,), frameworks=("jax", "jax"), params=no_norm_bias, ignore_params=("norm.beta",))
+
+
+def test_a_torch_parameter_map_that_leaves_out_the_layer_norm_bias_fails():
+    """The same with a PyTorch source: the map leaves out ``norm.bias``."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.norm, self.proj = torch.nn.LayerNorm(E), torch.nn.Linear(E, E)
+
+        def forward(self, x):
+            return self.proj(self.norm(x))
+
+    source = Block()
+
+    def port(params, x):
+        normed = (x - x.mean(-1, keepdims=True)) / jnp.sqrt(x.var(-1, keepdims=True) + 1e-5)
+        return (normed * params["scale"]) @ params["kernel"] + params["bias"]
+
+    def to_port(state):
+        return {"scale": state["norm.weight"], "kernel": state["proj.weight"].T, "bias": state["proj.bias"]}
+
+    x = np.random.default_rng(15).normal(size=(B, T, E))
+    report = check_port(source, port, (x,), params=to_port)
+    assert [c.name for c in report.failures] == ["params"] and "source parameters norm.bias (12,)" in str(report)
+    assert check_port(source, port, (x,), params=to_port, ignore_params=("norm.bias",)).passed
+
+
+def test_float_options_rounded_to_bfloat16_stay_finite():
+    """An additive mask built with ``finfo(float32).min`` (as Hugging Face models build theirs)
+    rounds to -inf in bfloat16; the model builds it in its own dtype, where it is finite. It is
+    clipped to bfloat16's finite range, so a fully masked row stays a uniform row on every side
+    (not NaN in the source and zeros in a port that treats a row of -inf as no keys); a -inf
+    the caller passes stays -inf."""
+    rng = np.random.default_rng(16)
+    q, k, v = (rng.normal(size=(B, S, N, 4)) for _ in range(3))
+    keep = np.ones((B, S), bool)
+    keep[1] = False                                              # the second sequence: no keys at all
+    mask = np.where(keep, 0.0, np.finfo(np.float32).min)[:, None, None, :]   # (B, 1, 1, S)
+    seen = []
+
+    def hugging_face_style(q, k, v, *, bias):
+        seen.append(np.asarray(bias, np.float64).min())
+        scores = jnp.einsum("BTNH,BSNH->BNTS", q, k) / np.sqrt(q.shape[-1]) + bias
+        return jnp.einsum("BNTS,BSNH->BTNH", jax.nn.softmax(scores, axis=-1), v)
+
+    def port(q, k, v, *, bias):
+        return attention_jax.scaled_dot_product_attention(q, k, v, bias=bias)[0]
+
+    report = check_port(hugging_face_style, port, (q, k, v), kwargs={"bias": mask}, frameworks=("jax", "jax"),
+                        dtypes=("float32", "bfloat16"))
+    assert report.passed, str(report)
+    bf16_max = float(jnp.finfo(jnp.bfloat16).max)
+    assert -bf16_max in seen and np.finfo(np.float32).min in seen and not np.isinf(seen).any()
+    seen.clear()
+    check_port(hugging_face_style, port, (q, k, v), kwargs={"bias": np.full((1, 1, 1, S), -np.inf)},
+               frameworks=("jax", "jax"), dtypes=("bfloat16",), gradients=False)
+    assert seen and all(s == -np.inf for s in seen)
 
 
 # --- PyTorch -> JAX: the worked ports of docs/ports.md ------------------------------------------------
