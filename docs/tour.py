@@ -98,6 +98,30 @@ def show_committed(name, command, figsize):
 
 
 # %% [markdown]
+# ## Exercises along the way
+#
+# Eight sections end with a short exercise: a cell to fill in, then a check cell that
+# compares your answer with the library (or with JAX's own gradient) on inputs you have not
+# seen, and prints `right`, or `not yet:` with what is still wrong and why. Left as they
+# are, the cells run and say `not yet`. The checks are in `tour_checks.py` beside this
+# notebook, the solutions in `tour_solutions.py`: try first.
+
+# %%
+from tour_checks import (  # beside this notebook
+    HAND_KEY,
+    HAND_QUERY,
+    HAND_VALUE,
+    check_causal_attention,
+    check_cross_attention,
+    check_gumbel_sample,
+    check_head_by_hand,
+    check_masked_softmax,
+    check_scale_prediction,
+    check_softmax_backward,
+    check_split_merge_heads,
+)
+
+# %% [markdown]
 # ## A sentence to attend over
 #
 # The examples use one English sentence and its French translation. Each word gets a fixed
@@ -153,6 +177,24 @@ scores_jax = attention_jax.dot_scores(target, source)
 parity((scores, context, weights), (scores_jax, *attention_jax.soft_attention(scores_jax, source)))
 
 # %% [markdown]
+# #### Exercise 1: the masked softmax
+#
+# Write `masked_softmax(logits, mask)` for `logits (T, S)` and a bool `mask (T, S)`, True
+# where a query may attend a key. A masked key gets exactly zero weight; the others share
+# the whole weight as a softmax. Two traps, both in the check: a logit of 1000 (`exp`
+# overflows unless you subtract the row's maximum first), and a row whose keys are all
+# masked, which must get all-zero weights, not NaN (so filling masked logits with `-inf` is
+# not enough).
+
+# %%
+def masked_softmax(logits, mask):
+    raise NotImplementedError  # your code here: return the weights, shape (T, S)
+
+
+# %%
+print(check_masked_softmax(masked_softmax))
+
+# %% [markdown]
 # ### 2. Hard attention
 #
 # Instead of a weighted average, pick one position: the weights are one-hot at the best
@@ -168,6 +210,26 @@ plot_attention(weights[0], english, french, title="hard attention (argmax)")
 show("hard")
 
 parity((context, weights), attention_jax.hard_attention(scores_jax, source))
+
+# %% [markdown]
+# #### Exercise 2: a sample by the Gumbel-max trick
+#
+# The argmax above makes the same choice every time. Write `sample(scores, gumbel_noise)`
+# for `scores (T, S)` and noise `(T, S)` of standard Gumbel draws (`rng.gumbel(size=(T, S))`):
+# return one-hot weights `(T, S)`, in each row a 1 at $\arg\max_s\, (e_{ts} + g_{ts})$ and 0
+# elsewhere. With fresh noise at every call, row $t$ chooses key $s$ with probability
+# $\mathrm{softmax}(e_t)_s$, the weight soft attention would give it: a sample, not the
+# best. Use the noise you are given (it is the randomness; draw none of your own). The check
+# compares with the weights of `attention_np.hard_attention(..., gumbel_noise=...)` on
+# scores and noise you have not seen.
+
+# %%
+def sample(scores, gumbel_noise):
+    raise NotImplementedError  # your code here: return the one-hot weights, shape (T, S)
+
+
+# %%
+print(check_gumbel_sample(sample))
 
 # %% [markdown]
 # ### 3. Self-attention
@@ -206,6 +268,23 @@ plot_attention(causal, english, english, ax=axes[0], title="the causal mask")
 plot_attention(weights[0], english, english, ax=axes[1], title="causal self-attention")
 show("causal")
 parity((out, weights), attention_jax.self_attention(to_jax(self_params), source, is_causal=True))
+
+# %% [markdown]
+# #### Exercise 3: make attention causal
+#
+# Write single-head scaled dot-product attention for `query`, `key`, `value` of shape
+# `(T, H)` in which position $t$ sees only positions $s \le t$: the scores
+# $q_t k_s^\top / \sqrt{H}$, masked above the diagonal, softmaxed, times the values (your
+# `masked_softmax` helps). The check compares with
+# `attention_np.scaled_dot_product_attention(..., is_causal=True)`.
+
+# %%
+def causal_attention(query, key, value):
+    raise NotImplementedError  # your code here: return out, shape (T, H)
+
+
+# %%
+print(check_causal_attention(causal_attention))
 
 # %% [markdown]
 # ### 4. Multi-head attention
@@ -256,6 +335,32 @@ show_committed("specialised_heads", "python -m examples.specialised_heads --plot
                figsize=(14, 6.5))
 
 # %% [markdown]
+# #### Exercise 4: split and merge the heads
+#
+# The projections above have kernels `(E, N, head_dim)`, one `(E, head_dim)` kernel a head.
+# Many implementations (PyTorch's `nn.MultiheadAttention`, nanoGPT) keep one flat kernel
+# `(E, N * head_dim)` instead: they project once, split the result into heads, and after the
+# attention merge the heads back before the output projection. Write `split_heads(x, N)`,
+# from `(B, T, N * head_dim)` to `(B, T, N, head_dim)`, and its inverse `merge_heads(heads)`,
+# in the library's layout: head $n$ gets the `head_dim` consecutive features `n * head_dim`
+# to `(n + 1) * head_dim - 1` (the flat kernel is `kernel.reshape(E, N * head_dim)`), and
+# every position keeps its own features. The check tries them on numbers that say where
+# they came from, then puts them around flat kernels and compares with
+# `attention_np.multi_head_attention`.
+
+# %%
+def split_heads(x, N):
+    raise NotImplementedError  # your code here: return the heads, shape (B, T, N, head_dim)
+
+
+def merge_heads(heads):
+    raise NotImplementedError  # your code here: return shape (B, T, N * head_dim)
+
+
+# %%
+print(check_split_merge_heads(split_heads, merge_heads))
+
+# %% [markdown]
 # ### 5. Cross-attention
 #
 # Two sequences: the queries come from one (the French being written), the keys and values
@@ -278,6 +383,26 @@ show("cross_attention")
 print("'chat' attends most to:", english[weights[0, 1].argmax()])
 
 parity((out, weights), attention_jax.cross_attention(to_jax(self_params), target, source))
+
+# %% [markdown]
+# #### Exercise 5: cross-attention, written out
+#
+# Write `cross_attention(params, decoder_states, encoder_outputs)` for one pair of
+# sequences: `decoder_states (T, E)`, the one being written (the $x$ above), and
+# `encoder_outputs (S, E)`, the one being read (the $c$), with parameters shaped like
+# `self_params`: `{"query"|"key"|"value": {"kernel": (E, H), "bias": (H,)}}`. Return
+# `out (T, H)`, the equation above, one row per decoder position. In the check the two
+# sequences have different lengths, $T \ne S$, and the projections have biases, so taking
+# the keys or values from the wrong sequence shows; it compares with
+# `attention_np.cross_attention`.
+
+# %%
+def cross_attention(params, decoder_states, encoder_outputs):
+    raise NotImplementedError  # your code here: return out, shape (T, H)
+
+
+# %%
+print(check_cross_attention(cross_attention))
 
 # %% [markdown]
 # ### 6. Scaled dot-product attention
@@ -372,6 +497,25 @@ print(f"entropy of the weights: {entropy(unscaled[0]):.2f} nats unscaled, {entro
       f"(uniform over {S} words: {np.log(S):.2f})")
 
 parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, key))
+
+# %% [markdown]
+# #### Exercise 6: without $1/\sqrt{H}$
+#
+# Predict, for a width the cells above did not try: 2000 queries and 16 keys of width
+# $H = 256$, every entry drawn from $N(0, 1)$. What is the variance of the scores
+# $q k^\top$? Of $q k^\top / \sqrt{H}$? And without the scale, are the softmax weights
+# nearly one-hot (the largest weight of a row above 0.5 on average)? The check compares
+# your variances with the true ones (a variance within 15% counts as right; a sample of
+# scores only comes near the true value) and measures the weights on such a sample. Answer
+# the last with `True` or `False`.
+
+# %%
+variance_without_scale = None       # a number
+variance_with_scale = None          # a number
+nearly_one_hot_without_scale = None  # True or False
+
+# %%
+print(check_scale_prediction(variance_without_scale, variance_with_scale, nearly_one_hot_without_scale))
 
 # %% [markdown]
 # ### 7. Location-based attention
@@ -535,6 +679,28 @@ out, weights = attention_np.self_attention(self_params, source)     # the librar
 assert np.allclose(weights[0, t], cat_weights, atol=1e-6) and np.allclose(out[0, t], cat_context, atol=1e-5)
 
 # %% [markdown]
+# ### Exercise 7: one head by hand
+#
+# The same three steps with pen and paper, no code: the output of one head,
+# $\mathrm{softmax}(q k^\top / \sqrt{2})\, v$, for two queries, two keys and two values of
+# $H = 2$ features. The key's first entry is $\sqrt{2} \ln 3$, so that after the scale the
+# scores are easy:
+#
+# $$q = \begin{pmatrix} 1 & 0 \\ 0 & 1 \end{pmatrix}, \quad
+#   k = \begin{pmatrix} \sqrt{2} \ln 3 & 0 \\ 0 & 0 \end{pmatrix}, \quad
+#   v = \begin{pmatrix} 4 & 0 \\ 0 & 8 \end{pmatrix}$$
+#
+# (rows are positions; they are `HAND_QUERY`, `HAND_KEY`, `HAND_VALUE`). Write the two rows
+# of the output as numbers.
+
+# %%
+print("q\n", HAND_QUERY, "\nk\n", HAND_KEY, "\nv\n", HAND_VALUE)
+by_hand = None  # your answer: np.array([[., .], [., .]])
+
+# %%
+print(check_head_by_hand(by_hand))
+
+# %% [markdown]
 # ## The architecture: encoder - attention - decoder
 #
 # The tutorial's second part puts attention between two recurrent networks. The **encoder**
@@ -678,6 +844,26 @@ for name, g in zip(("d_query", "d_key", "d_value"), grads_np):
 parity(grads_np, grads_jax)
 
 # %% [markdown]
+# ### Exercise 8: the softmax backward
+#
+# Given the weights $w = \mathrm{softmax}(x)$ of each row and the gradient of a loss with
+# respect to them, $d = \partial L / \partial w$, return $\partial L / \partial x$. You
+# have met the answer: it is the rule $dL = P \odot (dP - \mathrm{rowsum}(dP \odot P))$ of
+# the sweep in section 6 and of the backward pass, with $P = w$ and $dP = d$. The exercise
+# is to see where it comes from: start from the Jacobian
+# $\partial w_i / \partial x_j = w_i([i = j] - w_j)$, sum $d_i\, \partial w_i / \partial x_j$
+# over $i$, and check that you arrive at that rule; then write it. The check compares with
+# `jax.vjp(jax.nn.softmax, ...)`.
+
+# %%
+def softmax_backward(weights, d_weights):
+    raise NotImplementedError  # your code here: return d_logits, shape (T, S)
+
+
+# %%
+print(check_softmax_backward(softmax_backward))
+
+# %% [markdown]
 # ## Finishing on a Transformer layer
 #
 # The tutorial ends on attention as the foundation of the Transformer (Vaswani et al. 2017).
@@ -710,120 +896,6 @@ plot_attention(layer_weights[0, 0], english, english, title="encoder layer, head
 show("transformer_encoder_head_1")
 
 parity((encoded, layer_weights), attention_jax.transformer_encoder_layer(to_jax(layer_params), x))
-
-# %% [markdown]
-# ## Exercises
-#
-# Five short exercises, one a cell to fill in. Each is followed by a check cell that
-# compares your answer with the library (or with JAX's own gradient) on inputs you have not
-# seen, and prints `right` or `not yet:` and what is still wrong. The checks are in
-# `tour_checks.py` beside this notebook, the solutions in `tour_solutions.py`: try first.
-
-# %%
-from tour_checks import (  # beside this notebook
-    HAND_KEY,
-    HAND_QUERY,
-    HAND_VALUE,
-    check_causal_attention,
-    check_head_by_hand,
-    check_masked_softmax,
-    check_scale_prediction,
-    check_softmax_backward,
-)
-
-# %% [markdown]
-# ### Exercise 1: the masked softmax
-#
-# Write `masked_softmax(logits, mask)` for `logits (T, S)` and a bool `mask (T, S)`, True
-# where a query may attend a key. A masked key gets exactly zero weight; the others share
-# the whole weight as a softmax. Two traps, both in the check: a logit of 1000 (`exp`
-# overflows unless you subtract the row's maximum first), and a row whose keys are all
-# masked, which must get all-zero weights, not NaN (so filling masked logits with `-inf` is
-# not enough).
-
-# %%
-def masked_softmax(logits, mask):
-    raise NotImplementedError  # your code here: return the weights, shape (T, S)
-
-
-# %%
-print(check_masked_softmax(masked_softmax))
-
-# %% [markdown]
-# ### Exercise 2: make attention causal
-#
-# Write single-head scaled dot-product attention for `query`, `key`, `value` of shape
-# `(T, H)` in which position $t$ sees only positions $s \le t$: the scores
-# $q_t k_s^\top / \sqrt{H}$, masked above the diagonal, softmaxed, times the values (your
-# `masked_softmax` helps). The check compares with
-# `attention_np.scaled_dot_product_attention(..., is_causal=True)`.
-
-# %%
-def causal_attention(query, key, value):
-    raise NotImplementedError  # your code here: return out, shape (T, H)
-
-
-# %%
-print(check_causal_attention(causal_attention))
-
-# %% [markdown]
-# ### Exercise 3: one head by hand
-#
-# With pen and paper, no code: the output of one head, $\mathrm{softmax}(q k^\top /
-# \sqrt{2})\, v$, for two queries, two keys and two values of $H = 2$ features. The key's
-# first entry is $\sqrt{2} \ln 3$, so that after the scale the scores are easy:
-#
-# $$q = \begin{pmatrix} 1 & 0 \\ 0 & 1 \end{pmatrix}, \quad
-#   k = \begin{pmatrix} \sqrt{2} \ln 3 & 0 \\ 0 & 0 \end{pmatrix}, \quad
-#   v = \begin{pmatrix} 4 & 0 \\ 0 & 8 \end{pmatrix}$$
-#
-# (rows are positions; they are `HAND_QUERY`, `HAND_KEY`, `HAND_VALUE`). Write the two rows
-# of the output as numbers.
-
-# %%
-print("q\n", HAND_QUERY, "\nk\n", HAND_KEY, "\nv\n", HAND_VALUE)
-by_hand = None  # your answer: np.array([[., .], [., .]])
-
-# %%
-print(check_head_by_hand(by_hand))
-
-# %% [markdown]
-# ### Exercise 4: the softmax backward
-#
-# Given the weights $w = \mathrm{softmax}(x)$ of each row and the gradient of a loss with
-# respect to them, $d = \partial L / \partial w$, return $\partial L / \partial x$. You
-# have met the answer: it is the rule $dL = P \odot (dP - \mathrm{rowsum}(dP \odot P))$ of
-# the sweep in section 6 and of the backward pass, with $P = w$ and $dP = d$. The exercise
-# is to see where it comes from: start from the Jacobian
-# $\partial w_i / \partial x_j = w_i([i = j] - w_j)$, sum $d_i\, \partial w_i / \partial x_j$
-# over $i$, and check that you arrive at that rule; then write it. The check compares with
-# `jax.vjp(jax.nn.softmax, ...)`.
-
-# %%
-def softmax_backward(weights, d_weights):
-    raise NotImplementedError  # your code here: return d_logits, shape (T, S)
-
-
-# %%
-print(check_softmax_backward(softmax_backward))
-
-# %% [markdown]
-# ### Exercise 5: without $1/\sqrt{H}$
-#
-# Predict before you measure: 2000 queries and 16 keys of width $H = 256$, every entry drawn
-# from $N(0, 1)$. What is the variance of the scores $q k^\top$? Of $q k^\top / \sqrt{H}$?
-# And without the scale, are the softmax weights nearly one-hot (the largest weight of a row
-# above 0.5 on average)? The check compares your variances with the true ones (a variance
-# within 15% counts as right; a sample of scores only comes near the true value) and
-# measures the weights on such a sample. Answer the last with `True` or `False`.
-
-# %%
-variance_without_scale = None       # a number
-variance_with_scale = None          # a number
-nearly_one_hot_without_scale = None  # True or False
-
-# %%
-print(check_scale_prediction(variance_without_scale, variance_with_scale, nearly_one_hot_without_scale))
 
 # %% [markdown]
 # ## Where next

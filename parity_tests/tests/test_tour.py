@@ -182,7 +182,7 @@ def test_tour_exercises_run_open_and_say_not_yet(executed):
     # the exercises are left for the learner: each check cell prints "not yet: ...", none fails
     notebook, _ = executed
     verdicts = [x for x in _text(notebook).splitlines() if x.startswith(("not yet: ", "right"))]
-    assert len(verdicts) == 5 and all(v.startswith("not yet: ") for v in verdicts), verdicts
+    assert len(verdicts) == 8 and all(v.startswith("not yet: ") for v in verdicts), verdicts
 
 
 def test_tour_shows_global_attention_in_both_senses(executed):

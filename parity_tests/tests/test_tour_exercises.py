@@ -29,9 +29,50 @@ def _not_implemented(*args):
     raise NotImplementedError
 
 
-def _softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
+def _softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis, keepdims=True))
+    return e / e.sum(axis, keepdims=True)
+
+
+def _one_hot(index, S):
+    """``(T, S)`` weights with a 1 in row t at key ``index[t]``."""
+    return (np.arange(S) == index[:, None]).astype(float)
+
+
+def _own_noise():
+    """A Gumbel sample that ignores the noise it is given and draws its own (seeded, so the test is repeatable)."""
+    rng = np.random.default_rng(0)
+    return lambda e, g: _one_hot((e + rng.gumbel(size=e.shape)).argmax(-1), e.shape[-1])
+
+
+def _transposed_split(x, N):
+    """Reshape to (B, T, head_dim, N), then swap: deals the features out to the heads in turn."""
+    B, T, F = x.shape
+    return x.reshape(B, T, F // N, N).swapaxes(-1, -2)
+
+
+def _split_through_positions(x, N):
+    """Reshape to (B, N, T, head_dim), then move the heads after the positions: mixes positions."""
+    B, T, F = x.shape
+    return x.reshape(B, N, T, F // N).transpose(0, 2, 1, 3)
+
+
+def _transposed_merge(heads):
+    B, T, N, D = heads.shape
+    return heads.swapaxes(-1, -2).reshape(B, T, N * D)
+
+
+def _project(params, name, x):
+    return x @ params[name]["kernel"] + params[name]["bias"]
+
+
+def _cross(params, query_from, key_from, value_from, *, scale=True, axis=-1, bias=True):
+    """Single-head cross-attention, with a slip switched on (an independent copy of the check's own)."""
+    zero = {name: {"kernel": layer["kernel"], "bias": 0 * layer["bias"]} for name, layer in params.items()}
+    p = params if bias else zero
+    q, k, v = _project(p, "query", query_from), _project(p, "key", key_from), _project(p, "value", value_from)
+    scores = q @ k.T / (np.sqrt(q.shape[-1]) if scale else 1.0)
+    return _softmax(scores, axis) @ v
 
 
 # (check, the solution, answers that are wrong in ways a learner might be)
@@ -41,12 +82,34 @@ EXERCISES = {
         [lambda x, m: _softmax(x),                                          # forgets the mask
          lambda x, m: _softmax(np.where(m, x, -np.inf)),                    # NaN on the fully masked row
          lambda x, m: np.where(m, np.exp(x), 0) / np.where(m, np.exp(x), 0).sum(-1, keepdims=True)]),  # overflows
+    "gumbel_sample": (
+        checks.check_gumbel_sample, solutions.sample,
+        [lambda e, g: _one_hot(e.argmax(-1), e.shape[-1]),                 # forgets the noise
+         lambda e, g: ((e + g) == (e + g).max(0, keepdims=True)).astype(float),  # argmax over the queries
+         lambda e, g: _one_hot((e - g).argmax(-1), e.shape[-1]),           # subtracts the noise
+         _own_noise(),                                                      # draws noise of its own
+         lambda e, g: _softmax(e + g)]),                                    # soft, not one-hot
     "causal_attention": (
         checks.check_causal_attention, solutions.causal_attention,
         [lambda q, k, v: _softmax(q @ k.T / np.sqrt(q.shape[1])) @ v,      # not causal
          lambda q, k, v: solutions.masked_softmax(q @ k.T, np.tril(np.ones((len(q),) * 2, bool))) @ v,  # no scale
          lambda q, k, v: solutions.masked_softmax(q @ k.T / np.sqrt(q.shape[1]), np.triu(np.ones((len(q),) * 2, bool))) @ v,
          lambda q, k, v: (solutions.causal_attention(q, k, v), None)]),                    # the library's (out, weights)
+    "split_merge_heads": (
+        lambda answer: checks.check_split_merge_heads(*answer), (solutions.split_heads, solutions.merge_heads),
+        [(_transposed_split, _transposed_merge),                            # mixes features across heads
+         (_split_through_positions, solutions.merge_heads),                 # mixes positions
+         (lambda x, N: solutions.split_heads(x, N).transpose(0, 2, 1, 3), solutions.merge_heads),  # PyTorch's order
+         (solutions.split_heads, _transposed_merge),                        # merges in the other order
+         (solutions.split_heads, lambda h: h.sum(2))]),                     # sums the heads
+    "cross_attention": (
+        checks.check_cross_attention, solutions.cross_attention,
+        [lambda p, d, e: _cross(p, d, d, d),                                # the decoder attends to itself
+         lambda p, d, e: _cross(p, d, d, e),                                # keys from the decoder
+         lambda p, d, e: _cross(p, e, d, d),                                # queries from the encoder
+         lambda p, d, e: _cross(p, d, e, e, scale=False),
+         lambda p, d, e: _cross(p, d, e, e, axis=0),                        # softmax over the queries
+         lambda p, d, e: _cross(p, d, e, e, bias=False)]),
     "head_by_hand": (
         checks.check_head_by_hand, solutions.by_hand,
         [np.array([[3.0, 2.0], [4.0, 2.0]]), np.array([3.0, 2.0, 2.0, 4.0]), np.zeros((2, 2))]),
@@ -83,6 +146,9 @@ def test_an_unfilled_stub_is_not_yet_right_and_raises_nothing(name):
     check, solution, _ = EXERCISES[name]
     if name == "scale_prediction":
         stubs = [(None, None, None)]
+    elif name == "split_merge_heads":
+        stubs = [(_not_implemented, _not_implemented), (lambda *args: None, solutions.merge_heads),
+                 (solutions.split_heads, _not_implemented), (solutions.split_heads, lambda heads: 1 / 0)]
     elif callable(solution):
         stubs = [_not_implemented, lambda *args: None, lambda *args: 1 / 0]
     else:
@@ -99,9 +165,13 @@ def test_the_checks_say_what_is_wrong():
 
 
 def _verdict_pattern(text):
-    """``text`` as a regular expression in which each ``#`` stands for one printed number."""
-    return "".join(re.escape(part) + (r"(-?[\d.]+(e[-+]\d+)?|nan)" if i < text.count("#") else "")
-                   for i, part in enumerate(text.split("#")))
+    """``text`` as a regular expression in which each ``#`` stands for one printed number and each
+    ``...`` for any text (an error message of NumPy's, whose words are NumPy's to change)."""
+    def numbers(text):
+        return "".join(re.escape(part) + (r"(-?[\d.]+(e[-+]\d+)?|nan)" if i < text.count("#") else "")
+                       for i, part in enumerate(text.split("#")))
+
+    return ".+".join(numbers(part) for part in text.split("..."))
 
 
 def _causal_mask(q):
@@ -129,6 +199,115 @@ WHY = {
     "masked_softmax does not normalise": (
         checks.check_masked_softmax, lambda x, m: solutions.masked_softmax(x, m) * 2,
         "not yet: row 0 sums to 2: the weights of a row that sees a key sum to 1"),
+    "sample forgets the noise": (
+        checks.check_gumbel_sample, lambda e, g: _one_hot(e.argmax(-1), e.shape[-1]),
+        "not yet: row 1 chooses key 6, the best score, but with the noise key 1 is best: add gumbel_noise to "
+        "the scores before the argmax; without it every call makes the same choice, the argmax of hard "
+        "attention above, not a sample"),
+    "sample takes the argmax over the queries": (
+        checks.check_gumbel_sample, lambda e, g: ((e + g) == (e + g).max(0, keepdims=True)).astype(float),
+        "not yet: every column has one 1, and row 0 has 2: the choice is made for each query among its 7 keys, "
+        "so take the argmax over the last axis (axis=-1), not over the queries (axis=0)"),
+    "sample takes the argmax over the queries, one-hot over the keys": (
+        checks.check_gumbel_sample, lambda e, g: np.eye(e.shape[1])[(e + g).argmax(0)],
+        "not yet: the weights has shape (7, 7), expected (5, 7): one row per query (T = 5), one weight per key "
+        "(S = 7), 1 at the chosen key and 0 elsewhere"),
+    "sample subtracts the noise": (
+        checks.check_gumbel_sample, lambda e, g: _one_hot((e - g).argmax(-1), e.shape[-1]),
+        "not yet: row 0 chooses key 1, the argmax of scores - gumbel_noise: the Gumbel-max trick adds the noise, "
+        "and argmax(scores[0] + gumbel_noise[0]) is key 4"),
+    "sample takes the argmin": (
+        checks.check_gumbel_sample, lambda e, g: _one_hot((e + g).argmin(-1), e.shape[-1]),
+        "not yet: row 0 chooses key 0, the smallest of scores + gumbel_noise: choose the largest, key 4 (the argmax)"),
+    "sample draws noise of its own": (
+        checks.check_gumbel_sample, _own_noise(),
+        "not yet: two calls with the same scores and noise choose differently: use the gumbel_noise you are "
+        "given (it is the randomness), do not draw noise of your own"),
+    "sample returns soft weights": (
+        checks.check_gumbel_sample, lambda e, g: _softmax(e + g),
+        "not yet: row 0 is [#, #, #, #, #, #, #], not one-hot: hard attention gives one key all the weight, 1, "
+        "and every other key 0 (weights in between are soft attention)"),
+    "split_heads mixes features across heads": (
+        lambda split: checks.check_split_merge_heads(split, solutions.merge_heads), _transposed_split,
+        "not yet: head 0 holds the features [0, 5, 10, 15, 20, 25, 30] of the 35, but head n holds the 7 "
+        "consecutive features n*head_dim to n*head_dim + 6, here 0 to 6: the library's kernel (E, N, head_dim) "
+        "is the flat kernel (E, N*head_dim) with head n in columns n*head_dim to (n+1)*head_dim - 1; reshape to "
+        "(B, T, N, head_dim) directly, with no transpose (a reshape to (B, T, head_dim, N) and a transpose deals "
+        "the features out to the heads in turn)"),
+    "split_heads mixes positions": (
+        lambda split: checks.check_split_merge_heads(split, solutions.merge_heads), _split_through_positions,
+        "not yet: split_heads(x, N)[0, 0] holds features of batch row 0, position 1: only the features are split "
+        "(or merged), each position keeps its own; a reshape across the positions, as with PyTorch's "
+        "(B, N, T, head_dim) order, mixes them"),
+    "split_heads returns PyTorch's order": (
+        lambda split: checks.check_split_merge_heads(split, solutions.merge_heads),
+        lambda x, N: solutions.split_heads(x, N).transpose(0, 2, 1, 3),
+        "not yet: split_heads(x, N) has shape (2, 5, 3, 7), (B, N, T, head_dim), PyTorch's order with the heads "
+        "before the positions; the library's, and jax.nn.dot_product_attention's, is (B, T, N, head_dim) = "
+        "(2, 3, 5, 7): leave out the transpose"),
+    "split_heads swaps N and head_dim": (
+        lambda split: checks.check_split_merge_heads(split, solutions.merge_heads),
+        lambda x, N: x.reshape(*x.shape[:2], -1, N),
+        "not yet: split_heads(x, N) has shape (2, 3, 7, 5), expected (2, 3, 5, 7): (B, T, N, head_dim), N = 5 "
+        "heads of head_dim = 7 features each"),
+    "split_heads changes the numbers": (
+        lambda split: checks.check_split_merge_heads(split, solutions.merge_heads),
+        lambda x, N: solutions.split_heads(x, N) / 2,
+        "not yet: split_heads(x, N)[1, 2, 4, 6] is 617, expected 1234: a reshape only moves numbers, it changes none"),
+    "split_heads rounds to whole numbers": (
+        lambda split: checks.check_split_merge_heads(split, solutions.merge_heads),
+        lambda x, N: np.round(solutions.split_heads(x, N)),                 # right on the labels, wrong on floats
+        "not yet: out[#, #, #] is #, expected # (attention_np.multi_head_attention, beside your split_heads "
+        "and merge_heads around flat kernels)"),
+    "merge_heads mixes features across heads": (
+        lambda merge: checks.check_split_merge_heads(solutions.split_heads, merge), _transposed_merge,
+        "not yet: feature 1 of merge_heads(heads) is feature 0 of head 1, but feature f is feature f % head_dim "
+        "of head f // head_dim, here feature 1 of head 0: merge_heads undoes split_heads, so reshape "
+        "(B, T, N, head_dim) to (B, T, N*head_dim) directly, with no transpose"),
+    "merge_heads mixes positions": (
+        lambda merge: checks.check_split_merge_heads(solutions.split_heads, merge),
+        lambda h: h.transpose(0, 2, 1, 3).reshape(h.shape[0], h.shape[1], -1),
+        "not yet: merge_heads(heads)[0, 0] holds features of batch row 0, position 1: only the features are "
+        "split (or merged), each position keeps its own; a reshape across the positions, as with PyTorch's "
+        "(B, N, T, head_dim) order, mixes them"),
+    "merge_heads sums the heads": (
+        lambda merge: checks.check_split_merge_heads(solutions.split_heads, merge), lambda h: h.sum(2),
+        "not yet: merge_heads(heads) has shape (2, 3, 7), one head's width: summing or averaging the heads loses "
+        "what each found; merge_heads puts their features side by side, (B, T, N*head_dim) = (2, 3, 35), and the "
+        "output kernel W^O mixes them"),
+    "cross_attention lets the decoder attend to itself": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, d, d, d),
+        "not yet: out is the decoder attending to itself: the keys and values come from the encoder_outputs "
+        "(what is read), only the queries from the decoder_states (what is written)"),
+    "cross_attention takes the keys from the decoder": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, d, d, e),
+        "not yet: the keys come from the decoder_states: the keys and the values both come from the "
+        "encoder_outputs, so that the scores are (T, S), one row per decoder position and one column per encoder "
+        "position (with T = 3 and S = 5 the shapes do not fit: it raised ValueError: ...)"),
+    "cross_attention takes the values from the decoder": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, d, e, d),
+        "not yet: the values come from the decoder_states: the keys and the values both come from the "
+        "encoder_outputs, so that the scores are (T, S), one row per decoder position and one column per encoder "
+        "position (with T = 3 and S = 5 the shapes do not fit: it raised ValueError: ...)"),
+    "cross_attention takes the queries from the encoder": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, e, d, d),
+        "not yet: out has shape (5, 11), one row per encoder position: the queries come from the decoder_states, "
+        "one output row for each of its T = 3 positions, and the keys and values from the encoder_outputs"),
+    "cross_attention forgets the scale": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, d, e, e, scale=False),
+        "not yet: out is unscaled: divide the scores by sqrt(H) = sqrt(11), H the width of a projected query, "
+        "before the softmax"),
+    "cross_attention softmaxes over the queries": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, d, e, e, axis=0),
+        "not yet: the softmax runs over the decoder positions: each decoder position's weights sum to 1 over the "
+        "S = 5 encoder positions, so take it over the last axis"),
+    "cross_attention forgets the biases": (
+        checks.check_cross_attention, lambda p, d, e: _cross(p, d, e, e, bias=False),
+        "not yet: the biases are missing: q = x W_q + b_q, and the same for k and v"),
+    "cross_attention does not project": (
+        checks.check_cross_attention, lambda p, d, e: _softmax(d @ e.T / np.sqrt(d.shape[1])) @ e,
+        "not yet: out has shape (3, 7), expected (3, 11): one row per decoder position (T = 3), one column per "
+        "feature of a projected value (H = 11)"),
     "causal_attention returns (out, weights), the library's convention": (
         checks.check_causal_attention,
         lambda q, k, v: (solutions.causal_attention(q, k, v), solutions.masked_softmax(q @ k.T, _causal_mask(q))),
@@ -179,7 +358,8 @@ def test_a_wrong_answer_is_told_why(case):
     assert re.fullmatch(_verdict_pattern(says), verdict), verdict
 
 
-@pytest.mark.parametrize("name", ["masked_softmax", "causal_attention", "softmax_backward"])
+@pytest.mark.parametrize("name", ["masked_softmax", "gumbel_sample", "causal_attention", "cross_attention",
+                                  "softmax_backward"])
 def test_returning_a_tuple_says_return_only_the_array(name):
     # the library returns (out, weights); an exercise that does the same is told what to drop,
     # not shown a NumPy error about an inhomogeneous shape
@@ -232,22 +412,51 @@ def test_a_variance_outside_the_tolerance_or_not_a_number_is_told_why(prediction
     assert checks.check_scale_prediction(*prediction, True) == "not yet: " + says
 
 
+# (exercise, the section it ends, the next section, its check cell)
+SECTIONS = [
+    (1, "### 1. Soft attention", "### 2. Hard attention", "check_masked_softmax(masked_softmax)"),
+    (2, "### 2. Hard attention", "### 3. Self-attention", "check_gumbel_sample(sample)"),
+    (3, "### 3. Self-attention", "### 4. Multi-head attention", "check_causal_attention(causal_attention)"),
+    (4, "### 4. Multi-head attention", "### 5. Cross-attention", "check_split_merge_heads(split_heads, merge_heads)"),
+    (5, "### 5. Cross-attention", "### 6. Scaled dot-product attention", "check_cross_attention(cross_attention)"),
+    (6, "### 6. Scaled dot-product attention", "### 7. Location-based attention",
+     "check_scale_prediction(variance_without_scale, variance_with_scale, nearly_one_hot_without_scale)"),
+    (7, "## How attention works, in three lines", "## The architecture", "check_head_by_hand(by_hand)"),
+    (8, "## How attention learns: one backward pass", "## Finishing on a Transformer layer",
+     "check_softmax_backward(softmax_backward)"),
+]
+
+
+def _section(text, start, end):
+    """The tour's cells from the heading ``start`` up to the cell of the heading ``end``."""
+    return text[text.index(start):text.rindex("# %%", 0, text.index(end))]
+
+
 def test_the_tour_states_the_setting_the_check_uses():
-    # exercise 5's text and its check say the same sizes and tolerance (one source: the check's constants)
+    # exercise 6's text and its check say the same sizes and tolerance (one source: the check's constants)
     text = (DOCS / "tour.py").read_text()
-    exercise = text[text.index("### Exercise 5"):text.index("## Where next")]
+    section = _section(text, "### 6. Scaled dot-product attention", "### 7. Location-based attention")
+    exercise = section[section.index("Exercise 6:"):]
     for said in (f"{checks.SCALE_QUERIES} queries", f"{checks.SCALE_KEYS} keys", f"$H = {checks.SCALE_WIDTH}$",
                  f"within {checks.SCALE_TOLERANCE:.0%}"):
         assert said in " ".join(exercise.replace("# ", "").split()), said
 
 
-def test_the_tour_offers_five_exercises_with_stubs_and_checks():
+@pytest.mark.parametrize(("n", "start", "end", "call"), SECTIONS, ids=[f"exercise {n}" for n, *_ in SECTIONS])
+def test_each_exercise_ends_its_section_with_a_stub_and_a_check(n, start, end, call):
+    # right after the section it practises, not gathered at the end: the heading, the cell to
+    # fill in, the check cell, and nothing of the section after them
+    section = _section((DOCS / "tour.py").read_text(), start, end)
+    assert section.count("Exercise ") == 1 and f"Exercise {n}:" in section, (start, n)
+    exercise = section[section.index(f"Exercise {n}:"):]
+    assert exercise.rstrip().endswith(f"print({call})"), (n, exercise[-200:])
+    stubs = re.findall(r"^def (\w+)\(.*\):\n    raise NotImplementedError", exercise, re.M)
+    fill_ins = re.findall(r"^(\w+) = None", exercise, re.M)
+    assert stubs or fill_ins, n
+    assert len(re.findall(r"^# %%$", exercise, re.M)) == 2, "one cell to fill in, one check cell"
+
+
+def test_the_tour_offers_eight_exercises_in_order_and_never_imports_the_solutions():
     text = (DOCS / "tour.py").read_text()
-    exercises = text[text.index("## Exercises"):]
-    for n in range(1, 6):
-        assert f"### Exercise {n}" in exercises
-    for name in ("check_masked_softmax(masked_softmax)", "check_causal_attention(causal_attention)",
-                 "check_head_by_hand(by_hand)", "check_softmax_backward(softmax_backward)",
-                 "check_scale_prediction(variance_without_scale, variance_with_scale, nearly_one_hot_without_scale)"):
-        assert f"print({name})" in exercises
+    assert re.findall(r"^# #+ Exercise (\d+):", text, re.M) == [str(n) for n in range(1, 9)]
     assert "import tour_solutions" not in text and "from tour_solutions" not in text, "the tour never imports them"
