@@ -18,6 +18,7 @@ from .diagnostics import alignment_diagnostics
 from .dot_product import scaled_dot_product_attention
 from .fast.chunked import BlockMask, chunked_attention, create_block_mask, flex_attention
 from .fast.dispatch import dot_product_attention
+from .fast.varlen import varlen_attention
 from .global_attention import global_attention, init_global_params
 from .hard import hard_attention
 from .kv_cache import init_kv_cache, multi_head_attention_step
@@ -90,6 +91,7 @@ __all__ = [
     "soft_attention",
     "transformer_decoder_layer",
     "transformer_encoder_layer",
+    "varlen_attention",
     "init_transformer_decoder_params",
     "init_transformer_encoder_params",
 ]

@@ -37,6 +37,7 @@ from .transformer import (
     transformer_decoder_layer,
     transformer_encoder_layer,
 )
+from .varlen import varlen_attention
 
 __all__ = [
     "apply_rotary",
@@ -79,6 +80,7 @@ __all__ = [
     "soft_attention",
     "transformer_decoder_layer",
     "transformer_encoder_layer",
+    "varlen_attention",
     "init_transformer_decoder_params",
     "init_transformer_encoder_params",
 ]

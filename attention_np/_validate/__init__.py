@@ -5,7 +5,8 @@
 - :mod:`.flex`: ``flex_attention``, its mods, sinks and block masks;
 - :mod:`.multi_head`: ``multi_head_attention`` and incremental decoding;
 - :mod:`.mechanisms`: the tutorial's mechanisms;
-- :mod:`.seq2seq`: the encoder - attention - decoder model.
+- :mod:`.seq2seq`: the encoder - attention - decoder model;
+- :mod:`.varlen`: ``varlen_attention``, packed sequences sliced by ``cu_seqlens``.
 
 Pure Python on ``.shape`` and ``.dtype``: no array math, so the JAX half calls the very
 same checks while it traces a function (they cost nothing at run time) and both halves
@@ -88,3 +89,4 @@ from .seq2seq import (  # noqa: F401
     check_ids,
     check_seq2seq,
 )
+from .varlen import check_cu_seqlens, check_varlen  # noqa: F401

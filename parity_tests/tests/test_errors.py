@@ -63,6 +63,10 @@ def ids(*shape):
     return np.zeros(shape, np.int32)
 
 
+def ids_from(*values):
+    return np.array(values, np.int32)
+
+
 # (function, args, kwargs, exception, the exact message)
 BAD_INPUTS = [
     ("apply_rotary", (z(B, T, N, H), np.arange(T, dtype=np.int32)), {"fraction": 0.1}, ValueError,
@@ -93,6 +97,13 @@ BAD_INPUTS = [
      f"sinks must have shape (N,) = ({N},), one logit per query head; got ({N}, 1)"),
     ("flex_attention", (z(B, T, N, H), z(B, S + 1, K, H), z(B, S, K, H)), {}, ValueError,
      f"value must have shape (B, S, K, H) with B={B}, H={H} from query, S={S + 1}, K={K} from key; got ({B}, {S}, {K}, {H})"),
+    ("varlen_attention", (z(T, N, H, dtype=np.int64), z(S, K, H), z(S, K, H), ids_from(0, 1, 3), ids_from(0, 2, 5)), {},
+     TypeError, "query must have a floating dtype (float16, bfloat16, float32 or float64); got int64"),
+    ("varlen_attention", (z(T, N, H), z(S, K, H), z(S, K, H), ids_from(0, 1, 3), ids_from(0, 5)), {}, ValueError,
+     "cu_seqlens_k must have shape (num_seqs + 1,) = (3,) from cu_seqlens_q, the same number of sequences for "
+     "queries and keys; got (2,)"),
+    ("varlen_attention", (z(T, N, H), z(S, K, H), z(S, K, H), ids_from(1, 2, 3), ids_from(0, 2, 5)), {}, ValueError,
+     "cu_seqlens_q must start at 0 (the first sequence's first row); got cu_seqlens_q[0] = 1"),
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": -1}, ValueError,
      "local_window_size must be None, an int >= 0 or a pair (left, right) of ints >= 0; got -1"),
     ("scaled_dot_product_attention", (z(B, T, N, H), z(B, S, K, H), z(B, S, K, H)), {"local_window_size": (1, 2, 3)}, ValueError,
