@@ -397,3 +397,22 @@ register(ParityCase(
     _with_lse(attention_np.flex_attention), _with_lse(attention_jax.flex_attention),
     differentiable=(0, 1, 2, "sinks"),
 ))
+
+
+# --- varlen_attention: packed sequences of different lengths (cu_seqlens) ------------------------------------
+# Three sequences of (queries, keys) = (2, 3), (0, 1), (4, 2): more keys than queries, a sequence
+# with no query, more queries than keys (causal from the bottom right: its first two queries see no key).
+_VARLEN_CU_Q, _VARLEN_CU_K = np.array([0, 2, 2, 6], np.int32), np.array([0, 3, 4, 6], np.int32)
+
+
+def _varlen_inputs(rng):
+    return (rng.normal(size=(6, 6, H)), rng.normal(size=(6, K, H)), rng.normal(size=(6, K, H)),
+            _VARLEN_CU_Q, _VARLEN_CU_K)
+
+
+register(ParityCase(
+    "varlen_attention/causal+window+sinks+lse", "varlen_attention", f"total_q=6 total_k=6 N=6 K={K} H={H}",
+    lambda rng: (_varlen_inputs(rng), {"is_causal": True, "local_window_size": (2, 0), "sinks": rng.normal(size=(6,))}),
+    _with_lse(attention_np.varlen_attention), _with_lse(attention_jax.varlen_attention),
+    differentiable=(0, 1, 2, "sinks"),
+))
