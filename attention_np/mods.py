@@ -141,8 +141,9 @@ def alibi(slopes):
 
 
 def relative_position_bias(table, max_distance):
-    """A learned bias per head and clipped distance (Shaw et al. 2018; Raffel et al. 2020):
-    ``score + table[h, clip(s - t, -D, D) + D]``, ``table (N, 2 D + 1)``.
+    """A learned bias per head and clipped distance (Shaw et al. 2018):
+    ``score + table[h, clip(s - t, -D, D) + D]``, ``table (N, 2 D + 1)``. (T5's bias, Raffel
+    et al. 2020, looks the distance up in log-spaced buckets instead.)
 
     >>> table = np.array([[-1.0, 0.0, 1.0]])                      # N = 1, D = 1
     >>> relative_position_bias(table, 1)(np.zeros(4), 0, 0, 1, np.arange(4))
