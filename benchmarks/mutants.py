@@ -172,7 +172,7 @@ def run_tests(dest: Path, tests, timeout: int, deselect=(), stop_first=True) -> 
     except subprocess.TimeoutExpired:
         return 1, ["(timed out)"], "timed out", time.perf_counter() - start
     output = done.stdout + done.stderr
-    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.M)))
+    failed = sorted(set(re.findall(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, flags=re.M)))  # ids may hold spaces
     lines = [line for line in output.strip().splitlines() if line.strip()]
     return done.returncode, failed, lines[-1] if lines else "", time.perf_counter() - start
 
