@@ -99,7 +99,6 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
             raise ValueError(f"block_sizes must be a pair (query rows, key rows); got {block_sizes!r}")
         check_chunk("block_sizes[0]", block_sizes[0])
         check_chunk("block_sizes[1]", block_sizes[1])
-        qc, kc = block_sizes
         qc, kc = min(block_sizes[0], T), min(block_sizes[1], S)
     on_b, on_h = depends(mask_mod, B, N, T, S)
     for name, size, varies, axis, unit, means in (("B", B, on_b, "b", "batch row", "the batch size"),
