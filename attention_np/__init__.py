@@ -17,6 +17,7 @@ from .kv_cache import init_kv_cache, multi_head_attention_step
 from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention
+from .paged import init_paged_kv_cache, paged_attention, paged_kv_write
 from .rotary import apply_rotary
 from .scores import (
     concat_scores,
@@ -62,6 +63,7 @@ __all__ = [
     "init_local_params",
     "init_location_sensitive_params",
     "init_multi_head_params",
+    "init_paged_kv_cache",
     "init_self_attention_params",
     "init_seq2seq_params",
     "local_attention",
@@ -71,6 +73,8 @@ __all__ = [
     "multi_head_params_from_torch",
     "multi_head_attention_step",
     "multi_head_attention_vjp",
+    "paged_attention",
+    "paged_kv_write",
     "scaled_dot_product_attention",
     "scaled_dot_product_attention_vjp",
     "scaled_dot_scores",

@@ -416,3 +416,20 @@ register(ParityCase(
     _with_lse(attention_np.varlen_attention), _with_lse(attention_jax.varlen_attention),
     differentiable=(0, 1, 2, "sinks"),
 ))
+
+
+# --- paged_attention: a KV cache in pages, rows of different lengths, pages out of order ----------------------
+# Pool of 5 pages of 2 slots; row 0 holds 5 tokens in pages 3, 0, 4; row 1 holds 2 in page 1 (page 2 unused).
+_PAGE_TABLE, _PAGE_LENGTHS = np.array([[3, 0, 4], [1, 2, 2]], np.int32), np.array([5, 2], np.int32)
+
+
+def _paged_inputs(rng):
+    cache = {"key_pages": rng.normal(size=(5, 2, K, H)), "value_pages": rng.normal(size=(5, 2, K, H))}
+    return rng.normal(size=(B, 2, 6, H)), cache, _PAGE_TABLE, _PAGE_LENGTHS
+
+
+register(ParityCase(
+    "paged_attention/chunk of 2+window+sinks", "paged_attention", f"B={B} k=2 pages=5x2 N=6 K={K} H={H}",
+    lambda rng: (_paged_inputs(rng), {"local_window_size": (3, 0), "sinks": rng.normal(size=(6,))}),
+    **_both("paged_attention"), differentiable=(0, 1, "sinks"),
+))

@@ -6,7 +6,8 @@
 - :mod:`.multi_head`: ``multi_head_attention`` and incremental decoding;
 - :mod:`.mechanisms`: the tutorial's mechanisms;
 - :mod:`.seq2seq`: the encoder - attention - decoder model;
-- :mod:`.varlen`: ``varlen_attention``, packed sequences sliced by ``cu_seqlens``.
+- :mod:`.varlen`: ``varlen_attention``, packed sequences sliced by ``cu_seqlens``;
+- :mod:`.paged`: the paged KV cache, ``paged_kv_write`` and ``paged_attention``.
 
 Pure Python on ``.shape`` and ``.dtype``: no array math, so the JAX half calls the very
 same checks while it traces a function (they cost nothing at run time) and both halves
@@ -81,6 +82,13 @@ from .multi_head import (  # noqa: F401
     check_multi_head,
     check_multi_head_params,
     multi_head_used,
+)
+from .paged import (  # noqa: F401
+    check_paged_attention,
+    check_paged_attention_values,
+    check_paged_sizes,
+    check_paged_write,
+    check_paged_write_values,
 )
 from .seq2seq import (  # noqa: F401
     GRU_SPEC,
