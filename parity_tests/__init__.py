@@ -5,7 +5,7 @@ suite (``parity_tests/tests``) and the report, ``python -m parity_tests``; :func
 and :func:`assert_port` check anyone's port between NumPy, JAX and PyTorch.
 """
 
-from . import cases  # noqa: F401  (registers the built-in cases)
+from . import cases, layout_cases  # noqa: F401  (register the built-in cases)
 from .gradients import FD_STEP, FD_TOLERANCE, finite_differences, jax_vjp
 from .harness import assert_parity, compare, planned_rows, pytest_params, run_all, run_case
 from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port
