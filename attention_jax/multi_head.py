@@ -7,7 +7,7 @@ from attention_np._validate import check_key_value, check_multi_head, check_wind
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
-from ._jit import jit
+from ._jit import jit, split_scale
 from ._masking import attended_keys, combine_all_masks, segment_mask
 from ._random import init_from_numpy
 from ._sharding import head_sum_sharding
@@ -29,8 +29,7 @@ def _layer_norm(x, scale):
     return (x - mean) / jnp.sqrt(var + LAYER_NORM_EPSILON) * scale
 
 
-@jit(static_argnames=("is_causal", "local_window_size", "logits_soft_cap"))
-def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False,
+def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False, scale=None,
                          local_window_size=None, query_segment_ids=None, key_value_segment_ids=None,
                          logits_soft_cap=None):
     r"""Multi-head attention, with grouped key/value heads when K < N.
@@ -70,6 +69,9 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         relative positions), as in :func:`scaled_dot_product_attention`.
       mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
+      scale: the logits' factor, default ``1 / sqrt(H)``: a number (static), or a 0-d float
+        array (traced, with its gradient: a learnable temperature), as
+        :func:`scaled_dot_product_attention`.
       local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``): query t
         attends only keys ``t - left <= s <= t + right``, as :func:`scaled_dot_product_attention`.
       query_segment_ids, key_value_segment_ids, logits_soft_cap: as
@@ -80,6 +82,17 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
       ``(out, weights)``: ``(B, T, F)`` and ``(B, N, T, S)``, in the dtype of ``query``.
       T = 0 gives empty arrays; S = 0 a zero ``out`` (no key to attend to, so no output bias).
     """
+    scale, scale_value = split_scale(scale)
+    return _multi_head_attention(params, query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
+                                 scale_value=scale_value, local_window_size=local_window_size,
+                                 query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
+                                 logits_soft_cap=logits_soft_cap)
+
+
+@jit(static_argnames=("is_causal", "scale", "local_window_size", "logits_soft_cap"))
+def _multi_head_attention(params, query, key, value, *, bias, mask, is_causal, scale, scale_value, local_window_size,
+                          query_segment_ids, key_value_segment_ids, logits_soft_cap):
+    """:func:`multi_head_attention`, jit-compiled (a number ``scale`` static, an array traced)."""
     check_key_value(key, value)
     query = jnp.asarray(query)
     key = query if key is None else jnp.asarray(key)
@@ -106,6 +119,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         k = _layer_norm(k, p["key_ln"]["scale"])    # (B, S, K, H)
     # 3. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, sinks=p.get("sinks"),
+                                                  scale=scale if scale_value is None else scale_value,
                                                   local_window_size=local_window_size,
                                                   query_segment_ids=query_segment_ids, logits_soft_cap=logits_soft_cap,
                                                   key_value_segment_ids=key_value_segment_ids)  # (B, T, N, H)

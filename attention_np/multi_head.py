@@ -24,7 +24,7 @@ def _layer_norm(x, scale):
     return (x - mean) / np.sqrt(var + LAYER_NORM_EPSILON) * scale
 
 
-def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False,
+def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False, scale=None,
                          local_window_size=None, query_segment_ids=None, key_value_segment_ids=None,
                          logits_soft_cap=None):
     r"""Multi-head attention, with grouped key/value heads when K < N.
@@ -64,6 +64,8 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         relative positions), as in :func:`scaled_dot_product_attention`.
       mask: optional bool broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
+      scale: the logits' factor, default ``1 / sqrt(H)``, as :func:`scaled_dot_product_attention`
+        (GPT-2's ``1 / (layer + 1)`` extra factor, T5's 1.0, Gemma's ``query_pre_attn_scalar``).
       local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``): query t
         attends only keys ``t - left <= s <= t + right``, as :func:`scaled_dot_product_attention`.
       query_segment_ids, key_value_segment_ids, logits_soft_cap: as
@@ -126,7 +128,7 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         k = _layer_norm(k, p["key_ln"]["scale"])    # (B, S, K, H)
     # 3. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, sinks=p.get("sinks"),
-                                                  local_window_size=local_window_size,
+                                                  scale=scale, local_window_size=local_window_size,
                                                   query_segment_ids=query_segment_ids, logits_soft_cap=logits_soft_cap,
                                                   key_value_segment_ids=key_value_segment_ids)  # (B, T, N, H)
     # 4. mix the heads to the output width F

@@ -181,6 +181,34 @@ def test_one_head_multi_head_attention_is_self_attention(half, rng, jit):
     np.testing.assert_allclose(weights[:, 0], expected_weights, atol=1e-12)
 
 
+
+@pytest.mark.parametrize("half", HALVES)
+def test_multi_head_attention_takes_a_scale(half, rng):
+    """``scale`` replaces ``1 / sqrt(H)``: the attention written out here with the logits times
+    0.3 (two heads, one key/value head); a NaN scale is the same ValueError in both halves;
+    in JAX a 0-d array scale is traced and gets the gradient of central differences."""
+    params = attention_np.init_multi_head_params(rng, E, 2, 3, num_kv_heads=1, dtype=np.float64)
+    params = jax.tree.map(lambda p: p + 0.2 * rng.normal(size=p.shape), params)
+    x = rng.normal(size=(B, T, E))
+    project = lambda name: np.einsum("BTE,ENH->BTNH", x, params[name]["kernel"]) + params[name]["bias"]
+    q, k, v = project("query"), project("key"), project("value")                    # (B, T, 2|1, 3)
+    logits = np.einsum("BTNH,BSH->BNTS", q, k[:, :, 0]) * 0.3
+    weights = np.exp(logits - logits.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    heads = np.einsum("BNTS,BSH->BTNH", weights, v[:, :, 0])
+    expected = np.einsum("BTNH,NHF->BTF", heads, params["out"]["kernel"]) + params["out"]["bias"]
+    module = HALVES[half]
+    out, got_weights = module.multi_head_attention(params, x, scale=0.3)
+    np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(got_weights, weights, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match="scale must be a finite real number; got nan"):
+        module.multi_head_attention(params, x, scale=float("nan"))
+    if half == "jax":
+        loss = lambda scale: attention_jax.multi_head_attention(params, x, scale=scale)[0].sum()
+        eps = 1e-6
+        numeric = (loss(0.3 + eps) - loss(0.3 - eps)) / (2 * eps)
+        np.testing.assert_allclose(jax.grad(loss)(jnp.asarray(0.3)), numeric, rtol=1e-6)
+
 FLAX_CASES = {
     "self": dict(n=N, k=None, cross=False, mask=False, causal=False),
     "self causal": dict(n=N, k=None, cross=False, mask=False, causal=True),
