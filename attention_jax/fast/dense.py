@@ -20,7 +20,7 @@ from attention_np._validate import check_sdpa, check_sdpa_options
 from .._batch import fold_batch, fold_broadcast, unfold_batch
 from .._dtypes import compute_dtype, operand_dtype
 from .._jit import jit, logits_scale, split_scale, static_rng
-from .._masking import attended_keys, combine_all_masks, length_mask
+from .._masking import attended_keys, combine_all_masks, length_mask, log_sum_exp
 from .._sharding import repeat_heads
 from ..dropout import dropout_weights
 from ._fused import softmax_parts
@@ -29,23 +29,26 @@ from ._fused import softmax_parts
 def dense_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
     query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
-    dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
+    dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False, return_residual=False,
 ):
     """:func:`attention_jax.scaled_dot_product_attention` (same arguments, same ``(out,
-    weights)``, same numbers to rounding), tuned for XLA's CPU fusions."""
+    weights)``, and ``lse (B, T, N)`` third with ``return_residual``; same numbers to
+    rounding), tuned for XLA's CPU fusions."""
     scale, scale_value = split_scale(scale)
     return _dense_attention(
         query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale, scale_value=scale_value,
         query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
         local_window_size=local_window_size, dropout_rate=dropout_rate,
         dropout_rng=static_rng(dropout_rng, dropout_rate), broadcast_dropout=broadcast_dropout,
+        return_residual=bool(return_residual),
     )
 
 
-@jit(static_argnames=("is_causal", "scale", "local_window_size", "dropout_rate", "broadcast_dropout"))
+@jit(static_argnames=("is_causal", "scale", "local_window_size", "dropout_rate", "broadcast_dropout",
+                      "return_residual"))
 def _dense_attention(
     query, key, value, *, bias, mask, is_causal, scale, scale_value, query_seq_lengths,
-    key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng, broadcast_dropout,
+    key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng, broadcast_dropout, return_residual,
 ):
     """:func:`dense_attention`, jit-compiled."""
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
@@ -91,4 +94,8 @@ def _dense_attention(
     #    (benchmarks/results/experiments.md), and the weights are computed only when used
     out = jnp.einsum("BNTS,BNSH->BNTH", dropped.astype(operand), value, preferred_element_type=compute) / total
     out = out.transpose(0, 2, 1, 3)                                        # (B, T, N, H)
-    return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
+    out, weights = unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
+    if not return_residual:
+        return out, weights
+    lse = log_sum_exp(logits, mask)[..., 0].transpose(0, 2, 1)             # (B, T, N), -inf where no key
+    return out, weights, unfold_batch(lse, batch)

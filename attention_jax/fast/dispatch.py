@@ -108,8 +108,8 @@ def dot_product_attention(
       return_residual: also return ``lse (B, T, N)``, as ``jax.nn`` (``-inf`` for a query
         that attends nothing and has no sink).
 
-    These four run on the dense mirror (:func:`scaled_dot_product_attention`) or the chunked
-    path, never on cuDNN; ``"dense"`` with any of them is the mirror (the tuned dense path
+    These five run on the dense or the chunked path, never on cuDNN; ``"dense"`` with any of
+    the first four is the mirror (:func:`scaled_dot_product_attention`: the tuned dense path
     does not have them).
 
     Returns:
@@ -121,12 +121,12 @@ def dot_product_attention(
     query, key, value = jnp.asarray(query), jnp.asarray(key), jnp.asarray(value)
     extras = dict(query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
                   logits_soft_cap=logits_soft_cap, sinks=sinks)
-    extra = any(x is not None for x in extras.values()) or return_residual
+    extra = any(x is not None for x in extras.values())
     if implementation is None:
         implementation = choose_implementation(
             query, key, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
             key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
-            dropout_rate=dropout_rate, extras=extra,
+            dropout_rate=dropout_rate, extras=extra or return_residual,
         )
     options = dict(bias=bias, mask=mask, is_causal=is_causal, scale=scale, query_seq_lengths=query_seq_lengths,
                    key_value_seq_lengths=key_value_seq_lengths, local_window_size=local_window_size,
@@ -136,10 +136,11 @@ def dot_product_attention(
                                                     return_residual=return_residual)
         return (out, *lse) if return_residual else out
     if implementation == "dense":
-        return dense_attention(query, key, value, **options)[0]
+        out, _, *lse = dense_attention(query, key, value, **options, return_residual=return_residual)
+        return (out, *lse) if return_residual else out
     if implementation == "chunked":
         return chunked_attention(query, key, value, **options, **extras, return_residual=return_residual)
-    if extra:
+    if extra or return_residual:
         raise ValueError("implementation='cudnn' has no segment ids, soft-cap, sinks or residual here; "
                          "use 'dense' or 'chunked'")
     if dropout_rate:

@@ -22,7 +22,6 @@ from ..dot_product import scaled_dot_product_attention
 from ..fast.dense import dense_attention
 from ..fast.dispatch import dot_product_attention
 from ..rotary import apply_rotary
-from ._attends import attending_queries, attending_segments
 from ._cache import DecodeCache
 
 
@@ -287,21 +286,22 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         extra = any(x is not None for x in extras.values())
         if extra:
             options |= extras
+        # a query may be left with no key: the attention's lse then says which (-inf, or the sink's logit)
+        may_empty = key.shape[-3] == 0 or any(x is not None for x in (
+            mask, local_window_size, query_seq_lengths, key_value_seq_lengths, query_segment_ids, key_value_segment_ids))
         if sow_weights:  # the weights: the tuned dense path, or the mirror for the options it lacks
             attend = scaled_dot_product_attention if extra else dense_attention
-            heads, weights = attend(query, key, value, **options)
+            heads, weights, *lse = attend(query, key, value, **options, return_residual=may_empty)
             self.sow(nnx.Intermediate, "attention_weights", weights)
         else:
-            heads = dot_product_attention(query, key, value, implementation=implementation, **options)
+            result = dot_product_attention(query, key, value, implementation=implementation, **options,
+                                           return_residual=may_empty)
+            heads, *lse = result if may_empty else (result,)
         # 5. mix the heads back to out_features; a query with no key in any head gets zeros
         out = self.out(heads, out_sharding=out_sharding if out_sharding is not None else head_sum_sharding(heads))
-        attends = attending_queries(mask, is_causal, local_window_size, query.shape, key.shape[-3],
-                                    query_seq_lengths, key_value_seq_lengths)
-        if query_segment_ids is not None or key_value_segment_ids is not None:  # a query whose segment has no key
-            has_key = attending_segments(query_segment_ids, key_value_segment_ids, mask, is_causal, local_window_size,
-                                         query.shape, key.shape[-3])
-            attends = has_key if attends is None else attends & has_key
-        return out if attends is None else jnp.where(attends[..., None], out, 0).astype(out.dtype)
+        if not lse:
+            return out
+        return jnp.where(saw_a_key(lse[0], extras["sinks"])[..., None], out, 0).astype(out.dtype)
 
     def _call_attention_fn(self, query, key, value, mask, dropout_rng, deterministic, sow_weights, is_causal,
                            out_sharding, input_positions, **ours):
@@ -369,3 +369,12 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         if positions is not None:
             return rotate(query, positions), rotate(key, positions)
         return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))
+
+def saw_a_key(lse, sinks=None):
+    """``(B..., T)`` bool: True where a query attended some key in some head, read off the
+    attention's ``lse (B..., T, N)``: ``-inf`` where a head's query attends no key, and with
+    sinks exactly the sink's logit (its normaliser is ``e^sink`` alone). A query whose keys
+    together weigh less than the float's resolution beside its sink counts as seeing none:
+    its heads' output is then below rounding anyway."""
+    floor = -jnp.inf if sinks is None else jnp.asarray(sinks).astype(lse.dtype)  # (N,)
+    return (lse > floor).any(axis=-1)

@@ -197,7 +197,7 @@ def test_causal_tiles_match_numpy(B, T, S, N, K, H, rng):
 
     if jax.default_backend() != "cpu":
         pytest.skip("the tiles are the CPU backend's rule")
-    assert BlockSizes.get_default().tiles(True, True, T, S, H, B * N) == 256
+    assert BlockSizes.get_default().tile_for(True, True, T, S, H, B * N) == 256
     q, k, v = (rng.normal(size=s) for s in ((B, T, N, H), (B, S, K, H), (B, S, K, H)))
     expected, _ = attention_np.scaled_dot_product_attention(q, k, v, is_causal=True)
     tiles = jax.jit(lambda q, k, v: chunked_attention(q, k, v, is_causal=True))(q, k, v)

@@ -83,15 +83,17 @@ def test_gradients_of_chunked_and_dense_agree_with_jax_nn(option):
 
 
 def test_a_window_skips_key_blocks_so_the_work_is_linear_in_length():
-    # the compiled loop visits only blocks that meet the band: with kc = qc = 64 and a
-    # window of 64 each query chunk needs at most 3 key chunks of L/64
+    # the compiled loops visit only blocks that meet the band: with kc = qc = 64 and a
+    # window of 64 each query chunk needs at most 3 key chunks of L/64, the one on the
+    # diagonal full, its two neighbours partial
     L = 1024
     from attention_jax.fast.chunked.config import Config
-    from attention_jax.fast.chunked.masks import key_range
-    cfg = Config(False, 64, 64, L, L, 1, (64, 64), False)
-    bounds = [tuple(int(x) for x in key_range(i, cfg, L // 64)) for i in range(L // 64)]
-    assert max(end - start for start, _, end in bounds) == 3
-    assert bounds[0] == (0, 0, 2) and bounds[5] == (4, 4, 7)
+    from attention_jax.fast.chunked.layout import make_rows
+    from attention_jax.fast.chunked.sparse import EMPTY, FULL, PARTIAL, option_states
+    cfg = Config(is_causal=False, query_chunk=64, key_chunk=64, T=L, S=L, G=1, window=(64, 64))
+    states = np.asarray(option_states(make_rows(cfg, 1, 1), cfg, L // 64, L // 64))[0, 0]   # (nq, nk)
+    assert ((states != EMPTY).sum(axis=1) <= 3).all() and (np.diag(states) == FULL).all()
+    assert list(states[0, :3]) == [FULL, PARTIAL, EMPTY] and list(states[5, 3:8]) == [EMPTY, PARTIAL, FULL, PARTIAL, EMPTY]
     r = np.random.default_rng(0)
     x = r.normal(size=(1, L, 1, 8)).astype(np.float32)
     with highest():

@@ -483,21 +483,23 @@ def test_the_readme_model_example_runs_as_written():
 @pytest.mark.parametrize("is_causal", [False, True])
 @pytest.mark.parametrize("window", [None, (0, 1), 2])
 def test_the_rows_with_no_key_are_exactly_the_fully_masked_ones(mask_shape, is_causal, window):
-    # the module's prefix-sum shortcut for key-padding masks against the plain reduction
+    # the module reads them off the attention's lse (-inf, or the sink's logit): on the dense path
+    # and on the chunked one with sinks, against the plain reduction of the combined mask
     from attention_jax._masking import combine_all_masks
-    from attention_jax.nnx._attends import attending_queries
+    from attention_jax.nnx.multi_head import saw_a_key
     from attention_np._validate import check_window
 
     r = np.random.default_rng(1)
     mask = None if mask_shape is None else r.random(mask_shape) < 0.3
-    got = attending_queries(mask, is_causal, window, (B, T, 6, 2), T)
-    if mask is None and window is None:
-        assert got is None
-        return
+    q = r.normal(size=(B, T, 6, 2)).astype(np.float32)
     combined = combine_all_masks(None if mask is None else jnp.asarray(mask), is_causal, check_window(window), None, T, T)
-    expected = np.broadcast_to(np.asarray(combined).reshape((1,) * (4 - combined.ndim) + combined.shape),
+    combined = np.ones((T, T), bool) if combined is None else np.asarray(combined)
+    expected = np.broadcast_to(combined.reshape((1,) * (4 - combined.ndim) + combined.shape),
                                (B, 6, T, T)).any(axis=(1, 3))
-    np.testing.assert_array_equal(got, expected)
+    for implementation, sinks in (("dense", None), ("chunked", r.normal(size=6).astype(np.float32))):
+        _, lse = attention_jax.dot_product_attention(q, q, q, mask=mask, is_causal=is_causal, local_window_size=window,
+                                                     sinks=sinks, implementation=implementation, return_residual=True)
+        np.testing.assert_array_equal(saw_a_key(lse, sinks), expected, err_msg=implementation)
 
 
 @pytest.mark.parametrize("rotary", [False, True])

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 import attention_jax
 import attention_jax.nnx
 import attention_np
-from attention_jax.fast.chunked.attention import _config, _rows
+from attention_jax.fast.chunked.config import Config
+from attention_jax.fast.chunked.layout import make_rows
 from attention_jax.fast.chunked.sparse import EMPTY, FULL, PARTIAL, option_states
 
 from .conftest import highest
@@ -327,9 +328,9 @@ def test_block_states_of_segment_ids(is_causal):
     """``option_states`` (what the forward and backward loops visit) equals the states counted
     here from the ids and the causal rule: exact for sorted ids."""
     b, L = SKIP_IDS.shape
-    cfg = _config(SKIP_BLOCK, SKIP_BLOCK, is_causal, L, L, N // K, H, b * N, None, False, 0.0, False,
-                  jnp.float32, False, True)._replace(segments=True, sparse=True)
-    rows = _rows(None, None, None, cfg, b, K, SKIP_IDS, None)
+    cfg = Config(is_causal=is_causal, query_chunk=SKIP_BLOCK, key_chunk=SKIP_BLOCK, T=L, S=L, G=N // K,
+                 has_segments=True)
+    rows = make_rows(cfg, b, K, query_segment_ids=SKIP_IDS)
     n = L // SKIP_BLOCK
     states = np.asarray(option_states(rows, cfg, n, n))[:, 0]                     # (B, nq, nk)
     expected = expected_states(SKIP_IDS, is_causal, SKIP_BLOCK)

@@ -10,16 +10,21 @@ forward and backward both need O(T + S) memory besides one score block.
 
 The package, by concern:
 
-- :mod:`.attention`: the public function, its checks and the rows layout;
+- :mod:`.attention`: the public function and its checks;
 - :mod:`.blocks`: :class:`BlockSizes`, the tuned block sizes and how a length is split;
-- :mod:`.config`: the static :class:`~.config.Config` and the named per-row and saved arrays;
-- :mod:`.masks`: per-block masks (causal, window, padding, lengths, the caller's) and the
-  loop bounds that skip blocks no query sees;
+- :mod:`.config`: the static :class:`~.config.Config` and the named operands, per-row and
+  saved arrays;
+- :mod:`.layout`: the rows layout the kernels read (``to_rows``, ``from_rows``, ``make_rows``);
+- :mod:`.sparse`: which blocks are visited, one rule for every caller: block states (empty /
+  partial / full) from the options (``option_states``) or a :class:`BlockMask`;
+- :mod:`.logits`: a block's entries: logits, the per-element masks of partial blocks, the
+  soft-cap and ``score_mod``, dropout;
+- :mod:`.closures`: a ``score_mod``/``mask_mod`` traced once and applied per block;
+- :mod:`.masks`: the keys no query attends, zeroed before the loops;
 - :mod:`.kernels`: the forward and backward kernels;
 - :mod:`.vjp`: the ``jax.custom_vjp`` joining them;
-- :mod:`.sparse`: :class:`BlockMask`, a mask evaluated per block (empty / partial / full);
 - :mod:`.flex`: ``flex_attention``, the same kernels with a ``score_mod``, a ``mask_mod``,
-  sinks and block skipping.
+  sinks and a :class:`BlockMask`.
 """
 
 from .attention import chunked_attention

@@ -1,18 +1,17 @@
-"""``chunked_attention``: the public function, its checks, and the rows layout the kernels read."""
+"""``chunked_attention``: the public function and its checks, then the kernels."""
 
 import jax.numpy as jnp
-from jax import lax
 
 from attention_np._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 
 from ..._batch import fold_batch, fold_broadcast, unfold_batch
-from ..._dtypes import compute_dtype, operand_dtype
+from ..._dtypes import compute_dtype
 from ..._jit import jit, logits_scale, reverse_mode_only, split_scale, static_rng
 from ..._sharding import match_varying
-from ...dropout import rng_words
-from .blocks import BlockSizes, check_chunk
-from .config import Config, Mods, Rows
-from .masks import attended_keys, segment_attended_keys, to_rows_layout
+from .blocks import check_chunk, chunk_fields
+from .config import Config, Mods, Operands
+from .layout import from_rows, make_rows, to_rows
+from .masks import zero_unattended
 from .vjp import flash
 
 
@@ -133,99 +132,24 @@ def _chunked_attention(
     query, key, value = (fold_batch(x, batch) for x in (query, key, value))
     bias, mask = (None if x is None else fold_broadcast(x, batch, 3) for x in (bias, mask))
     B = query.shape[0]
-    lengths = query_seq_lengths is not None or key_value_seq_lengths is not None
-    segments = query_segment_ids is not None or key_value_segment_ids is not None
-    plain = (bias is None and mask is None and not lengths and window is None and not dropout_rate and not segments
-             and soft_cap is None and sinks is None and not return_residual)
-    cfg = _config(query_chunk_size, key_chunk_size, bool(is_causal), T, S, N // K, H, B * N, window, lengths,
-                  dropout_rate, bool(broadcast_dropout), compute, plain, segments)
-    cfg = cfg._replace(soft_cap=soft_cap, segments=segments, sparse=segments)
-    q, k, v, bias, mask = _to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute),
-                                   key, value, bias, mask, cfg)
-    rows = _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K, query_segment_ids,
-                 key_value_segment_ids)
-    k, v = _zero_padding(k, v, mask, rows, key_value_seq_lengths is not None, cfg)
+    has_lengths = query_seq_lengths is not None or key_value_seq_lengths is not None
+    has_segments = query_segment_ids is not None or key_value_segment_ids is not None
+    plain = (bias is None and mask is None and not has_lengths and window is None and not dropout_rate
+             and not has_segments and soft_cap is None and sinks is None and not return_residual)
+    chunks = chunk_fields(query_chunk_size, key_chunk_size, is_causal=bool(is_causal), T=T, S=S, H=H, rows=B * N,
+                          segments=has_segments, plain=plain)
+    cfg = Config(is_causal=bool(is_causal), T=T, S=S, G=N // K, window=window, has_lengths=has_lengths,
+                 has_segments=has_segments, dropout_rate=dropout_rate, broadcast_dropout=bool(broadcast_dropout),
+                 compute=compute, soft_cap=soft_cap, **chunks)
+    ops = to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute), key, value, bias, mask, cfg)
+    rows = make_rows(cfg, B, K, query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+                     dropout_rng=dropout_rng, query_segment_ids=query_segment_ids,
+                     key_value_segment_ids=key_value_segment_ids)
+    ops = zero_unattended(ops, rows, cfg, key_value_seq_lengths is not None)
     # inside shard_map: every input of the custom VJP varies over the same manual axes
-    q, k, v, bias, mask, qlen, kvlen = match_varying(q, k, v, bias, mask, rows.qlen, rows.kvlen)
+    *arrays, qlen, kvlen = match_varying(*ops, rows.qlen, rows.kvlen)
     sinks = None if sinks is None else jnp.asarray(sinks).astype(compute).reshape(1, K, N // K)
-    out, lse = flash(q, k, v, bias, mask, rows._replace(qlen=qlen, kvlen=kvlen), Mods(sinks=sinks), cfg)  # (B, K, Tp, G, ...)
-    out = unfold_batch(out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H).astype(dtype), batch)
-    if not return_residual:
-        return out
-    return out, unfold_batch(lse[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, N), batch)
-
-
-def _config(query_chunk_size, key_chunk_size, is_causal, T, S, G, H, heads, window, lengths, dropout_rate,
-            broadcast_dropout, compute, plain, sparse=False):
-    """The static :class:`Config`: the caller's block sizes, used exactly in both passes, or
-    the tuned defaults of :class:`BlockSizes` (with the backward pass's own blocks and the
-    tiles)."""
-    sizes = BlockSizes.get_default()
-    default_q, default_k = sizes.blocks(is_causal, T, S, sparse)
-    qc = min(query_chunk_size or default_q, T)
-    kc = min(key_chunk_size or default_k, S)
-    cfg = Config(is_causal, qc, kc, T, S, G, window, lengths, dropout_rate, broadcast_dropout, compute)
-    if query_chunk_size is None and key_chunk_size is None:
-        cfg = cfg._replace(backward_chunks=sizes.backward_blocks(qc, kc),
-                           tiles=sizes.tiles(is_causal, plain, T, S, H, heads))
-    return cfg
-
-
-def _to_rows(query, key, value, bias, mask, cfg):
-    """The inputs in the rows layout, padded to whole blocks: each key/value head with its G
-    query heads, query rows contiguous per chunk; float16/bfloat16 stay the matmul operands
-    (accumulated in float32). ``query`` is already scaled."""
-    B, T, N, H = query.shape
-    K, G = key.shape[2], cfg.G
-    operand = operand_dtype(value.dtype)
-    pad_T, pad_S = -T % cfg.query_chunk, -cfg.S % cfg.key_chunk
-    q = query.astype(operand).reshape(B, T, K, G, H).transpose(0, 2, 1, 3, 4)                      # (B, K, T, G, H)
-    q = jnp.pad(q, [(0, 0), (0, 0), (0, pad_T), (0, 0), (0, 0)])
-    k, v = (jnp.pad(x.astype(operand).transpose(0, 2, 1, 3), [(0, 0), (0, 0), (0, pad_S), (0, 0)])  # (B, K, Sp, H)
-            for x in (key, value))
-    if bias is not None:
-        bias = to_rows_layout(jnp.asarray(bias).astype(cfg.compute), B, K, G, T, cfg.S, pad_T, pad_S, 0)
-    if mask is not None:
-        mask = to_rows_layout(jnp.asarray(mask), B, K, G, T, cfg.S, pad_T, pad_S, False)
-    return q, k, v, bias, mask
-
-
-def _rows(query_seq_lengths, key_value_seq_lengths, dropout_rng, cfg, B, K, query_segment_ids=None,
-          key_value_segment_ids=None):
-    """The per-row :class:`Rows`: lengths (T and S when not given), (b, k) indices, the
-    dropout rng's words and the segment ids (padded to whole blocks with each row's last id,
-    so a block's id range is its real tokens')."""
-    def lengths(given, full):
-        return jnp.full((B, 1), full, jnp.int32) if given is None else jnp.asarray(given).reshape(B, 1).astype(jnp.int32)
-
-    index = jnp.stack(jnp.meshgrid(jnp.arange(B), jnp.arange(K), indexing="ij"), axis=-1).astype(jnp.int32)  # (B, K, 2)
-    words = jnp.zeros((1, 1, 2), jnp.uint32)
-    if cfg.dropout_rate > 0:
-        words = jnp.stack(rng_words(dropout_rng)).reshape(1, 1, 2)
-    rows = Rows(lengths(query_seq_lengths, cfg.T), lengths(key_value_seq_lengths, cfg.S), index, words)
-    if not cfg.segments:
-        return rows
-    query_ids = key_value_segment_ids if query_segment_ids is None else query_segment_ids
-    key_ids = query_ids if key_value_segment_ids is None else key_value_segment_ids
-
-    def padded(ids, length, chunk):
-        ids = jnp.asarray(ids).reshape(B, 1, length).astype(jnp.int32)
-        return jnp.pad(ids, [(0, 0), (0, 0), (0, -length % chunk)], mode="edge")
-
-    return rows._replace(qseg=padded(query_ids, cfg.T, cfg.query_chunk), kseg=padded(key_ids, cfg.S, cfg.key_chunk))
-
-
-def _zero_padding(k, v, mask, rows, has_kv_lengths, cfg):
-    """Keys no query attends (the mask's, the causal mask's, past a row's length, of a segment no
-    query has) zeroed before the loops, as in the dense path: NaN or inf stored there cannot
-    reach the output or the gradients."""
-    keep = attended_keys(mask, cfg, k.shape[2])                                   # (B|1, K|1, Sp|1)
-    if cfg.segments:
-        in_segment = segment_attended_keys(rows, cfg, k.shape[2])                  # (B, 1, Sp)
-        keep = in_segment if keep is None else keep & in_segment
-    if has_kv_lengths:
-        in_length = lax.broadcasted_iota(jnp.int32, (1, 1, k.shape[2]), 2) < rows.kvlen[:, :, None]  # (B, 1, Sp)
-        keep = in_length if keep is None else keep & in_length
-    if keep is None:
-        return k, v
-    return jnp.where(keep[..., None], k, 0), jnp.where(keep[..., None], v, 0)
+    out, lse = flash(Operands(*arrays), rows._replace(qlen=qlen, kvlen=kvlen), Mods(sinks=sinks), cfg)
+    out, lse = from_rows(out, lse, T)                                             # (B, T, N, H), (B, T, N)
+    out = unfold_batch(out.astype(dtype), batch)
+    return (out, unfold_batch(lse, batch)) if return_residual else out

@@ -39,11 +39,11 @@ class BlockSizes:
             return cls()
         return cls(forward=(512, 512), causal=(512, 512), short_causal=(512, 512), backward=None, tile=None)
 
-    def blocks(self, is_causal, T, S, sparse=False):
+    def blocks(self, is_causal, T, S, segments=False):
         """``(query_chunk, key_chunk)`` for this mask and these lengths, split evenly;
-        ``sparse``: blocks are skipped by their states (segment ids), where the smaller causal
-        blocks skip more."""
-        if sparse or (is_causal and max(T, S) <= self.short_causal_length):
+        ``segments``: blocks are skipped by their segment ids (or a block mask's states), where
+        the smaller causal blocks skip more."""
+        if segments or (is_causal and max(T, S) <= self.short_causal_length):
             qc, kc = self.short_causal
         else:
             qc, kc = self.causal if is_causal else self.forward
@@ -56,12 +56,25 @@ class BlockSizes:
             return qc, kc
         return divisor_block(qc, self.backward[0]), divisor_block(kc, self.backward[1])
 
-    def tiles(self, is_causal, plain, T, S, H, rows):
+    def tile_for(self, is_causal, plain, T, S, H, rows):
         """The tile size when the forward pass runs as a static grid of tiles, else None:
         ``plain`` means no bias, mask, lengths, window or dropout; ``rows`` is B * N."""
         use = (self.tile is not None and is_causal and plain and self.tile < max(T, S) <= self.tile_max_length
                and H <= self.tile_max_features and rows >= self.tile_min_rows)
         return self.tile if use else None
+
+
+def chunk_fields(query_chunk_size, key_chunk_size, *, is_causal, T, S, H, rows, segments, plain):
+    """The block fields of :class:`~.config.Config` by name: the caller's sizes, used exactly
+    in both passes, or :class:`BlockSizes`' tuned defaults with the backward pass's own blocks
+    and the tiles (``rows``: B * N; ``plain``: no option but the causal mask)."""
+    sizes = BlockSizes.get_default()
+    default_q, default_k = sizes.blocks(is_causal, T, S, segments)
+    qc, kc = min(query_chunk_size or default_q, T), min(key_chunk_size or default_k, S)
+    fields = dict(query_chunk=qc, key_chunk=kc)
+    if query_chunk_size is None and key_chunk_size is None:
+        fields |= dict(backward_chunks=sizes.backward_blocks(qc, kc), tile=sizes.tile_for(is_causal, plain, T, S, H, rows))
+    return fields
 
 
 def even_block(L, block, align=128):

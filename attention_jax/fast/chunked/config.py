@@ -1,4 +1,6 @@
-"""The static and the per-row parts of a :func:`attention_jax.chunked_attention` call, named."""
+"""What the kernels of :func:`attention_jax.chunked_attention` read, named: the static
+:class:`Config`, the :class:`Operands` and per-row :class:`Rows` in the rows layout
+(:mod:`.layout`), flex's :class:`Mods`, and the :class:`Residuals` the backward pass needs."""
 
 from typing import NamedTuple
 
@@ -6,7 +8,8 @@ import jax.numpy as jnp
 
 
 class Config(NamedTuple):
-    """The static part of a call: block sizes, true lengths and what needs masking."""
+    """The static part of a call: block sizes, true lengths and what needs masking. Built by
+    keyword: ``Config(is_causal=True, query_chunk=64, key_chunk=64, T=100, S=100, G=1)``."""
 
     is_causal: bool
     query_chunk: int
@@ -15,22 +18,41 @@ class Config(NamedTuple):
     S: int  # true key length (padded to a multiple of key_chunk)
     G: int  # query heads per key/value head
     window: tuple | None = None  # (left, right): query t sees keys t - left .. t + right
-    lengths: bool = False  # per-row query/key lengths are given (every block is masked)
+    has_lengths: bool = False  # Rows.qlen/kvlen hold per-row lengths (else T and S)
+    has_segments: bool = False  # Rows.qseg/kseg hold per-row segment ids
     dropout_rate: float = 0.0
     broadcast_dropout: bool = False  # one dropout mask for every batch row and head
     compute: object = jnp.float32  # softmax / accumulation dtype (operands may be bf16/f16)
     backward_chunks: tuple | None = None  # (query, key) blocks of the backward pass; None: the forward's
-    tiles: int | None = None  # without autodiff, the forward as a static grid of tiles this size (kernels.forward_tiles)
+    tile: int | None = None  # without autodiff, the forward as a static grid of tiles this size (kernels.forward_tiles)
     score_mod: object = None  # flex: the closure-converted score_mod(score, b, h, t, s, *consts), or None
     mask_mod: object = None  # flex: the closure-converted mask_mod(b, h, t, s, *consts), or None
-    sparse: bool = False  # the blocks visited are read from block states (.sparse), not from the ranges of .masks
-    segments: bool = False  # per-row segment ids are given: the states come from them (.sparse.option_states)
     soft_cap: float | None = None  # logits become soft_cap * tanh(logits / soft_cap) after the bias
 
     @property
-    def banded(self):
-        """Every block needs the iota mask (windows, lengths): no block is known to be full."""
-        return self.window is not None or self.lengths
+    def modifies_logits(self):
+        """The logits go through :func:`.logits.modify_logits` (and the backward pass through its VJP)."""
+        return self.soft_cap is not None or self.score_mod is not None
+
+    @property
+    def may_empty_rows(self):
+        """Some query row may attend no key of the first block it visits (more than the causal
+        mask and the key padding past S, which always leave key 0): its running max is then
+        ``finfo.min``, and the masked entries' ``exp(0) = 1`` must be zeroed."""
+        return (self.window is not None or self.has_lengths or self.has_segments or self.score_mod is not None
+                or self.mask_mod is not None)
+
+
+class Operands(NamedTuple):
+    """The inputs of the kernels in the rows layout (:func:`.layout.to_rows`): ``q (B, K, Tp, G,
+    H)`` scaled, ``k, v (B, K, Sp, H)``, and the caller's ``bias``, ``mask`` as ``(B|1, K|1, Tp|1,
+    G|1, Sp|1)`` or None."""
+
+    q: object
+    k: object
+    v: object
+    bias: object = None
+    mask: object = None
 
 
 class Rows(NamedTuple):
@@ -50,8 +72,8 @@ class Rows(NamedTuple):
 class Mods(NamedTuple):
     """What :func:`attention_jax.flex_attention` adds: the arrays the mods close over
     (``score``: float, differentiated; ``mask``: any), the sink logits in the rows layout
-    ``(1, K, G)`` (or None) and the block states ``(B|1, K|1, nq, nk)`` of
-    :mod:`.sparse` (or None)."""
+    ``(1, K, G)`` (or None) and the block states ``(B|1, K|1, nq, nk)`` of a
+    :class:`~.sparse.BlockMask` (None: the states of the options, :func:`.sparse.option_states`)."""
 
     score: tuple = ()
     mask: tuple = ()
@@ -62,11 +84,7 @@ class Mods(NamedTuple):
 class Residuals(NamedTuple):
     """What the forward pass saves for the backward pass: O(T + S), no score block."""
 
-    q: object
-    k: object
-    v: object
-    bias: object
-    mask: object
+    operands: Operands
     out: object
     lse: object
     rows: Rows

@@ -12,9 +12,9 @@ from attention_np._validate import check_flex
 from ..._dtypes import compute_dtype
 from ..._jit import jit, logits_scale, reverse_mode_only, split_scale
 from ...flex import flex_attention as dense_flex_attention
-from .attention import _rows, _to_rows
+from .closures import convert_mod
 from .config import Config, Mods
-from .masks import convert_mod
+from .layout import from_rows, make_rows, to_rows
 from .sparse import attend_all, create_block_mask, depends, grouped
 from .vjp import _flash_bwd, _flash_fwd  # flex binds score_mod's integer arrays around them (_flash)
 
@@ -116,18 +116,15 @@ def _flex_attention(query, key, value, states, attended, score_consts, score_fix
     S, K = key.shape[1], key.shape[2]
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     qc, kc = block_sizes
-    cfg = Config(False, qc, kc, T, S, N // K, compute=compute, score_mod=score_fn, mask_mod=mask_fn, sparse=True)
+    cfg = Config(is_causal=False, query_chunk=qc, key_chunk=kc, T=T, S=S, G=N // K, compute=compute,
+                 score_mod=score_fn, mask_mod=mask_fn)
     key, value = _zero_unattended(key, value, attended, N // K)                     # (B, S, K, H)
-    q, k, v, _, _ = _to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute),
-                             key, value, None, None, cfg)
-    rows = _rows(None, None, None, cfg, B, K)
+    ops = to_rows(query.astype(compute) * logits_scale(scale, scale_value, H, compute), key, value, None, None, cfg)
+    rows = make_rows(cfg, B, K)
     sinks = None if sinks is None else jnp.asarray(sinks).astype(compute).reshape(1, K, N // K)
     mods = Mods(tuple(score_consts), tuple(mask_consts), sinks, grouped(states, K, N // K))
-    out, lse = _flash(q, k, v, rows, mods, tuple(score_fixed), cfg)               # (B, K, Tp, G, H), (B, K, Tp, G)
-    out = out[:, :, :T].transpose(0, 2, 1, 3, 4).reshape(B, T, N, H).astype(dtype)
-    if not return_residual:
-        return out
-    return out, lse[:, :, :T].transpose(0, 2, 1, 3).reshape(B, T, N)
+    out, lse = from_rows(*_flash(ops, rows, mods, tuple(score_fixed), cfg), T)   # (B, T, N, H), (B, T, N)
+    return (out.astype(dtype), lse) if return_residual else out.astype(dtype)
 
 
 def _zero_unattended(key, value, attended, G):
@@ -144,24 +141,24 @@ def _zero_unattended(key, value, attended, G):
     return jnp.where(keep, key, 0), jnp.where(keep, value, 0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _flash(q, k, v, rows, mods, fixed, cfg):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def _flash(ops, rows, mods, fixed, cfg):
     """:func:`.vjp.flash` with ``score_mod``'s integer and boolean arrays (``fixed``) as arguments:
     ``cfg`` is static, so a ``score_mod`` there that closed over them would hold the tracers of
     the trace that made it, dead by the time the backward pass runs (under ``jit(grad)``,
     ``grad(jit)``, ``vmap``). Forward and backward each bind the ``fixed`` they are given."""
-    return _flash_fwd(q, k, v, None, None, rows, mods, _bind(cfg, fixed))[0]
+    return _flash_fwd(ops, rows, mods, _bind(cfg, fixed))[0]
 
 
-def _flash_forward(q, k, v, rows, mods, fixed, cfg):
-    outputs, residuals = _flash_fwd(q, k, v, None, None, rows, mods, _bind(cfg, fixed))
+def _flash_forward(ops, rows, mods, fixed, cfg):
+    outputs, residuals = _flash_fwd(ops, rows, mods, _bind(cfg, fixed))
     return outputs, (residuals, fixed)
 
 
 def _flash_backward(cfg, saved, cotangents):
     residuals, fixed = saved
-    dq, dk, dv, _, _, drows, dmods = _flash_bwd(_bind(cfg, fixed), residuals, cotangents)
-    return dq, dk, dv, drows, dmods, tuple(None for _ in fixed)  # integers and booleans: no cotangent
+    dops, drows, dmods = _flash_bwd(_bind(cfg, fixed), residuals, cotangents)
+    return dops, drows, dmods, tuple(None for _ in fixed)  # integers and booleans: no cotangent
 
 
 _flash.defvjp(_flash_forward, _flash_backward)

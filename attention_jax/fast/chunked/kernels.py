@@ -1,9 +1,7 @@
-"""The forward and backward kernels of :func:`attention_jax.chunked_attention`: FlashAttention-2's
-algorithms 1 and 2 (Dao 2023) over the blocks that :mod:`.masks` says are visited.
-
-Layout ("rows"): each key/value head with its G query heads, ``q (B, K, Tp, G, H)`` with the
-query rows of a chunk contiguous, ``k, v (B, K, Sp, H)``; a block's logits are
-``(B, K, R, kc)``, R = query_chunk * G.
+"""The forward and backward kernels of :func:`attention_jax.chunked_attention` and
+:func:`attention_jax.flex_attention`: FlashAttention-2's algorithms 1 and 2 (Dao 2023) over the
+blocks their block states say are visited (:mod:`.sparse`), in the rows layout of :mod:`.layout`
+(a block's logits are ``(B, K, R, kc)``, R = query_chunk * G).
 """
 
 import functools
@@ -14,29 +12,17 @@ from jax import lax
 
 from ..._sharding import full_like_leading, leading_sharded
 from .. import online_softmax
-from .masks import (
-    block,
-    block_logits,
-    block_scores,
-    dropout_scale,
-    fill_masked,
-    key_range,
-    query_range,
-    transform,
-    transforms,
-)
+from .config import Mods, Operands
+from .layout import block
+from .logits import block_logits, block_scores, dropout_scale, fill_masked, modify_logits
 from .sparse import FULL, PARTIAL, option_states, union, visits
 
 
-def loops(ranges, body, carry, states=None):
-    """``body(j, edge, carry)`` over the blocks j of a row (or column) of the grid: each
-    ``(start, end, edge)`` of ``ranges`` in turn (``edge``: the block needs the mask of
-    :func:`.masks.block_logits`); or, given the row's block ``states`` (:mod:`.sparse`),
-    over its full blocks, then its partial ones, skipping the empty."""
-    if states is None:
-        for start, end, edge in ranges:
-            carry = lax.fori_loop(start, end, lambda j, c, edge=edge: body(j, edge, c), carry)
-        return carry
+def loops(states, body, carry):
+    """``body(j, edge, carry)`` over the blocks j of a row (or column) of the grid whose
+    ``states (n,)`` (:mod:`.sparse`) say they are visited: the full ones (``edge`` False: no
+    mask is built), then the partial ones (``edge`` True), each in index order; empty blocks
+    are skipped."""
     for kind, edge in ((FULL, False), (PARTIAL, True)):
         order, count = visits(states, kind)
         carry = lax.fori_loop(0, count, lambda n, c, order=order, edge=edge: body(order[n], edge, c), carry)
@@ -45,11 +31,9 @@ def loops(ranges, body, carry, states=None):
 
 def block_states(mods, rows, cfg, nq, nk):
     """The states ``(nq, nk)`` of this pass's blocks, one for all the rows processed together
-    (:func:`.sparse.union`): a flex block mask's, or those of the options (segment ids), or
-    None when the ranges of :mod:`.masks` decide."""
-    if not cfg.sparse:
-        return None
-    states = option_states(rows, cfg, nq, nk) if cfg.segments else mods.states
+    (:func:`.sparse.union`): a flex block mask's, or those of the options
+    (:func:`.sparse.option_states`: causal, window, lengths, segment ids, key padding)."""
+    states = option_states(rows, cfg, nq, nk) if mods.states is None else mods.states
     return union(states, axes=(0, 1))
 
 
@@ -59,26 +43,25 @@ def sink_rows(sinks, qc):
     return jnp.broadcast_to(sinks[:, :, None, :], (b, k, qc, G)).reshape(b, k, qc * G)
 
 
-def forward(q, k, v, bias, mask, rows, mods, *, cfg):
+def forward(ops, rows, mods, *, cfg):
     """Online-softmax forward: ``out (B, K, Tp, G, H)`` and ``lse (B, K, Tp, G)``, in the
-    compute dtype (``q``, ``k``, ``v`` may be float16/bfloat16 operands). A row that attends
-    no key (and has no sink) has ``lse = -inf``."""
-    B, K, Tp, G, H = q.shape
+    compute dtype (the operands may be float16/bfloat16). A row that attends no key (and has
+    no sink) has ``lse = -inf``."""
+    B, K, Tp, G, H = ops.q.shape
     qc, kc = cfg.query_chunk, cfg.key_chunk
-    nq, nk = Tp // qc, k.shape[2] // kc
+    nq, nk = Tp // qc, ops.k.shape[2] // kc
     R = qc * G
-    # rows with no valid key in the first block processed need their exp(0) = 1 zeroed:
-    # never the case for the causal mask alone (key 0 is valid for every row), but a -inf
-    # bias or score_mod can rule key 0 out too
-    zero_invalid = (mask is not None or bias is not None or cfg.score_mod is not None or cfg.mask_mod is not None
-                    or cfg.banded or cfg.sparse)
-    states = block_states(mods, rows, cfg, nq, nk)                               # (nq, nk) or None
+    # rows with no valid key in the first block visited need their exp(0) = 1 zeroed: never
+    # the case for the causal mask alone (key 0, in the first block visited, is valid for
+    # every row), but a mask, a -inf bias, a window, lengths or the mods can rule it out
+    zero_invalid = ops.mask is not None or ops.bias is not None or cfg.may_empty_rows
+    states = block_states(mods, rows, cfg, nq, nk)                                # (nq, nk)
 
     def query_chunk(i):
         def body(j, edge, carry):
             m, l, acc = carry                                                      # (B, K, R), (B, K, R), (B, K, R, H)
-            s, valid = block_scores(q, k, bias, mask, rows, i, j, cfg, edge, mods=mods)  # (B, K, R, kc)
-            vj = lax.dynamic_slice_in_dim(v, j * kc, kc, axis=2)                   # (B, K, kc, H)
+            s, valid = block_scores(ops, rows, mods, cfg, i, j, edge)              # (B, K, R, kc)
+            vj = lax.dynamic_slice_in_dim(ops.v, j * kc, kc, axis=2)               # (B, K, kc, H)
             m, l, p, correction = online_softmax.update(m, l, s, valid if zero_invalid else None)
             kept = p * dropout_scale(rows, i, j, cfg, p.shape) if cfg.dropout_rate > 0 else p
             acc = acc * correction[..., None] + jnp.einsum(
@@ -87,13 +70,11 @@ def forward(q, k, v, bias, mask, rows, mods, *, cfg):
 
         c = cfg.compute
         # typed like q (its batch/head sharding, its shard_map axes): the carry the body returns
-        init = (full_like_leading(q, (B, K, R), jnp.finfo(c).min, c), full_like_leading(q, (B, K, R), 0, c),
-                full_like_leading(q, (B, K, R, H), 0, c))
+        init = (full_like_leading(ops.q, (B, K, R), jnp.finfo(c).min, c), full_like_leading(ops.q, (B, K, R), 0, c),
+                full_like_leading(ops.q, (B, K, R, H), 0, c))
         if mods.sinks is not None:  # a sink is a key seen first: logit the sink, weight e^0, no value
             init = (init[1] + sink_rows(mods.sinks, qc), init[1] + 1, init[2])
-        start, full, end = key_range(i, cfg, nk)
-        carry = loops([(start, full, False), (full, end, True)], body, init, None if states is None else states[i])
-        out, lse = online_softmax.finish(*carry, dead_lse=-jnp.inf)
+        out, lse = online_softmax.finish(*loops(states[i], body, init), dead_lse=-jnp.inf)
         return out.reshape(B, K, qc, G, H), lse.reshape(B, K, qc, G)
 
     out, lse = lax.map(query_chunk, jnp.arange(nq))                              # (nq, B, K, qc, G, ...)
@@ -113,16 +94,17 @@ def forward_tiles(q, k, v, cfg):
     primal alone: under autodiff :func:`forward` runs, for the ``lse`` the backward pass
     needs. Tiles above the diagonal are never computed; every row has key 0, none is empty."""
     B, K, Tp, G, H = q.shape
-    t = cfg.tiles
+    t = cfg.tile
     cfg = cfg._replace(query_chunk=t, key_chunk=t)
     nq, nk = -(-cfg.T // t), -(-cfg.S // t)
     q, k, v = (resize_rows(x, n * t) for x, n in ((q, nq), (k, nk), (v, nk)))   # rows past T, S are never seen
+    ops = Operands(q, k, v)
     outs = []
     for i in range(nq):
         tiles = []                                                                # (m, l, acc) of each key tile
         for j in range(min(nk, i + 1)):                                           # up to the diagonal
             edge = j == i or (j + 1) * t > cfg.S                                  # a key above the diagonal or past S
-            s, _ = block_scores(q, k, None, None, None, i, j, cfg, edge, cap=True)      # (B, K, R, t)
+            s, _ = block_scores(ops, None, Mods(), cfg, i, j, edge, as_minimum=True)  # (B, K, R, t)
             vj = v[:, :, j * t:(j + 1) * t]                                       # (B, K, t, H)
             m = s.max(-1)
             p = jnp.exp(s - m[..., None])
@@ -143,11 +125,12 @@ def resize_rows(x, n):
     return x[:, :, :n] if x.shape[2] >= n else jnp.pad(x, [(0, 0), (0, 0), (0, n - x.shape[2])] + [(0, 0)] * (x.ndim - 3))
 
 
-def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
+def backward(ops, out, lse, dout, dlse, rows, mods, *, cfg):
     """FlashAttention-2 backward: recompute each block's weights from ``lse``; with dropout
     ``d logits = p (z dp - delta)``, z the block's keep / (1 - rate); ``dlse`` the cotangent
     of ``lse`` (``d lse / d x = p``); through a ``score_mod`` by its VJP, which also gives
     the gradients of the arrays it closes over (``d mods.score``, each ``(1, 1, ...)``)."""
+    q, k, v, bias, _ = ops
     B, K, Tp, G, H = q.shape
     qc, kc = cfg.query_chunk, cfg.key_chunk
     nq, nk = Tp // qc, k.shape[2] // kc
@@ -156,7 +139,7 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
     delta = jnp.sum(dout * out, axis=-1) - dlse                                   # (B, K, Tp, G)
     lse = jnp.where(lse == -jnp.inf, 0, lse)  # a row that attends nothing: its logits finfo.min, exp 0
     do_operand = dout.astype(q.dtype)
-    states = block_states(mods, rows, cfg, nq, nk)                               # (nq, nk) or None
+    states = block_states(mods, rows, cfg, nq, nk)                                # (nq, nk)
 
     def chunk(x, i):  # (B, K, Tp, G, ...) -> chunk i as (B, K, R, ...)
         x = lax.dynamic_slice_in_dim(x, i * qc, qc, axis=2)
@@ -169,9 +152,9 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
 
         def body(i, edge, carry):
             dq, dk_j, dv_j, dbias, dscore = carry
-            x, valid = block_logits(q, k, bias, mask, rows, i, j, cfg, edge, mods)  # (B, K, R, kc)
-            if transforms(cfg):
-                x, pullback = jax.vjp(lambda x, consts: transform(x, consts, rows, i, j, cfg), x, mods.score)
+            x, valid = block_logits(ops, rows, mods, cfg, i, j, edge)              # (B, K, R, kc)
+            if cfg.modifies_logits:
+                x, pullback = jax.vjp(lambda x, consts: modify_logits(x, consts, rows, i, j, cfg), x, mods.score)
             # the forward's weights; masked logits are finfo.min and lse is finite, so they come out exactly 0
             p = jnp.exp(fill_masked(x, valid) - chunk(lse, i)[..., None])
             do_i = chunk(do_operand, i)                                             # (B, K, R, H)
@@ -183,7 +166,7 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
                 kept = p
             dv_j = dv_j + jnp.einsum("BKRS,BKRH->BKSH", kept.astype(q.dtype), do_i, preferred_element_type=c)
             ds = p * (dp - chunk(delta, i)[..., None])                              # d logits
-            if transforms(cfg):
+            if cfg.modifies_logits:
                 ds, dconsts = pullback(ds)
                 dscore = tuple(a + b for a, b in zip(dscore, dconsts))
             dq_i = jnp.einsum("BKRS,BKSH->BKRH", ds.astype(q.dtype), kj, preferred_element_type=c)
@@ -195,9 +178,7 @@ def backward(q, k, v, bias, mask, out, lse, dout, dlse, rows, mods, *, cfg):
             return dq, dk_j, dv_j, dbias, dscore
 
         zeros = full_like_leading(k, (B, K, kc, H), 0, c)
-        start, edge_end, stop = query_range(j, cfg, nq)
-        dq, dk_j, dv_j, dbias, dscore = loops([(start, edge_end, True), (edge_end, stop, False)], body,
-                                              (dq, zeros, zeros, dbias, dscore), None if states is None else states[:, j])
+        dq, dk_j, dv_j, dbias, dscore = loops(states[:, j], body, (dq, zeros, zeros, dbias, dscore))
         dk = lax.dynamic_update_slice_in_dim(dk, dk_j, j * kc, axis=2)
         dv = lax.dynamic_update_slice_in_dim(dv, dv_j, j * kc, axis=2)
         return dq, dk, dv, dbias, dscore
@@ -226,7 +207,8 @@ def add_bias_block(dbias, ds, t0, s0):
 
 def each_head(fn, cfg, *arrays):
     """``fn`` on one (batch, key/value head) slice at a time, outputs stacked back to (B, K, ...);
-    ``arrays`` are arrays, None or pytrees of arrays (:class:`~.config.Rows`).
+    ``arrays`` are arrays, None or pytrees of arrays (:class:`~.config.Operands`, first, whose
+    ``q`` gives B and K; :class:`~.config.Rows`).
 
     One head at a time makes every block product a plain 2-D matmul, which XLA's CPU
     backend spreads over all cores; batched block products ran about 1.5x slower
@@ -235,8 +217,9 @@ def each_head(fn, cfg, *arrays):
     with Auto axes, may be) sharded over batch or heads: each device then runs its own rows
     batched, where slicing one row of a sharded axis would gather it across devices.
     """
-    B, K = arrays[0].shape[:2]
-    if B * K == 1 or cfg.query_chunk * cfg.key_chunk < 2**16 or leading_sharded(arrays[0]):
+    lead = jax.tree.leaves(arrays[0])[0]
+    B, K = lead.shape[:2]
+    if B * K == 1 or cfg.query_chunk * cfg.key_chunk < 2**16 or leading_sharded(lead):
         return fn(*arrays)  # batch or heads sharded over devices: each device runs its own, batched
 
     def one(bk):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .blocks import BlockSizes, check_chunk
-from .masks import convert_mod
+from .closures import convert_mod
 
 EMPTY, PARTIAL, FULL = 0, 1, 2  # a block's state: no entry attended, some, all
 
@@ -177,7 +177,7 @@ def visits(states, kind):
 def default_blocks(T, S):
     """The blocks of a block mask by default: the CPU-tuned blocks of a sparse (segment ids)
     call, 512 x 512 split evenly (GPU: 512 x 512)."""
-    qc, kc = BlockSizes.get_default().blocks(True, T, S, sparse=True)
+    qc, kc = BlockSizes.get_default().blocks(True, T, S, segments=True)
     return min(qc, T), min(kc, S)
 
 
@@ -203,10 +203,10 @@ def option_states(rows, cfg, nq, nk):
         left, right = cfg.window
         empty = empty | (u0 > t1 + right) | (u1 < t0 - left)
         full = full & (u0 >= t1 - left) & (u1 <= t0 + right)
-    if cfg.lengths:
+    if cfg.has_lengths:
         qlen, kvlen = rows.qlen[:, :, None, None], rows.kvlen[:, :, None, None]   # (B, 1, 1, 1)
         empty, full = empty | (u0 >= kvlen) | (t0 >= qlen), full & ((j + 1) * kc <= kvlen) & (t1 < qlen)
-    if cfg.segments:
+    if cfg.has_segments:
         B = rows.qseg.shape[0]
         q = rows.qseg.reshape(B, 1, nq, qc)                                       # padded with the last id
         k = rows.kseg.reshape(B, 1, nk, kc)
@@ -215,4 +215,5 @@ def option_states(rows, cfg, nq, nk):
         empty = empty | (qmax < kmin) | (kmax < qmin)
         full = full & (qmin == qmax) & (kmin == kmax) & (qmin == kmin)
     states = jnp.where(empty, EMPTY, jnp.where(full, FULL, PARTIAL)).astype(jnp.int8)
-    return states.reshape((1, 1) * (states.ndim == 2) + states.shape)
+    states = states.reshape((1, 1) * (states.ndim == 2) + states.shape)
+    return jnp.broadcast_to(states, states.shape[:2] + (nq, nk))  # without causal: the same for every query block
