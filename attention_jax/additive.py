@@ -81,10 +81,10 @@ def init_additive_params(rng, hidden_dim, *, dtype=jnp.float32):
     return init_from_numpy(_np_additive.init_additive_params, rng, hidden_dim, dtype=dtype)
 
 
-def additive_params_from_torch(state_dict):
-    """Convert the tutorial module's ``state_dict()`` to the params dict of this package.
+def additive_params_from_torch(module_or_state_dict):
+    """Convert the tutorial module (or its ``state_dict()``) to the params dict of this package.
 
     ``{"attn.weight": (H, 2H), "attn.bias": (H,), "v": (H,)}`` (tensors or any array-likes)
     becomes ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}`` of JAX arrays.
     """
-    return jax.tree.map(jnp.asarray, _np_additive.additive_params_from_torch(state_dict))
+    return jax.tree.map(jnp.asarray, _np_additive.additive_params_from_torch(module_or_state_dict))

@@ -99,12 +99,12 @@ def _to_numpy(x):
     return np.asarray(x)
 
 
-def additive_params_from_torch(state_dict):
-    """Convert the tutorial module's ``state_dict()`` to the params dict of this package.
+def additive_params_from_torch(module_or_state_dict):
+    """Convert the tutorial module (or its ``state_dict()``) to the params dict of this package.
 
     ``{"attn.weight": (H, 2H), "attn.bias": (H,), "v": (H,)}`` (tensors or any array-likes)
     becomes ``{"attn": {"kernel": (2H, H), "bias": (H,)}, "v": (H,)}``: PyTorch's ``Linear``
-    computes ``x @ weight.T``, Flax's ``x @ kernel``.
+    computes ``x @ weight.T``, Flax's ``x @ kernel``. A module gives its ``state_dict()``.
 
     Example: H = 2; the kernel is the transpose of ``attn.weight``.
 
@@ -115,10 +115,13 @@ def additive_params_from_torch(state_dict):
            [2., 6.],
            [3., 7.]])
     """
+    state_dict = module_or_state_dict
+    if hasattr(state_dict, "state_dict") and callable(state_dict.state_dict):  # a module: its own weights
+        state_dict = state_dict.state_dict()
     missing = {"attn.weight", "attn.bias", "v"} - set(state_dict)
     if missing:
         raise ValueError(
-            f"state_dict is missing {sorted(missing)}; expected keys ['attn.bias', 'attn.weight', 'v']"
+            f"module_or_state_dict is missing {sorted(missing)}; expected keys ['attn.bias', 'attn.weight', 'v']"
         )
     return {
         "attn": {

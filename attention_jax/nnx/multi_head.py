@@ -321,16 +321,28 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         return self.out(heads, out_sharding=out_sharding)
 
     @classmethod
-    def from_torch(cls, module, *, rngs=None, **kwargs):
-        """This module with the weights of a ``torch.nn.MultiheadAttention`` (``batch_first`` or
-        not: the weights are the same), through :func:`attention_jax.multi_head_params_from_torch`.
+    def from_torch(cls, module, *, rngs=None, **module_options):
+        """This module with the weights of a PyTorch attention layer, through
+        :func:`attention_jax.multi_head_params_from_torch`: ``torch.nn.MultiheadAttention``
+        (``batch_first`` or not: the weights are the same), the ``q_proj``/``k_proj``/``v_proj``/
+        ``o_proj`` of Llama, Mistral, Qwen2 and gpt-oss (grouped key/value heads, gpt-oss's
+        ``sinks``), BART's ``out_proj``, BERT's ``BertAttention`` (without its
+        ``output.LayerNorm``, which follows the attention) and GPT-2's ``Conv1D`` ``c_attn``/``c_proj``.
 
-        The sizes come from the module (``num_heads``, ``embed_dim``, ``kdim``); ``kdim`` must
-        equal ``vdim`` (Flax's module has one ``in_kv_features``; the function
-        :func:`attention_jax.multi_head_attention` takes them apart) and ``bias`` sets
-        ``use_bias``. Call it as PyTorch's module is called, with PyTorch's masks turned
-        around: ``key_padding_mask`` True = ignore, here ``mask`` True = attend.
-        ``kwargs`` go to the constructor (``decode``, ``dtype``, ...).
+        The sizes come from the weights: ``num_kv_heads`` (K), ``qkv_features`` (N H),
+        ``in_features``, ``in_kv_features`` and ``out_features``; ``num_heads`` from the module
+        (or ``module_options``, which a state dict needs), ``use_bias`` from the biases and
+        ``use_sinks`` from ``sinks``. What one module cannot hold is a ``ValueError`` that
+        points to :func:`attention_jax.multi_head_attention` with
+        :func:`attention_jax.multi_head_params_from_torch`, which take each case: keys and
+        values of different widths (``kdim != vdim``; Flax's module has one
+        ``in_kv_features``), biases on some projections only (one ``use_bias``: Qwen2's
+        output projection has none, Whisper's key projection has none) and logits scaled
+        other than by ``1/sqrt(H)`` (T5's 1.0, a module's own ``scaling``; the function takes
+        ``scale=``). Only the weights come over: what the source model does around the layer
+        (rotary embeddings, windows, masks, T5's relative position bias) is the caller's, and
+        PyTorch's masks turn around here: ``key_padding_mask`` True = ignore, ``mask`` True =
+        attend. ``module_options`` go to the constructor (``decode``, ``dtype``, ...).
 
         Example::
 
@@ -338,19 +350,33 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
             ours = MultiHeadAttention.from_torch(torch_mha, decode=False)
             y = ours(x, mask=~key_padding_mask[:, None, None, :])   # torch_mha(x, x, x, key_padding_mask=...)[0]
         """
+        from attention_np.torch_weights import _source_scale
+
         from ..torch_weights import multi_head_params_from_torch
 
-        params = multi_head_params_from_torch(module)
+        heads = {name: module_options.pop(name) for name in ("num_heads", "num_kv_heads") if name in module_options}
+        params = multi_head_params_from_torch(module, **heads)
         E, E_k, E_v = (params[name]["kernel"].shape[0] for name in ("query", "key", "value"))
+        (N, H), K, F = params["query"]["kernel"].shape[1:], params["key"]["kernel"].shape[1], params["out"]["kernel"].shape[2]
         if E_k != E_v:
             raise ValueError(f"from_torch needs kdim == vdim (Flax's module has one in_kv_features); got kdim={E_k}, "
                              f"vdim={E_v}: use attention_jax.multi_head_attention with multi_head_params_from_torch")
-        use_bias = "bias" in params["query"]
-        dtype = params["query"]["kernel"].dtype
-        ours = cls(module.num_heads, E, in_kv_features=E_k, use_bias=use_bias, param_dtype=dtype,
-                   rngs=rngs if rngs is not None else nnx.Rngs(0), **kwargs)
+        with_bias = [name for name in ("query", "key", "value", "out") if "bias" in params[name]]
+        if with_bias and len(with_bias) < 4:
+            raise ValueError(f"from_torch needs biases on all four projections or on none (the module has one "
+                             f"use_bias); got biases on {', '.join(with_bias)} only: use "
+                             f"attention_jax.multi_head_attention with multi_head_params_from_torch")
+        scale = _source_scale(module, H)
+        if abs(scale * H ** 0.5 - 1) > 1e-6:
+            raise ValueError(f"from_torch needs logits scaled by 1/sqrt(H) = {H ** -0.5:.6g} (the module's only "
+                             f"scale); this layer scales them by {scale:.6g}: use attention_jax.multi_head_attention"
+                             f"(..., scale={scale:.6g}) with multi_head_params_from_torch")
+        ours = cls(N, E, qkv_features=N * H, out_features=F, num_kv_heads=K, in_kv_features=E_k,
+                   use_bias=bool(with_bias), use_sinks="sinks" in params, param_dtype=params["query"]["kernel"].dtype,
+                   rngs=rngs if rngs is not None else nnx.Rngs(0), **module_options)
         state = nnx.state(ours, nnx.Param)
-        nnx.replace_by_pure_dict(state, {name: params[name] for name in ("query", "key", "value", "out")})
+        nnx.replace_by_pure_dict(state, {name: params[name] for name in ("query", "key", "value", "out", "sinks")
+                                         if name in params})
         nnx.update(ours, state)
         return ours
 
@@ -369,6 +395,7 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         if positions is not None:
             return rotate(query, positions), rotate(key, positions)
         return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))
+
 
 def saw_a_key(lse, sinks=None):
     """``(B..., T)`` bool: True where a query attended some key in some head, read off the

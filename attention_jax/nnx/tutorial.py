@@ -62,8 +62,8 @@ class AdditiveAttention(ParamTree):
     >>> np.asarray(weights)                        # four equal encoder outputs: uniform weights
     array([[0.25, 0.25, 0.25, 0.25]], dtype=float32)
 
-    The tutorial's weights load from its ``state_dict()`` (PyTorch tensors, or any
-    array-likes in PyTorch's layout; importing torch is not needed):
+    The tutorial's weights load from the PyTorch module or its ``state_dict()`` (PyTorch
+    tensors, or any array-likes in PyTorch's layout; importing torch is not needed):
 
     >>> state_dict = {"attn.weight": np.zeros((8, 16), np.float32), "attn.bias": np.zeros(8, np.float32),
     ...               "v": np.ones(8, np.float32)}
@@ -75,9 +75,10 @@ class AdditiveAttention(ParamTree):
         super().__init__(init_additive_params(rngs.params(), hidden_dim, dtype=dtype))
 
     @classmethod
-    def from_torch(cls, state_dict) -> AdditiveAttention:
-        """A module holding the PyTorch class's weights (``additive_params_from_torch``)."""
-        params = additive_params_from_torch(state_dict)
+    def from_torch(cls, module_or_state_dict) -> AdditiveAttention:
+        """A module holding the PyTorch class's weights (``additive_params_from_torch``): the
+        module itself or its ``state_dict()``."""
+        params = additive_params_from_torch(module_or_state_dict)
         module = cls(params["v"].shape[0], rngs=nnx.Rngs(0), dtype=params["v"].dtype)
         state = nnx.state(module, nnx.Param)
         nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
