@@ -36,10 +36,11 @@ def _mix(x):
     return x ^ (x >> jnp.uint32(16))
 
 
-def keep_mask(words, rate, batch, head, query, key):
-    """True where the attention weight at ``(batch, head, query, key)`` is kept; ``words``
-    from :func:`rng_words`; the index arrays broadcast against each other."""
-    seed0, seed1 = words
+def keep_mask(dropout_rng, rate, batch, head, query, key):
+    """True where the attention weight at ``(batch, head, query, key)`` is kept; ``dropout_rng``
+    a JAX key, its data or an int (:func:`rng_words`); the index arrays broadcast against each
+    other."""
+    seed0, seed1 = rng_words(dropout_rng)
     threshold = jnp.uint32(round(rate * 2**_THRESHOLD_BITS))
     h = _mix(jnp.asarray(seed0 ^ seed1, jnp.uint32) + jnp.uint32(_GOLDEN))
     h = _mix((h ^ seed1) + jnp.uint32(_GOLDEN))
@@ -56,5 +57,5 @@ def dropout_weights(weights, dropout_rng, rate, *, broadcast=False):
     B, N, T, S = weights.shape
     b = jnp.arange(B).reshape(B, 1, 1, 1) * (not broadcast)
     n = jnp.arange(N).reshape(1, N, 1, 1) * (not broadcast)
-    keep = keep_mask(rng_words(dropout_rng), rate, b, n, jnp.arange(T).reshape(1, 1, T, 1), jnp.arange(S).reshape(1, 1, 1, S))
+    keep = keep_mask(dropout_rng, rate, b, n, jnp.arange(T).reshape(1, 1, T, 1), jnp.arange(S).reshape(1, 1, 1, S))
     return jnp.where(keep, weights / jnp.asarray(1 - rate, weights.dtype), 0).astype(weights.dtype)

@@ -34,6 +34,8 @@ import sys
 
 import numpy as np
 
+from ._validate import check_window
+
 
 def array_namespace(x):
     """``jax.numpy`` for a JAX array (or tracer), else NumPy: the library a mod's functions
@@ -67,12 +69,18 @@ def causal_mask(b, h, q_idx, kv_idx):
     return kv_idx <= q_idx
 
 
-def sliding_window_mask(left, right=0):
-    """Query t attends keys ``t - left <= s <= t + right`` (Beltagy et al. 2020, "Longformer").
+def sliding_window_mask(local_window_size):
+    """Query t attends keys ``t - left <= s <= t + right`` (Beltagy et al. 2020, "Longformer"):
+    ``local_window_size`` as ``jax.nn.dot_product_attention`` takes it, a pair ``(left, right)``
+    or an int w for ``(w, w)``; a causal sliding window is ``(left, 0)``.
 
-    >>> sliding_window_mask(1)(0, 0, 2, np.arange(4))
+    >>> sliding_window_mask((1, 0))(0, 0, 2, np.arange(4))
     array([False,  True,  True, False])
+    >>> sliding_window_mask(1)(0, 0, 2, np.arange(4))          # (1, 1)
+    array([False,  True,  True,  True])
     """
+    left, right = check_window(local_window_size)
+
     def mask_mod(b, h, q_idx, kv_idx):
         return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)
     return mask_mod
@@ -107,13 +115,40 @@ def document_mask(query_segment_ids, key_value_segment_ids=None):
 
 
 def and_masks(*mask_mods):
-    """A mask that attends where every one of ``mask_mods`` does."""
+    """A mask that attends where every one of ``mask_mods`` does (PyTorch's ``and_masks``).
+
+    >>> and_masks(causal_mask, sliding_window_mask((1, 0)))(0, 0, 2, np.arange(4))
+    array([False,  True,  True, False])
+    """
     def mask_mod(b, h, q_idx, kv_idx):
         result = mask_mods[0](b, h, q_idx, kv_idx)
         for other in mask_mods[1:]:
             result = result & other(b, h, q_idx, kv_idx)
         return result
     return mask_mod
+
+
+def or_masks(*mask_mods):
+    """A mask that attends where any one of ``mask_mods`` does (PyTorch's ``or_masks``).
+
+    >>> or_masks(causal_mask, prefix_lm_mask(3))(0, 0, 0, np.arange(5))   # the prefix LM again
+    array([ True,  True,  True, False, False])
+    """
+    def mask_mod(b, h, q_idx, kv_idx):
+        result = mask_mods[0](b, h, q_idx, kv_idx)
+        for other in mask_mods[1:]:
+            result = result | other(b, h, q_idx, kv_idx)
+        return result
+    return mask_mod
+
+
+def noop_mask(b, h, q_idx, kv_idx):
+    """Every query attends every key (PyTorch's ``noop_mask``): the mask of no mask.
+
+    >>> bool(noop_mask(0, 0, 2, 3))
+    True
+    """
+    return True
 
 
 def soft_cap(cap):

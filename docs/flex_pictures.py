@@ -40,7 +40,7 @@ MODS = {
     "alibi": (alibi(np.array([0.25])), causal_mask, "bias slope (s - t), with causal_mask"),
     "soft_cap": (soft_cap(2.0), None, "2 tanh(x / 2) of logits x = (s - t) / 4, no mask"),
     "relative_position": (relative_position_bias(TABLE, 8), causal_mask, "table[clip(s - t, -8, 8) + 8], causal"),
-    "sliding_window": (None, sliding_window_mask(6, 0), "sliding_window_mask(6, 0)"),
+    "sliding_window": (None, sliding_window_mask((6, 0)), "sliding_window_mask((6, 0))"),
     "document": (None, and_masks(causal_mask, document_mask(DOCUMENT_IDS)), "documents of 10, 6, 12, 4, causal"),
     "prefix_lm": (None, prefix_lm_mask(12), "prefix_lm_mask(12)"),
 }

@@ -71,7 +71,7 @@ KV_IDS = np.array([[0, 0, 0, 0, 1, 1, 1, 2, 2, 2, 2], [0, 0, 1, 1, 1, 1, 2, 2, 2
 EVERYTHING = lambda b, h, q_idx, kv_idx: kv_idx >= 0              # every key: every block full
 SCORE_MODS = {"alibi": alibi(SLOPES), "soft_cap": soft_cap(CAP),
               "relative_position": relative_position_bias(TABLE, MAX_DISTANCE)}
-MASK_MODS = {"sliding_window": sliding_window_mask(LEFT, RIGHT), "document": document_mask(Q_IDS, KV_IDS),
+MASK_MODS = {"sliding_window": sliding_window_mask((LEFT, RIGHT)), "document": document_mask(Q_IDS, KV_IDS),
              "prefix_lm": prefix_lm_mask(PREFIX), "causal": causal_mask}
 BLOCK_MASKS = {name: create_block_mask(mod, B, None, T, S, block_sizes=BLOCKS)
                for name, mod in {**MASK_MODS, "everything": EVERYTHING}.items()}
@@ -583,7 +583,7 @@ def flex_problems(draw):
     if draw(st.booleans()):
         masks.append(causal_mask)
     if draw(st.booleans()):
-        masks.append(sliding_window_mask(draw(st.integers(0, 3)), draw(st.integers(0, 3))))
+        masks.append(sliding_window_mask((draw(st.integers(0, 3)), draw(st.integers(0, 3)))))
     upstream = draw(st.sampled_from([1.0, 1e2, 1e4]))
     return {
         "dtype": dtype, "query": cast(rng.normal(size=(b, t, k * g, h))), "key": cast(rng.normal(size=(b, s, k, h))),

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from attention_np._validate import check_flex
+from attention_np.mods import noop_mask
 
 from ..._dtypes import compute_dtype
 from ..._jit import jit, logits_scale, reverse_mode_only, split_scale
@@ -15,7 +16,7 @@ from ...flex import flex_attention as dense_flex_attention
 from .closures import convert_mod
 from .config import Config, Mods
 from .layout import from_rows, make_rows, to_rows
-from .sparse import attend_all, create_block_mask, depends, grouped
+from .sparse import create_block_mask, depends, grouped
 from .vjp import _flash_bwd, _flash_fwd  # flex binds score_mod's integer arrays around them (_flash)
 
 
@@ -92,11 +93,11 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
                                     scale=scale, sinks=sinks, return_residual=return_residual)
     if block_mask is None:
         on_b, on_h = depends(mask_mod, B, N, T, S) if mask_mod is not None else (False, False)
-        block_mask = create_block_mask(mask_mod or attend_all, B if on_b else None, N if on_h else None, T, S)
+        block_mask = create_block_mask(mask_mod or noop_mask, B if on_b else None, N if on_h else None, T, S)
     compute = compute_dtype(query.dtype)
     index = jnp.zeros((), jnp.int32)
     score_fn, score_consts, score_fixed = convert_mod(score_mod, jnp.zeros((), compute), index, index, index, index)
-    every_key = block_mask.mask_mod is attend_all
+    every_key = block_mask.mask_mod is noop_mask
     mask_fn, mask_floats, mask_fixed = convert_mod(None if every_key else block_mask.mask_mod, index, index, index,
                                                    index)
     attended = None if every_key else block_mask.attended

@@ -110,6 +110,5 @@ def dropout_scale(rows, i, j, cfg, shape):
     b, n, t, u = block_indices(rows, i, j, cfg)
     if cfg.broadcast_dropout:
         b, n = b * 0, n * 0
-    words = rows.words
-    keep = keep_mask((words.reshape(-1)[0], words.reshape(-1)[1]), cfg.dropout_rate, b, n, t, u)
+    keep = keep_mask(rows.words.reshape(2), cfg.dropout_rate, b, n, t, u)        # the rng's two uint32 words
     return jnp.broadcast_to(jnp.where(keep, 1 / (1 - cfg.dropout_rate), 0).astype(cfg.compute), shape)

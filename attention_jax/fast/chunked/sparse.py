@@ -181,11 +181,6 @@ def default_blocks(T, S):
     return min(qc, T), min(kc, S)
 
 
-def attend_all(b, h, q_idx, kv_idx):
-    """The mask of no mask: every block full (but those holding keys past S)."""
-    return True
-
-
 def option_states(rows, cfg, nq, nk):
     """Block states ``(B|1, 1, nq, nk)`` of the options of ``chunked_attention`` (causal,
     window, key padding past S, lengths, segment ids), from each block's first and last
