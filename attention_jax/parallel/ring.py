@@ -142,8 +142,9 @@ def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale
       axis_name: the mesh axis the sequence is split over.
       is_causal: query t attends only to keys s <= t.
       scale: logits scale, default ``1/sqrt(H)``.
-      mask: optional bool key-padding mask ``(B, S)`` (True = attend), sharded like the keys;
-        a query with no key to attend to gets zeros, as everywhere in this project.
+      mask: optional bool, broadcastable to ``(B, N, T, S)`` (True = attend) as everywhere,
+        and the same for every head and query: a key-padding mask ``(B|1, 1, 1, S)``; a query
+        with no key to attend to gets zeros, as everywhere in this project.
 
     Returns:
       ``out (B, T, N, H)``, in the dtype of ``query``, sharded like ``query``.
@@ -162,13 +163,24 @@ def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale
             raise ValueError(f"ring_attention splits {name} evenly over the {P} devices of mesh axis {axis_name!r}; got {name}={length}")
     if is_causal and T != S:
         raise ValueError(f"causal ring_attention needs T == S (its blocks share the diagonal); got T={T}, S={S}")
-    if mask is None:
-        mask = jnp.ones((B, S), bool)
-    mask = jnp.asarray(mask)
-    if mask.dtype != bool or mask.shape != (B, S):
-        raise ValueError(f"mask must be a bool key-padding mask of shape (B, S) = {(B, S)}; got {mask.dtype} {tuple(mask.shape)}")
+    mask = jnp.ones((B, S), bool) if mask is None else _key_mask(mask, B, N, T, S)
     scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
     return _ring(query, key, value, mask, mesh=mesh, axis_name=axis_name, P=P, scale=scale, is_causal=bool(is_causal))
+
+
+def _key_mask(mask, B, N, T, S):
+    """``(B, S)``: the keys each batch row attends, from a ``mask`` broadcastable to ``(B, N, T, S)``
+    that does not vary along N or T."""
+    mask = jnp.asarray(mask)
+    shape = (1,) * (4 - mask.ndim) + tuple(mask.shape)
+    if mask.dtype != bool or mask.ndim > 4 or any(d not in (1, full) for d, full in zip(shape, (B, N, T, S))):
+        raise ValueError(f"mask must be a bool array broadcastable to (B, N, T, S) = {(B, N, T, S)}; "
+                         f"got {mask.dtype} {tuple(mask.shape)}")
+    if shape[1] != 1 or shape[2] != 1:
+        raise ValueError(f"ring_attention takes a key-padding mask, the same for every head and query, of shape "
+                         f"(B|1, 1, 1, S) = {(B, 1, 1, S)}; got {tuple(mask.shape)}, which varies along "
+                         f"{'N' if shape[1] != 1 else 'T'}")
+    return jnp.broadcast_to(mask.reshape(shape)[:, 0, 0, :], (B, S))
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "P", "scale", "is_causal"))

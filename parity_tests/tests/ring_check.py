@@ -38,7 +38,8 @@ def errors(p, causal, n, k, seed=0, L=24):
     mesh = mesh_of(p)
     sharding = NamedSharding(mesh, PartitionSpec(None, "sp"))
     args = [jax.device_put(x, sharding) for x in (q, *kv)]
-    ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal, mask=mask)
+    ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal,
+                                                        mask=None if mask is None else mask[:, None, None, :])
     dense = lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal, mask=mask[:, None, None, :])[0]
     cotangent = rng.normal(size=q.shape).astype(np.float32)
     with jax.default_matmul_precision("highest"):
@@ -68,7 +69,8 @@ def mesh_kind_errors(kind, shape, with_mask, causal):
     args = (q, k, v)
     if len(shape) == 2:
         args = tuple(jax.device_put(x, NamedSharding(mesh, PartitionSpec("data", "sp"))) for x in args)
-    ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal, mask=mask)
+    ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal,
+                                                        mask=None if mask is None else mask[:, None, None, :])
     dense_mask = None if mask is None else mask[:, None, None, :]
     dense = lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=causal, mask=dense_mask)[0]
     cotangent = rng.normal(size=q.shape).astype(np.float32)
@@ -137,7 +139,8 @@ def ring_property(examples):
     def check(problem):
         P, causal, q, k, v, mask, d_out = problem
         mesh = jax.make_mesh((P,), ("sp",))
-        ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal, mask=mask)
+        ring = lambda q, k, v: attention_jax.ring_attention(q, k, v, mesh=mesh, axis_name="sp", is_causal=causal,
+                                                        mask=None if mask is None else mask[:, None, None, :])
         with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
             out, vjp = jax.vjp(ring, q, k, v)
             grads = [np.asarray(g, np.float64) for g in vjp(d_out)]

@@ -98,3 +98,24 @@ def test_two_devices_quick_check():
 
 def test_lengths_must_divide_evenly(ring):
     assert ring["uneven"] == "ring_attention splits T evenly over the 4 devices of mesh axis 'sp'; got T=10"
+
+
+def test_the_mask_broadcasts_as_everywhere_and_is_a_key_mask():
+    # on a one-device ring: a (B, 1, 1, S) mask is the dense function's; a mask that varies
+    # along the heads or the queries, or does not broadcast, is refused by name
+    import jax
+    import numpy as np
+
+    import attention_jax
+
+    mesh = jax.make_mesh((1,), ("sp",))
+    x = np.random.default_rng(0).normal(size=(2, 4, 2, 8)).astype(np.float32)
+    mask = np.ones((2, 1, 1, 4), bool)
+    mask[1, ..., 1:] = False
+    ring_out = attention_jax.ring_attention(x, x, x, mesh=mesh, axis_name="sp", mask=mask)
+    np.testing.assert_allclose(ring_out, attention_jax.scaled_dot_product_attention(x, x, x, mask=mask)[0], atol=1e-6)
+    for bad, message in ((np.ones((2, 1, 4, 4), bool), r"varies along T"), (np.ones((1, 2, 1, 4), bool), r"varies along N"),
+                         (np.ones((4, 4), bool), r"varies along T"), (np.ones((3, 4), bool), r"broadcastable to \(B, N, T, S\)"),
+                         (np.ones((2, 1, 1, 4)), r"must be a bool")):
+        with pytest.raises(ValueError, match=message):
+            attention_jax.ring_attention(x, x, x, mesh=mesh, axis_name="sp", mask=bad)
