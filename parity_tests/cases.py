@@ -185,7 +185,7 @@ _case("location_sensitive_attention", "mask", f"B={B} S={S} H={H} Q=6 A={A} C=4 
 
 
 # --- chunked attention (JAX only): against the NumPy reference's output -----------------------------
-def _sdpa_out(*args, query_chunk_size=None, key_chunk_size=None, **kwargs):
+def _sdpa_out(*args, block_sizes=None, **kwargs):
     return attention_np.scaled_dot_product_attention(*args, **kwargs)[0]
 
 
@@ -193,10 +193,10 @@ def _chunked(variant, shapes, build):
     register(ParityCase(f"chunked_attention/{variant}", "chunked_attention", shapes, build, _sdpa_out, attention_jax.chunked_attention, halves=("jax",)))
 
 
-_chunked("plain q2 k2", _SDPA, lambda rng: (_sdpa_inputs(rng), {"query_chunk_size": 2, "key_chunk_size": 2}))
+_chunked("plain q2 k2", _SDPA, lambda rng: (_sdpa_inputs(rng), {"block_sizes": (2, 2)}))
 def _chunked_all_options(rng):
     args, kwargs = _all_options(rng)
-    return args, {**kwargs, "query_chunk_size": 2, "key_chunk_size": 3}
+    return args, {**kwargs, "block_sizes": (2, 3)}
 
 
 _chunked("gqa+mask+bias+causal q2 k3", _GQA, _chunked_all_options)
@@ -341,8 +341,8 @@ def _dropped(rng):
 
 _sdpa("window+lengths+causal", _GQA, _windowed)
 _sdpa("dropout 0.3", _GQA, _dropped)
-_chunked("window+lengths+causal q2 k3", _GQA, lambda rng: (_windowed(rng)[0], {**_windowed(rng)[1], "query_chunk_size": 2, "key_chunk_size": 3}))
-_chunked("dropout 0.3 q2 k2", _GQA, lambda rng: (_dropped(rng)[0], {**_dropped(rng)[1], "query_chunk_size": 2, "key_chunk_size": 2}))
+_chunked("window+lengths+causal q2 k3", _GQA, lambda rng: (_windowed(rng)[0], {**_windowed(rng)[1], "block_sizes": (2, 3)}))
+_chunked("dropout 0.3 q2 k2", _GQA, lambda rng: (_dropped(rng)[0], {**_dropped(rng)[1], "block_sizes": (2, 2)}))
 
 
 def _reference_out(*args, implementation=None, **kwargs):

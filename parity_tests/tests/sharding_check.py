@@ -23,7 +23,7 @@ import attention_jax.nnx  # noqa: E402
 
 jax.config.update("jax_enable_x64", False)
 B, T, N, K, H, E = 4, 16, 4, 2, 8, 12
-BLOCKS = {"query_chunk_size": 8, "key_chunk_size": 8}  # 2 x 2 blocks: the loops run
+BLOCKS = {"block_sizes": (8, 8)}  # 2 x 2 blocks: the loops run
 LAYOUTS = {"batch": P("data"), "heads": P(None, None, "heads"), "batch+heads": P("data", None, "heads")}
 GATHERS = re.compile(r"\b(all-gather|all-to-all|collective-permute)(-start)?\(")
 
@@ -166,7 +166,7 @@ def large_block_gathers(mesh):
     """The gathering collectives compiled for chunked_attention with 256 x 256 blocks, where a
     single device would run one (batch, head) at a time (``_each_head``); compiled only."""
     spec = jax.ShapeDtypeStruct((2, 512, 2, 16), jnp.float32, sharding=NamedSharding(mesh, P("data", None, "heads")))
-    fn = lambda q, k, v: attention_jax.chunked_attention(q, k, v, query_chunk_size=256, key_chunk_size=256)
+    fn = lambda q, k, v: attention_jax.chunked_attention(q, k, v, block_sizes=(256, 256))
     grads = lambda q, k, v: jax.vjp(fn, q, k, v)[1](q)
     hlo = "".join(jax.jit(f).lower(spec, spec, spec).compile().as_text() for f in (fn, grads))
     return sorted(set(m.group(1) for m in GATHERS.finditer(hlo)))

@@ -12,7 +12,7 @@ from attention_jax import chunked_attention
 
 from .conftest import highest
 
-# (B, T, S, N, K, H, query_chunk_size, key_chunk_size): prime sizes, lengths that are not
+# (B, T, S, N, K, H, query rows, key rows of block_sizes): prime sizes, lengths that are not
 # multiples of the chunks, a single chunk, chunks longer than the sequence, T != S.
 SHAPES = {
     "gqa, ragged chunks": (2, 7, 11, 6, 3, 5, 3, 4),
@@ -42,7 +42,7 @@ def inputs(rng, shape, option, dtype):
         kwargs["mask"] = mask
     if option.get("bias"):
         kwargs["bias"] = rng.normal(size=(1, N, T, S)).astype(dtype)
-    return (q, k, v), kwargs, {"query_chunk_size": qc, "key_chunk_size": kc}
+    return (q, k, v), kwargs, {"block_sizes": (qc, kc)}
 
 
 CASES = [pytest.param(s, o, np.float32, 1e-5, id=f"{s}-{o}-float32") for s in SHAPES for o in OPTIONS] + [
@@ -97,8 +97,9 @@ def test_low_precision_inputs(dtype, rng):
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"query_chunk_size": 0}, "query_chunk_size must be a positive int or None; got 0"),
-    ({"key_chunk_size": 2.5}, "key_chunk_size must be a positive int or None; got 2.5"),
+    ({"block_sizes": (0, None)}, "block_sizes[0] must be a positive int or None; got 0"),
+    ({"block_sizes": 8}, "block_sizes must be None or a pair (query rows, key rows); got 8"),
+    ({"block_sizes": (None, 2.5)}, "block_sizes[1] must be a positive int or None; got 2.5"),
     ({"mask": np.ones((3, 5), np.float32)}, "mask must have a boolean dtype (True = attend); to add float values (PyTorch's 0 / -inf) to the logits pass them as bias; a 0 / 1 mask from Flax's make_attention_mask or make_causal_mask: pass dtype=bool; got float32"),
 ])
 def test_bad_input(bad, message):
@@ -152,7 +153,7 @@ def test_bad_input_raises_what_the_dense_path_raises(args, kwargs):
 @pytest.mark.parametrize("T, S", [(0, 5), (3, 0), (0, 0)])
 def test_zero_lengths_give_empty_or_zero_output(T, S, rng):
     q, k = rng.normal(size=(2, T, 2, 4)), rng.normal(size=(2, S, 1, 4))
-    out = chunked_attention(q, k, k, query_chunk_size=2, key_chunk_size=2)
+    out = chunked_attention(q, k, k, block_sizes=(2, 2))
     assert out.shape == (2, T, 2, 4)
     np.testing.assert_array_equal(out, np.zeros((2, T, 2, 4)))  # jax.nn and torch: zeros for S = 0 too
     np.testing.assert_array_equal(jax.grad(lambda q: chunked_attention(q, k, k).sum())(q), np.zeros_like(q))
@@ -165,7 +166,7 @@ def test_per_head_mask_within_a_key_value_group_matches_dense_values(rng):
     mask = np.ones((1, 2, 3, 5), bool)
     mask[0, 1, :, 4] = False
     expected = attention_jax.scaled_dot_product_attention(q, k, v, mask=mask)[0]
-    np.testing.assert_allclose(chunked_attention(q, k, v, mask=mask, key_chunk_size=2), expected, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(chunked_attention(q, k, v, mask=mask, block_sizes=(None, 2)), expected, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("L, causal", [(1100, True), (2048, True), (2560, True), (1536, False)])
@@ -285,7 +286,7 @@ def test_block_edges_where_the_masks_change(case, sparse, rng):
 
     @jax.jit
     def run(q, k, v, d_out):
-        out, vjp = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, query_chunk_size=qc, key_chunk_size=kc,
+        out, vjp = jax.vjp(lambda q, k, v: chunked_attention(q, k, v, block_sizes=(qc, kc),
                                                              **options), q, k, v)
         return out, vjp(d_out)
 
@@ -305,7 +306,7 @@ def test_gradients_through_the_lse_and_the_sinks_equal_the_mirror(is_causal, rng
 
     def chunked(q, k, v, sinks):
         return chunked_attention(q, k, v, sinks=sinks, is_causal=is_causal, return_residual=True,
-                                 query_chunk_size=3, key_chunk_size=4)
+                                 block_sizes=(3, 4))
 
     def mirror(q, k, v, sinks):
         out, _, lse = attention_jax.scaled_dot_product_attention(q, k, v, sinks=sinks, is_causal=is_causal,

@@ -37,8 +37,8 @@ OPTIONS = {
 CALLS = {
     "dot_product_attention": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, **o),
     "dense": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, implementation="dense", **o),
-    "chunked 4x3": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, query_chunk_size=4, key_chunk_size=3, **o),
-    "chunked 5x8": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, query_chunk_size=5, key_chunk_size=8, **o),
+    "chunked 4x3": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, block_sizes=(4, 3), **o),
+    "chunked 5x8": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, block_sizes=(5, 8), **o),
     "scaled_dot_product_attention": lambda q, k, v, **o: attention_jax.scaled_dot_product_attention(q, k, v, **o)[0],
     "numpy": lambda q, k, v, **o: attention_np.scaled_dot_product_attention(q, k, v, **o)[0],
 }
@@ -98,7 +98,7 @@ def test_a_window_skips_key_blocks_so_the_work_is_linear_in_length():
     x = r.normal(size=(1, L, 1, 8)).astype(np.float32)
     with highest():
         np.testing.assert_allclose(
-            attention_jax.chunked_attention(x, x, x, local_window_size=(64, 64), query_chunk_size=64, key_chunk_size=64),
+            attention_jax.chunked_attention(x, x, x, local_window_size=(64, 64), block_sizes=(64, 64)),
             jax.nn.dot_product_attention(x, x, x, local_window_size=(64, 64)), **TOL)
 
 
@@ -225,7 +225,7 @@ OPERAND = "float32" if jax.default_backend() == "cpu" else None
 
 MIXED = {
     "scaled_dot_product_attention": lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, is_causal=True)[0],
-    "chunked_attention": lambda q, k, v: attention_jax.chunked_attention(q, k, v, is_causal=True, query_chunk_size=4, key_chunk_size=4),
+    "chunked_attention": lambda q, k, v: attention_jax.chunked_attention(q, k, v, is_causal=True, block_sizes=(4, 4)),
     "dot_product_attention": lambda q, k, v: attention_jax.dot_product_attention(q, k, v, is_causal=True),
 }
 

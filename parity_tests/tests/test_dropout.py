@@ -28,8 +28,8 @@ def _qkv(seed=0, dtype=np.float32):
 PATHS = {
     "dense": lambda q, k, v, **o: attention_jax.scaled_dot_product_attention(q, k, v, **o)[0],
     "dot_product_attention": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, **o),
-    "chunked 4x3": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, query_chunk_size=4, key_chunk_size=3, **o),
-    "chunked 5x8": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, query_chunk_size=5, key_chunk_size=8, **o),
+    "chunked 4x3": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, block_sizes=(4, 3), **o),
+    "chunked 5x8": lambda q, k, v, **o: attention_jax.chunked_attention(q, k, v, block_sizes=(5, 8), **o),
 }
 OPTIONS = {"plain": {}, "causal": {"is_causal": True}, "window+lengths": {
     "local_window_size": (3, 2), "key_value_seq_lengths": np.array([13, 6], np.int32)},
@@ -150,7 +150,7 @@ def test_large_blocks_run_one_head_at_a_time_with_the_same_mask():
     with highest():
         expected = value_and_grads(lambda q, k, v: attention_jax.scaled_dot_product_attention(q, k, v, **options)[0])
         actual = value_and_grads(lambda q, k, v: attention_jax.chunked_attention(
-            q, k, v, query_chunk_size=256, key_chunk_size=256, **options))
+            q, k, v, block_sizes=(256, 256), **options))
     np.testing.assert_allclose(actual[0], expected[0], rtol=1e-5)
     for a, e in zip(actual[1], expected[1]):
         np.testing.assert_allclose(a, e, rtol=1e-5, atol=1e-5)

@@ -155,7 +155,7 @@ PATHS = {
     "dot_product_attention None": lambda q, k, v, **o: attention_jax.dot_product_attention(q, k, v, **o),
     # blocks of 2 x 3: the loops run, and the last block of each axis is partly padding
     "chunked_attention 2x3 blocks": lambda q, k, v, **o: attention_jax.chunked_attention(
-        q, k, v, query_chunk_size=2, key_chunk_size=3, **o),
+        q, k, v, block_sizes=(2, 3), **o),
 }
 
 

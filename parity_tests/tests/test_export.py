@@ -33,7 +33,7 @@ PATHS = {
         q, k, v, mask=m, key_value_seq_lengths=n, **OPTIONS)[0],
     "chunked_attention segments": lambda q, k, v, m, n: attention_jax.chunked_attention(
         q, k, v, query_segment_ids=IDS_Q[:1].repeat(q.shape[0], 0), key_value_segment_ids=IDS_KV[:1].repeat(
-            q.shape[0], 0), query_chunk_size=2, key_chunk_size=3),
+            q.shape[0], 0), block_sizes=(2, 3)),
     "flex_attention": lambda q, k, v, m, n: attention_jax.flex_attention(q, k, v, mask_mod=causal_mask),
 }
 

@@ -555,7 +555,7 @@ def test_errors_name_the_argument(case, half):
 def test_create_block_mask_errors():
     with pytest.raises(ValueError, match="T must be a positive int; got 0"):
         create_block_mask(causal_mask, None, None, 0, S)
-    with pytest.raises(ValueError, match=r"block_sizes must be a pair \(query rows, key rows\)"):
+    with pytest.raises(ValueError, match=r"block_sizes must be None or a pair \(query rows, key rows\)"):
         create_block_mask(causal_mask, None, None, T, S, block_sizes=(2, 2, 2))
 
 

@@ -191,7 +191,7 @@ def _mirror(*args, return_residual=False, **options):
 PATHS = {
     "scaled_dot_product_attention": _mirror,
     "chunked_attention 8x8": _residual(lambda *a, **o: attention_jax.chunked_attention(
-        *a, query_chunk_size=8, key_chunk_size=8, **o)),
+        *a, block_sizes=(8, 8), **o)),
     "chunked_attention default": _residual(attention_jax.chunked_attention),
     "dot_product_attention None": _residual(attention_jax.dot_product_attention),
     "dot_product_attention dense": _residual(lambda *a, **o: attention_jax.dot_product_attention(
@@ -362,7 +362,7 @@ def test_skipped_blocks_are_never_read(is_causal):
     def run(q, k, v):
         def first_document(q, k, v):
             out = attention_jax.chunked_attention(q, k, v, query_segment_ids=ids, is_causal=is_causal,
-                                                  query_chunk_size=SKIP_BLOCK, key_chunk_size=SKIP_BLOCK)
+                                                  block_sizes=(SKIP_BLOCK, SKIP_BLOCK))
             return jnp.sum(out[:, :8] ** 2), out
         return jax.value_and_grad(first_document, argnums=(0, 1, 2), has_aux=True)(q, k, v)
 
@@ -513,7 +513,7 @@ ERRORS = [
      "sinks must have a floating dtype (float16, bfloat16, float32 or float64); got int32"),
 ]
 ERROR_PATHS = {
-    "chunked_attention": lambda *a, **o: attention_jax.chunked_attention(*a, query_chunk_size=8, key_chunk_size=8, **o),
+    "chunked_attention": lambda *a, **o: attention_jax.chunked_attention(*a, block_sizes=(8, 8), **o),
     "dot_product_attention dense": lambda *a, **o: attention_jax.dot_product_attention(*a, implementation="dense", **o),
     "dot_product_attention chunked": lambda *a, **o: attention_jax.dot_product_attention(
         *a, implementation="chunked", **o),
@@ -547,7 +547,7 @@ GRAD_TOLERANCE = {"float32": 2e-5, "bfloat16": 6e-2}
 PROPERTY_PATHS = {
     # blocks of 2 x 3: several blocks a row, the last one partly padding
     "chunked_attention 2x3": lambda *a, **o: attention_jax.chunked_attention(
-        *a, query_chunk_size=2, key_chunk_size=3, **o),
+        *a, block_sizes=(2, 3), **o),
     "dot_product_attention": attention_jax.dot_product_attention,
 }
 

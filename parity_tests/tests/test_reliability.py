@@ -50,10 +50,10 @@ MECHANISMS = [
     Mechanism("chunked_attention", lambda rng: (
         (rng.normal(size=(B, T, 6, H)), rng.normal(size=(B, S, 3, H)), rng.normal(size=(B, S, 3, H))),
         {"mask": padding()[:, None, None, :], "bias": rng.normal(size=(B, 6, T, S)), "is_causal": True,
-         "query_chunk_size": 2, "key_chunk_size": 2}), source_args=(1, 2), zero_outputs=(0,)),
+         "block_sizes": (2, 2)}), source_args=(1, 2), zero_outputs=(0,)),
     Mechanism("chunked_attention/no mask, causal", lambda rng: (
         (rng.normal(size=(B, T, 6, H)), rng.normal(size=(B, S, 3, H)), rng.normal(size=(B, S, 3, H))),
-        {"is_causal": True, "query_chunk_size": 2, "key_chunk_size": 2}), source_args=(1, 2), zero_outputs=()),
+        {"is_causal": True, "block_sizes": (2, 2)}), source_args=(1, 2), zero_outputs=()),
     Mechanism("additive_attention", lambda rng: (
         (attention_np.init_additive_params(rng, H, dtype=np.float64), rng.normal(size=(B, H)), rng.normal(size=(B, S, H))),
         {"mask": padding()}), source_args=(2,)),
@@ -198,7 +198,7 @@ SDPA_PATHS = {
     "dense (tuned)": lambda q, k, v, c: attention_jax.dot_product_attention(q, k, v, is_causal=c, implementation="dense"),
     "chunked": lambda q, k, v, c: attention_jax.chunked_attention(q, k, v, is_causal=c),
     "chunked, blocks of 2": lambda q, k, v, c: attention_jax.chunked_attention(
-        q, k, v, is_causal=c, query_chunk_size=2, key_chunk_size=2),
+        q, k, v, is_causal=c, block_sizes=(2, 2)),
 }
 
 

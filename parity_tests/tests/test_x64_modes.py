@@ -30,7 +30,7 @@ PATHS = {
     "dot_product_attention dense": lambda *a, **o: attention_jax.dot_product_attention(*a, implementation="dense", **o),
     "dot_product_attention chunked": lambda *a, **o: attention_jax.dot_product_attention(*a, implementation="chunked", **o),
     "chunked_attention 2x3 blocks": lambda *a, **o: attention_jax.chunked_attention(
-        *a, query_chunk_size=2, key_chunk_size=3, **o),
+        *a, block_sizes=(2, 3), **o),
 }
 
 

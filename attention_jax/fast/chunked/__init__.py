@@ -2,8 +2,8 @@
 
 Rabe & Staats 2021, "Self-attention does not need O(n^2) memory"; the forward and backward
 recurrences of FlashAttention-2 (Dao 2023, algorithms 1 and 2). The (T, S) score matrix is
-never materialised: queries are processed in chunks of ``query_chunk_size`` rows, keys in
-chunks of ``key_chunk_size``, and only a running max, a running normaliser and an output
+never materialised: queries are processed in blocks of ``block_sizes[0]`` rows, keys in
+blocks of ``block_sizes[1]``, and only a running max, a running normaliser and an output
 accumulator are kept per query row (:mod:`attention_jax.fast.online_softmax`). The backward pass
 recomputes each score block from the saved log-sum-exp instead of storing the weights, so
 forward and backward both need O(T + S) memory besides one score block.

@@ -8,7 +8,7 @@ from ..._batch import fold_batch, fold_broadcast, unfold_batch
 from ..._dtypes import compute_dtype
 from ..._jit import jit, logits_scale, reverse_mode_only, split_scale, static_rng
 from ..._sharding import match_varying
-from .blocks import check_chunk, chunk_fields
+from .blocks import check_block_sizes, chunk_fields
 from .config import Config, Mods, Operands
 from .layout import from_rows, make_rows, to_rows
 from .masks import zero_unattended
@@ -17,7 +17,7 @@ from .vjp import flash
 
 def chunked_attention(
     query, key, value, *, bias=None, mask=None, is_causal=False, scale=None,
-    query_chunk_size=None, key_chunk_size=None, query_seq_lengths=None, key_value_seq_lengths=None,
+    block_sizes=None, query_seq_lengths=None, key_value_seq_lengths=None,
     local_window_size=None, dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False,
     query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None, return_residual=False,
 ):
@@ -50,7 +50,8 @@ def chunked_attention(
       mask: optional bool array broadcastable to ``(B, N, T, S)``, True = attend.
       is_causal: if True, query t attends only to keys ``s <= t``.
       scale: multiplies the logits, any finite number; default ``1 / sqrt(H)``.
-      query_chunk_size, key_chunk_size: rows of queries and keys per block; defaults tuned
+      block_sizes: ``(query rows, key rows)`` per block, as :func:`create_block_mask` takes
+        them (None, or None in a place: the default of that axis); defaults tuned
         per backend (:class:`BlockSizes`; CPU: 2048 x 1024, causal 1024 x 1024 and 512 x 512 up to L = 2048,
         and 512 x 512 in the backward pass; GPU: 512 x 512), as upper bounds: a length is
         split into as many equal blocks as these need, rounded up to 128 rows (1536 keys:
@@ -95,7 +96,7 @@ def chunked_attention(
     with reverse_mode_only("chunked_attention", "scaled_dot_product_attention"):
         return _chunked_attention(
             query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale, scale_value=scale_value,
-            query_chunk_size=query_chunk_size, key_chunk_size=key_chunk_size,
+            block_sizes=check_block_sizes(block_sizes),
             query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
             local_window_size=local_window_size, dropout_rate=dropout_rate,
             dropout_rng=static_rng(dropout_rng, dropout_rate), broadcast_dropout=broadcast_dropout,
@@ -104,10 +105,10 @@ def chunked_attention(
         )
 
 
-@jit(static_argnames=("is_causal", "scale", "query_chunk_size", "key_chunk_size", "local_window_size",
+@jit(static_argnames=("is_causal", "scale", "block_sizes", "local_window_size",
                       "dropout_rate", "broadcast_dropout", "logits_soft_cap", "return_residual"))
 def _chunked_attention(
-    query, key, value, *, bias, mask, is_causal, scale, scale_value, query_chunk_size, key_chunk_size,
+    query, key, value, *, bias, mask, is_causal, scale, scale_value, block_sizes,
     query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng, broadcast_dropout,
     query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks, return_residual,
 ):
@@ -118,8 +119,6 @@ def _chunked_attention(
         shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, dropout_rate, dropout_rng
     )
     soft_cap = check_sdpa_extras(shapes, query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks)
-    check_chunk("query_chunk_size", query_chunk_size)
-    check_chunk("key_chunk_size", key_chunk_size)
     batch = shapes["B..."]  # the caller's batch axes, folded into one axis B here
     T, S, N, H, K = (shapes[c] for c in "TSNHK")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
@@ -136,7 +135,7 @@ def _chunked_attention(
     has_segments = query_segment_ids is not None or key_value_segment_ids is not None
     plain = (bias is None and mask is None and not has_lengths and window is None and not dropout_rate
              and not has_segments and soft_cap is None and sinks is None and not return_residual)
-    chunks = chunk_fields(query_chunk_size, key_chunk_size, is_causal=bool(is_causal), T=T, S=S, H=H, rows=B * N,
+    chunks = chunk_fields(block_sizes, is_causal=bool(is_causal), T=T, S=S, H=H, rows=B * N,
                           segments=has_segments, plain=plain)
     cfg = Config(is_causal=bool(is_causal), T=T, S=S, G=N // K, window=window, has_lengths=has_lengths,
                  has_segments=has_segments, dropout_rate=dropout_rate, broadcast_dropout=bool(broadcast_dropout),

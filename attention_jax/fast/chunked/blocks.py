@@ -64,15 +64,18 @@ class BlockSizes:
         return self.tile if use else None
 
 
-def chunk_fields(query_chunk_size, key_chunk_size, *, is_causal, T, S, H, rows, segments, plain):
-    """The block fields of :class:`~.config.Config` by name: the caller's sizes, used exactly
-    in both passes, or :class:`BlockSizes`' tuned defaults with the backward pass's own blocks
-    and the tiles (``rows``: B * N; ``plain``: no option but the causal mask)."""
+def chunk_fields(block_sizes, *, is_causal, T, S, H, rows, segments, plain):
+    """The block fields of :class:`~.config.Config` by name: ``block_sizes`` the caller's
+    ``(query rows, key rows)`` (checked by :func:`check_block_sizes`), used exactly in both
+    passes, an axis given as None the tuned default; or, for ``block_sizes=None``,
+    :class:`BlockSizes`' tuned defaults with the backward pass's own blocks and the tiles
+    (``rows``: B * N; ``plain``: no option but the causal mask)."""
     sizes = BlockSizes.get_default()
+    given_q, given_k = block_sizes or (None, None)
     default_q, default_k = sizes.blocks(is_causal, T, S, segments)
-    qc, kc = min(query_chunk_size or default_q, T), min(key_chunk_size or default_k, S)
+    qc, kc = min(given_q or default_q, T), min(given_k or default_k, S)
     fields = dict(query_chunk=qc, key_chunk=kc)
-    if query_chunk_size is None and key_chunk_size is None:
+    if block_sizes is None:
         fields |= dict(backward_chunks=sizes.backward_blocks(qc, kc), tile=sizes.tile_for(is_causal, plain, T, S, H, rows))
     return fields
 
@@ -99,6 +102,18 @@ def divisor_block(block, most):
     return block
 
 
-def check_chunk(name, size):
+def check_size(name, size):
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"{name} must be a positive int or None; got {size!r}")
+
+
+def check_block_sizes(block_sizes):
+    """``block_sizes``: None, or a pair ``(query rows, key rows)`` of positive ints (None in a
+    place: that axis's default). Returns it as a tuple (hashable, a static argument)."""
+    if block_sizes is None:
+        return None
+    if not (isinstance(block_sizes, (tuple, list)) and len(block_sizes) == 2):
+        raise ValueError(f"block_sizes must be None or a pair (query rows, key rows); got {block_sizes!r}")
+    check_size("block_sizes[0]", block_sizes[0])
+    check_size("block_sizes[1]", block_sizes[1])
+    return tuple(block_sizes)

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from .blocks import BlockSizes, check_chunk
+from .blocks import BlockSizes, check_block_sizes, check_size
 from .closures import convert_mod
 
 EMPTY, PARTIAL, FULL = 0, 1, 2  # a block's state: no entry attended, some, all
@@ -90,16 +90,10 @@ def create_block_mask(mask_mod, B, N, T, S, *, block_sizes=None):
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise ValueError(f"{name} must be a positive int; got {size!r}")
     for name, size in (("B", B), ("N", N)):
-        if size is not None:
-            check_chunk(name, size)
-    if block_sizes is None:
-        qc, kc = default_blocks(T, S)
-    else:
-        if not (isinstance(block_sizes, (tuple, list)) and len(block_sizes) == 2):
-            raise ValueError(f"block_sizes must be a pair (query rows, key rows); got {block_sizes!r}")
-        check_chunk("block_sizes[0]", block_sizes[0])
-        check_chunk("block_sizes[1]", block_sizes[1])
-        qc, kc = min(block_sizes[0], T), min(block_sizes[1], S)
+        check_size(name, size)
+    given_q, given_k = check_block_sizes(block_sizes) or (None, None)
+    default_q, default_k = default_blocks(T, S)
+    qc, kc = min(given_q or default_q, T), min(given_k or default_k, S)
     on_b, on_h = depends(mask_mod, B, N, T, S)
     for name, size, varies, axis, unit, means in (("B", B, on_b, "b", "batch row", "the batch size"),
                                                   ("N", N, on_h, "h", "head", "the number of query heads")):
