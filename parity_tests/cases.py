@@ -247,7 +247,7 @@ for _attention in ("additive", "dot", "general", "concat", "location_sensitive")
 # floating positional argument (inputs and params dicts) is differentiated; masks, noise and
 # options are not.
 def _sdpa_vjp(args, kwargs, cotangent):
-    kwargs = {k: v for k, v in kwargs.items() if not k.endswith("_chunk_size")}  # chunked_attention's
+    kwargs = {k: v for k, v in kwargs.items() if k != "block_sizes"}  # chunked_attention's
     d_out = cotangent[0] if isinstance(cotangent, tuple) else cotangent  # chunked returns out alone
     return attention_np.scaled_dot_product_attention_vjp(*args, d_out, **kwargs)
 
