@@ -1,14 +1,16 @@
 """parity_tests: proof that ``attention_np`` and ``attention_jax`` agree.
 
 Importable harness (a registry of cases, :func:`run_case`, :func:`compare`), the pytest
-suite (``parity_tests/tests``) and the report, ``python -m parity_tests``; :func:`check_port`
-and :func:`assert_port` check anyone's port between NumPy, JAX and PyTorch.
+suite (``parity_tests/tests``) and the report, ``python -m parity_tests``; :func:`check_port`,
+:func:`sweep_port` and :func:`assert_port` check anyone's port between NumPy, JAX and
+PyTorch. One rule for "equal" serves them all: :class:`Tolerance` and
+:func:`compare_elements`.
 """
 
 from . import cases, layout_cases  # noqa: F401  (register the built-in cases)
-from .gradients import FD_STEP, FD_TOLERANCE, finite_differences, jax_vjp
+from .gradients import FD_STEP, finite_differences, jax_vjp
 from .harness import assert_parity, compare, planned_rows, pytest_params, run_all, run_case
-from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port
+from .port import PORTS, LeafCheck, PortCase, PortReport, assert_port, check_port, register_port, sweep_port
 from .registry import (
     DIRECTIONS,
     DTYPES,
@@ -21,6 +23,7 @@ from .registry import (
     load_cases,
     register,
 )
+from .tolerance import FD_TOLERANCE, Tolerance, compare_elements
 from .tutorial import load_tutorial_golden, run_tutorial_golden
 
 __all__ = [
@@ -34,6 +37,7 @@ __all__ = [
     "Comparison",
     "ParityCase",
     "Result",
+    "Tolerance",
     "LeafCheck",
     "PORTS",
     "PortCase",
@@ -42,6 +46,7 @@ __all__ = [
     "assert_port",
     "check_port",
     "compare",
+    "compare_elements",
     "finite_differences",
     "jax_vjp",
     "load_cases",
@@ -53,4 +58,5 @@ __all__ = [
     "run_all",
     "run_case",
     "run_tutorial_golden",
+    "sweep_port",
 ]

@@ -1,5 +1,6 @@
-"""The comparison and the report of ``check_port``: tolerances, one leaf against the float64
-reference (:func:`compare_leaf`), and the printable :class:`PortReport`."""
+"""The report of ``check_port``: one leaf against the float64 reference (:func:`compare_leaf`,
+by the harness's one comparison, :func:`parity_tests.tolerance.compare_elements`), and the
+printable :class:`PortReport`."""
 
 from __future__ import annotations
 
@@ -8,16 +9,8 @@ import dataclasses
 import jax
 import numpy as np
 
-# tolerance="dtype": an element passes when |port - reference| <= atol + rtol * |reference|
-# (the convention of numpy.testing.assert_allclose and chex), per dtype: (atol, rtol).
-PORT_TOLERANCES = {"float64": (1e-10, 1e-10), "float32": (1e-5, 1e-4), "float16": (2e-3, 1e-2), "bfloat16": (2e-2, 5e-2)}
-# tolerance="source": |port - reference| <= SOURCE_FACTOR * e + atol + rtol * |reference|, e the
-# source's own largest error in that leaf (same dtype, same inputs), (atol, rtol) the floor.
-SOURCE_FACTOR = 4.0
-SOURCE_FLOOR = {"float64": (1e-12, 1e-10), "float32": (1e-7, 1e-6), "float16": (1e-4, 1e-3), "bfloat16": (1e-3, 1e-2)}
-# A NumPy reference's gradients are central finite differences (h = 1e-5): good to ~1e-9 in
-# float64 (truncation h^2/6 f''', rounding eps |L| / h), so 1e-6 abs + rel, as the registry's.
-FD_TOLERANCE = 1e-6
+from .tolerance import Tolerance, compare_elements, errors, misplaced
+
 _SHOWN = 3  # NaN/inf positions named per leaf
 
 
@@ -137,24 +130,6 @@ def _paths(tree, prefix: str) -> list:
     return [(prefix + "".join(key(k) for k in path), leaf) for path, leaf in flat]
 
 
-def _bounds(reference, source_error, dtype, tolerance):
-    if isinstance(tolerance, tuple) and tolerance[:1] == ("source",):  # ("source", floor)
-        atol, rtol = tolerance[1]
-        return SOURCE_FACTOR * source_error + atol + rtol * np.abs(reference)
-    if tolerance == "source":
-        atol, rtol = SOURCE_FLOOR[dtype]
-        return SOURCE_FACTOR * source_error + atol + rtol * np.abs(reference)
-    atol, rtol = tolerance[dtype] if isinstance(tolerance, dict) else tolerance
-    return atol + rtol * np.abs(reference)
-
-
-def _misplaced(a, ref):
-    """Where ``a`` and ``ref`` are not both finite, both NaN or the same inf."""
-    with np.errstate(invalid="ignore"):
-        same = (np.isfinite(a) & np.isfinite(ref)) | (np.isnan(a) & np.isnan(ref)) | (np.isinf(a) & (a == ref))
-    return ~same
-
-
 def _value(x) -> str:
     return "NaN" if np.isnan(x) else f"{x:.6g}"
 
@@ -162,7 +137,7 @@ def _value(x) -> str:
 def _nonfinite(a, ref, who) -> str:
     """Which side has NaN/inf where the other has not, a line each way: ``the port has NaN at
     [0, 3] where the reference has 0.51; 4 such elements``."""
-    bad = _misplaced(a, ref)
+    bad = misplaced(a, ref)
     lines = []
     for side, other, here, there, mask in ((who, "the reference", a, ref, bad & ~np.isfinite(a)),
                                            ("reference", f"the {who}", ref, a, bad & np.isfinite(a))):
@@ -177,10 +152,10 @@ def _nonfinite(a, ref, who) -> str:
 
 
 def compare_leaf(name, dtype, source, port, reference, tolerance, *, sampled=False) -> LeafCheck:
-    """One leaf: each element of ``port`` against ``reference`` within its bound (see
-    :data:`PORT_TOLERANCES`, :data:`SOURCE_FACTOR`); NaN/inf must sit where the reference's do.
-    ``sampled``: the reference is finite differences, NaN where not differenced; only the
-    differenced elements are compared."""
+    """One leaf: each element of ``port`` against ``reference`` by ``tolerance`` (a
+    :class:`~parity_tests.Tolerance`, or a form :meth:`~parity_tests.Tolerance.of` takes);
+    NaN/inf must sit where the reference's do. ``sampled``: the reference is finite
+    differences, NaN where not differenced; only the differenced elements are compared."""
     reference = np.asarray(reference, np.float64)
     shape = tuple(reference.shape)
     for who, x in (("port", port), ("source", source)):
@@ -193,46 +168,36 @@ def compare_leaf(name, dtype, source, port, reference, tolerance, *, sampled=Fal
     if sampled:
         skipped = np.isnan(reference)
         source, port, total = np.where(skipped, np.nan, source), np.where(skipped, np.nan, port), int((~skipped).sum())
-    port_err, source_err = _errors(port, reference), _errors(source, reference)
+    source_err = errors(source, reference)
     finite_source = source_err[np.isfinite(source_err)]
     source_error = float(finite_source.max()) if finite_source.size else 0.0
-    bound = _bounds(reference, source_error, dtype, tolerance)
-    misplaced = _misplaced(port, reference)
-    with np.errstate(invalid="ignore"):
-        off = ~misplaced & np.isfinite(reference) & ~(port_err <= bound)
+    port_err, bound, wrong_place, off = compare_elements(port, reference, tolerance, dtype, source_error=source_error)
     nonfinite = _nonfinite(port, reference, "port")
     if not reference.size:
         return LeafCheck(name, dtype, shape, 0, 0, nonfinite=nonfinite)
     with np.errstate(invalid="ignore", divide="ignore"):
-        ratio = np.where(np.isfinite(reference) & ~misplaced, port_err / np.maximum(bound, np.finfo(float).tiny), 0.0)
-    if misplaced.any() and not off.any():  # only NaN/inf fail: the first of them
-        ratio = misplaced.astype(float)
+        ratio = np.where(np.isfinite(reference) & ~wrong_place, port_err / np.maximum(bound, np.finfo(float).tiny), 0.0)
+    if wrong_place.any() and not off.any():  # only NaN/inf fail: the first of them
+        ratio = wrong_place.astype(float)
     index = np.unravel_index(int(np.argmax(ratio)), shape)
     ref_i = reference[index]
     with np.errstate(invalid="ignore", divide="ignore"):
         rel = float(port_err[index] / abs(ref_i)) if ref_i else float(np.inf if port_err[index] else 0.0)
     check = LeafCheck(
-        name, dtype, shape, int((off | misplaced).sum()), total, tuple(int(i) for i in index), float(source[index]),
+        name, dtype, shape, int((off | wrong_place).sum()), total, tuple(int(i) for i in index), float(source[index]),
         float(port[index]), float(ref_i), float(port_err[index]), rel, float(bound[index]), source_error, nonfinite,
-        misplaced=int(misplaced.sum()))
+        misplaced=int(wrong_place.sum()))
     if check.passed:
         return check
-    return dataclasses.replace(check, verdict=_verdict(source, source_err, reference, dtype, index, misplaced, off))
+    return dataclasses.replace(check, verdict=_verdict(source, reference, dtype, index, wrong_place, off))
 
 
-def _errors(x, reference):
-    """``|x - reference|``, 0 where both are NaN or the same inf."""
-    with np.errstate(invalid="ignore"):
-        return np.where((x == reference) | (np.isnan(x) & np.isnan(reference)), 0.0, np.abs(x - reference))
-
-
-def _verdict(source, source_err, reference, dtype, index, port_misplaced, port_off) -> str:
+def _verdict(source, reference, dtype, index, port_misplaced, port_off) -> str:
     """Which side is off: the source measured against the float64 reference at the dtype's
-    own tolerance (:data:`PORT_TOLERANCES`), NaN/inf included."""
-    atol, rtol = PORT_TOLERANCES[dtype]
-    source_misplaced = _misplaced(source, reference)
-    with np.errstate(invalid="ignore"):
-        source_off = ~source_misplaced & np.isfinite(reference) & ~(source_err <= atol + rtol * np.abs(reference))
+    own tolerance (:meth:`~parity_tests.Tolerance.dtype`), NaN/inf included."""
+    budget = Tolerance.dtype()
+    atol, rtol = budget.pair(dtype)
+    source_err, _, source_misplaced, source_off = compare_elements(source, reference, budget, dtype)
     if source_off.any() or source_misplaced.any():
         source_nonfinite = _nonfinite(source, reference, "source").replace("\n    ", "; ")
         same = not port_off.any() and np.array_equal(port_misplaced, source_misplaced)

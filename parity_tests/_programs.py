@@ -58,7 +58,8 @@ def _split(tree):
     return [leaves[i] for i in where], rebuild
 
 
-def _select(outputs, indices):
+def select(outputs, indices):
+    """The outputs a cotangent covers (``indices``, a case's ``cotangent_outputs``; None: all)."""
     return outputs if indices is None else tuple(outputs[i] for i in indices)
 
 
@@ -85,7 +86,7 @@ def _run(entry: Entry, args, kwargs, cotangent):
 
     def fn(*values):
         a, k = _put(args, kwargs, entry.differentiable, values)
-        return _select(entry.fn(*a, **k), entry.cotangent_outputs)
+        return select(entry.fn(*a, **k), entry.cotangent_outputs)
 
     outputs, vjp = jax.vjp(fn, *_pick(args, kwargs, entry.differentiable))
     # the cotangent arrives in the row's dtype; each output's dtype is what vjp expects

@@ -8,7 +8,7 @@ JAX function (:func:`jax_vjp`), and central finite differences of a float64 NumP
 
 for each element ``i``, with ``h = FD_STEP``. The truncation error is ``h^2 / 6`` times the
 third derivative, ~1e-10, and the rounding error ``eps |L| / h`` ~1e-11 ``|L|`` (measured:
-<= 6e-9 on the registered cases), so ``FD_TOLERANCE = 1e-6`` (abs or rel, as everywhere)
+<= 6e-9 on the registered cases), so ``FD_TOLERANCE = 1e-6`` (``parity_tests/tolerance.py``)
 leaves two orders of margin or more, while a wrong gradient is off by 1e-2 or more.
 """
 
@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
 
-from ._programs import _pick, _put
+from ._programs import _pick, _put, select
 
 FD_STEP = 1e-5
-FD_TOLERANCE = 1e-6
 # Finite differences cost two forward calls per element: arrays larger than this are checked
 # on this many elements, drawn from a generator seeded by the case (``fd_samples=None``: all).
 FD_SAMPLES = 64
@@ -77,15 +76,10 @@ def central_differences(leaf, loss, *, step: float = FD_STEP, samples=None, rng=
     return grad.reshape(leaf.shape)
 
 
-def select(outputs, indices):
-    """The outputs a case's cotangent covers (``indices``; None: all)."""
-    return outputs if indices is None else tuple(outputs[i] for i in indices)
-
-
-def draw_cotangent(case, outputs):
-    """A standard-normal cotangent shaped like ``outputs``, from a generator seeded by the
-    case (the same draw in every dtype)."""
-    rng = np.random.default_rng([case.seed, 1])
+def draw_cotangent(seed, outputs):
+    """A standard-normal cotangent shaped like ``outputs``, from a generator seeded by
+    ``seed`` (a case's, or ``check_port``'s): the same draw in every dtype."""
+    rng = np.random.default_rng([seed, 1])
     return jax.tree.map(lambda out: rng.normal(size=np.shape(out)), outputs)
 
 

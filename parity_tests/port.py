@@ -12,22 +12,21 @@ inf where the other has not, and which side is off from the reference. See ``doc
 from __future__ import annotations
 
 import dataclasses
+import inspect
 
 import jax
 import numpy as np
 
-from ._port_report import (  # noqa: F401  (the tolerances are part of this module's interface)
+from ._port_report import LeafCheck, PortReport, _paths, compare_leaf
+from ._sides import Side, round_floats
+from .gradients import NP_DTYPES, cast_floats, draw_cotangent
+from .tolerance import (  # noqa: F401  (the tolerances are part of this module's interface)
     FD_TOLERANCE,
     PORT_TOLERANCES,
     SOURCE_FACTOR,
     SOURCE_FLOOR,
-    LeafCheck,
-    PortReport,
-    _paths,
-    compare_leaf,
+    Tolerance,
 )
-from ._sides import Side, round_floats
-from .gradients import NP_DTYPES, cast_floats
 
 
 def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
@@ -40,13 +39,14 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
     JAX) and to the reference in float64. Gradients are those of
     :math:`L = \sum \bar y \cdot y(x, \theta)` for one cotangent :math:`\bar y` drawn from
     ``seed`` (standard normal, rounded to the dtype), with respect to every floating input
-    and every parameter. Every output and gradient leaf passes when every element does:
+    and every parameter. Every output and gradient leaf passes when every element does, by
+    ``tolerance``, a :class:`~parity_tests.Tolerance` or one of its short forms:
 
-    - ``tolerance="source"`` (default), "is my port no worse than the original?":
+    - ``"source"`` (default, :meth:`Tolerance.source`), "is my port no worse than the original?":
       :math:`|p_i - r_i| \le 4 e + a + b |r_i|` where :math:`e` is the source's own largest
       error against the reference in that leaf and :math:`(a, b)` a small floor per dtype
       (:data:`SOURCE_FACTOR`, :data:`SOURCE_FLOOR`);
-    - ``tolerance="dtype"``: :math:`|p_i - r_i| \le a + b |r_i|` with
+    - ``"dtype"`` (:meth:`Tolerance.dtype`): :math:`|p_i - r_i| \le a + b |r_i|` with
       :data:`PORT_TOLERANCES`; or your own ``(atol, rtol)``, or ``{dtype: (atol, rtol)}``.
 
     NaN and inf must sit where the reference's do. Rounding to a dtype clips finite values to
@@ -59,10 +59,8 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         ``Mapping`` (Hugging Face's ``ModelOutput``), namedtuple or dataclass, compared as
         the dict or tuple it is.
       inputs: tuple of float64 NumPy arrays (or pytrees of them, e.g. a params dict);
-        bool and int arrays pass unrounded and are not differentiated. Or, to sweep, a
-        callable ``(rng, size) -> tuple``, called for every ``size`` of ``sizes`` and seed of
-        ``seeds`` (default ``(seed,)``) with ``numpy.random.default_rng(seed)``; every leaf
-        check is tagged ``size=... seed=...`` and :attr:`PortReport.worst` is the worst.
+        bool and int arrays pass unrounded and are not differentiated. (A callable
+        ``(rng, size) -> tuple`` with ``sizes`` and ``seeds`` sweeps: :func:`sweep_port`.)
       kwargs: options for both sides (masks, flags): NumPy arrays are rounded to the dtype
         (floats) and converted to the side's framework, not differentiated; anything else
         (``is_causal=True``, ``local_window_size=(1, 0)``, None, strings) is passed as it is.
@@ -73,10 +71,11 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
       gradients: also compare gradients. A NumPy side's gradients are central finite
         differences in float64 (64 elements a leaf); below float64 it has none, and its
         gradient leaves are checked at ``tolerance="dtype"`` against the reference.
+      tolerance: a :class:`~parity_tests.Tolerance`, ``"source"``, ``"dtype"``, ``(atol,
+        rtol)``, ``{dtype: (atol, rtol)}``, or a number (abs or rel error within it, the
+        registry's rule); see :meth:`Tolerance.of`.
       seed: seeds the cotangent (and the finite-difference samples).
       reference: the float64 reference (default: ``source``), a callable like a side.
-      sizes, seeds: the sweep (see ``inputs``): any values ``inputs`` understands
-        (``64``, ``(2, 64)``, ``{"T": 64}``), and the seeds of its generator and cotangent.
       params: the parameter map of a module source, e.g.
         ``attention_jax.multi_head_params_from_torch``: it takes the source's parameters
         (``{name: array}``) and returns the port's; the port is then called as
@@ -89,6 +88,8 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
       ignore_params: names of source parameters the map may leave out (PyTorch's
         ``named_parameters()`` names, ``"norm.bias"``; for an ``nnx.Module`` the dotted path,
         ``"query.kernel"``), e.g. a bias the port has no place for; needs ``params``.
+      sizes, seeds: the sweep of :func:`sweep_port`, with ``inputs`` its ``build``
+        (``seeds`` defaults to ``(seed,)``).
 
     Returns:
       a :class:`PortReport`: ``.passed``, ``.failures``, ``str(report)``.
@@ -102,13 +103,56 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         >>> report.passed
         True
     """
-    sweep = callable(inputs)
-    if not sweep:
-        _check_inputs(inputs)
-    elif not sizes:
-        raise ValueError("inputs is a callable (rng, size) -> inputs: pass sizes=[...] (and seeds=[...]) to sweep")
-    if not sweep and (sizes is not None or seeds is not None):
+    options = dict(kwargs=kwargs, port_kwargs=port_kwargs, frameworks=frameworks, dtypes=dtypes, gradients=gradients,
+                   tolerance=tolerance, reference=reference, params=params, ignore_params=ignore_params)
+    if callable(inputs):
+        if not sizes:
+            raise ValueError("inputs is a callable (rng, size) -> inputs: pass sizes=[...] (and seeds=[...]) to sweep")
+        return sweep_port(source, port, inputs, sizes, seeds=(seed,) if seeds is None else seeds, **options)
+    _check_inputs(inputs)
+    if sizes is not None or seeds is not None:
         raise ValueError("sizes and seeds need inputs as a callable (rng, size) -> tuple of arrays")
+    return _check_port(source, port, [(tuple(inputs), seed, "")], **options)
+
+
+def sweep_port(source, port, build, sizes, *, seeds=(0,), **options) -> PortReport:
+    """:func:`check_port` over many inputs: ``build(rng, size)`` returns the inputs for every
+    ``size`` of ``sizes`` (any values ``build`` understands: ``64``, ``(2, 64)``,
+    ``{"T": 64}``) and every seed of ``seeds``, with ``rng = numpy.random.default_rng(seed)``;
+    the seed also draws the cotangent. Every leaf check is tagged ``size=... seed=...``, and
+    :attr:`PortReport.worst` is the one furthest from its tolerance. ``options`` are
+    :func:`check_port`'s (``frameworks``, ``dtypes``, ``tolerance``, ``params``, ...),
+    except ``seed``.
+
+    Example::
+
+        >>> import numpy as np, jax
+        >>> softmax = lambda x: np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+        >>> report = sweep_port(softmax, lambda x: jax.nn.softmax(x, axis=-1), lambda rng, T: (rng.normal(size=(2, T)),),
+        ...                     sizes=[3, 64], seeds=[0, 1], frameworks=("numpy", "jax"))
+        >>> report.passed, len(report.checks)   # 2 sizes x 2 seeds x (the output, the input's gradient)
+        (True, 8)
+    """
+    if not callable(build):
+        raise TypeError(f"build must be a callable (rng, size) -> tuple of arrays; got {type(build).__name__}")
+    unknown = sorted(set(options) - (set(inspect.signature(_check_port).parameters) - {"source", "port", "runs"}))
+    if unknown:
+        raise TypeError(f"sweep_port takes check_port's options except seed (each seed of seeds draws the inputs and "
+                        f"the cotangent); got {', '.join(unknown)}")
+
+    def runs():  # built as they are checked: a failing build names its size
+        for size in sizes:
+            for s in seeds:
+                built = build(np.random.default_rng(s), size)
+                _check_inputs(built, f"inputs(rng, {size!r})")
+                yield tuple(built), s, f"size={size!r} seed={s}"
+
+    return _check_port(source, port, runs(), **options)
+
+
+def _check_port(source, port, runs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
+                gradients=True, tolerance="source", reference=None, params=None, ignore_params=()) -> PortReport:
+    """The report of ``source`` and ``port`` on each ``(inputs, seed, where)`` of ``runs``."""
     kwargs = dict(kwargs or {})
     port_kwargs = kwargs if port_kwargs is None else dict(port_kwargs)
     if len(frameworks) not in (2, 3):
@@ -116,8 +160,9 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
     for d in dtypes:
         if d not in NP_DTYPES:
             raise ValueError(f"dtypes must be among {', '.join(NP_DTYPES)}; got {d!r}")
-    if not (tolerance in ("source", "dtype") or isinstance(tolerance, (tuple, dict))):
-        raise ValueError(f"tolerance must be 'source', 'dtype', (atol, rtol) or {{dtype: (atol, rtol)}}; got {tolerance!r}")
+    tolerance = Tolerance.of(tolerance)
+    for d in dtypes:
+        tolerance.pair(d)  # a tolerance per dtype must name every dtype checked
     if params is not None and not callable(params):
         raise TypeError(f"params must be a callable that maps the source's parameters to the port's; got {type(params).__name__}")
     if isinstance(ignore_params, str):
@@ -138,21 +183,11 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
                              f"its parameters are {', '.join(name for name, _ in _parameter_names(src.params))}")
     run = _Run(src, prt, ref, params, kwargs, port_kwargs, gradients, tolerance)
     checks = [] if params is None else _unmapped(params, src.params, ignore_params)
-    if not sweep:
+    for inputs, seed, where in runs:
         for dtype in dtypes:
-            checks += run.check(tuple(inputs), dtype, seed)
-    else:
-        for size in sizes:
-            for s in (seed,) if seeds is None else seeds:
-                built = inputs(np.random.default_rng(s), size)
-                _check_inputs(built, f"inputs(rng, {size!r})")
-                for dtype in dtypes:
-                    checks += [dataclasses.replace(c, where=f"size={size!r} seed={s}") for c in run.check(tuple(built), dtype, s)]
+            checks += [dataclasses.replace(c, where=where) if where else c for c in run.check(inputs, dtype, seed)]
     label = "the source" if reference is None else ref.label
-    tol_text = (f"'source': |port - ref| <= {SOURCE_FACTOR:g} x (the source's max error in the leaf) + atol + rtol |ref|, "
-                f"floor (atol, rtol) {', '.join(f'{d} {SOURCE_FLOOR[d]}' for d in dtypes)}" if tolerance == "source"
-                else f"|port - ref| <= atol + rtol |ref|: {tolerance if not isinstance(tolerance, str) else {d: PORT_TOLERANCES[d] for d in dtypes}}")
-    return PortReport(src.label, prt.label, f"{label} in float64 on the same rounded inputs", tol_text, checks)
+    return PortReport(src.label, prt.label, f"{label} in float64 on the same rounded inputs", tolerance.describe(dtypes), checks)
 
 
 def _check_inputs(inputs, what="inputs"):
@@ -174,7 +209,7 @@ class _Run:
     kwargs: dict
     port_kwargs: dict
     gradients: bool
-    tolerance: object
+    tolerance: Tolerance
 
     def check(self, inputs, dtype, seed) -> list:
         src, prt, ref, mapped = self.src, self.prt, self.ref, self.params
@@ -188,8 +223,7 @@ class _Run:
         cot = reference_grad = None
         fd_rng = lambda: np.random.default_rng([seed, 2])
         if self.gradients:
-            rng = np.random.default_rng([seed, 1])
-            cot = cast_floats(jax.tree.map(lambda o: rng.normal(size=np.shape(o)), reference_out), dtype)
+            cot = cast_floats(draw_cotangent(seed, reference_out), dtype)
             _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast_floats(cot, "float64"), fd_rng())
         source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
         port_out, port_grad = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
@@ -202,8 +236,7 @@ class _Run:
             else:  # no map: each side's own weights, its inputs' gradients only
                 source_grad, reference_grad, port_grad = (g if g is None else {**g, "params": None}
                                                           for g in (source_grad, reference_grad, port_grad))
-            grad_tolerance = "dtype" if self.tolerance == "source" and source_grad is None else self.tolerance
-            checks += _compare_trees("grad", dtype, source_grad, port_grad, reference_grad, grad_tolerance,
+            checks += _compare_trees("grad", dtype, source_grad, port_grad, reference_grad, self.tolerance,
                                      sampled=ref.framework == "numpy")
         return checks
 
@@ -216,10 +249,6 @@ def _like(reference, outputs, side):
     leaves = jax.tree.leaves(outputs)
     check_leaves(side, leaves, jax.tree.leaves(reference))
     return jax.tree.unflatten(jax.tree.structure(reference), leaves)
-
-
-def _pair(tolerance, dtype):
-    return tolerance[dtype] if isinstance(tolerance, dict) else tolerance
 
 
 def _mapped(params, tree):
@@ -286,13 +315,10 @@ def _compare_trees(prefix, dtype, source, port, reference, tolerance, *, sampled
     for name, ref_leaf in ref_leaves:
         src_leaf = source_leaves.get(name, ref_leaf if source is None else None)
         leaf_tolerance = tolerance
-        if source is None:  # no source gradient (NumPy below float64): judged at the dtype's tolerance
-            leaf_tolerance = "dtype" if tolerance == "source" else tolerance
-        if leaf_tolerance == "dtype":
-            leaf_tolerance = {dtype: PORT_TOLERANCES[dtype]}
+        if source is None and tolerance.factor is not None:  # no source gradient (NumPy below float64): the dtype's
+            leaf_tolerance = Tolerance.dtype()
         if sampled:  # finite differences are good to FD_TOLERANCE, whatever the dtype's floor
-            floor = np.maximum(SOURCE_FLOOR[dtype] if leaf_tolerance == "source" else _pair(leaf_tolerance, dtype), FD_TOLERANCE)
-            leaf_tolerance = ("source", tuple(floor)) if leaf_tolerance == "source" else tuple(floor)
+            leaf_tolerance = leaf_tolerance.at_least(FD_TOLERANCE)
         check = compare_leaf(name, dtype, src_leaf, port_leaves.get(name), ref_leaf, leaf_tolerance, sampled=sampled)
         port_leaf = port_leaves.get(name)
         if check.passed and port_leaf is not None and str(np.asarray(port_leaf).dtype) != dtype and dtype != "float64" \

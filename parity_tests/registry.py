@@ -1,7 +1,8 @@
 """What the parity harness runs and reports: :class:`ParityCase` (a mechanism on one set of
-inputs), :class:`Comparison` and :class:`Result` (one row of the report), the tolerances of
-docs/design.md section 5, and the registry that ``python -m parity_tests`` runs
-(:func:`register`, :func:`load_cases`). Running and comparing rows: :mod:`parity_tests.harness`."""
+inputs), :class:`Comparison` and :class:`Result` (one row of the report), which tolerance of
+docs/design.md section 5 a row gets, and the registry that ``python -m parity_tests`` runs
+(:func:`register`, :func:`load_cases`). Running and comparing rows: :mod:`parity_tests.harness`;
+the numbers and the rule: :mod:`parity_tests.tolerance`."""
 
 from __future__ import annotations
 
@@ -9,10 +10,9 @@ import dataclasses
 import importlib
 from collections.abc import Callable, Mapping
 
-from .gradients import FD_SAMPLES, FD_TOLERANCE
+from .gradients import FD_SAMPLES
+from .tolerance import FD_TOLERANCE, TOLERANCES
 
-# docs/design.md section 5: max abs and max rel error allowed against the NumPy float64 reference.
-TOLERANCES = {"float64": 1e-12, "float32": 1e-5, "float16": 5e-3, "bfloat16": 2e-2}
 DTYPES = tuple(TOLERANCES)
 HALVES = ("numpy", "jax")
 DIRECTIONS = ("forward", "backward")
@@ -48,8 +48,9 @@ class ParityCase:
       cotangent_outputs: indices of the outputs the loss reads, e.g. ``(0,)`` for
         ``(out, weights)`` functions whose VJP takes ``d_out`` only; None: every output.
       tolerances, grad_tolerances: per-dtype overrides of :data:`TOLERANCES` (outputs) and
-        :data:`GRAD_TOLERANCES` (gradients) for this case; ``grad_tolerances`` may also
-        set ``"finite_differences"`` (default :data:`FD_TOLERANCE`).
+        :data:`GRAD_TOLERANCES` (gradients) for this case, one number a dtype that the abs or
+        the rel error must be within (``Tolerance.abs_or_rel``); ``grad_tolerances``
+        may also set ``"finite_differences"`` (default :data:`FD_TOLERANCE`).
       fd_samples: elements per array checked by finite differences (None: every element).
     """
 
@@ -83,10 +84,11 @@ class ParityCase:
 class Comparison:
     """How far ``actual`` is from ``expected``.
 
-    An element passes when its abs error *or* its rel error is at most ``tol``. ``max_abs``
+    An element passes when its abs error *or* its rel error is at most ``tol``
+    (:func:`parity_tests.compare_elements` with ``Tolerance.abs_or_rel(tol)``). ``max_abs``
     is over all elements; ``max_rel`` over the elements whose abs error exceeds ``tol``
     (0 when there are none), so ``passed`` is ``max_abs <= tol or max_rel <= tol``, plus
-    identical shapes and NaN where and only where the reference is NaN.
+    identical shapes, and NaN and inf where and only where the reference has them.
     """
 
     max_abs: float

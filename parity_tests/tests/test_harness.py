@@ -1,7 +1,8 @@
-"""The harness as a tool for other people's code: gradient rows that can fail, per-case and
-per-call tolerances, float64 skipped (not raised) without x64, the pytest entry point, cases
-loaded from an outside module into the report, a summary that fits a screen; and the
-"how attention learns" example."""
+"""The harness as a tool for other people's code: one rule for "equal" (Tolerance and
+compare_elements, against closed forms), gradient rows that can fail, per-case and per-call
+tolerances, float64 skipped (not raised) without x64, the pytest entry point, cases loaded
+from an outside module into the report, a summary that fits a screen; and the "how attention
+learns" example."""
 
 import dataclasses
 import json
@@ -18,8 +19,10 @@ from parity_tests import (
     REGISTRY,
     Comparison,
     Result,
+    Tolerance,
     assert_parity,
     compare,
+    compare_elements,
     planned_rows,
     pytest_params,
     run_case,
@@ -48,10 +51,148 @@ def _stop_key_gradient(*args, **kwargs):  # same forward, no gradient through th
         (np.array([0.0, 1.0]), np.array([np.nan, 1.0]), 1e-5, False),   # NaN on one side only
         (np.array([np.nan, 1.0]), np.array([1.0, np.nan]), 1e-5, False),  # NaN in other places
         (np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0]), 1e-5, False),
+        (np.array([np.inf, -np.inf]), np.array([np.inf, -np.inf]), 1e-5, True),  # the same inf
+        (np.array([np.inf, 1.0]), np.array([1.0, 1.0]), 1e-5, False),   # inf in the reference only
+        (np.array([np.inf]), np.array([-np.inf]), 1e-5, False),         # the other inf
     ],
 )
 def test_compare_tolerances_nan_placement_and_shapes(expected, actual, tol, passed):
     assert compare(expected, actual, tol).passed is passed
+
+
+@pytest.mark.parametrize("expected, actual, detail", [
+    (np.array([0.0, 1.0]), np.array([np.nan, 1.0]), "output 0: NaN at different positions"),
+    (np.array([np.nan, 1.0]), np.array([1.0, np.nan]), "output 0: NaN at different positions"),  # as many NaN
+    (np.array([np.inf, 1.0]), np.array([1.0, 1.0]), "output 0: inf at different positions"),
+    (np.array([1.0, 2.0]), np.array([1.0, 2.5]), "outside tolerance"),
+])
+def test_compare_says_why_a_row_fails(expected, actual, detail):
+    assert compare(expected, actual, 1e-5).detail == detail
+
+
+def test_compare_reports_the_largest_errors():
+    """max_abs over every element; max_rel over the elements whose abs error exceeds tol:
+    here 2e-5 / 1e-3 (the 1e6 element is off by 1.0 abs, but only 1e-6 rel)."""
+    expected = np.array([1.0, 1e-3, 1e6, 5.0])
+    actual = np.array([1.0 + 1.5e-5, 1e-3 + 2e-5, 1e6 + 1.0, 5.0])
+    c = compare(expected, actual, 1e-5)
+    assert c.max_abs == pytest.approx(1.0, rel=1e-9)
+    assert c.max_rel == pytest.approx(2e-5 / 1e-3, rel=1e-9)
+    assert not c.passed  # 1.5e-5 at 1.0 is beyond 1e-5 both ways
+
+
+# --- one rule for "equal": Tolerance and compare_elements ------------------------------------------
+@pytest.mark.parametrize("short, pairs, factor, combine", [
+    # check_port's short forms; the numbers are docs/ports.md's table
+    ("dtype", {"float64": (1e-10, 1e-10), "float32": (1e-5, 1e-4), "float16": (2e-3, 1e-2), "bfloat16": (2e-2, 5e-2)},
+     None, "sum"),
+    ("source", {"float64": (1e-12, 1e-10), "float32": (1e-7, 1e-6), "float16": (1e-4, 1e-3), "bfloat16": (1e-3, 1e-2)},
+     4.0, "sum"),
+    ((0.0, 2e-5), {"float32": (0.0, 2e-5), "bfloat16": (0.0, 2e-5)}, None, "sum"),
+    ({"float32": (1e-6, 2e-5)}, {"float32": (1e-6, 2e-5)}, None, "sum"),
+    # the registry's: one number, abs or rel (docs/design.md section 5)
+    (1e-5, {"float32": (1e-5, 1e-5), "float64": (1e-5, 1e-5)}, None, "or"),
+    ({"float16": 1e-2}, {"float16": (1e-2, 1e-2)}, None, "or"),
+])
+def test_every_short_form_of_a_tolerance_is_one_tolerance(short, pairs, factor, combine):
+    tolerance = Tolerance.of(short)
+    assert {d: tolerance.pair(d) for d in pairs} == pairs
+    assert (tolerance.factor, tolerance.combine) == (factor, combine)
+    assert Tolerance.of(tolerance) is tolerance
+
+
+def test_tolerances_compare_equal_across_forms():
+    assert Tolerance.of((0.0, 2e-5)) == Tolerance(atol=0.0, rtol=2e-5)
+    assert Tolerance.of({"float32": (0.0, 2e-5)}) == Tolerance(atol={"float32": 0.0}, rtol={"float32": 2e-5})
+    assert Tolerance.of(1e-5) == Tolerance.abs_or_rel(1e-5) == Tolerance(1e-5, 1e-5, combine="or")
+    assert Tolerance.of("source") == Tolerance.source() and Tolerance.source(2.0).factor == 2.0
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("loose", "tolerance must be 'source', 'dtype'"),
+    ((1e-5, 1e-4, 1e-3), "tolerance must be"),
+    ({}, "tolerance must be"),
+    ({"float32": (0.0, 1e-5), "float16": 1e-2}, "tolerance must be"),  # the two dict forms mixed
+])
+def test_a_tolerance_in_no_known_form_is_named(bad, message):
+    with pytest.raises(ValueError, match=message):
+        Tolerance.of(bad)
+
+
+def test_a_tolerance_checks_its_own_fields():
+    with pytest.raises(ValueError, match="combine must be one of 'sum', 'or'; got 'max'"):
+        Tolerance(1e-5, 1e-5, combine="max")
+    with pytest.raises(ValueError, match="factor .* needs combine='sum'"):
+        Tolerance(1e-5, 1e-5, factor=4.0, combine="or")
+    with pytest.raises(TypeError, match="atol must be a number or"):
+        Tolerance("1e-5", 1e-5)
+    with pytest.raises(ValueError, match="the tolerance has no atol for bfloat16; it has float32"):
+        Tolerance({"float32": 1e-5}, {"float32": 1e-4}).pair("bfloat16")
+
+
+def test_at_least_raises_every_number_to_the_floor():
+    raised = Tolerance({"float32": 1e-7, "float64": 1e-3}, 1e-9).at_least(1e-6)
+    assert raised.pair("float32") == (1e-6, 1e-6) and raised.pair("float64") == (1e-3, 1e-6)
+
+
+def _just(reference, bound, factors):
+    """``reference`` moved by ``factor * bound`` (up and down alternately): inside the bound
+    for a factor below 1, outside above."""
+    signs = np.where(np.arange(reference.size) % 2, -1.0, 1.0)
+    return reference + signs * np.asarray(factors) * bound
+
+
+def test_compare_elements_sum_rule_against_its_closed_form():
+    """|x - r| <= atol + rtol |r|, element by element, just inside and just outside."""
+    reference = np.array([0.0, 1.0, -4.0, 1e3, 0.5, -7.0])
+    atol, rtol = 1e-3, 1e-2
+    bound = atol + rtol * np.abs(reference)  # [1e-3, 1.1e-2, 4.1e-2, 10.001, 6e-3, 7.1e-2]
+    factors = [0.999, 1.001, 0.999, 1.001, 1.001, 0.999]
+    found = compare_elements(_just(reference, bound, factors), reference, Tolerance(atol, rtol), "float32")
+    np.testing.assert_allclose(found.bound, bound, rtol=1e-15)
+    np.testing.assert_allclose(found.error, np.asarray(factors) * bound, rtol=1e-9)
+    assert found.outside.tolist() == [False, True, False, True, True, False]
+    assert not found.misplaced.any() and not found.passed
+
+
+def test_compare_elements_or_rule_against_its_closed_form():
+    """|x - r| <= atol or |x - r| / |r| <= rtol, i.e. |x - r| <= tol max(1, |r|) for atol = rtol
+    = tol; the sum rule on the same numbers allows tol (1 + |r|), so a row between the two
+    passes one and fails the other: the registry keeps its rule, check_port its own."""
+    tol = 1e-5
+    reference = np.array([0.0, 0.5, 1.0, 100.0, -100.0, 1e6])
+    allowed = tol * np.maximum(1.0, np.abs(reference))  # [1e-5, 1e-5, 1e-5, 1e-3, 1e-3, 10]
+    factors = [0.99, 1.01, 0.99, 1.01, 0.99, 1.01]
+    actual = _just(reference, allowed, factors)
+    found = compare_elements(actual, reference, Tolerance.abs_or_rel(tol))
+    assert found.outside.tolist() == [False, True, False, True, False, True]
+    np.testing.assert_allclose(found.bound, allowed, rtol=1e-15)
+    between = np.array([100.0 + 1.005e-3])  # beyond 1e-3 (or), within 1e-5 + 1e-5 * 100 (sum)
+    assert not compare_elements(between, np.array([100.0]), Tolerance.abs_or_rel(tol)).passed
+    assert compare_elements(between, np.array([100.0]), Tolerance(tol, tol)).passed
+
+
+def test_compare_elements_source_factor_adds_the_sources_error():
+    """|x - r| <= factor * e + atol + rtol |r|, e the source's largest error in the leaf."""
+    reference = np.array([1.0, -2.0, 3.0, 0.0])
+    tolerance = Tolerance(atol=1e-7, rtol=1e-6, factor=4.0)
+    source_error = 1e-3
+    bound = 4.0 * source_error + 1e-7 + 1e-6 * np.abs(reference)
+    factors = [0.999, 1.001, 1.001, 0.999]
+    found = compare_elements(_just(reference, bound, factors), reference, tolerance, "float32", source_error=source_error)
+    np.testing.assert_allclose(found.bound, bound, rtol=1e-15)
+    assert found.outside.tolist() == [False, True, True, False]
+    assert compare_elements(_just(reference, bound, factors), reference, tolerance, "float32").outside.all()  # e = 0
+
+
+def test_compare_elements_nan_and_inf_must_sit_where_the_reference_has_them():
+    reference = np.array([np.nan, 1.0, np.inf, -np.inf, 2.0, np.nan])
+    actual = np.array([np.nan, np.nan, np.inf, np.inf, 2.0, 3.0])
+    found = compare_elements(actual, reference, Tolerance.dtype(), "float32")
+    assert found.misplaced.tolist() == [False, True, False, True, False, True]
+    assert not found.outside.any()  # a misplaced element is not also outside
+    assert found.error[[0, 2, 4]].tolist() == [0.0, 0.0, 0.0]  # both NaN, the same inf, equal
+    assert compare_elements(reference, reference, Tolerance.dtype(), "float32").passed
 
 
 def test_backward_row_catches_a_wrong_jax_gradient():

@@ -14,7 +14,7 @@ import pytest
 
 import attention_jax
 import attention_np
-from parity_tests import assert_port, check_port
+from parity_tests import Tolerance, assert_port, check_port, sweep_port
 
 B, T, S, E, N = 2, 3, 5, 12, 3  # H = 4
 
@@ -549,3 +549,36 @@ def test_sweep_over_sizes_and_seeds_reports_the_worst_case_with_its_size_and_see
     assert report.worst.where.startswith("size=17") and "worst:     size=17" in str(report)
     with pytest.raises(ValueError, match="pass sizes="):
         check_port(_softmax, breaks_above_8, build, frameworks=("numpy", "jax"))
+
+
+def test_sweep_port_is_the_sweep_with_its_own_parameters():
+    def build(rng, size):
+        return (rng.normal(size=(2, size)),)
+
+    def breaks_above_8(x):
+        return jax.nn.softmax(x, axis=-1 if x.shape[-1] <= 8 else 0)
+
+    report = sweep_port(_softmax, breaks_above_8, build, [3, 17], seeds=[0, 1], frameworks=("numpy", "jax"))
+    assert {c.where for c in report.failures} == {"size=17 seed=0", "size=17 seed=1"}
+    # check_port's sweep arguments are the same sweep, leaf for leaf
+    assert str(report) == str(check_port(_softmax, breaks_above_8, build, frameworks=("numpy", "jax"), sizes=[3, 17], seeds=[0, 1]))
+    with pytest.raises(TypeError, match="seed"):  # the seeds are the sweep's
+        sweep_port(_softmax, breaks_above_8, build, [3], seed=1, frameworks=("numpy", "jax"))
+    with pytest.raises(TypeError, match="build must be a callable"):
+        sweep_port(_softmax, breaks_above_8, (np.ones(3),), [3], frameworks=("numpy", "jax"))
+
+
+def test_a_tolerance_object_and_a_number_are_tolerances_too():
+    """The port of test_tolerances_dtype_source_and_explicit (rel error 1e-5 in float32):
+    a Tolerance is its short form; a number is the registry's rule, abs or rel error within it."""
+    x = np.random.default_rng(3).normal(size=(50,))
+    source, port = (lambda x: x * 3), (lambda x: x * 3 * (1 + 1e-5))
+    kw = dict(frameworks=("numpy", "jax"), gradients=False)
+    report = check_port(source, port, (x,), tolerance=Tolerance(atol=0.0, rtol=2e-5), **kw)
+    assert report.passed and "tolerance: |port - ref| <= atol + rtol |ref|: (0.0, 2e-05)" in str(report)
+    assert not check_port(source, port, (x,), tolerance=Tolerance.source(), **kw).passed
+    assert check_port(source, port, (x,), tolerance=Tolerance.dtype(), **kw).passed
+    assert check_port(source, port, (x,), tolerance=2e-5, **kw).passed        # rel 1e-5 <= 2e-5
+    assert not check_port(source, port, (x,), tolerance=5e-6, **kw).passed    # neither abs nor rel everywhere
+    with pytest.raises(ValueError, match="the tolerance has no atol for bfloat16"):
+        check_port(source, port, (x,), tolerance={"float32": (0.0, 2e-5)}, dtypes=("float32", "bfloat16"), **kw)
