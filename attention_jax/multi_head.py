@@ -3,12 +3,18 @@
 import jax.numpy as jnp
 
 import attention_np as _np
-from attention_np._validate import check_key_value, check_multi_head, check_window, multi_head_used
+from attention_np._validate import (
+    check_key_value,
+    check_multi_head,
+    check_seq_lengths,
+    check_window,
+    multi_head_used,
+)
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
-from ._jit import jit, split_scale
-from ._masking import attended_keys, combine_all_masks, segment_mask
+from ._jit import jit, split_scale, static_rng
+from ._masking import attended_keys, combine_all_masks, length_mask, segment_mask
 from ._random import init_from_numpy
 from ._sharding import head_sum_sharding
 from .dot_product import scaled_dot_product_attention
@@ -30,8 +36,9 @@ def _layer_norm(x, scale):
 
 
 def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False, scale=None,
-                         local_window_size=None, query_segment_ids=None, key_value_segment_ids=None,
-                         logits_soft_cap=None):
+                         local_window_size=None, query_seq_lengths=None, key_value_seq_lengths=None,
+                         dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False, query_segment_ids=None,
+                         key_value_segment_ids=None, logits_soft_cap=None):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
     .. math::
@@ -74,6 +81,10 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         :func:`scaled_dot_product_attention`.
       local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``): query t
         attends only keys ``t - left <= s <= t + right``, as :func:`scaled_dot_product_attention`.
+      query_seq_lengths, key_value_seq_lengths: optional int ``(B,)``: the real queries and keys
+        of each row (the rest is padding), as :func:`scaled_dot_product_attention`.
+      dropout_rate, dropout_rng, broadcast_dropout: attention dropout on the weights, as
+        :func:`scaled_dot_product_attention` (the same keep-mask in both halves and on every path).
       query_segment_ids, key_value_segment_ids, logits_soft_cap: as
         :func:`scaled_dot_product_attention` (packed sequences; Gemma 2's soft-cap). An entry
         ``params["sinks"]`` ``(N,)`` gives every head a sink logit (attention sinks).
@@ -85,12 +96,16 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     scale, scale_value = split_scale(scale)
     return _multi_head_attention(params, query, key, value, bias=bias, mask=mask, is_causal=is_causal, scale=scale,
                                  scale_value=scale_value, local_window_size=local_window_size,
-                                 query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
-                                 logits_soft_cap=logits_soft_cap)
+                                 query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+                                 dropout_rate=dropout_rate, dropout_rng=static_rng(dropout_rng, dropout_rate),
+                                 broadcast_dropout=broadcast_dropout, query_segment_ids=query_segment_ids,
+                                 key_value_segment_ids=key_value_segment_ids, logits_soft_cap=logits_soft_cap)
 
 
-@jit(static_argnames=("is_causal", "scale", "local_window_size", "logits_soft_cap"))
+@jit(static_argnames=("is_causal", "scale", "local_window_size", "dropout_rate", "broadcast_dropout",
+                      "logits_soft_cap"))
 def _multi_head_attention(params, query, key, value, *, bias, mask, is_causal, scale, scale_value, local_window_size,
+                          query_seq_lengths, key_value_seq_lengths, dropout_rate, dropout_rng, broadcast_dropout,
                           query_segment_ids, key_value_segment_ids, logits_soft_cap):
     """:func:`multi_head_attention`, jit-compiled (a number ``scale`` static, an array traced)."""
     check_key_value(key, value)
@@ -105,8 +120,12 @@ def _multi_head_attention(params, query, key, value, *, bias, mask, is_causal, s
     B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     p = cast_params(multi_head_used(params), compute)  # the entries used; absent and None biases left out
-    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
-        keep = attended_keys(mask, (B, N, T, S)).any(axis=1)[..., None]    # (B, S, 1): any head
+    check_seq_lengths("query_seq_lengths", query_seq_lengths, shapes)
+    check_seq_lengths("key_value_seq_lengths", key_value_seq_lengths, shapes)
+    lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)  # (B, 1, T, S) or None
+    visible = lengths if mask is None else mask if lengths is None else mask & lengths
+    if visible is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        keep = attended_keys(visible, (B, N, T, S)).any(axis=1)[..., None]  # (B, S, 1): any head
         key, value = jnp.where(keep, key, 0), jnp.where(keep, value, 0)
     # 1. project into heads: N query heads, K key/value heads of H features each (E is E_kv for key, E_v for value)
     q = _dense("BTE,ENH->BTNH", query.astype(compute), p["query"])  # (B, T, N, H)
@@ -120,7 +139,9 @@ def _multi_head_attention(params, query, key, value, *, bias, mask, is_causal, s
     # 3. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, sinks=p.get("sinks"),
                                                   scale=scale if scale_value is None else scale_value,
-                                                  local_window_size=local_window_size,
+                                                  local_window_size=local_window_size, query_seq_lengths=query_seq_lengths,
+                                                  key_value_seq_lengths=key_value_seq_lengths, dropout_rate=dropout_rate,
+                                                  dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout,
                                                   query_segment_ids=query_segment_ids, logits_soft_cap=logits_soft_cap,
                                                   key_value_segment_ids=key_value_segment_ids)  # (B, T, N, H)
     # 4. mix the heads to the output width F
@@ -130,8 +151,8 @@ def _multi_head_attention(params, query, key, value, *, bias, mask, is_causal, s
         out = jnp.zeros_like(out)  # no key at all: every query has nothing to attend to
     segments = segment_mask(query_segment_ids, key_value_segment_ids, B)  # (B, 1, T, S) or None
     window = check_window(local_window_size)
-    if mask is not None or segments is not None or window is not None:
-        combined = combine_all_masks(mask, is_causal, window, None, T, S, segments)
+    if visible is not None or segments is not None or window is not None:
+        combined = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
         attends = jnp.broadcast_to(combined, (B, N, T, S)).any(axis=(1, 3))  # (B, T)
         out = jnp.where(attends[..., None], out, 0)
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)

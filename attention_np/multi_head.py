@@ -4,8 +4,16 @@ import numpy as np
 
 from ._batch import fold_batch, fold_broadcast, unfold_batch
 from ._dtypes import cast_params, compute_dtype
-from ._masking import attended_keys, combine_all_masks, segment_mask
-from ._validate import Shapes, check_heads, check_key_value, check_multi_head, check_window, multi_head_used
+from ._masking import attended_keys, combine_all_masks, length_mask, segment_mask
+from ._validate import (
+    Shapes,
+    check_heads,
+    check_key_value,
+    check_multi_head,
+    check_seq_lengths,
+    check_window,
+    multi_head_used,
+)
 from .dot_product import scaled_dot_product_attention
 
 LAYER_NORM_EPSILON = 1e-6  # flax.nnx.LayerNorm's default, which normalize_qk uses
@@ -25,8 +33,9 @@ def _layer_norm(x, scale):
 
 
 def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask=None, is_causal=False, scale=None,
-                         local_window_size=None, query_segment_ids=None, key_value_segment_ids=None,
-                         logits_soft_cap=None):
+                         local_window_size=None, query_seq_lengths=None, key_value_seq_lengths=None,
+                         dropout_rate=0.0, dropout_rng=None, broadcast_dropout=False, query_segment_ids=None,
+                         key_value_segment_ids=None, logits_soft_cap=None):
     r"""Multi-head attention, with grouped key/value heads when K < N.
 
     .. math::
@@ -68,6 +77,10 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         (GPT-2's ``1 / (layer + 1)`` extra factor, T5's 1.0, Gemma's ``query_pre_attn_scalar``).
       local_window_size: optional ``(left, right)`` (or an int w for ``(w, w)``): query t
         attends only keys ``t - left <= s <= t + right``, as :func:`scaled_dot_product_attention`.
+      query_seq_lengths, key_value_seq_lengths: optional int ``(B,)``: the real queries and keys
+        of each row (the rest is padding), as :func:`scaled_dot_product_attention`.
+      dropout_rate, dropout_rng, broadcast_dropout: attention dropout on the weights, as
+        :func:`scaled_dot_product_attention` (the same keep-mask in both halves and on every path).
       query_segment_ids, key_value_segment_ids, logits_soft_cap: as
         :func:`scaled_dot_product_attention` (packed sequences; Gemma 2's soft-cap). An entry
         ``params["sinks"]`` ``(N,)`` gives every head a sink logit (attention sinks).
@@ -114,8 +127,12 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     B, T, S, N = (shapes[c] for c in "BTSN")
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     p = cast_params(multi_head_used(params), compute)  # the entries used; absent and None biases left out
-    if mask is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
-        keep = attended_keys(mask, (B, N, T, S)).any(axis=1)[..., None]    # (B, S, 1): any head
+    check_seq_lengths("query_seq_lengths", query_seq_lengths, shapes)
+    check_seq_lengths("key_value_seq_lengths", key_value_seq_lengths, shapes)
+    lengths = length_mask(query_seq_lengths, key_value_seq_lengths, B, T, S)  # (B, 1, T, S) or None
+    visible = lengths if mask is None else mask if lengths is None else mask & lengths
+    if visible is not None:  # padding is zeroed first: even NaN there cannot reach the output or the gradients
+        keep = attended_keys(visible, (B, N, T, S)).any(axis=1)[..., None]  # (B, S, 1): any head
         key, value = np.where(keep, key, 0), np.where(keep, value, 0)
     # 1. project into heads: N query heads, K key/value heads of H features each (E is E_kv for key, E_v for value)
     q = _dense("BTE,ENH->BTNH", query.astype(compute), p["query"])  # (B, T, N, H)
@@ -129,6 +146,9 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
     # 3. scaled dot-product attention in every head at once
     heads, weights = scaled_dot_product_attention(q, k, v, bias=bias, mask=mask, is_causal=is_causal, sinks=p.get("sinks"),
                                                   scale=scale, local_window_size=local_window_size,
+                                                  query_seq_lengths=query_seq_lengths,
+                                                  key_value_seq_lengths=key_value_seq_lengths, dropout_rate=dropout_rate,
+                                                  dropout_rng=dropout_rng, broadcast_dropout=broadcast_dropout,
                                                   query_segment_ids=query_segment_ids, logits_soft_cap=logits_soft_cap,
                                                   key_value_segment_ids=key_value_segment_ids)  # (B, T, N, H)
     # 4. mix the heads to the output width F
@@ -138,8 +158,8 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         out = np.zeros_like(out)  # no key at all: every query has nothing to attend to
     segments = segment_mask(query_segment_ids, key_value_segment_ids, B)  # (B, 1, T, S) or None
     window = check_window(local_window_size)
-    if mask is not None or segments is not None or window is not None:
-        combined = combine_all_masks(mask, is_causal, window, None, T, S, segments)
+    if visible is not None or segments is not None or window is not None:
+        combined = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
         attends = np.broadcast_to(combined, (B, N, T, S)).any(axis=(1, 3))  # (B, T)
         out = np.where(attends[..., None], out, 0)
     return unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)

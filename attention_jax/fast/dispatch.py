@@ -105,8 +105,10 @@ def dot_product_attention(
         blocks where no id meets.
       logits_soft_cap: optional c > 0: logits ``c * tanh(logits / c)`` after the bias (Gemma 2).
       sinks: optional float ``(N,)``, per-head sink logits (attention sinks).
-      return_residual: also return ``lse (B, T, N)``, as ``jax.nn`` (``-inf`` for a query
-        that attends nothing and has no sink).
+      return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the attended logits
+        and the sink (``-inf`` for a query that attends nothing and has no sink), in float32
+        for float16/bfloat16 inputs (the compute dtype) and differentiable; ``jax.nn``'s is in
+        the inputs' dtype and carries no gradient (docs/design.md, the API convention).
 
     These five run on the dense or the chunked path, never on cuDNN; ``"dense"`` with any of
     the first four is the mirror (:func:`scaled_dot_product_attention`: the tuned dense path

@@ -259,6 +259,30 @@ def test_deterministic_dropout_is_flaxs_and_training_dropout_is_the_functional_m
         MultiHeadAttention(**kwargs, decode=False, rngs=nnx.Rngs(0))(x)
 
 
+@pytest.mark.parametrize("half", ["numpy", "jax"])
+def test_multi_head_attention_takes_the_modules_lengths_and_dropout(half):
+    # the function with the module's params, lengths and dropout key is the module, in both halves
+    import attention_np
+
+    kwargs = CONFIGS["gqa"] | {"dropout_rate": 0.25}
+    _, ours = _pair(**kwargs)
+    x, _ = _inputs(False)
+    lengths = dict(query_seq_lengths=np.array([2, T]), key_value_seq_lengths=np.array([T, 3]))
+    with highest():
+        expected = ours(x, deterministic=False, rngs=nnx.Rngs(dropout=5), **lengths)
+        params = attention_jax.multi_head_params_from_flax(ours)
+        key = nnx.Rngs(dropout=5).dropout()
+        lengths["broadcast_dropout"] = ours.broadcast_dropout  # Flax's default: True
+        if half == "numpy":
+            params = jax.tree.map(np.asarray, params)
+            actual, _ = attention_np.multi_head_attention(params, np.asarray(x), dropout_rate=0.25,
+                                                          dropout_rng=np.asarray(jax.random.key_data(key)), **lengths)
+        else:
+            actual, _ = attention_jax.multi_head_attention(params, x, dropout_rate=0.25, dropout_rng=key, **lengths)
+    np.testing.assert_allclose(actual, expected, **TOL)
+    np.testing.assert_array_equal(np.asarray(actual)[0, 2:], 0)  # queries past the row's length
+
+
 def test_use_bias_false_loads_with_multi_head_params_from_flax():
     theirs, ours = _pair(**CONFIGS["no-bias"])
     params = attention_jax.multi_head_params_from_flax(theirs)

@@ -83,7 +83,9 @@ def chunked_attention(
         hold no value (attention sinks); they receive gradients.
       return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the attended
         logits and the sink (``jax.nn.dot_product_attention``'s residual; ``-inf`` for a
-        query that attends nothing and has no sink); differentiable.
+        query that attends nothing and has no sink), in the compute dtype (float32 for
+        float16/bfloat16 inputs; ``jax.nn``'s is in the inputs' dtype) and differentiable
+        (``jax.nn``'s carries no gradient).
 
     Precision: float16/bfloat16 inputs keep their dtype as the block matmuls' operands,
     accumulated in float32 (``preferred_element_type``); the running max, normaliser and

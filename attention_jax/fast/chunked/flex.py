@@ -69,7 +69,8 @@ def flex_attention(query, key, value, *, score_mod=None, mask_mod=None, block_ma
       sinks: optional float ``(N,)``, one sink logit per query head.
       return_residual: also return ``lse (B, T, N)``, the log-sum-exp of the modified,
         masked logits and the sink (``jax.nn.dot_product_attention``'s residual), ``-inf``
-        for a query that attends no key and has no sink; differentiable.
+        for a query that attends no key and has no sink, in the compute dtype and
+        differentiable (``jax.nn``'s: the inputs' dtype, no gradient).
 
     Returns:
       ``out (B, T, N, H)`` in the dtype of ``query`` (zeros for a query that attends no
