@@ -63,7 +63,7 @@ def _nonzero(total):
     return jnp.where(total == 0, 1.0, total).astype(total.dtype)
 
 
-def causal_mask(T: int, S: int):
+def causal_matrix(T: int, S: int):
     """``(T, S)`` bool, True where key ``s <= t``: query t sees keys 0..t (top-left aligned,
     as ``jax.nn.dot_product_attention`` and PyTorch's ``is_causal``)."""
     return jnp.tril(jnp.ones((T, S), dtype=bool))
@@ -73,7 +73,7 @@ def combine_masks(mask, is_causal: bool, T: int, S: int):
     """``mask & causal`` where both are given; either one alone; or None."""
     if not is_causal:
         return mask
-    causal = causal_mask(T, S)
+    causal = causal_matrix(T, S)
     return causal if mask is None else jnp.logical_and(mask, causal)
 
 

@@ -67,11 +67,11 @@ def _nonzero(total):
     return np.where(total == 0, 1.0, total).astype(total.dtype)
 
 
-def causal_mask(T: int, S: int):
+def causal_matrix(T: int, S: int):
     """``(T, S)`` bool, True where key ``s <= t``: query t sees keys 0..t (top-left aligned,
     as ``jax.nn.dot_product_attention`` and PyTorch's ``is_causal``).
 
-    >>> causal_mask(3, 4)                  # row t: the keys query t may see
+    >>> causal_matrix(3, 4)                  # row t: the keys query t may see
     array([[ True, False, False, False],
            [ True,  True, False, False],
            [ True,  True,  True, False]])
@@ -89,7 +89,7 @@ def combine_masks(mask, is_causal: bool, T: int, S: int):
     """
     if not is_causal:
         return mask
-    causal = causal_mask(T, S)
+    causal = causal_matrix(T, S)
     return causal if mask is None else np.logical_and(mask, causal)
 
 
@@ -100,7 +100,7 @@ def attended_keys(mask, shape):
     Values of keys nobody attends to are zeroed before the weighted sum, so ``0 * NaN``
     from a masked (padding) position cannot leak into the output.
 
-    >>> attended_keys(causal_mask(2, 3), (1, 2, 3))              # key 2 is seen by no query
+    >>> attended_keys(causal_matrix(2, 3), (1, 2, 3))              # key 2 is seen by no query
     array([[ True,  True, False]])
     """
     return np.broadcast_to(mask, shape).any(axis=-2)
