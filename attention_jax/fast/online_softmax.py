@@ -11,7 +11,9 @@ updates them as
     o' = c\\,o + \\textstyle\\sum_s e^{x_s - m'} v_s
 
 and the output is ``o / l``. :func:`attention_jax.chunked_attention` (blocks on one device) and
-:func:`attention_jax.ring_attention` (blocks that travel round a ring of devices) share it.
+:func:`attention_jax.paged_attention` use it; :func:`merge` combines two finished softmaxes by
+their log-sum-exp (:func:`attention_jax.ring_attention`: one per key block that travels round a
+ring of devices).
 
 One convention for masked logits: replaced by ``finfo.min`` (never ``-inf``, so no
 ``-inf - (-inf)``), ``m`` starts at ``finfo.min``, and a row that has seen no key has
@@ -49,3 +51,13 @@ def finish(m, l, acc, dead_lse=0.0):
     out = jnp.where(empty[..., None], 0, acc / safe[..., None])
     lse = jnp.where(empty, dead_lse, m + jnp.log(safe))
     return out, lse
+
+
+def merge(out, lse, out_b, lse_b):
+    """Two softmaxes over disjoint sets of keys, ``(out (..., H), lse (...))`` each, as the one
+    softmax over their union: weights ``e^(lse - lse')`` and ``e^(lse_b - lse')``,
+    ``lse' = log(e^lse + e^lse_b)``. A side that saw no key has ``lse = -inf`` and weight 0;
+    when neither did, the output stays 0 and ``lse'`` ``-inf``."""
+    new = jnp.logaddexp(lse, lse_b)
+    safe = jnp.where(new == -jnp.inf, 0, new)
+    return out * jnp.exp(lse - safe)[..., None] + out_b * jnp.exp(lse_b - safe)[..., None], new

@@ -4,18 +4,20 @@ When a sequence does not fit one device, shard it: device i of the ring holds qu
 ``Q_i`` and key/value block ``K_i, V_i`` (the sequence axis split evenly over the mesh axis).
 Each device computes attention of its queries against the key/value block it holds, then
 passes that block to the next device with ``lax.ppermute`` and receives the previous one's;
-after P steps every query block has met every key/value block. The blocks are combined with
-the online softmax of ``chunked_attention`` (:mod:`attention_jax.fast.online_softmax`: a running
-max ``m``, normaliser ``l`` and output accumulator per query row), so no device ever holds
-more than one (T/P, S/P) score block or more than one foreign key/value block.
+after P steps every query block has met every key/value block. Each step runs the kernels of
+``chunked_attention`` on the pair it holds (:mod:`attention_jax.fast.chunked.kernels`, in
+their blocks: a device never holds a whole (T/P, S/P) score block) and merges the step's
+``(out, lse)`` into the running one (:func:`attention_jax.fast.online_softmax.merge`), so no
+device holds more than one foreign key/value block.
 
 The backward pass rings again (a custom VJP): the key/value blocks travel with their
-gradient accumulators ``dK_j, dV_j``; each device adds its queries' contribution and passes
-them on, and after P steps each accumulator is back on the device that owns the block. Only
-the inputs, the output and the per-row log-sum-exp are saved: O((T + S) / P) memory per
-device in both directions.
+gradient accumulators ``dK_j, dV_j``; each device adds its queries' contribution (the chunked
+backward kernel, its weights recomputed from the final log-sum-exp) and passes them on, and
+after P steps each accumulator is back on the device that owns the block. Only the inputs,
+the output and the per-row log-sum-exp are saved: O((T + S) / P) memory per device in both
+directions.
 
-Causal attention skips blocks entirely above the diagonal (``lax.cond``): device i computes
+Causal attention skips blocks entirely above the diagonal (``lax.switch``): device i computes
 i + 1 of the P blocks, so the ring is not load-balanced (device P - 1 does P times the work
 of device 0); a zig-zag layout (Brandon et al. 2023, "Striped attention") would balance it.
 
@@ -34,90 +36,75 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from attention_np._validate import check_sdpa
 
 from .._dtypes import compute_dtype
-from .._sharding import explicit_spec, varying_axes
+from .._sharding import explicit_spec, match_varying
 from ..fast import online_softmax
+from ..fast.chunked.blocks import BlockSizes
+from ..fast.chunked.config import Config, Mods, Operands
+from ..fast.chunked.kernels import backward, forward
+from ..fast.chunked.layout import from_rows, make_rows, to_rows
 
 
-def _block(q, k, v, q_start, k_start, *, scale, is_causal, key_mask):
-    """Logits of one (T/P, S/P) block, masked logits ``finfo.min`` (the convention of
-    :mod:`attention_jax.fast.online_softmax`): ``(B, K, G, Tb, Sb)`` and the mask."""
-    logits = jnp.einsum("BTKGH,BSKH->BKGTS", q, k) * scale                 # (B, K, G, Tb, Sb)
-    mask = key_mask[:, None, None, None, :]                                # (B, 1, 1, 1, Sb)
-    if is_causal:
-        q_pos = q_start + jnp.arange(q.shape[1])
-        k_pos = k_start + jnp.arange(k.shape[1])
-        mask = mask & (k_pos[None, :] <= q_pos[:, None])                   # (B, 1, 1, Tb, Sb)
-    return jnp.where(mask, logits, jnp.finfo(logits.dtype).min), mask
+def _step_configs(Tb, Sb, G, is_causal, compute):
+    """The chunked kernels' :class:`~attention_jax.fast.chunked.config.Config` of a ring step:
+    ``(full, diagonal)``: a key block before this device's queries (every key visible), and
+    with ``is_causal`` the block on the diagonal (local positions: both blocks start at the
+    same global position). One block size for both, so that the padded lengths agree."""
+    qc, kc = BlockSizes.get_default().blocks(is_causal, Tb, Sb)
+    full = Config(is_causal=False, query_chunk=min(qc, Tb), key_chunk=min(kc, Sb), T=Tb, S=Sb, G=G, compute=compute)
+    return full, full._replace(is_causal=True)
 
 
-def _visible(q_start, k_start, Tb, is_causal):
-    """Whether any query of the block starting at ``q_start`` may see a key of the block at
-    ``k_start`` (False for blocks entirely above the causal diagonal)."""
-    return jnp.logical_or(not is_causal, k_start <= q_start + Tb - 1)
+def _branch(i, j, is_causal):
+    """Which kernel device i runs on the key block of device j: 0 none (above the causal
+    diagonal), 1 every key visible, 2 the causal diagonal."""
+    if not is_causal:
+        return jnp.int32(1)
+    return jnp.where(j > i, 0, jnp.where(j == i, 2, 1)).astype(jnp.int32)
 
 
-def _ring_forward(q, k, v, key_mask, *, axis_name, P, scale, is_causal):
-    """Per device: ``q (B, Tb, K, G, H)``, ``k, v (B, Sb, K, H)``, ``key_mask (B, Sb)`` ->
-    ``(out (B, Tb, K, G, H), lse (B, K, G, Tb))``."""
-    B, Tb, K, G, H = q.shape
-    Sb = k.shape[1]
+def _ring_forward(ops, rows, *, axis_name, P, configs, is_causal):
+    """Per device, in the rows layout of the chunked kernels: ``ops`` this device's queries and
+    key/value block (and key mask). Each step runs the chunked forward kernel on the block it
+    holds and merges its ``(out, lse)`` into the running one (:func:`.online_softmax.merge`),
+    then passes the block on. Returns ``(out (B, K, Tp, G, H), lse (B, K, Tp, G))``."""
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]  # device j sends to j + 1: block i - p arrives at step p
-    m = online_softmax.initial_max((B, K, G, Tb), q.dtype)
-    l = jnp.zeros((B, K, G, Tb), q.dtype)
-    acc = jnp.zeros((B, K, G, Tb, H), q.dtype)
-    m, l, acc = (lax.pcast(x, tuple(varying_axes(q)), to="varying") for x in (m, l, acc))  # per-device values, as the loop makes them
+    c = configs[0].compute
+    none = (jnp.zeros_like(ops.q, c), jnp.full_like(ops.q[..., 0], -jnp.inf, c))  # typed as the kernels' outputs
 
     def step(p, carry):
-        m, l, acc, k, v, key_mask = carry
-        j = (i - p) % P                                                    # the block this device holds now
-        q_start, k_start = i * Tb, j * Sb
+        out, lse, k, v, mask = carry
+        block = ops._replace(k=k, v=v, mask=mask)
+        kernels = [lambda: none] + [lambda cfg=cfg: forward(block, rows, Mods(), cfg=cfg) for cfg in configs]
+        out, lse = online_softmax.merge(out, lse, *lax.switch(_branch(i, (i - p) % P, is_causal), kernels))
+        k, v, mask = (lax.ppermute(x, axis_name, perm) for x in (k, v, mask))
+        return out, lse, k, v, mask
 
-        def update(m, l, acc):
-            logits, mask = _block(q, k, v, q_start, k_start, scale=scale, is_causal=is_causal, key_mask=key_mask)
-            m, l, p_block, correction = online_softmax.update(m, l, logits, mask)  # p_block (B, K, G, Tb, Sb)
-            acc = acc * correction[..., None] + jnp.einsum("BKGTS,BSKH->BKGTH", p_block, v)
-            return m, l, acc
-
-        m, l, acc = lax.cond(_visible(q_start, k_start, Tb, is_causal), update, lambda m, l, acc: (m, l, acc), m, l, acc)
-        k, v, key_mask = (lax.ppermute(x, axis_name, perm) for x in (k, v, key_mask))
-        return m, l, acc, k, v, key_mask
-
-    m, l, acc, *_ = lax.fori_loop(0, P, step, (m, l, acc, k, v, key_mask))
-    out, lse = online_softmax.finish(m, l, acc)                             # (B, K, G, Tb, H), (B, K, G, Tb)
-    return out.transpose(0, 3, 1, 2, 4), lse
+    out, lse, *_ = lax.fori_loop(0, P, step, (*none, ops.k, ops.v, ops.mask))
+    return out, lse
 
 
-def _ring_backward(q, k, v, key_mask, out, lse, d_out, *, axis_name, P, scale, is_causal):
-    """Per device: the gradients ``(dq, dk, dv)`` of :func:`_ring_forward`'s output, with the
-    key/value blocks and their gradient accumulators travelling round the ring once more."""
-    B, Tb, K, G, H = q.shape
-    Sb = k.shape[1]
+def _ring_backward(ops, rows, out, lse, d_out, *, axis_name, P, configs, is_causal):
+    """Per device: the gradients of :func:`_ring_forward`'s output: each step runs the chunked
+    backward kernel (its weights recomputed from the final ``lse``) on the block it holds; the
+    key/value blocks travel with their gradient accumulators, home again after P steps."""
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]
-    D = jnp.einsum("BTKGH,BTKGH->BKGT", d_out, out)                        # rowsum(dO * O)
+    d_lse = jnp.zeros_like(lse)  # the ring returns no lse: no cotangent for it
 
     def step(p, carry):
-        dq, k, v, dk, dv, key_mask = carry
-        j = (i - p) % P
-        q_start, k_start = i * Tb, j * Sb
+        dq, k, v, mask, dk, dv = carry
+        block = ops._replace(k=k, v=v, mask=mask)
+        none = (jnp.zeros_like(dq), jnp.zeros_like(dk), jnp.zeros_like(dv))
+        kernels = [lambda: none] + [lambda cfg=cfg: backward(block, out, lse, d_out, d_lse, rows, Mods(), cfg=cfg)[:3]
+                                    for cfg in configs]
+        dq_j, dk_j, dv_j = lax.switch(_branch(i, (i - p) % P, is_causal), kernels)
+        k, v, mask, dk, dv = (lax.ppermute(x, axis_name, perm) for x in (k, v, mask, dk + dk_j, dv + dv_j))
+        return dq + dq_j, k, v, mask, dk, dv
 
-        def update(dq, dk, dv):
-            logits, mask = _block(q, k, v, q_start, k_start, scale=scale, is_causal=is_causal, key_mask=key_mask)
-            probs = jnp.where(mask, jnp.exp(logits - lse[..., None]), 0.0)  # (B, K, G, Tb, Sb); lse 0 for an empty row
-            dv = dv + jnp.einsum("BKGTS,BTKGH->BSKH", probs, d_out)
-            d_probs = jnp.einsum("BTKGH,BSKH->BKGTS", d_out, v)
-            d_logits = probs * (d_probs - D[..., None])                    # softmax VJP
-            dq = dq + jnp.einsum("BKGTS,BSKH->BTKGH", d_logits, k) * scale
-            dk = dk + jnp.einsum("BKGTS,BTKGH->BSKH", d_logits, q) * scale
-            return dq, dk, dv
-
-        dq, dk, dv = lax.cond(_visible(q_start, k_start, Tb, is_causal), update, lambda *a: a, dq, dk, dv)
-        k, v, dk, dv, key_mask = (lax.ppermute(x, axis_name, perm) for x in (k, v, dk, dv, key_mask))
-        return dq, k, v, dk, dv, key_mask
-
-    start = (jnp.zeros_like(q), k, v, jnp.zeros_like(k), jnp.zeros_like(v), key_mask)
-    dq, _, _, dk, dv, _ = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
+    start = (jnp.zeros_like(ops.q, out.dtype), ops.k, ops.v, ops.mask, jnp.zeros_like(ops.k, out.dtype),
+             jnp.zeros_like(ops.v, out.dtype))
+    dq, _, _, _, dk, dv = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
     return dq, dk, dv
 
 
@@ -188,36 +175,44 @@ def _ring(query, key, value, mask, *, mesh, axis_name, P, scale, is_causal):
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     B, T, N, H = query.shape
     K = key.shape[2]
-    options = {"axis_name": axis_name, "P": P, "scale": scale, "is_causal": is_causal}
+    configs = _step_configs(T // P, key.shape[1] // P, N // K, is_causal, compute)
+    configs = configs if is_causal else configs[:1]
+    options = {"axis_name": axis_name, "P": P, "configs": configs, "is_causal": is_causal}
 
     @jax.custom_vjp
-    def local(q, k, v, key_mask):
-        return _ring_forward(q, k, v, key_mask, **options)[0]
+    def local(ops, rows):
+        return _ring_forward(ops, rows, **options)[0]
 
-    def local_fwd(q, k, v, key_mask):
-        out, lse = _ring_forward(q, k, v, key_mask, **options)
-        return out, (q, k, v, key_mask, out, lse)
+    def local_fwd(ops, rows):
+        out, lse = _ring_forward(ops, rows, **options)
+        return out, (ops, rows, out, lse)
 
     def local_bwd(residuals, d_out):
-        q, k, v, key_mask, out, lse = residuals
-        dq, dk, dv = _ring_backward(q, k, v, key_mask, out, lse, d_out, **options)
-        return dq, dk, dv, None
+        ops, rows, out, lse = residuals
+        dq, dk, dv = _ring_backward(ops, rows, out, lse, d_out, **options)
+        return Operands(dq.astype(ops.q.dtype), dk.astype(ops.k.dtype), dv.astype(ops.v.dtype), None, None), \
+            jax.tree.map(lambda _: None, rows)
 
     local.defvjp(local_fwd, local_bwd)
+
+    def per_device(q, k, v, key_mask):  # q (B, T/P, N, H) scaled, k, v (B, S/P, K, H), key_mask (B, S/P)
+        ops = to_rows(q, k, v, None, key_mask[:, None, None, :], configs[0])
+        ops = Operands(*match_varying(*ops))  # a custom_vjp's inputs vary over the same manual axes
+        out = local(ops, make_rows(configs[0], B, K))
+        return from_rows(out, jnp.zeros(out.shape[:-1], out.dtype), q.shape[1])[0]
+
     seq = PartitionSpec(_batch_axes(query, axis_name), axis_name)
     # the ring axis alone is manual; on a mesh without Explicit axes the others stay automatic,
     # so XLA keeps the batch (and heads) sharded as the query is, not replicated
     manual = {axis_name} if AxisType.Explicit not in tuple(mesh.axis_types) else set(mesh.axis_names)
-    sharded = jax.shard_map(local, mesh=mesh, in_specs=(seq, seq, seq, seq), out_specs=seq, axis_names=manual,
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(seq, seq, seq, seq), out_specs=seq, axis_names=manual,
                             check_vma=True)
-    q = query.astype(compute).reshape(B, T, K, N // K, H)                  # (B, T, K, G, H): G query heads a kv head
-    args = (q, key.astype(compute), value.astype(compute), mask)
+    args = (query.astype(compute) * scale, key.astype(compute), value.astype(compute), mask)
     if AxisType.Explicit in tuple(mesh.axis_types):
         # on Explicit axes shard_map takes inputs only as in_specs shards them (a replicated
         # mask or an unsharded query is an error, not a resharding)
         args = tuple(jax.sharding.reshard(x, NamedSharding(mesh, seq)) for x in args)
-    out = sharded(*args)
-    return out.reshape(B, T, N, H).astype(dtype)
+    return sharded(*args).astype(dtype)
 
 
 def _batch_axes(query, axis_name):
