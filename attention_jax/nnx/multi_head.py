@@ -14,8 +14,8 @@ from flax.nnx.nn import initializers as _initializers
 from flax.nnx.nn.dtypes import promote_dtype as _promote_dtype
 from flax.nnx.nn.linear import default_kernel_init as _default_kernel_init
 
-from attention_np._validate import check_mask_dtype, check_soft_cap, check_window
-from attention_np.rotary import rotary_features
+from attention_np._validate import check_mask_dtype, check_scale, check_soft_cap, check_window
+from attention_np.rotary import rotary_features, rotary_options
 
 from .._sharding import head_sum_sharding
 from ..dot_product import scaled_dot_product_attention
@@ -48,7 +48,9 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
     Every argument of Flax's constructor and call is accepted with Flax's meaning (the
     ``*_metadata`` reach the ``nnx.Param``s, ``attention_fn`` replaces this module's attention
     as in Flax, ``qkv_sharding``/``out_sharding`` go to the projections). Additions:
-    ``rotary``, ``rotary_base``, ``rotary_fraction`` (rotary position embeddings),
+    ``rotary``, ``rotary_base``, ``rotary_fraction``, ``rotary_scaling`` (Hugging Face's rope
+    parameters: linear, Llama 3.1, YaRN), ``rotary_interleaved`` (rotary position embeddings,
+    :func:`attention_jax.apply_rotary`), ``scale`` (the logits' factor, default ``1/sqrt(H)``),
     ``use_sinks`` (a learnable ``sinks`` parameter ``(N,)``, zeros: attention sinks) and
     ``logits_soft_cap`` (Gemma 2) in the constructor; ``bias``, ``local_window_size``,
     ``query_seq_lengths``, ``key_value_seq_lengths``, ``query_segment_ids``,
@@ -102,8 +104,11 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         rotary: bool = False,
         rotary_base: float = 10000.0,
         rotary_fraction: float = 1.0,
+        rotary_scaling: dict | None = None,
+        rotary_interleaved: bool = False,
         use_sinks: bool = False,
         logits_soft_cap: float | None = None,
+        scale: float | None = None,
     ):
         self.num_heads = num_heads
         self.in_features = in_features
@@ -129,8 +134,21 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         self.attention_fn = attention_fn
         self.head_dim = self.qkv_features // self.num_heads
         self.rotary, self.rotary_base, self.rotary_fraction = rotary, rotary_base, rotary_fraction
+        # the scaling dict as its sorted items: nnx's graph definition (and jit) must hash it
+        self.rotary_scaling = rotary_options(rotary_scaling, rotary_interleaved)
+        self.rotary_interleaved = rotary_interleaved
         if rotary:
             rotary_features(self.head_dim, rotary_fraction)  # a ValueError now, not at the first call
+        elif rotary_scaling is not None or rotary_interleaved:
+            raise ValueError("rotary_scaling and rotary_interleaved shape the rotary embeddings: they need rotary=True")
+        if scale is not None:
+            check_scale(scale)
+            scale = float(scale)  # a 0-d array as its number: static, as the attention takes it
+            check_scale(scale)
+            if attention_fn is not None:
+                raise ValueError("scale cannot be combined with attention_fn (Flax calls it without a scale); pass "
+                                 "the scale to attention_fn itself, e.g. with functools.partial")
+        self.scale = scale
         linear = dict(dtype=dtype, param_dtype=param_dtype, kernel_init=kernel_init, bias_init=bias_init,
                       use_bias=use_bias, precision=precision, promote_dtype=qkv_promote_dtype,
                       dot_general=qkv_dot_general, dot_general_cls=qkv_dot_general_cls,
@@ -278,8 +296,8 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
                                            key_value_seq_lengths=key_value_seq_lengths, implementation=implementation,
                                            query_segment_ids=query_segment_ids,
                                            key_value_segment_ids=key_value_segment_ids)
-        options = dict(bias=bias, mask=mask, is_causal=is_causal, local_window_size=local_window_size,
-                       query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
+        options = dict(bias=bias, mask=mask, is_causal=is_causal, scale=self.scale,
+                       local_window_size=local_window_size, query_seq_lengths=query_seq_lengths, key_value_seq_lengths=key_value_seq_lengths,
                        dropout_rate=rate, dropout_rng=dropout_rng, broadcast_dropout=self.broadcast_dropout)
         extras = dict(query_segment_ids=query_segment_ids, key_value_segment_ids=key_value_segment_ids,
                       logits_soft_cap=self.logits_soft_cap, sinks=None if self.sinks is None else self.sinks[...])
@@ -337,12 +355,13 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         :func:`attention_jax.multi_head_params_from_torch`, which take each case: keys and
         values of different widths (``kdim != vdim``; Flax's module has one
         ``in_kv_features``), biases on some projections only (one ``use_bias``: Qwen2's
-        output projection has none, Whisper's key projection has none) and logits scaled
-        other than by ``1/sqrt(H)`` (T5's 1.0, a module's own ``scaling``; the function takes
-        ``scale=``). Only the weights come over: what the source model does around the layer
-        (rotary embeddings, windows, masks, T5's relative position bias) is the caller's, and
-        PyTorch's masks turn around here: ``key_padding_mask`` True = ignore, ``mask`` True =
-        attend. ``module_options`` go to the constructor (``decode``, ``dtype``, ...).
+        output projection has none, Whisper's key projection has none). The logits' factor
+        comes over as ``scale`` when it is not ``1/sqrt(H)`` (T5's 1.0, a module's own
+        ``scaling``, GPT-2's options). Only the weights and the scale come over: what the
+        source model does around the layer (rotary embeddings, windows, masks, T5's relative
+        position bias) is the caller's, and PyTorch's masks turn around here:
+        ``key_padding_mask`` True = ignore, ``mask`` True = attend. ``module_options`` go to
+        the constructor (``decode``, ``dtype``, ``rotary=True``, ...).
 
         Example::
 
@@ -367,10 +386,7 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
                              f"use_bias); got biases on {', '.join(with_bias)} only: use "
                              f"attention_jax.multi_head_attention with multi_head_params_from_torch")
         scale = _source_scale(module, H)
-        if abs(scale * H ** 0.5 - 1) > 1e-6:
-            raise ValueError(f"from_torch needs logits scaled by 1/sqrt(H) = {H ** -0.5:.6g} (the module's only "
-                             f"scale); this layer scales them by {scale:.6g}: use attention_jax.multi_head_attention"
-                             f"(..., scale={scale:.6g}) with multi_head_params_from_torch")
+        module_options.setdefault("scale", None if scale == H ** -0.5 else scale)  # T5's 1.0, Gemma's scaling
         ours = cls(N, E, qkv_features=N * H, out_features=F, num_kv_heads=K, in_kv_features=E_k,
                    use_bias=bool(with_bias), use_sinks="sinks" in params, param_dtype=params["query"]["kernel"].dtype,
                    rngs=rngs if rngs is not None else nnx.Rngs(0), **module_options)
@@ -391,7 +407,8 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
             positions = self.cache_index[...][..., None] + jnp.arange(T)                  # (B..., T)
         if positions is not None and T != S:
             raise ValueError(f"positions are shared by queries and keys, so T must equal S; got T={T}, S={S}")
-        rotate = functools.partial(apply_rotary, base=self.rotary_base, fraction=self.rotary_fraction)
+        rotate = functools.partial(apply_rotary, base=self.rotary_base, fraction=self.rotary_fraction,
+                                   scaling=self.rotary_scaling, interleaved=self.rotary_interleaved)
         if positions is not None:
             return rotate(query, positions), rotate(key, positions)
         return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))
