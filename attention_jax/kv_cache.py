@@ -2,9 +2,9 @@
 
 The cache is a pytree ``{"key", "value": (B, L, K, H), "length": (B,) int32}`` updated
 functionally (a scatter at each row's own length), so a step runs under ``jit`` and as the
-body of ``lax.scan`` with a fixed ``max_len``.
+body of ``lax.scan`` with a fixed ``max_length``.
 
-Shape letters: B batch, L max_len, k new tokens in this step, N query heads, K key/value
+Shape letters: B batch, L max_length, k new tokens in this step, N query heads, K key/value
 heads, H features per head, E model width.
 """
 
@@ -22,14 +22,14 @@ from .dot_product import scaled_dot_product_attention
 from .multi_head import _layer_norm
 
 
-def init_kv_cache(batch, max_len, num_kv_heads, head_dim, *, dtype=jnp.float32):
+def init_kv_cache(batch, max_length, num_kv_heads, head_dim, *, dtype=jnp.float32):
     """An empty cache for :func:`multi_head_attention_step`.
 
     Returns:
       ``{"key": (B, L, K, H), "value": (B, L, K, H), "length": (B,) int32}``, zeros: row b
       holds ``length[b]`` tokens, in positions ``0 .. length[b] - 1``.
     """
-    shape = (batch, max_len, num_kv_heads, head_dim)
+    shape = (batch, max_length, num_kv_heads, head_dim)
     return {"key": jnp.zeros(shape, dtype), "value": jnp.zeros(shape, dtype), "length": jnp.zeros(batch, jnp.int32)}
 
 
@@ -57,12 +57,12 @@ def multi_head_attention_step(params, x_new, cache, *, local_window_size=None, l
     Returns:
       ``(out, weights, cache)``: ``(B, k, E)``, ``(B, N, k, L)`` (zero past each token's
       position), and the cache with the new keys and values written and ``length + k``.
-      Writing past ``max_len`` is a ``ValueError`` when ``length`` is a concrete array (a
+      Writing past ``max_length`` is a ``ValueError`` when ``length`` is a concrete array (a
       call outside ``jit``); inside ``jit`` or ``lax.scan`` the values are not known, so
-      positions past ``max_len`` are dropped (never written over earlier ones), the
-      returned ``length`` is capped at ``max_len``, and the tokens that did not fit attend to
+      positions past ``max_length`` are dropped (never written over earlier ones), the
+      returned ``length`` is capped at ``max_length``, and the tokens that did not fit attend to
       the whole cache. Wrap the step in ``jax.experimental.checkify`` or check
-      ``cache["length"] + k <= max_len`` before the loop when that matters.
+      ``cache["length"] + k <= max_length`` before the loop when that matters.
     """
     x_new = jnp.asarray(x_new)
     shapes = check_kv_cache_step(params, x_new, cache)
@@ -91,7 +91,7 @@ def _step(params, x_new, cache, window, logits_soft_cap):
     positions = length[:, None] + jnp.arange(k)                            # (B, k)
     rows = jnp.arange(B)[:, None]                                          # (B, 1)
     key, value = (jnp.asarray(cache[name]).astype(compute) for name in ("key", "value"))  # (B, L, K, H)
-    key = key.at[rows, positions].set(new_key, mode="drop")               # past max_len: dropped
+    key = key.at[rows, positions].set(new_key, mode="drop")               # past max_length: dropped
     value = value.at[rows, positions].set(new_value, mode="drop")
     # 3. each new token attends to every position up to its own
     mask = jnp.arange(L) <= positions[:, :, None]                          # (B, k, L)

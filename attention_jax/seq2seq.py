@@ -186,26 +186,26 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None, hard
     return logits.swapaxes(0, 1).astype(dtype), weights.swapaxes(0, 1).astype(dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("bos_id", "max_len", "hard"))
-def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard=False):
+@functools.partial(jax.jit, static_argnames=("bos_id", "max_length", "hard"))
+def greedy_decode(params, source_ids, *, bos_id, max_length, source_mask=None, hard=False):
     """Decode without a target: start from ``bos_id``, feed back the most likely token.
 
     Args:
       params: from :func:`init_seq2seq_params`.
       source_ids: int ``(B, S)``.
       bos_id: the token the decoder starts from (an int; static).
-      max_len: the number of tokens to produce (an int >= 0; static).
+      max_length: the number of tokens to produce (an int >= 0; static).
       source_mask: optional bool ``(B, S)``, True = a real token.
       hard: hard attention (one-hot weights at the argmax of the mechanism's weights),
         trained with the straight-through estimator (static).
 
     Returns:
-      ``(ids, weights)``: int32 ``(B, max_len)`` (BOS not included) and ``(B, max_len, S)``
+      ``(ids, weights)``: int32 ``(B, max_length)`` (BOS not included) and ``(B, max_length, S)``
       in the dtype of the parameters.
     """
     source_ids, source_mask, shapes, dtype, p = _prepare(params, source_ids, None, source_mask)
     B, S = shapes["B"], shapes["S"]
-    check_decode_options(bos_id, max_len, p["target_embed"]["embedding"].shape[0])
+    check_decode_options(bos_id, max_length, p["target_embed"]["embedding"].shape[0])
     encoder_outputs, encoder_state = encode(p, source_ids, source_mask)    # (B, S, H), (B, H)
 
     def step(carry, _):
@@ -215,7 +215,7 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard
         return (state, prev), (prev, state["weights"])
 
     start = (init_decoder_state(encoder_state, S), jnp.full((B,), bos_id, jnp.int32))
-    _, (ids, weights) = lax.scan(step, start, None, length=max_len)       # (max_len, B), (max_len, B, S)
+    _, (ids, weights) = lax.scan(step, start, None, length=max_length)       # (max_length, B), (max_length, B, S)
     return ids.T, weights.swapaxes(0, 1).astype(dtype)
 
 

@@ -5,7 +5,7 @@ at every step (O(L^2) work a step); the cache keeps them, so a step projects onl
 tokens and attends to what is stored. The cache is a plain dict (a pytree in JAX), with a
 length per batch row, so prompts of different lengths decode in one batch.
 
-Shape letters: B batch, L max_len (the cache's capacity), k new tokens in this step,
+Shape letters: B batch, L max_length (the cache's capacity), k new tokens in this step,
 N query heads, K key/value heads, H features per head, E model width.
 """
 
@@ -17,24 +17,24 @@ from .dot_product import scaled_dot_product_attention
 from .multi_head import _layer_norm
 
 
-def init_kv_cache(batch, max_len, num_kv_heads, head_dim, *, dtype=np.float32):
+def init_kv_cache(batch, max_length, num_kv_heads, head_dim, *, dtype=np.float32):
     """An empty cache for :func:`multi_head_attention_step`.
 
     Returns:
       ``{"key": (B, L, K, H), "value": (B, L, K, H), "length": (B,) int32}``, zeros: row b
       holds ``length[b]`` tokens, in positions ``0 .. length[b] - 1``.
     """
-    shape = (batch, max_len, num_kv_heads, head_dim)
+    shape = (batch, max_length, num_kv_heads, head_dim)
     return {"key": np.zeros(shape, dtype), "value": np.zeros(shape, dtype), "length": np.zeros(batch, np.int32)}
 
 
-def check_capacity(length, k, max_len):
+def check_capacity(length, k, max_length):
     """A ``ValueError`` if ``k`` new tokens do not fit in a row of the cache (it reads the
     values of ``length``, so the JAX half can call it only when they are concrete)."""
     longest = int(length.max()) if length.size else 0
-    if longest + k > max_len:
+    if longest + k > max_length:
         raise ValueError(
-            f"the cache has no room: a row holds {longest} of max_len={max_len} tokens, so k={k} new tokens do not fit"
+            f"the cache has no room: a row holds {longest} of max_length={max_length} tokens, so k={k} new tokens do not fit"
         )
 
 
@@ -68,7 +68,7 @@ def multi_head_attention_step(params, x_new, cache, *, local_window_size=None, l
     Returns:
       ``(out, weights, cache)``: ``(B, k, E)``, ``(B, N, k, L)`` (zero past each token's
       position), and the cache with the new keys and values written and ``length + k``.
-      Writing past ``max_len`` is a ``ValueError``.
+      Writing past ``max_length`` is a ``ValueError``.
     """
     x_new = np.asarray(x_new)
     shapes = check_kv_cache_step(params, x_new, cache)

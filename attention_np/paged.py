@@ -1,8 +1,8 @@
 """A paged KV cache: the keys and values of every sequence in one pool of fixed-size pages, each
 row of the batch reading its own pages through a page table (vLLM's PagedAttention).
 
-A contiguous cache (:mod:`attention_np.kv_cache`) reserves ``max_len`` positions for every
-row, so a batch of short and long requests holds ``B * max_len`` positions, most of them
+A contiguous cache (:mod:`attention_np.kv_cache`) reserves ``max_length`` positions for every
+row, so a batch of short and long requests holds ``B * max_length`` positions, most of them
 empty. A paged cache holds one pool of P pages of ``page_size`` positions; a row takes pages
 as it grows, in any order, and its page table lists them: logical page i of row b (its
 positions ``i * page_size .. (i + 1) * page_size - 1``) is physical page ``page_table[b, i]``.
@@ -117,7 +117,7 @@ def paged_attention(query, cache, page_table, lengths, *, scale=None, local_wind
     Kwon et al. 2023, "Efficient memory management for large language model serving with
     PagedAttention" (vLLM): pages and a page table from logical to physical pages, as an
     operating system's virtual memory, so a row wastes at most one partly filled page instead
-    of ``max_len - L_b`` positions. This function is the readable definition: it gathers every
+    of ``max_length - L_b`` positions. This function is the readable definition: it gathers every
     row's pages into a padded ``(B, max_pages * page_size, K, H)`` sequence and masks it, the
     memory paging avoids.
 

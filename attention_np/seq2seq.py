@@ -245,20 +245,20 @@ def seq2seq_forward(params, source_ids, target_in_ids, *, source_mask=None, hard
     return logits.astype(dtype), weights.astype(dtype)
 
 
-def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard=False):
+def greedy_decode(params, source_ids, *, bos_id, max_length, source_mask=None, hard=False):
     """Decode without a target: start from ``bos_id``, feed back the most likely token.
 
     Args:
       params: from :func:`init_seq2seq_params`.
       source_ids: int ``(B, S)``.
       bos_id: the token the decoder starts from (an int).
-      max_len: the number of tokens to produce (an int >= 0).
+      max_length: the number of tokens to produce (an int >= 0).
       source_mask: optional bool ``(B, S)``, True = a real token.
       hard: hard attention (one-hot weights at the argmax of the mechanism's weights)
         instead of soft.
 
     Returns:
-      ``(ids, weights)``: int32 ``(B, max_len)`` (BOS not included) and ``(B, max_len, S)``
+      ``(ids, weights)``: int32 ``(B, max_length)`` (BOS not included) and ``(B, max_length, S)``
       in the dtype of the parameters.
 
     Example: each id is the argmax of the logits that :func:`seq2seq_forward` gives when the
@@ -266,8 +266,8 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard
 
     >>> params = init_seq2seq_params(np.random.default_rng(0), source_vocab=5, target_vocab=6, embed=3, hidden=4)
     >>> source_ids = np.array([[2, 3, 4]])                        # (B, S) = (1, 3)
-    >>> ids, weights = greedy_decode(params, source_ids, bos_id=1, max_len=3)
-    >>> ids.shape, weights.shape                                  # (B, max_len), (B, max_len, S)
+    >>> ids, weights = greedy_decode(params, source_ids, bos_id=1, max_length=3)
+    >>> ids.shape, weights.shape                                  # (B, max_length), (B, max_length, S)
     ((1, 3), (1, 3, 3))
     >>> logits, _ = seq2seq_forward(params, source_ids, np.concatenate([[[1]], ids[:, :-1]], axis=1))
     >>> bool((logits.argmax(-1) == ids).all())
@@ -275,13 +275,13 @@ def greedy_decode(params, source_ids, *, bos_id, max_len, source_mask=None, hard
     """
     source_ids, source_mask, shapes, dtype, p = _prepare(params, source_ids, None, source_mask)
     B, S = shapes["B"], shapes["S"]
-    check_decode_options(bos_id, max_len, p["target_embed"]["embedding"].shape[0])
+    check_decode_options(bos_id, max_length, p["target_embed"]["embedding"].shape[0])
     encoder_outputs, encoder_state = encode(p, source_ids, source_mask)    # (B, S, H), (B, H)
     state = init_decoder_state(encoder_state, S)
-    ids = np.zeros((B, max_len), np.int32)                                 # (B, max_len)
-    weights = np.zeros((B, max_len, S), encoder_outputs.dtype)             # (B, max_len, S)
+    ids = np.zeros((B, max_length), np.int32)                                 # (B, max_length)
+    weights = np.zeros((B, max_length, S), encoder_outputs.dtype)             # (B, max_length, S)
     prev = np.full((B,), bos_id, np.int32)                                 # (B,)
-    for t in range(max_len):
+    for t in range(max_length):
         logits, state = decoder_step(p, state, prev, encoder_outputs, source_mask, hard)
         prev = logits.argmax(-1).astype(np.int32)                          # the most likely token
         ids[:, t], weights[:, t] = prev, state["weights"]

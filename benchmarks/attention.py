@@ -290,8 +290,8 @@ def main(argv=None):
 
     import jax
 
-    max_len = 8192 if args.quick else 32768
-    shapes = TRAINING_SHAPES + ([] if args.training else [s for s in LONG_SHAPES if s[2] <= max_len])
+    max_length = 8192 if args.quick else 32768
+    shapes = TRAINING_SHAPES + ([] if args.training else [s for s in LONG_SHAPES if s[2] <= max_length])
     impls = implementations()
     if args.impls:
         impls = [i for i in impls if i in args.impls.split(",")]

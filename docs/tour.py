@@ -724,11 +724,11 @@ target_in = np.concatenate([[[1]], target_out[:, :-1]], axis=1).astype(np.int32)
 s2s_params = attention_np.init_seq2seq_params(np.random.default_rng(6), source_vocab=len(src_vocab) + 2,
                                               target_vocab=len(tgt_vocab) + 2, embed=8, hidden=16)
 logits, weights = attention_np.seq2seq_forward(s2s_params, source_ids, target_in)   # (1, T, V), (1, T, S)
-ids, decode_weights = attention_np.greedy_decode(s2s_params, source_ids, bos_id=1, max_len=T)
+ids, decode_weights = attention_np.greedy_decode(s2s_params, source_ids, bos_id=1, max_length=T)
 print("logits", logits.shape, "weights", weights.shape, "greedy ids", ids[0])
 
 parity((logits, weights), attention_jax.seq2seq_forward(to_jax(s2s_params), source_ids, target_in))
-ids_jax, _ = attention_jax.greedy_decode(to_jax(s2s_params), source_ids, bos_id=1, max_len=T)
+ids_jax, _ = attention_jax.greedy_decode(to_jax(s2s_params), source_ids, bos_id=1, max_length=T)
 print("both halves decode the same ids:", bool((np.asarray(ids_jax) == ids).all()))
 
 # %% [markdown]

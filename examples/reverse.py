@@ -53,16 +53,16 @@ ATTENTIONS = (*attention_np.seq2seq.SEQ2SEQ_ATTENTIONS, "none")
 SWEEP_MIN_LEN, SWEEP_MAX_LEN = 2, 24
 
 
-def make_batch(rng, batch, min_len=MIN_LEN, max_len=MAX_LEN):
-    """Random digit sequences of lengths ``min_len..max_len`` and their reverses, padded to ``max_len``.
+def make_batch(rng, batch, min_len=MIN_LEN, max_length=MAX_LEN):
+    """Random digit sequences of lengths ``min_len..max_length`` and their reverses, padded to ``max_length``.
 
-    Returns ``source_ids, target_in_ids, target_out_ids`` int32 ``(B, max_len)`` and the
-    bool ``mask (B, max_len)`` of real tokens (the same for source and target: a reverse
+    Returns ``source_ids, target_in_ids, target_out_ids`` int32 ``(B, max_length)`` and the
+    bool ``mask (B, max_length)`` of real tokens (the same for source and target: a reverse
     is as long as its source).
     """
-    lengths = rng.integers(min_len, max_len + 1, batch)
-    mask = np.arange(max_len) < lengths[:, None]                           # (B, L)
-    digits = rng.integers(0, DIGITS, (batch, max_len)) + 2
+    lengths = rng.integers(min_len, max_length + 1, batch)
+    mask = np.arange(max_length) < lengths[:, None]                           # (B, L)
+    digits = rng.integers(0, DIGITS, (batch, max_length)) + 2
     source = np.where(mask, digits, PAD)
     target = np.full_like(source, PAD)
     for b, n in enumerate(lengths):
@@ -115,23 +115,23 @@ def forward_without_attention(params, source_ids, target_in_ids, source_mask):
     return logits.swapaxes(0, 1)
 
 
-def greedy_decode_without_attention(params, source_ids, *, bos_id, max_len, source_mask):
+def greedy_decode_without_attention(params, source_ids, *, bos_id, max_length, source_mask):
     """Greedy decoding without attention, in NumPy (``attention_np.seq2seq``'s encoder and
-    GRU): ``source_ids (B, S)`` -> ``ids (B, max_len)``. With JAX arrays in ``params`` it
+    GRU): ``source_ids (B, S)`` -> ``ids (B, max_length)``. With JAX arrays in ``params`` it
     runs on ``attention_jax.seq2seq`` instead, one step at a time."""
     is_jax = isinstance(jax.tree.leaves(params)[0], jax.Array)
     xp, seq2seq = (jnp, attention_jax.seq2seq) if is_jax else (np, attention_np.seq2seq)
     _, context = seq2seq.encode(params, xp.asarray(source_ids), xp.asarray(source_mask))  # (B, H)
     hidden, prev, ids = context, xp.full((len(source_ids),), bos_id, xp.int32), []
-    for _ in range(max_len):
+    for _ in range(max_length):
         logits, hidden = _decoder_step_without_attention(xp, seq2seq, params, hidden, context, prev)
         prev = logits.argmax(-1).astype(xp.int32)                          # the most likely token
         ids.append(prev)
-    return np.stack([np.asarray(i) for i in ids], axis=1)                 # (B, max_len)
+    return np.stack([np.asarray(i) for i in ids], axis=1)                 # (B, max_length)
 
 
 def train(attention="additive", *, hard=False, steps=1000, batch=128, embed=32, hidden=64,
-          learning_rate=3e-3, seed=0, progress=True, min_len=MIN_LEN, max_len=MAX_LEN):
+          learning_rate=3e-3, seed=0, progress=True, min_len=MIN_LEN, max_length=MAX_LEN):
     """Train the JAX seq2seq (``attention="none"``: without attention); returns ``(params, losses, seconds)``."""
     if attention == "none" and hard:
         raise ValueError("hard attention needs an attention: --hard with --attention none")
@@ -161,29 +161,29 @@ def train(attention="additive", *, hard=False, steps=1000, batch=128, embed=32, 
     start = time.perf_counter()
     bar = tqdm(range(steps), desc=f"{attention}{' hard' if hard else ''}", disable=not progress, mininterval=0.5)
     for i in bar:
-        params, opt_state, loss, accuracy = step(params, opt_state, *make_batch(rng, batch, min_len, max_len))
+        params, opt_state, loss, accuracy = step(params, opt_state, *make_batch(rng, batch, min_len, max_length))
         losses.append(float(loss))
         if i % 20 == 0 or i == steps - 1:
             bar.set_postfix(loss=f"{losses[-1]:.3f}", acc=f"{float(accuracy):.3f}")
     return params, losses, time.perf_counter() - start
 
 
-def evaluate(params, *, hard=False, n=1000, seed=12345, min_len=MIN_LEN, max_len=MAX_LEN):
+def evaluate(params, *, hard=False, n=1000, seed=12345, min_len=MIN_LEN, max_length=MAX_LEN):
     """Greedy decoding of ``n`` held-out sequences in both halves.
 
     Returns a dict: token and exact-sequence accuracy (JAX), how many NumPy predictions
     equal the JAX ones, and the held-out batch with the JAX ids and weights (None for a
     model without attention, recognised by its parameters).
     """
-    source, _, target, mask = make_batch(np.random.default_rng(seed), n, min_len, max_len)
+    source, _, target, mask = make_batch(np.random.default_rng(seed), n, min_len, max_length)
     np_params = jax.tree.map(np.asarray, params)
     if "attention" not in params:
-        ids, weights = greedy_decode_without_attention(params, source, bos_id=BOS, max_len=max_len, source_mask=mask), None
-        np_ids = greedy_decode_without_attention(np_params, source, bos_id=BOS, max_len=max_len, source_mask=mask)
+        ids, weights = greedy_decode_without_attention(params, source, bos_id=BOS, max_length=max_length, source_mask=mask), None
+        np_ids = greedy_decode_without_attention(np_params, source, bos_id=BOS, max_length=max_length, source_mask=mask)
     else:
-        ids, weights = attention_jax.greedy_decode(params, source, bos_id=BOS, max_len=max_len, source_mask=mask, hard=hard)
+        ids, weights = attention_jax.greedy_decode(params, source, bos_id=BOS, max_length=max_length, source_mask=mask, hard=hard)
         ids, weights = np.asarray(ids), np.asarray(weights)
-        np_ids, _ = attention_np.greedy_decode(np_params, source, bos_id=BOS, max_len=max_len, source_mask=mask, hard=hard)
+        np_ids, _ = attention_np.greedy_decode(np_params, source, bos_id=BOS, max_length=max_length, source_mask=mask, hard=hard)
     token, exact = token_accuracy(ids, target, mask)
     agree = int(((np_ids == ids) | ~mask).all(axis=1).sum())
     return {"token_accuracy": token, "exact_accuracy": exact, "numpy_agrees": agree, "n": n,
@@ -229,14 +229,14 @@ def accuracy_by_length(params, lengths, *, n=200, seed=54321):
     ``n`` sequences of each length."""
     accuracy = {}
     for i, length in enumerate(lengths):
-        result = evaluate(params, n=n, seed=seed + i, min_len=length, max_len=length)
+        result = evaluate(params, n=n, seed=seed + i, min_len=length, max_length=length)
         accuracy[length] = result["token_accuracy"]
     return accuracy
 
 
 def sweep(*, steps=1000, batch=64, embed=32, hidden=64, learning_rate=3e-3, seed=0, heldout=200,
-          min_len=SWEEP_MIN_LEN, max_len=SWEEP_MAX_LEN, attentions=("additive", "none"), progress=True):
-    """Train with additive attention and without (``attentions``), on lengths ``min_len..max_len``,
+          min_len=SWEEP_MIN_LEN, max_length=SWEEP_MAX_LEN, attentions=("additive", "none"), progress=True):
+    """Train with additive attention and without (``attentions``), on lengths ``min_len..max_length``,
     and measure each one's held-out token accuracy at every length.
 
     Returns ``{attention: {"accuracy": {length: accuracy}, "seconds": float, "losses": [...]}}``."""
@@ -244,8 +244,8 @@ def sweep(*, steps=1000, batch=64, embed=32, hidden=64, learning_rate=3e-3, seed
     for attention in attentions:
         params, losses, seconds = train(attention, steps=steps, batch=batch, embed=embed, hidden=hidden,
                                         learning_rate=learning_rate, seed=seed, progress=progress,
-                                        min_len=min_len, max_len=max_len)
-        accuracy = accuracy_by_length(params, range(min_len, max_len + 1), n=heldout)
+                                        min_len=min_len, max_length=max_length)
+        accuracy = accuracy_by_length(params, range(min_len, max_length + 1), n=heldout)
         results[attention] = {"accuracy": accuracy, "seconds": seconds, "losses": losses}
     return results
 

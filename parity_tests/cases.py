@@ -217,7 +217,7 @@ def _seq2seq_inputs(rng, attention, with_target=True):
     source_mask[1, 3:] = False
     if with_target:
         return (params, source_ids, rng.integers(0, V_TGT, (B, T))), {"source_mask": source_mask}
-    return (params, source_ids), {"source_mask": source_mask, "bos_id": 0, "max_len": T + 1}
+    return (params, source_ids), {"source_mask": source_mask, "bos_id": 0, "max_length": T + 1}
 
 
 def _decoded(decode):
@@ -234,7 +234,7 @@ def _decoded(decode):
 for _attention in ("additive", "dot", "general", "concat", "location_sensitive"):
     _case("seq2seq_forward", f"{_attention}+padding", _S2S, lambda rng, a=_attention: _seq2seq_inputs(rng, a))
     register(ParityCase(
-        f"greedy_decode/{_attention}+padding", "greedy_decode", f"{_S2S} max_len={T + 1}",
+        f"greedy_decode/{_attention}+padding", "greedy_decode", f"{_S2S} max_length={T + 1}",
         lambda rng, a=_attention: _seq2seq_inputs(rng, a, with_target=False),
         _decoded(attention_np.greedy_decode), _decoded(attention_jax.greedy_decode),
         dtypes=("float64", "float32"),  # argmax ids in low precision may legitimately differ
@@ -308,9 +308,9 @@ def _stepped(module):
     """Chunks of 2, 1 and 2 tokens through ``multi_head_attention_step``: every output, the
     weights of the last chunk, and the final cache's keys and values."""
 
-    def run(params, x, max_len):
+    def run(params, x, max_length):
         K, H = params["key"]["kernel"].shape[1:]
-        cache = module.init_kv_cache(x.shape[0], max_len, K, H, dtype=x.dtype)
+        cache = module.init_kv_cache(x.shape[0], max_length, K, H, dtype=x.dtype)
         outs = []
         for start, stop in ((0, 2), (2, 3), (3, 5)):
             out, weights, cache = module.multi_head_attention_step(params, x[:, start:stop], cache)

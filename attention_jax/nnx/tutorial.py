@@ -93,8 +93,8 @@ class Seq2Seq(ParamTree):
     """The encoder - attention - decoder (:mod:`attention_jax.seq2seq`) as a Flax NNX module.
 
     ``module(source_ids, target_in_ids, *, source_mask) -> (logits (B, T, V), weights (B, T, S))``
-    (teacher forcing) and ``module.generate(source_ids, *, bos_id, max_len, source_mask) ->
-    (ids (B, max_len), weights (B, max_len, S))`` (greedy). Its state is the dict of
+    (teacher forcing) and ``module.generate(source_ids, *, bos_id, max_length, source_mask) ->
+    (ids (B, max_length), weights (B, max_length, S))`` (greedy). Its state is the dict of
     :func:`attention_jax.init_seq2seq_params`: ``source_embed``, ``target_embed``,
     ``encoder``, ``decoder``, ``attention`` (``{attention: ...}``), ``out``.
     """
@@ -109,8 +109,8 @@ class Seq2Seq(ParamTree):
     def __call__(self, source_ids, target_in_ids, *, source_mask=None):
         return seq2seq_forward(self.params(), source_ids, target_in_ids, source_mask=source_mask)
 
-    def generate(self, source_ids, *, bos_id: int, max_len: int, source_mask=None):
-        return greedy_decode(self.params(), source_ids, bos_id=bos_id, max_len=max_len, source_mask=source_mask)
+    def generate(self, source_ids, *, bos_id: int, max_length: int, source_mask=None):
+        return greedy_decode(self.params(), source_ids, bos_id=bos_id, max_length=max_length, source_mask=source_mask)
 
 
 

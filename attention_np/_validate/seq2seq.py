@@ -44,9 +44,9 @@ def check_seq2seq(params, source_ids, target_ids, source_mask, *, target_name="t
     return shapes
 
 
-def check_decode_options(bos_id, max_len, vocab) -> None:
-    """``greedy_decode``'s static options: ``max_len`` an int >= 0, ``bos_id`` a target id."""
-    if isinstance(max_len, bool) or not isinstance(max_len, numbers.Integral) or max_len < 0:
-        raise ValueError(f"max_len must be a non-negative int; got {max_len!r}")
+def check_decode_options(bos_id, max_length, vocab) -> None:
+    """``greedy_decode``'s static options: ``max_length`` an int >= 0, ``bos_id`` a target id."""
+    if isinstance(max_length, bool) or not isinstance(max_length, numbers.Integral) or max_length < 0:
+        raise ValueError(f"max_length must be a non-negative int; got {max_length!r}")
     if isinstance(bos_id, bool) or not isinstance(bos_id, numbers.Integral) or not 0 <= bos_id < vocab:
         raise ValueError(f"bos_id must be an int in [0, {vocab}) (a target token id); got {bos_id!r}")

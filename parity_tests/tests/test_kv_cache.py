@@ -115,7 +115,7 @@ def test_writing_past_max_len_is_a_value_error(half, rng):
     params, x = _setup(rng)
     cache = module.init_kv_cache(B, 4, K, H, dtype=np.float64)
     _, _, cache = module.multi_head_attention_step(_as(half, params), _as(half, x[:, :3]), cache)
-    with pytest.raises(ValueError, match="the cache has no room: a row holds 3 of max_len=4 tokens, so k=2 new tokens do not fit"):
+    with pytest.raises(ValueError, match="the cache has no room: a row holds 3 of max_length=4 tokens, so k=2 new tokens do not fit"):
         module.multi_head_attention_step(_as(half, params), _as(half, x[:, 3:5]), cache)
 
 

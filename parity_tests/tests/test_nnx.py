@@ -81,8 +81,8 @@ def test_seq2seq_state_call_and_generate(attention, rng):
     for a, b in zip(module(source_ids, target_in_ids, source_mask=mask),
                     attention_jax.seq2seq_forward(new, source_ids, target_in_ids, source_mask=mask)):
         np.testing.assert_array_equal(a, b)
-    for a, b in zip(module.generate(source_ids, bos_id=1, max_len=3, source_mask=mask),
-                    attention_jax.greedy_decode(new, source_ids, bos_id=1, max_len=3, source_mask=mask)):
+    for a, b in zip(module.generate(source_ids, bos_id=1, max_length=3, source_mask=mask),
+                    attention_jax.greedy_decode(new, source_ids, bos_id=1, max_length=3, source_mask=mask)):
         np.testing.assert_array_equal(a, b)
 
 

@@ -71,7 +71,7 @@ def test_without_attention_the_context_is_the_last_encoder_state():
     expected = np.concatenate([s0, c], -1) @ p["out"]["kernel"] + p["out"]["bias"]
     np.testing.assert_allclose(logits[:, 0], expected, atol=1e-5)
     # teacher forcing on the greedy output predicts that output again (the two decoders agree)
-    ids = reverse.greedy_decode_without_attention(params, source, bos_id=reverse.BOS, max_len=reverse.MAX_LEN,
+    ids = reverse.greedy_decode_without_attention(params, source, bos_id=reverse.BOS, max_length=reverse.MAX_LEN,
                                                   source_mask=mask)
     forced = np.concatenate([np.full((6, 1), reverse.BOS), ids[:, :-1]], axis=1).astype(np.int32)
     np.testing.assert_array_equal(np.asarray(reverse.forward_without_attention(params, source, forced, mask)).argmax(-1),
@@ -82,7 +82,7 @@ def test_length_sweep_in_miniature(tmp_path):
     # without attention only: the model with attention compiles for 10 s, and the first test trains it
     from examples import reverse
 
-    results = reverse.sweep(steps=5, batch=8, embed=8, hidden=8, heldout=10, min_len=3, max_len=4,
+    results = reverse.sweep(steps=5, batch=8, embed=8, hidden=8, heldout=10, min_len=3, max_length=4,
                             attentions=("none",), progress=False)
     (result,) = results.values()
     assert sorted(result["accuracy"]) == [3, 4]

@@ -41,8 +41,8 @@ def test_halves_agree_forward_and_greedy(attention, dtype, tol, rng):
     with highest():
         expected = attention_np.seq2seq_forward(params, source_ids, target_in_ids, source_mask=mask)
         actual = HALVES["jax"].seq2seq_forward(_as("jax", params), source_ids, target_in_ids, source_mask=mask)
-        ids_np, w_np = attention_np.greedy_decode(params, source_ids, bos_id=1, max_len=6, source_mask=mask)
-        ids_jax, w_jax = HALVES["jax"].greedy_decode(_as("jax", params), source_ids, bos_id=1, max_len=6, source_mask=mask)
+        ids_np, w_np = attention_np.greedy_decode(params, source_ids, bos_id=1, max_length=6, source_mask=mask)
+        ids_jax, w_jax = HALVES["jax"].greedy_decode(_as("jax", params), source_ids, bos_id=1, max_length=6, source_mask=mask)
     for e, a in zip(expected, actual):
         assert a.dtype == dtype and a.shape == e.shape
         np.testing.assert_allclose(a, e, rtol=tol, atol=tol)
@@ -86,7 +86,7 @@ def test_greedy_is_the_argmax_of_teacher_forcing_on_its_own_output(attention, ha
     params = _as(half, _params(rng, attention))
     source_ids, _, mask = _batch(rng)
     module = HALVES[half]
-    ids, weights = module.greedy_decode(params, source_ids, bos_id=0, max_len=T, source_mask=mask)
+    ids, weights = module.greedy_decode(params, source_ids, bos_id=0, max_length=T, source_mask=mask)
     target_in_ids = np.concatenate([np.zeros((B, 1), np.int32), np.asarray(ids)[:, :-1]], axis=1)
     logits, forced_weights = module.seq2seq_forward(params, source_ids, target_in_ids, source_mask=mask)
     np.testing.assert_array_equal(np.asarray(logits).argmax(-1), ids)
@@ -123,13 +123,13 @@ def test_bad_input(half, rng):
     with pytest.raises(ValueError, match=r"source_mask must have shape \(B, S\) with B=3, S=7 from source_ids; got \(3, 6\)"):
         module.seq2seq_forward(params, source_ids, target_in_ids, source_mask=mask[:, :6])
     with pytest.raises(TypeError, match="source_mask must have a boolean dtype"):
-        module.greedy_decode(params, source_ids, bos_id=0, max_len=3, source_mask=mask.astype(np.float32))
+        module.greedy_decode(params, source_ids, bos_id=0, max_length=3, source_mask=mask.astype(np.float32))
     with pytest.raises(ValueError, match=r"source_ids must hold at least one position \(S >= 1\)"):
         module.seq2seq_forward(params, source_ids[:, :0], target_in_ids)
     with pytest.raises(ValueError, match=r"bos_id must be an int in \[0, 11\)"):
-        module.greedy_decode(params, source_ids, bos_id=11, max_len=3)
-    with pytest.raises(ValueError, match="max_len must be a non-negative int; got -1"):
-        module.greedy_decode(params, source_ids, bos_id=0, max_len=-1)
+        module.greedy_decode(params, source_ids, bos_id=11, max_length=3)
+    with pytest.raises(ValueError, match="max_length must be a non-negative int; got -1"):
+        module.greedy_decode(params, source_ids, bos_id=0, max_length=-1)
     with pytest.raises(ValueError, match=r"params\['out'\] is missing"):
         module.seq2seq_forward({k: v for k, v in params.items() if k != "out"}, source_ids, target_in_ids)
     with pytest.raises(ValueError, match="attention must be one of 'additive', 'dot', 'general', 'concat', 'location_sensitive'; got 'cosine'"):
@@ -149,14 +149,14 @@ def test_out_of_range_ids_raise_in_numpy_and_give_nan_in_jax(rng):
     assert np.isnan(np.asarray(logits[0])).all() and np.isfinite(np.asarray(logits[1:])).all()
 
 
-def test_empty_target_and_zero_max_len(rng):
+def test_empty_target_and_zero_max_length(rng):
     params = _params(rng, "general")
     source_ids, target_in_ids, mask = _batch(rng)
     for module in HALVES.values():
         p = _as("jax" if module is not attention_np else "numpy", params)
         logits, weights = module.seq2seq_forward(p, source_ids, target_in_ids[:, :0], source_mask=mask)
         assert logits.shape == (B, 0, V) and weights.shape == (B, 0, S)
-        ids, weights = module.greedy_decode(p, source_ids, bos_id=0, max_len=0, source_mask=mask)
+        ids, weights = module.greedy_decode(p, source_ids, bos_id=0, max_length=0, source_mask=mask)
         assert ids.shape == (B, 0) and weights.shape == (B, 0, S)
 
 
@@ -232,7 +232,7 @@ def test_hard_attention_halves_agree_and_are_one_hot_at_the_soft_argmax(attentio
     actual = HALVES["jax"].seq2seq_forward(_as("jax", params), source_ids, target_in_ids, source_mask=mask, hard=True)
     for e, a in zip(expected, actual):
         np.testing.assert_allclose(a, e, atol=1e-12)
-    ids = [m.greedy_decode(_as(h, params), source_ids, bos_id=0, max_len=4, source_mask=mask, hard=True)[0] for h, m in HALVES.items()]
+    ids = [m.greedy_decode(_as(h, params), source_ids, bos_id=0, max_length=4, source_mask=mask, hard=True)[0] for h, m in HALVES.items()]
     np.testing.assert_array_equal(ids[1], ids[0])
     hard_weights = expected[1]
     np.testing.assert_array_equal(np.sort(hard_weights, -1)[..., -1], 1.0)
