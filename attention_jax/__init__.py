@@ -26,6 +26,7 @@ from .local_attention import init_local_params, local_attention
 from .location import init_location_sensitive_params, location_scores, location_sensitive_attention
 from .multi_head import init_multi_head_params, multi_head_attention, multi_head_params_from_flax
 from .paged import init_paged_kv_cache, paged_attention, paged_kv_write
+from .parallel.layouts import zigzag_permutation
 from .parallel.ring import ring_attention
 from .rotary import apply_rotary
 from .scores import (
@@ -89,6 +90,7 @@ __all__ = [
     "scaled_dot_product_attention",
     "scaled_dot_scores",
     "ring_attention",
+    "zigzag_permutation",
     "self_attention",
     "seq2seq_forward",
     "sinusoidal_positions",

@@ -17,98 +17,108 @@ after P steps each accumulator is back on the device that owns the block. Only t
 the output and the per-row log-sum-exp are saved: O((T + S) / P) memory per device in both
 directions.
 
-Causal attention skips blocks entirely above the diagonal (``lax.switch``): device i computes
-i + 1 of the P blocks, so the ring is not load-balanced (device P - 1 does P times the work
-of device 0); a zig-zag layout (Brandon et al. 2023, "Striped attention") would balance it.
+The options are those of ``chunked_attention``, computed at global positions: every device
+knows the positions of the queries it holds and of the key block it holds at each step
+(:mod:`.layouts`), and the kernels' block states skip the blocks no query of the pair sees
+(above the causal diagonal, outside the window, past a row's length, segments that do not
+meet). With the contiguous layout causal attention is not load-balanced (device i computes
+i + 1 of the P blocks; device P - 1 does P times the work of device 0); with
+``layout="zigzag"`` every device holds one chunk from each end of the sequence and computes
+the same number of blocks.
 
 Shape letters: B batch, T query length, S key/value length, N query heads, K key/value heads
 (N % K == 0), H features per head, P devices on the ring.
 """
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from attention_np._validate import check_sdpa
+from attention_np._validate import check_choice, check_sdpa, check_sdpa_extras, check_sdpa_options
 
 from .._dtypes import compute_dtype
+from .._jit import logits_scale, split_scale
 from .._sharding import explicit_spec, match_varying
 from ..fast import online_softmax
 from ..fast.chunked.blocks import BlockSizes
 from ..fast.chunked.config import Config, Mods, Operands
 from ..fast.chunked.kernels import backward, forward
 from ..fast.chunked.layout import from_rows, make_rows, to_rows
+from .layouts import LAYOUTS, device_positions, zigzag_permutation
 
 
-def _step_configs(Tb, Sb, G, is_causal, compute):
-    """The chunked kernels' :class:`~attention_jax.fast.chunked.config.Config` of a ring step:
-    ``(full, diagonal)``: a key block before this device's queries (every key visible), and
-    with ``is_causal`` the block on the diagonal (local positions: both blocks start at the
-    same global position). One block size for both, so that the padded lengths agree."""
-    qc, kc = BlockSizes.get_default().blocks(is_causal, Tb, Sb)
-    full = Config(is_causal=False, query_chunk=min(qc, Tb), key_chunk=min(kc, Sb), T=Tb, S=Sb, G=G, compute=compute)
-    return full, full._replace(is_causal=True)
+def _with_sinks(out, lse, sinks):
+    """The sinks (``(1, K, G)``) join each row's normaliser once, after the ring: ``lse' =
+    log(e^lse + e^sink)`` and the output scaled by ``e^(lse - lse')`` (a sink holds no value)."""
+    if sinks is None:
+        return out, lse
+    return online_softmax.merge(out, lse, jnp.zeros_like(out), jnp.broadcast_to(sinks[:, :, None, :], lse.shape))
 
 
-def _branch(i, j, is_causal):
-    """Which kernel device i runs on the key block of device j: 0 none (above the causal
-    diagonal), 1 every key visible, 2 the causal diagonal."""
-    if not is_causal:
-        return jnp.int32(1)
-    return jnp.where(j > i, 0, jnp.where(j == i, 2, 1)).astype(jnp.int32)
-
-
-def _ring_forward(ops, rows, *, axis_name, P, configs, is_causal):
+def _ring_forward(ops, rows, sinks, *, axis_name, P, cfg, layout):
     """Per device, in the rows layout of the chunked kernels: ``ops`` this device's queries and
-    key/value block (and key mask). Each step runs the chunked forward kernel on the block it
-    holds and merges its ``(out, lse)`` into the running one (:func:`.online_softmax.merge`),
-    then passes the block on. Returns ``(out (B, K, Tp, G, H), lse (B, K, Tp, G))``."""
+    key/value block (and key mask), ``rows`` its lengths, segment ids and query positions. Each
+    step runs the chunked forward kernel on the key block it holds (at that block's global
+    positions, with its segment ids) and merges its ``(out, lse)`` into the running one, then
+    passes the block on. Returns ``(out (B, K, Tp, G, H), lse (B, K, Tp, G))``."""
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]  # device j sends to j + 1: block i - p arrives at step p
-    c = configs[0].compute
-    none = (jnp.zeros_like(ops.q, c), jnp.full_like(ops.q[..., 0], -jnp.inf, c))  # typed as the kernels' outputs
+    c = cfg.compute
 
     def step(p, carry):
-        out, lse, k, v, mask = carry
-        block = ops._replace(k=k, v=v, mask=mask)
-        kernels = [lambda: none] + [lambda cfg=cfg: forward(block, rows, Mods(), cfg=cfg) for cfg in configs]
-        out, lse = online_softmax.merge(out, lse, *lax.switch(_branch(i, (i - p) % P, is_causal), kernels))
-        k, v, mask = (lax.ppermute(x, axis_name, perm) for x in (k, v, mask))
-        return out, lse, k, v, mask
+        out, lse, k, v, mask, kseg = carry
+        kpos = _padded_positions((i - p) % P, rows.kpos.shape[-1], cfg.S, P, layout)
+        block = forward(ops._replace(k=k, v=v, mask=mask), rows._replace(kseg=kseg, kpos=kpos), Mods(), cfg=cfg)
+        out, lse = online_softmax.merge(out, lse, *block)
+        k, v, mask, kseg = (None if x is None else lax.ppermute(x, axis_name, perm) for x in (k, v, mask, kseg))
+        return out, lse, k, v, mask, kseg
 
-    out, lse, *_ = lax.fori_loop(0, P, step, (*none, ops.k, ops.v, ops.mask))
-    return out, lse
+    start = (jnp.zeros_like(ops.q, c), jnp.full_like(ops.q[..., 0], -jnp.inf, c), ops.k, ops.v, ops.mask, rows.kseg)
+    out, lse, *_ = lax.fori_loop(0, P, step, start)
+    return _with_sinks(out, lse, sinks)
 
 
-def _ring_backward(ops, rows, out, lse, d_out, *, axis_name, P, configs, is_causal):
-    """Per device: the gradients of :func:`_ring_forward`'s output: each step runs the chunked
+def _ring_backward(ops, rows, sinks, out, lse, d_out, d_lse, *, axis_name, P, cfg, layout):
+    """Per device: the gradients of :func:`_ring_forward`'s outputs: each step runs the chunked
     backward kernel (its weights recomputed from the final ``lse``) on the block it holds; the
     key/value blocks travel with their gradient accumulators, home again after P steps."""
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]
-    d_lse = jnp.zeros_like(lse)  # the ring returns no lse: no cotangent for it
 
     def step(p, carry):
-        dq, k, v, mask, dk, dv = carry
-        block = ops._replace(k=k, v=v, mask=mask)
-        none = (jnp.zeros_like(dq), jnp.zeros_like(dk), jnp.zeros_like(dv))
-        kernels = [lambda: none] + [lambda cfg=cfg: backward(block, out, lse, d_out, d_lse, rows, Mods(), cfg=cfg)[:3]
-                                    for cfg in configs]
-        dq_j, dk_j, dv_j = lax.switch(_branch(i, (i - p) % P, is_causal), kernels)
-        k, v, mask, dk, dv = (lax.ppermute(x, axis_name, perm) for x in (k, v, mask, dk + dk_j, dv + dv_j))
-        return dq + dq_j, k, v, mask, dk, dv
+        dq, k, v, mask, kseg, dk, dv = carry
+        kpos = _padded_positions((i - p) % P, rows.kpos.shape[-1], cfg.S, P, layout)
+        dq_j, dk_j, dv_j, _, _ = backward(ops._replace(k=k, v=v, mask=mask), out, lse, d_out, d_lse,
+                                          rows._replace(kseg=kseg, kpos=kpos), Mods(), cfg=cfg)
+        k, v, mask, kseg, dk, dv = (None if x is None else lax.ppermute(x, axis_name, perm)
+                                    for x in (k, v, mask, kseg, dk + dk_j, dv + dv_j))
+        return dq + dq_j, k, v, mask, kseg, dk, dv
 
-    start = (jnp.zeros_like(ops.q, out.dtype), ops.k, ops.v, ops.mask, jnp.zeros_like(ops.k, out.dtype),
+    start = (jnp.zeros_like(ops.q, out.dtype), ops.k, ops.v, ops.mask, rows.kseg, jnp.zeros_like(ops.k, out.dtype),
              jnp.zeros_like(ops.v, out.dtype))
-    dq, _, _, _, dk, dv = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
-    return dq, dk, dv
+    dq, *_, dk, dv = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
+    d_sinks = None
+    if sinks is not None:  # d lse / d sink = e^(sink - lse), the sink's weight; d out / d sink = -weight * out
+        weight = jnp.exp(sinks[:, :, None, :] - lse)                             # (B, K, Tp, G)
+        delta = jnp.sum(d_out * out, axis=-1) - d_lse
+        d_sinks = -jnp.sum(weight * delta, axis=(0, 2), keepdims=True)[:, :, 0]  # (1, K, G)
+    return dq, dk, dv, d_sinks
 
 
-def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale=None, mask=None):
+def _padded_positions(device, Sp, S, P, layout):
+    """``(1, 1, Sp)``: the global positions of ``device``'s S = L / P entries, padded to ``Sp``
+    with the last one (the block states read each block's range)."""
+    positions = device_positions(device, S, P, layout)
+    return jnp.pad(positions, (0, Sp - S), mode="edge")[None, None]
+
+
+def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale=None, mask=None,
+                   query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
+                   query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None,
+                   return_residual=False, layout="contiguous"):
     r"""Scaled dot-product attention with the sequence sharded over a ring of devices.
 
     .. math::
@@ -117,42 +127,69 @@ def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale
         (K_j, V_j) \to \text{device } j + 1 \text{ after each step}
 
     Liu, Zaharia & Abbeel 2023, "Ring attention with blockwise transformers for near-infinite
-    context"; the blockwise recurrences of FlashAttention-2 (Dao 2023). Equal to
-    ``scaled_dot_product_attention`` on the gathered inputs; see the module docstring for the
+    context"; the blockwise recurrences of FlashAttention-2 (Dao 2023); the zig-zag layout of
+    Brandon et al. 2023. Equal to :func:`dot_product_attention` on the gathered inputs (a
+    query with no key gives zeros and zero gradients); see the module docstring for the
     backward pass and the causal schedule.
 
     Args:
       query: ``(B, T, N, H)``, sharded (or to be sharded) along T over ``axis_name``.
       key, value: ``(B, S, K, H)``, sharded along S; the dtype of ``query``.
       mesh: a ``jax.sharding.Mesh`` with an axis ``axis_name`` of P devices; T and S must be
-        multiples of P (causal attention also needs T == S).
+        multiples of P (2P with ``layout="zigzag"``; causal attention also needs T == S).
       axis_name: the mesh axis the sequence is split over.
-      is_causal: query t attends only to keys s <= t.
-      scale: logits scale, default ``1/sqrt(H)``.
+      is_causal: query t attends only to keys s <= t (global positions).
+      scale: logits scale, default ``1/sqrt(H)``; a 0-d float array is traced.
       mask: optional bool, broadcastable to ``(B, N, T, S)`` (True = attend) as everywhere,
-        and the same for every head and query: a key-padding mask ``(B|1, 1, 1, S)``; a query
-        with no key to attend to gets zeros, as everywhere in this project.
+        and the same for every head and query: a key-padding mask ``(B|1, 1, 1, S)``.
+      query_seq_lengths, key_value_seq_lengths: optional int ``(B,)``, in global positions.
+      local_window_size: optional ``(left, right)`` or an int: keys ``t - left <= s <= t + right``.
+      query_segment_ids, key_value_segment_ids: optional int ``(B, T)``, ``(B, S)`` in the
+        layout of the sequence (packed documents may span shards); block pairs whose ids do
+        not meet are skipped.
+      logits_soft_cap: optional c > 0: logits ``c tanh(logits / c)``.
+      sinks: optional float ``(N,)``: per-head sink logits, counted once per query.
+      return_residual: also return ``lse (B, T, N)`` (the convention of
+        :func:`dot_product_attention`), sharded like the output.
+      layout: ``"contiguous"`` (device i holds positions ``i L/P ..``) or ``"zigzag"``: the
+        sequence axes of every input (and segment ids, and the output) are in the order of
+        :func:`zigzag_permutation`, so that causal work is the same on every device.
 
     Returns:
-      ``out (B, T, N, H)``, in the dtype of ``query``, sharded like ``query``.
+      ``out (B, T, N, H)`` in the dtype of ``query``, sharded and laid out like ``query``;
+      ``(out, lse)`` with ``return_residual``.
     """
     query, key, value = (jnp.asarray(x) for x in (query, key, value))
     if not isinstance(mesh, Mesh) or axis_name not in mesh.shape:
         raise ValueError(f"mesh must be a jax.sharding.Mesh with an axis {axis_name!r}; got {mesh!r}")
+    check_choice("layout", layout, LAYOUTS)
     shapes = check_sdpa(query, key, value, None, None, scale)
     if query.ndim != 4:
         raise ValueError(f"query must have shape (B, T, N, H) (one batch axis); got {tuple(query.shape)}")
+    window, _ = check_sdpa_options(shapes, query_seq_lengths, key_value_seq_lengths, local_window_size, 0.0, None)
+    soft_cap = check_sdpa_extras(shapes, query_segment_ids, key_value_segment_ids, logits_soft_cap, sinks)
     B, T, N, H = query.shape
     S = shapes["S"]
     P = mesh.shape[axis_name]
+    pieces = P if layout == "contiguous" else 2 * P
     for name, length in (("T", T), ("S", S)):
-        if length % P:
-            raise ValueError(f"ring_attention splits {name} evenly over the {P} devices of mesh axis {axis_name!r}; got {name}={length}")
-    if is_causal and T != S:
-        raise ValueError(f"causal ring_attention needs T == S (its blocks share the diagonal); got T={T}, S={S}")
+        if length % pieces:
+            raise ValueError(f"ring_attention with layout={layout!r} splits {name} into {pieces} equal pieces "
+                             f"over the {P} devices of mesh axis {axis_name!r}; got {name}={length}")
+    if (is_causal or layout == "zigzag") and T != S:
+        raise ValueError(f"{'causal ' if is_causal else ''}ring_attention with layout={layout!r} needs T == S (its "
+                         f"blocks share the diagonal); got T={T}, S={S}")
     mask = jnp.ones((B, S), bool) if mask is None else _key_mask(mask, B, N, T, S)
-    scale = 1.0 / math.sqrt(H) if scale is None else float(scale)
-    return _ring(query, key, value, mask, mesh=mesh, axis_name=axis_name, P=P, scale=scale, is_causal=bool(is_causal))
+    if key_value_seq_lengths is not None:  # keys past a row's length: padding, as the key mask's
+        positions = jnp.arange(S) if layout == "contiguous" else jnp.asarray(zigzag_permutation(S, P))
+        mask = mask & (positions[None, :] < jnp.asarray(key_value_seq_lengths).reshape(B, 1))
+    query_ids = key_value_segment_ids if query_segment_ids is None else query_segment_ids
+    key_ids = query_ids if key_value_segment_ids is None else key_value_segment_ids
+    scale, scale_value = split_scale(scale)
+    out, lse = _ring(query, key, value, mask, query_seq_lengths, key_value_seq_lengths, query_ids, key_ids, sinks,
+                     scale_value, mesh=mesh, axis_name=axis_name, P=P, scale=scale, is_causal=bool(is_causal),
+                     window=window, soft_cap=soft_cap, layout=layout)
+    return (out, lse) if return_residual else out
 
 
 def _key_mask(mask, B, N, T, S):
@@ -170,49 +207,72 @@ def _key_mask(mask, B, N, T, S):
     return jnp.broadcast_to(mask.reshape(shape)[:, 0, 0, :], (B, S))
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "P", "scale", "is_causal"))
-def _ring(query, key, value, mask, *, mesh, axis_name, P, scale, is_causal):
+@functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "P", "scale", "is_causal", "window", "soft_cap",
+                                             "layout"))
+def _ring(query, key, value, mask, qlen, kvlen, qseg, kseg, sinks, scale_value, *, mesh, axis_name, P, scale, is_causal,
+          window, soft_cap, layout):
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     B, T, N, H = query.shape
-    K = key.shape[2]
-    configs = _step_configs(T // P, key.shape[1] // P, N // K, is_causal, compute)
-    configs = configs if is_causal else configs[:1]
-    options = {"axis_name": axis_name, "P": P, "configs": configs, "is_causal": is_causal}
+    S, K = key.shape[1], key.shape[2]
+    Tb, Sb = T // P, S // P
+    qc, kc = BlockSizes.get_default().blocks(is_causal, Tb, Sb, qseg is not None)
+    has_lengths = qlen is not None or kvlen is not None
+    cfg = Config(is_causal=is_causal, query_chunk=min(qc, Tb), key_chunk=min(kc, Sb), T=Tb, S=Sb, G=N // K,
+                 window=window, has_lengths=has_lengths, has_segments=qseg is not None, compute=compute,
+                 soft_cap=soft_cap)
+    options = {"axis_name": axis_name, "P": P, "cfg": cfg, "layout": layout}
 
     @jax.custom_vjp
-    def local(ops, rows):
-        return _ring_forward(ops, rows, **options)[0]
+    def local(ops, rows, sinks):
+        return _ring_forward(ops, rows, sinks, **options)
 
-    def local_fwd(ops, rows):
-        out, lse = _ring_forward(ops, rows, **options)
-        return out, (ops, rows, out, lse)
+    def local_fwd(ops, rows, sinks):
+        out, lse = _ring_forward(ops, rows, sinks, **options)
+        return (out, lse), (ops, rows, sinks, out, lse)
 
-    def local_bwd(residuals, d_out):
-        ops, rows, out, lse = residuals
-        dq, dk, dv = _ring_backward(ops, rows, out, lse, d_out, **options)
-        return Operands(dq.astype(ops.q.dtype), dk.astype(ops.k.dtype), dv.astype(ops.v.dtype), None, None), \
-            jax.tree.map(lambda _: None, rows)
+    def local_bwd(residuals, cotangents):
+        ops, rows, sinks, out, lse = residuals
+        d_out, d_lse = (x.astype(out.dtype) for x in cotangents)
+        dq, dk, dv, d_sinks = _ring_backward(ops, rows, sinks, out, lse, d_out, d_lse, **options)
+        d_ops = Operands(dq.astype(ops.q.dtype), dk.astype(ops.k.dtype), dv.astype(ops.v.dtype), None, None)
+        return d_ops, jax.tree.map(lambda _: None, rows), None if sinks is None else d_sinks.astype(sinks.dtype)
 
     local.defvjp(local_fwd, local_bwd)
 
-    def per_device(q, k, v, key_mask):  # q (B, T/P, N, H) scaled, k, v (B, S/P, K, H), key_mask (B, S/P)
-        ops = to_rows(q, k, v, None, key_mask[:, None, None, :], configs[0])
-        ops = Operands(*match_varying(*ops))  # a custom_vjp's inputs vary over the same manual axes
-        out = local(ops, make_rows(configs[0], B, K))
-        return from_rows(out, jnp.zeros(out.shape[:-1], out.dtype), q.shape[1])[0]
+    def per_device(q, k, v, key_mask, qlen, kvlen, qseg, kseg, sinks):
+        # q (B, T/P, N, H) scaled, k, v (B, S/P, K, H), key_mask (B, S/P), lengths (B,), ids (B, T/P), (B, S/P)
+        i = lax.axis_index(axis_name)
+        ops = to_rows(q, k, v, None, key_mask[:, None, None, :], cfg)  # a mask always: rows may see no key in a step
+        keep = ops.mask[:, 0, 0, 0, :, None]                                      # (B, Sp, 1)
+        ops = ops._replace(k=jnp.where(keep[:, None], ops.k, 0), v=jnp.where(keep[:, None], ops.v, 0))  # NaN padding unread
+        rows = make_rows(cfg, B, K, query_segment_ids=qseg, key_value_segment_ids=kseg)
+        if has_lengths:  # global lengths: a missing side is the whole sequence
+            rows = rows._replace(qlen=(jnp.full((B,), T) if qlen is None else qlen).reshape(B, 1).astype(jnp.int32),
+                                 kvlen=(jnp.full((B,), S) if kvlen is None else kvlen).reshape(B, 1).astype(jnp.int32))
+        rows = rows._replace(qpos=_padded_positions(i, ops.q.shape[2], Tb, P, layout),
+                             kpos=_padded_positions(i, ops.k.shape[2], Sb, P, layout))
+        sinks = None if sinks is None else sinks.astype(compute).reshape(1, K, N // K)
+        *arrays, sinks = match_varying(*ops, sinks)  # a custom_vjp's inputs vary over the same manual axes
+        out, lse = local(Operands(*arrays), rows, sinks)
+        return from_rows(out, lse, Tb)
 
-    seq = PartitionSpec(_batch_axes(query, axis_name), axis_name)
+    batch = _batch_axes(query, axis_name)
+    seq, rows_spec, rep = PartitionSpec(batch, axis_name), PartitionSpec(batch), PartitionSpec()
     # the ring axis alone is manual; on a mesh without Explicit axes the others stay automatic,
     # so XLA keeps the batch (and heads) sharded as the query is, not replicated
     manual = {axis_name} if AxisType.Explicit not in tuple(mesh.axis_types) else set(mesh.axis_names)
-    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=(seq, seq, seq, seq), out_specs=seq, axis_names=manual,
-                            check_vma=True)
-    args = (query.astype(compute) * scale, key.astype(compute), value.astype(compute), mask)
+    specs = (seq, seq, seq, seq, rows_spec, rows_spec, seq, seq, rep)
+    args = [query.astype(compute) * logits_scale(scale, scale_value, H, compute), key.astype(compute),
+            value.astype(compute), mask, qlen, kvlen, qseg, kseg, sinks]
+    args = [None if x is None else jnp.asarray(x) for x in args]
     if AxisType.Explicit in tuple(mesh.axis_types):
         # on Explicit axes shard_map takes inputs only as in_specs shards them (a replicated
         # mask or an unsharded query is an error, not a resharding)
-        args = tuple(jax.sharding.reshard(x, NamedSharding(mesh, seq)) for x in args)
-    return sharded(*args).astype(dtype)
+        args = [None if x is None else jax.sharding.reshard(x, NamedSharding(mesh, spec)) for x, spec in zip(args, specs)]
+    sharded = jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=(seq, seq), axis_names=manual,
+                            check_vma=True)
+    out, lse = sharded(*args)
+    return out.astype(dtype), lse
 
 
 def _batch_axes(query, axis_name):

@@ -97,7 +97,8 @@ def test_two_devices_quick_check():
 
 
 def test_lengths_must_divide_evenly(ring):
-    assert ring["uneven"] == "ring_attention splits T evenly over the 4 devices of mesh axis 'sp'; got T=10"
+    assert ring["uneven"] == ("ring_attention with layout='contiguous' splits T into 4 equal pieces over the 4 devices "
+                              "of mesh axis 'sp'; got T=10")
 
 
 def test_the_mask_broadcasts_as_everywhere_and_is_a_key_mask():

@@ -59,7 +59,9 @@ class Rows(NamedTuple):
     """Per-row arrays the blocks read: the sequence lengths ``qlen, kvlen (B, 1)`` (T and S
     without lengths), ``index (B, K, 2)`` the (b, k) of each row (for the dropout hash and the
     mods under per-head slicing), the dropout rng's ``words (1, 1, 2)`` and the segment ids
-    ``qseg (B, 1, Tp)``, ``kseg (B, 1, Sp)`` (or None)."""
+    ``qseg (B, 1, Tp)``, ``kseg (B, 1, Sp)`` (or None), and the global positions of the queries
+    and keys ``qpos (1, 1, Tp)``, ``kpos (1, 1, Sp)`` when they are not ``0, 1, ...`` (a ring
+    device's shard, in any order; None: the local index is the position)."""
 
     qlen: object
     kvlen: object
@@ -67,6 +69,8 @@ class Rows(NamedTuple):
     words: object
     qseg: object = None
     kseg: object = None
+    qpos: object = None
+    kpos: object = None
 
 
 class Mods(NamedTuple):

@@ -12,16 +12,30 @@ from .closures import apply_mod
 from .layout import block
 
 
+def positions(rows, i, j, cfg):
+    """The global positions of block (i, j)'s queries ``t (qc,)`` and keys ``u (kc,)``: the
+    local indices, or ``rows.qpos``/``rows.kpos`` where given (a ring device's shard)."""
+    qc, kc = cfg.query_chunk, cfg.key_chunk
+    t = i * qc + jnp.arange(qc, dtype=jnp.int32)
+    u = j * kc + jnp.arange(kc, dtype=jnp.int32)
+    if rows is not None and rows.qpos is not None:
+        t = lax.dynamic_slice_in_dim(rows.qpos[0, 0], i * qc, qc)
+    if rows is not None and rows.kpos is not None:
+        u = lax.dynamic_slice_in_dim(rows.kpos[0, 0], j * kc, kc)
+    return t, u
+
+
 def block_indices(rows, i, j, cfg):
     """The global indices of block (i, j)'s entries, broadcasting to ``(B, K, R, kc)``: batch
     row ``b (B, 1, 1, 1)``, query head ``h (B, K, R, 1)``, query ``t (1, 1, R, 1)`` and key
     ``u (1, 1, 1, kc)`` (row ``r`` of a block is query ``r // G`` of head ``r % G`` of its group)."""
-    qc, kc, G = cfg.query_chunk, cfg.key_chunk, cfg.G
-    r = lax.broadcasted_iota(jnp.int32, (1, 1, qc * G, 1), 2)
+    G = cfg.G
+    r = lax.broadcasted_iota(jnp.int32, (1, 1, cfg.query_chunk * G, 1), 2)
     b = rows.index[:, :1, 0][:, :, None, None]                                     # (B, 1, 1, 1)
     h = rows.index[..., 1][:, :, None, None] * G + r % G
-    t = i * qc + r // G
-    u = j * kc + lax.broadcasted_iota(jnp.int32, (1, 1, 1, kc), 3)
+    t, u = positions(rows, i, j, cfg)
+    t = jnp.repeat(t, G)[None, None, :, None]                                      # row r: query r // G
+    u = u[None, None, None, :]
     return tuple(x.astype(jnp.int32) for x in (b, h, t, u))  # int32 as the mods were traced, x64 or not
 
 
@@ -51,9 +65,9 @@ def block_logits(ops, rows, mods, cfg, i, j, edge):
         m = block(block(ops.mask, i * qc, qc, 2), j * kc, kc, 4)
         valid = jnp.broadcast_to(m, shape5).reshape(s.shape)
     if edge:
-        t = i * qc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 0)               # query index
-        u = j * kc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 2)               # key index
-        ok = u < cfg.S
+        t, u = positions(rows, i, j, cfg)                                          # global positions
+        t, u = jnp.broadcast_to(t[:, None, None], (qc, G, kc)), jnp.broadcast_to(u[None, None, :], (qc, G, kc))
+        ok = (j * kc + lax.broadcasted_iota(jnp.int32, (qc, G, kc), 2)) < cfg.S      # not the padding past S
         if cfg.is_causal:
             ok = ok & (u <= t)
         if cfg.window is not None:

@@ -185,7 +185,13 @@ def option_states(rows, cfg, nq, nk):
     i, j = jnp.arange(nq).reshape(nq, 1), jnp.arange(nk).reshape(1, nk)
     t0, t1 = i * qc, jnp.minimum((i + 1) * qc, cfg.T) - 1                          # first, last real query
     u0, u1 = j * kc, jnp.minimum((j + 1) * kc, cfg.S) - 1                          # first, last real key
-    empty, full = u0 >= cfg.S, (j + 1) * kc <= cfg.S
+    empty, full = u0 >= cfg.S, (j + 1) * kc <= cfg.S                               # local: the padding past S
+    if rows.qpos is not None:  # a shard's own positions (padded with the last real one): their range
+        t = rows.qpos[0, 0].reshape(nq, qc)
+        t0, t1 = t.min(-1)[:, None], t.max(-1)[:, None]
+    if rows.kpos is not None:
+        u = rows.kpos[0, 0].reshape(nk, kc)
+        u0, u1 = u.min(-1)[None, :], u.max(-1)[None, :]
     if cfg.is_causal:
         empty, full = empty | (u0 > t1), full & (u1 <= t0)
     if cfg.window is not None:
@@ -194,7 +200,7 @@ def option_states(rows, cfg, nq, nk):
         full = full & (u0 >= t1 - left) & (u1 <= t0 + right)
     if cfg.has_lengths:
         qlen, kvlen = rows.qlen[:, :, None, None], rows.kvlen[:, :, None, None]   # (B, 1, 1, 1)
-        empty, full = empty | (u0 >= kvlen) | (t0 >= qlen), full & ((j + 1) * kc <= kvlen) & (t1 < qlen)
+        empty, full = empty | (u0 >= kvlen) | (t0 >= qlen), full & (u1 < kvlen) & (t1 < qlen)
     if cfg.has_segments:
         B = rows.qseg.shape[0]
         q = rows.qseg.reshape(B, 1, nq, qc)                                       # padded with the last id
