@@ -168,6 +168,96 @@ def ring_property(examples):
     return None
 
 
+@st.composite
+def option_problems(draw):
+    """A ring problem with the options of ``chunked_attention``: a layout, a window, packed
+    documents (sorted segment ids that span shards), lengths, a soft-cap, sinks, a key mask."""
+    P = draw(st.sampled_from([2, 4]))
+    layout = draw(st.sampled_from(["contiguous", "zigzag"]))
+    B, L = draw(st.sampled_from([1, 2])), 2 * P * draw(st.sampled_from([1, 2, 3]))
+    K, G, H = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2])), draw(st.sampled_from([2, 4]))
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    q = rng.normal(size=(B, L, K * G, H)).astype(np.float32)
+    k, v = (rng.normal(size=(B, L, K, H)).astype(np.float32) for _ in range(2))
+    options = {"is_causal": draw(st.booleans())}
+    if draw(st.booleans()):
+        options["local_window_size"] = (draw(st.integers(0, L)), draw(st.integers(0, L)))
+    if draw(st.booleans()):
+        options["query_segment_ids"] = np.sort(rng.integers(0, 3, size=(B, L)), axis=1)
+    if draw(st.booleans()):
+        options["query_seq_lengths"] = rng.integers(0, L + 1, size=B)
+        options["key_value_seq_lengths"] = rng.integers(0, L + 1, size=B)
+    if draw(st.booleans()):
+        options["logits_soft_cap"] = draw(st.sampled_from([0.5, 5.0]))
+    if draw(st.booleans()):
+        options["sinks"] = rng.normal(size=K * G).astype(np.float32)
+    if draw(st.booleans()):
+        options["mask"] = rng.random((B, 1, 1, L)) < 0.7
+    d_out = rng.normal(size=q.shape).astype(np.float32)
+    return P, layout, q, k, v, options, d_out
+
+
+def option_property(examples):
+    """``None`` if every drawn problem passes, else the first failure: with every option, in
+    either layout, the ring's output and lse equal the NumPy float64 definition, its
+    gradients (queries, keys, values, sinks) the dense path's; dead queries are zero."""
+
+    @settings(max_examples=examples, derandomize=examples <= 20, deadline=None, database=None)
+    @given(problem=option_problems())
+    def check(problem):
+        P, layout, q, k, v, options, d_out = problem
+        mesh = jax.make_mesh((P,), ("sp",), axis_types=(AxisType.Auto,))
+        L = q.shape[1]
+        perm = np.arange(L) if layout == "contiguous" else attention_jax.zigzag_permutation(L, P)
+        inv = np.argsort(perm)
+        ring_options = dict(options)
+        if "query_segment_ids" in options:
+            ring_options["query_segment_ids"] = options["query_segment_ids"][:, perm]
+        if "mask" in options:
+            ring_options["mask"] = options["mask"][..., perm]
+        sinks = options.pop("sinks", None)
+        ring_options.pop("sinks", None)
+
+        def ring(q, k, v, sinks):
+            out, lse = attention_jax.ring_attention(q[:, perm], k[:, perm], v[:, perm], mesh=mesh, axis_name="sp",
+                                                    layout=layout, sinks=sinks, return_residual=True, **ring_options)
+            return out[:, inv], lse[:, inv]
+
+        def dense(q, k, v, sinks):
+            return attention_jax.dot_product_attention(q, k, v, implementation="dense", sinks=sinks,
+                                                       return_residual=True, **options)
+
+        def loss(fn):  # the lse enters the loss where finite: its gradient is checked too
+            def f(q, k, v, sinks):
+                out, lse = fn(q, k, v, sinks)
+                return (out * d_out).sum() + jnp.where(jnp.isfinite(lse), lse, 0).sum()
+            return jax.grad(f, argnums=(0, 1, 2) if sinks is None else (0, 1, 2, 3))
+
+        with jax.default_matmul_precision("highest"):
+            out, lse = ring(q, k, v, sinks)
+            grads, expected_grads = loss(ring)(q, k, v, sinks), loss(dense)(q, k, v, sinks)
+        f64 = [x.astype(np.float64) for x in (q, k, v)]
+        expected, weights, expected_lse = attention_np.scaled_dot_product_attention(
+            *f64, sinks=None if sinks is None else sinks.astype(np.float64), return_residual=True, **options)
+        out, lse = np.asarray(out, np.float64), np.asarray(lse, np.float64)
+        dead = (weights.sum(-1) == 0).transpose(0, 2, 1)
+        assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads), "non-finite"
+        assert (out[dead] == 0).all() and (np.asarray(grads[0])[dead] == 0).all(), "a dead query is not zero"
+        assert np.abs(out - expected).max() <= 2e-5 * max(1.0, np.abs(expected).max()), "out"
+        finite = np.isfinite(expected_lse)
+        assert (np.isfinite(lse) == finite).all() and np.abs(lse[finite] - expected_lse[finite]).max(initial=0) <= 2e-5, "lse"
+        for name, g, e in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
+            e = np.asarray(e)
+            assert np.abs(np.asarray(g) - e).max() <= 2e-5 * max(1.0, np.abs(e).max()), name
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON
+            check()
+    except Exception as e:  # reported by test_ring.py, with hypothesis's falsifying example
+        return "\n".join([f"{type(e).__name__}: {e}", *getattr(e, "__notes__", [])])[-3000:]
+    return None
+
+
 def nan_rows(p=4, s=3):
     """Which outputs are NaN when key s holds NaN (causal: queries t >= s attend it), for the
     ring and for the single-device function."""
@@ -218,6 +308,7 @@ def main():
     }
     result["replicated_batch"] = {kind: replicated_batch(kind) for kind in ("Explicit", "Auto")}
     result["property"] = ring_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
+    result["option_property"] = option_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)
     try:

@@ -120,3 +120,21 @@ def test_the_mask_broadcasts_as_everywhere_and_is_a_key_mask():
                          (np.ones((2, 1, 1, 4)), r"must be a bool")):
         with pytest.raises(ValueError, match=message):
             attention_jax.ring_attention(x, x, x, mesh=mesh, axis_name="sp", mask=bad)
+
+
+def test_every_option_in_either_layout_is_the_definition(ring):
+    # hypothesis over layouts, windows, packed documents across shards, lengths, soft-caps,
+    # sinks and key masks: values and lse against NumPy float64, gradients (sinks included)
+    # against the dense path, dead queries zero
+    assert ring["option_property"] is None, ring["option_property"]
+
+
+def test_the_zigzag_permutation_and_its_errors():
+    import numpy as np
+
+    import attention_jax
+
+    perm = attention_jax.zigzag_permutation(12, 3)                 # 6 chunks of 2: device i holds i and 5 - i
+    np.testing.assert_array_equal(perm, [0, 1, 10, 11, 2, 3, 8, 9, 4, 5, 6, 7])
+    with pytest.raises(ValueError, match=r"L must be a multiple of 6; got L=8"):
+        attention_jax.zigzag_permutation(8, 3)
