@@ -28,6 +28,7 @@ from .multi_head import init_multi_head_params, multi_head_attention, multi_head
 from .paged import init_paged_kv_cache, paged_attention, paged_kv_write
 from .parallel.layouts import zigzag_permutation
 from .parallel.ring import ring_attention
+from .parallel.ulysses import ulysses_attention
 from .rotary import apply_rotary
 from .scores import (
     concat_scores,
@@ -91,6 +92,7 @@ __all__ = [
     "scaled_dot_scores",
     "ring_attention",
     "zigzag_permutation",
+    "ulysses_attention",
     "self_attention",
     "seq2seq_forward",
     "sinusoidal_positions",

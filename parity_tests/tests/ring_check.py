@@ -258,6 +258,81 @@ def option_property(examples):
     return None
 
 
+@st.composite
+def ulysses_problems(draw):
+    """A Ulysses problem: N a multiple of P, K a multiple or divisor of P, any of the options
+    of :func:`option_problems` (contiguous layout), a single-device path, a mesh kind."""
+    P, _, q, k, v, options, d_out = draw(option_problems())
+    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
+    B, L, _, H = q.shape
+    K = draw(st.sampled_from(sorted({1, P // 2, P, 2 * P} - {0})))
+    N = max(K, P) * draw(st.sampled_from([1, 2]))
+    q = rng.normal(size=(B, L, N, H)).astype(np.float32)
+    k, v = (rng.normal(size=(B, L, K, H)).astype(np.float32) for _ in range(2))
+    if "sinks" in options:
+        options["sinks"] = rng.normal(size=N).astype(np.float32)
+    d_out = rng.normal(size=q.shape).astype(np.float32)
+    kind = draw(st.sampled_from(["Explicit", "Auto"]))
+    return P, kind, draw(st.sampled_from(["dense", "chunked", None])), q, k, v, options, d_out
+
+
+def ulysses_property(examples):
+    """``None`` if every drawn problem passes, else the first failure: ``ulysses_attention``'s
+    output, lse and gradients (sinks included) equal the dense path's on the gathered inputs."""
+
+    @settings(max_examples=examples, derandomize=examples <= 20, deadline=None, database=None)
+    @given(problem=ulysses_problems())
+    def check(problem):
+        P, kind, implementation, q, k, v, options, d_out = problem
+        mesh = jax.make_mesh((P,), ("sp",), axis_types=(getattr(AxisType, kind),))
+        sinks = options.pop("sinks", None)
+
+        def ulysses(q, k, v, sinks):
+            return attention_jax.ulysses_attention(q, k, v, mesh=mesh, axis_name="sp", implementation=implementation,
+                                                   sinks=sinks, return_residual=True, **options)
+
+        def dense(q, k, v, sinks):
+            return attention_jax.dot_product_attention(q, k, v, implementation="dense", sinks=sinks,
+                                                       return_residual=True, **options)
+
+        def loss(fn):
+            def f(q, k, v, sinks):
+                out, lse = fn(q, k, v, sinks)
+                return (out * d_out).sum() + jnp.where(jnp.isfinite(lse), lse, 0).sum()
+            return jax.grad(f, argnums=(0, 1, 2) if sinks is None else (0, 1, 2, 3))
+
+        with jax.default_matmul_precision("highest"):
+            with jax.set_mesh(mesh):
+                (out, lse), grads = ulysses(q, k, v, sinks), loss(ulysses)(q, k, v, sinks)
+            (expected, expected_lse), expected_grads = dense(q, k, v, sinks), loss(dense)(q, k, v, sinks)
+        out, expected, lse, expected_lse = (np.asarray(x, np.float64) for x in (out, expected, lse, expected_lse))
+        assert np.abs(out - expected).max() <= 2e-5 * max(1.0, np.abs(expected).max()), "out"
+        finite = np.isfinite(expected_lse)
+        assert (np.isfinite(lse) == finite).all() and np.abs(lse[finite] - expected_lse[finite]).max(initial=0) <= 2e-5, "lse"
+        for name, g, e in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
+            e = np.asarray(e)
+            assert np.abs(np.asarray(g) - e).max() <= 2e-5 * max(1.0, np.abs(e).max()), name
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON
+            check()
+    except Exception as e:  # reported by test_ring.py, with hypothesis's falsifying example
+        return "\n".join([f"{type(e).__name__}: {e}", *getattr(e, "__notes__", [])])[-3000:]
+    return None
+
+
+def ulysses_errors():
+    """The messages of the inputs ``ulysses_attention`` refuses."""
+    mesh, messages = mesh_of(4), {}
+    for name, (n, k, L) in {"heads": (6, 6, 8), "kv_heads": (12, 3, 8), "length": (4, 4, 6)}.items():
+        x, kv = np.zeros((1, L, n, 4), np.float32), np.zeros((1, L, k, 4), np.float32)
+        try:
+            attention_jax.ulysses_attention(x, kv, kv, mesh=mesh, axis_name="sp")
+        except ValueError as e:
+            messages[name] = str(e)
+    return messages
+
+
 def nan_rows(p=4, s=3):
     """Which outputs are NaN when key s holds NaN (causal: queries t >= s attend it), for the
     ring and for the single-device function."""
@@ -309,6 +384,8 @@ def main():
     result["replicated_batch"] = {kind: replicated_batch(kind) for kind in ("Explicit", "Auto")}
     result["property"] = ring_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
     result["option_property"] = option_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
+    result["ulysses_property"] = ulysses_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
+    result["ulysses_errors"] = ulysses_errors()
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)
     try:

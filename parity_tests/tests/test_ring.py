@@ -138,3 +138,18 @@ def test_the_zigzag_permutation_and_its_errors():
     np.testing.assert_array_equal(perm, [0, 1, 10, 11, 2, 3, 8, 9, 4, 5, 6, 7])
     with pytest.raises(ValueError, match=r"L must be a multiple of 6; got L=8"):
         attention_jax.zigzag_permutation(8, 3)
+
+
+def test_ulysses_is_the_dense_path_with_every_option(ring):
+    # hypothesis over P, mesh kinds, single-device paths, grouped heads (K < P repeated) and
+    # every option: output, lse and gradients (sinks included) against the dense path
+    assert ring["ulysses_property"] is None, ring["ulysses_property"]
+
+
+def test_ulysses_refuses_what_it_cannot_split(ring):
+    errors = ring["ulysses_errors"]
+    assert errors["heads"] == ("ulysses_attention splits the N=6 query heads over the 4 devices of mesh axis 'sp': "
+                               "N must be a multiple of 4; ring_attention takes any head count")
+    assert errors["kv_heads"] == ("ulysses_attention splits the K=3 key/value heads over 4 devices (repeating them up "
+                                  "to 4 when fewer): K must be a multiple or a divisor of 4; got K=3")
+    assert errors["length"] == "ulysses_attention splits T evenly over the 4 devices of mesh axis 'sp'; got T=6"
