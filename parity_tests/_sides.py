@@ -6,6 +6,11 @@ Gradients are those of ``L = sum(cotangent * outputs)`` with respect to every fl
 leaf and every parameter: PyTorch autograd for PyTorch, ``jax.vjp`` for JAX, central finite
 differences in float64 for NumPy. PyTorch is imported only when a side is PyTorch.
 
+A side may also give named intermediate values, its probes (:class:`Probe`): the output of a
+submodule of a ``torch.nn.Module`` (a forward hook), an ``nnx.Intermediate`` an ``nnx.Module``
+sows (read through ``nnx.capture``), or a key of a function's dict output (then taken out of
+its outputs). They are values only: no cotangent reaches them.
+
 Outputs are compared as the plain trees they are: a ``Mapping`` of any class (Hugging Face's
 ``ModelOutput``, an ``OrderedDict`` subclass) as a ``dict``, a dataclass as the ``dict`` of its
 fields (:func:`plain_tree`), where ``jax.tree`` would take each for one leaf; a namedtuple as
@@ -18,6 +23,7 @@ import contextlib
 import dataclasses
 import sys
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import ml_dtypes
@@ -45,19 +51,51 @@ def describe(fn) -> str:
     return getattr(fn, "__qualname__", None) or type(fn).__name__
 
 
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Where one side's value of a probe is read: ``where``, the dotted name of a submodule of
+    a ``torch.nn.Module`` (its output, by a forward hook), the dotted path of an
+    ``nnx.Intermediate`` an ``nnx.Module`` sows, or a key of a function's dict output; and
+    ``transform``, None or a function applied to the value as NumPy arrays (a layout change,
+    one entry of a tuple) before it is compared."""
+
+    where: str
+    transform: object = None
+
+    @classmethod
+    def of(cls, spec, what: str) -> Probe:
+        """``"name"`` or ``("name", transform)``."""
+        if isinstance(spec, str):
+            return cls(spec)
+        if isinstance(spec, (tuple, list)) and len(spec) == 2 and isinstance(spec[0], str) and callable(spec[1]):
+            return cls(spec[0], spec[1])
+        raise TypeError(f"{what} must be a name (str) or (name, transform); got {spec!r}")
+
+
+class Ran(NamedTuple):
+    """What :meth:`Side.run` returns, as NumPy: the outputs, the gradients (None without a
+    cotangent, or where the side has none) and ``{name: value}`` of the side's probes."""
+
+    outputs: object
+    grads: object
+    probes: dict
+
+
 @dataclasses.dataclass
 class Side:
     """A callable in one framework. ``params`` (flat ``{name: float64 array}``) are the
     module's parameters, or those the parameter map gives the port, or None; a function
-    with params is called as ``fn(params, *inputs, **kwargs)``."""
+    with params is called as ``fn(params, *inputs, **kwargs)``. ``probes`` is ``{name:
+    Probe}``, the intermediate values it reports."""
 
     fn: object
     framework: str
     params: dict | None = None
     label: str = ""
+    probes: dict = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def make(cls, fn, framework: str, argument: str) -> Side:
+    def make(cls, fn, framework: str, argument: str, probes=None) -> Side:
         if framework not in FRAMEWORKS:
             raise ValueError(f"frameworks: {argument}'s framework must be one of {', '.join(FRAMEWORKS)}; got {framework!r}")
         if not callable(fn):
@@ -74,7 +112,15 @@ class Side:
             from flax import nnx
 
             params = jax.tree.map(lambda x: np.asarray(x, np.float64), nnx.to_pure_dict(nnx.state(fn, nnx.Param)))
-        return cls(fn, framework, params, f"{framework} {describe(fn)}")
+        side = cls(fn, framework, params, f"{framework} {describe(fn)}",
+                   {name: Probe.of(spec, f"probes[{name!r}]'s {argument} entry") for name, spec in (probes or {}).items()})
+        if torch_module is not None and isinstance(fn, torch_module):
+            names = [name for name, _ in fn.named_modules() if name]
+            for name, probe in side.probes.items():
+                if probe.where not in names:
+                    raise ValueError(f"probes[{name!r}]: the {argument} ({side.label}) has no submodule {probe.where!r}; "
+                                     f"its submodules are {', '.join(names) or 'none'}")
+        return side
 
     @property
     def is_module(self) -> bool:
@@ -82,14 +128,36 @@ class Side:
             (_torch_module_type() is not None and isinstance(self.fn, _torch_module_type()))
             or (_nnx_module_type() is not None and isinstance(self.fn, _nnx_module_type())))
 
-    def run(self, inputs, kwargs, dtype: str, cotangent=None, rng=None):
-        """``(outputs, gradients)`` in NumPy, the inputs and params cast to ``dtype``;
+    def run(self, inputs, kwargs, dtype: str, cotangent=None, rng=None) -> Ran:
+        """``(outputs, gradients, probes)`` in NumPy, the inputs and params cast to ``dtype``;
         gradients (``{"inputs": ..., "params": ...}``) only when ``cotangent`` is given
-        (None where the side cannot take them: NumPy below float64)."""
+        (None where the side cannot take them: NumPy below float64); the probes' values from
+        the forward call, each through its transform."""
         inputs, kwargs = round_floats((tuple(inputs), dict(kwargs)), dtype)
         params = None if self.params is None else round_floats(self.params, dtype)
         run = {"numpy": _run_numpy, "jax": _run_jax, "torch": _run_torch}[self.framework]
-        return run(self, inputs, kwargs, params, dtype, cotangent, rng)
+        outputs, grads, probes = run(self, inputs, kwargs, params, dtype, cotangent, rng)
+        values = {}
+        for name, probe in self.probes.items():
+            value = _as_numpy(plain_tree(probes[name]))
+            values[name] = value if probe.transform is None else _as_numpy(plain_tree(probe.transform(value)))
+        return Ran(outputs, grads, values)
+
+    def take_keys(self, outputs):
+        """A function's ``(outputs, {name: value})``: its probes are keys of its dict output,
+        taken out of it (no probes: the outputs as they are)."""
+        if not self.probes:
+            return outputs, {}
+        if not isinstance(outputs, dict):
+            raise ValueError(f"probes {', '.join(map(repr, self.probes))}: {self.label} is a function, whose probes are "
+                             f"keys of its dict output; it returns {type(outputs).__name__}")
+        missing = [p.where for p in self.probes.values() if p.where not in outputs]
+        if missing:
+            raise ValueError(f"probes: {self.label} returns no key {', '.join(map(repr, missing))}; "
+                             f"its keys are {', '.join(map(repr, outputs))}")
+        keys = {p.where for p in self.probes.values()}
+        rest = {k: v for k, v in outputs.items() if k not in keys}
+        return rest, {name: outputs[p.where] for name, p in self.probes.items()}
 
 
 def round_floats(tree, dtype: str):
@@ -139,6 +207,10 @@ def _call_numpy(side, params, inputs, kwargs):
     return plain_tree(side.fn(*inputs, **kwargs) if params is None else side.fn(params, *inputs, **kwargs))
 
 
+def _as_numpy(tree):
+    return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
 def check_leaves(side, outputs, expected) -> None:
     """Outputs are matched with the reference's leaf by leaf, in order; their number must agree."""
     if len(outputs) != len(expected) or any(np.shape(o) != np.shape(e) for o, e in zip(outputs, expected)):
@@ -149,26 +221,28 @@ def check_leaves(side, outputs, expected) -> None:
 
 # --- NumPy: the function itself; gradients by central differences, float64 only -----------------
 def _run_numpy(side, inputs, kwargs, params, dtype, cotangent, rng):
-    outputs = jax.tree.map(np.asarray, _call_numpy(side, params, inputs, kwargs))
+    outputs, probes = side.take_keys(_call_numpy(side, params, inputs, kwargs))
+    outputs = jax.tree.map(np.asarray, outputs)
     if cotangent is not None:
         check_leaves(side, jax.tree.leaves(outputs), jax.tree.leaves(cotangent))
     if cotangent is None or dtype != "float64":
-        return outputs, None
+        return outputs, None, probes
     wrt = {"inputs": inputs, "params": params}
 
     def loss():
-        return weighted_sum(cotangent, _call_numpy(side, values["params"], values["inputs"], kwargs))
+        return weighted_sum(cotangent, side.take_keys(_call_numpy(side, values["params"], values["inputs"], kwargs))[0])
 
     values = jax.tree.map(lambda x: np.array(x) if is_float(x) else x, wrt)
     grads = jax.tree.map(lambda x: central_differences(x, loss, samples=FD_SAMPLES, rng=rng) if is_float(x) else None,
                          values)
-    return outputs, grads
+    return outputs, grads, probes
 
 
 # --- JAX: jax.vjp; an nnx.Module is split into its parameters and the rest ----------------------
 def _jax_callable(side):
+    """``call(params, inputs, kwargs) -> (outputs, {name: probe value})``."""
     if not side.is_module:
-        return lambda params, inputs, kwargs: _call_numpy(side, params, inputs, kwargs)
+        return lambda params, inputs, kwargs: side.take_keys(_call_numpy(side, params, inputs, kwargs))
     from flax import nnx
 
     graphdef, state, rest = nnx.split(side.fn, nnx.Param, ...)
@@ -176,9 +250,35 @@ def _jax_callable(side):
     def call(params, inputs, kwargs):
         new_state = jax.tree.map(lambda x: x, state)
         nnx.replace_by_pure_dict(new_state, params)
-        return plain_tree(nnx.merge(graphdef, new_state, rest)(*inputs, **kwargs))
+        module = nnx.merge(graphdef, new_state, rest)
+        if not side.probes:
+            return plain_tree(module(*inputs, **kwargs)), {}
+        outputs, sown = nnx.capture(module, nnx.Intermediate)(*inputs, **kwargs)
+        return plain_tree(outputs), _sown(side, nnx.to_pure_dict(sown))
 
     return call
+
+
+def _sown(side, sown) -> dict:
+    """The probes' values among the ``nnx.Intermediate`` values ``sown`` (nested dicts; each a
+    tuple of the values sown under that name, one a call): a value sown once is itself."""
+    def paths(tree, prefix=""):
+        for key, value in tree.items():
+            if isinstance(value, Mapping):
+                yield from paths(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+
+    found = dict(paths(sown))
+    missing = [p.where for p in side.probes.values() if p.where not in found]
+    if missing:
+        raise ValueError(f"probes: {side.label} sows no nnx.Intermediate {', '.join(map(repr, missing))}; "
+                         f"it sows {', '.join(map(repr, found)) or 'none'} (self.sow(nnx.Intermediate, name, value))")
+    values = {}
+    for name, probe in side.probes.items():
+        value = found[probe.where]
+        values[name] = value[0] if isinstance(value, tuple) and len(value) == 1 else value
+    return values
 
 
 def _run_jax(side, inputs, kwargs, params, dtype, cotangent, rng):
@@ -195,8 +295,9 @@ def _run_jax(side, inputs, kwargs, params, dtype, cotangent, rng):
             return call(params, tuple(full), kwargs)
 
         if cotangent is None:
-            return jax.tree.map(np.asarray, jax.device_get(fn(params, *[inputs[i] for i in floats]))), None
-        outputs, vjp = jax.vjp(fn, params, *[inputs[i] for i in floats])
+            outputs, probes = jax.device_get(fn(params, *[inputs[i] for i in floats]))
+            return jax.tree.map(np.asarray, outputs), None, probes
+        outputs, vjp, probes = jax.vjp(fn, params, *[inputs[i] for i in floats], has_aux=True)
         out_leaves, out_def = jax.tree.flatten(outputs)
         check_leaves(side, out_leaves, jax.tree.leaves(cotangent))
         # matched leaf by leaf: (out, None) and out alone are the same outputs
@@ -205,8 +306,8 @@ def _run_jax(side, inputs, kwargs, params, dtype, cotangent, rng):
     grads_inputs = [None] * len(inputs)
     for i, g in zip(floats, d_inputs):
         grads_inputs[i] = g
-    outputs, grads = jax.device_get((outputs, {"inputs": tuple(grads_inputs), "params": d_params}))
-    return jax.tree.map(np.asarray, outputs), jax.tree.map(np.asarray, grads)
+    outputs, grads, probes = jax.device_get((outputs, {"inputs": tuple(grads_inputs), "params": d_params}, probes))
+    return jax.tree.map(np.asarray, outputs), jax.tree.map(np.asarray, grads), probes
 
 
 def _all_float(x) -> bool:
@@ -247,6 +348,21 @@ def _torch_tree(torch, tree, fn):
     return fn(tree)
 
 
+@contextlib.contextmanager
+def _torch_hooks(side):
+    """``{name: [value, ...]}``, filled by forward hooks on the submodules the probes name
+    while the block runs (a submodule called twice gives two values); removed after it."""
+    captured = {name: [] for name in side.probes}
+    handles = [side.fn.get_submodule(probe.where).register_forward_hook(
+        lambda module, args, output, values=captured[name]: values.append(plain_tree(output)))
+        for name, probe in side.probes.items()]
+    try:
+        yield captured
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def _run_torch(side, inputs, kwargs, params, dtype, cotangent, rng):
     import torch
 
@@ -256,12 +372,18 @@ def _run_torch(side, inputs, kwargs, params, dtype, cotangent, rng):
     t_params = None if params is None else {k: _to_torch(torch, v, wants_grad) for k, v in params.items()}
     with torch.enable_grad() if wants_grad else torch.no_grad():
         if side.is_module:
-            outputs = plain_tree(torch.func.functional_call(side.fn, t_params, tuple(t_inputs), t_kwargs))
+            with _torch_hooks(side) as captured:
+                outputs = plain_tree(torch.func.functional_call(side.fn, t_params, tuple(t_inputs), t_kwargs))
+            never = [side.probes[name].where for name, values in captured.items() if not values]
+            if never:
+                raise ValueError(f"probes: {side.label}'s submodule {', '.join(map(repr, never))} was not called in its forward")
+            probes = {name: values[0] if len(values) == 1 else tuple(values) for name, values in captured.items()}
         else:
-            outputs = _call_numpy(side, t_params, t_inputs, t_kwargs)
+            outputs, probes = side.take_keys(_call_numpy(side, t_params, t_inputs, t_kwargs))
     np_outputs = _torch_tree(torch, outputs, lambda t: _from_torch(torch, t))
+    probes = _torch_tree(torch, probes, lambda t: _from_torch(torch, t))
     if not wants_grad:
-        return np_outputs, None
+        return np_outputs, None, probes
     out_leaves = jax.tree.leaves(outputs)  # a tensor is a leaf to jax.tree; None is dropped, as from the cotangent
     cot_leaves = jax.tree.leaves(cotangent)
     check_leaves(side, out_leaves, cot_leaves)
@@ -276,7 +398,7 @@ def _run_torch(side, inputs, kwargs, params, dtype, cotangent, rng):
     grads_inputs = _torch_tree(torch, t_inputs, lambda t: _from_torch(torch, next(d_inputs))
                                if isinstance(t, torch.Tensor) and t.requires_grad else None)
     d_params = None if params is None else {k: _from_torch(torch, g) for k, g in zip(params, grads[len(wrt_inputs):])}
-    return np_outputs, {"inputs": tuple(grads_inputs), "params": d_params}
+    return np_outputs, {"inputs": tuple(grads_inputs), "params": d_params}, probes
 
 
 def _np_dtype_of(torch, t):

@@ -6,19 +6,22 @@ reference (the source run in float64, or ``reference=``). Gradients are those of
 ``L = sum(cotangent * outputs)`` under one seeded cotangent, with respect to every floating
 input and, through a parameter map, every parameter. A failing leaf is reported with its
 path, how many elements are off, the worst element's index and values, which side has NaN or
-inf where the other has not, and which side is off from the reference. See ``docs/ports.md``.
+inf where the other has not, and which side is off from the reference; the report opens with
+the first leaf to fail in the forward order (probes, the named intermediate values, before
+outputs, outputs before gradients) and the worst. See ``docs/ports.md``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import inspect
+import numbers
 
 import jax
 import numpy as np
 
 from ._port_report import LeafCheck, PortReport, _paths, compare_leaf
-from ._sides import Side, round_floats
+from ._sides import Side, plain_tree, round_floats
 from .gradients import NP_DTYPES, cast_floats, draw_cotangent
 from .tolerance import (  # noqa: F401  (the tolerances are part of this module's interface)
     FD_TOLERANCE,
@@ -31,7 +34,7 @@ from .tolerance import (  # noqa: F401  (the tolerances are part of this module'
 
 def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
                gradients=True, tolerance="source", seed=0, reference=None, params=None, sizes=None, seeds=None,
-               ignore_params=()) -> PortReport:
+               ignore_params=(), output_mask=None, cotangent_scale=1.0, probes=None) -> PortReport:
     r"""Check that ``port`` computes what ``source`` computes, values and gradients.
 
     Each dtype row rounds ``inputs`` to the dtype once and gives the same numbers to both
@@ -50,7 +53,10 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
       :data:`PORT_TOLERANCES`; or your own ``(atol, rtol)``, or ``{dtype: (atol, rtol)}``.
 
     NaN and inf must sit where the reference's do. Rounding to a dtype clips finite values to
-    its finite range first (``finfo(float32).min`` stays finite in bfloat16).
+    its finite range first (``finfo(float32).min`` stays finite in bfloat16). A leaf that does
+    not fail but whose reference is within its tolerance of zero everywhere (a port returning
+    zeros would pass: gradients of 1e-10 in float32) is "not tested (below the floor)": it
+    does not fail the report, and the report counts and lists it.
 
     Args:
       source, port: callables (NumPy, JAX or PyTorch), ``torch.nn.Module`` or
@@ -90,9 +96,26 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         ``"query.kernel"``), e.g. a bias the port has no place for; needs ``params``.
       sizes, seeds: the sweep of :func:`sweep_port`, with ``inputs`` its ``build``
         (``seeds`` defaults to ``(seed,)``).
+      output_mask: the output elements that are compared: a bool array broadcastable to
+        every output, or a tree of the outputs' structure of such arrays (None: all of that
+        output). Where it is False an element is not compared and its cotangent is 0, so its
+        value reaches no gradient: rows that mean something else in the source (a fully
+        padded query: the mean of the values in Hugging Face, zeros here) are left out.
+      cotangent_scale: the cotangent's standard deviation (default 1): the size of the
+        upstream gradient, to lift gradients that are below the floor at 1.
+      probes: ``{name: (source's, port's)}`` (a third entry, the reference's, with
+        ``reference=``): intermediate values compared like outputs, values only, before the
+        outputs in the report (``probe.name``). Each entry is a name, or ``(name, transform)``
+        with ``transform`` applied to the value as NumPy (``lambda q: q.swapaxes(1, 2)``); the
+        name is, for a ``torch.nn.Module``, the dotted name of a submodule (its output, by a
+        forward hook; a tuple when it is called more than once), for an ``nnx.Module`` the
+        dotted path of an ``nnx.Intermediate`` it sows (``self.sow(nnx.Intermediate, "q",
+        q)``, read through ``nnx.capture``), and for a function a key of its dict output,
+        taken out of the outputs compared.
 
     Returns:
-      a :class:`PortReport`: ``.passed``, ``.failures``, ``str(report)``.
+      a :class:`PortReport`: ``.passed``, ``.failures``, ``.untested``, ``.first_failure``,
+      ``str(report)``.
 
     Example (NumPy prototype -> JAX)::
 
@@ -104,7 +127,8 @@ def check_port(source, port, inputs, *, kwargs=None, port_kwargs=None, framework
         True
     """
     options = dict(kwargs=kwargs, port_kwargs=port_kwargs, frameworks=frameworks, dtypes=dtypes, gradients=gradients,
-                   tolerance=tolerance, reference=reference, params=params, ignore_params=ignore_params)
+                   tolerance=tolerance, reference=reference, params=params, ignore_params=ignore_params,
+                   output_mask=output_mask, cotangent_scale=cotangent_scale, probes=probes)
     if callable(inputs):
         if not sizes:
             raise ValueError("inputs is a callable (rng, size) -> inputs: pass sizes=[...] (and seeds=[...]) to sweep")
@@ -151,7 +175,8 @@ def sweep_port(source, port, build, sizes, *, seeds=(0,), **options) -> PortRepo
 
 
 def _check_port(source, port, runs, *, kwargs=None, port_kwargs=None, frameworks=("torch", "jax"), dtypes=("float32",),
-                gradients=True, tolerance="source", reference=None, params=None, ignore_params=()) -> PortReport:
+                gradients=True, tolerance="source", reference=None, params=None, ignore_params=(), output_mask=None,
+                cotangent_scale=1.0, probes=None) -> PortReport:
     """The report of ``source`` and ``port`` on each ``(inputs, seed, where)`` of ``runs``."""
     kwargs = dict(kwargs or {})
     port_kwargs = kwargs if port_kwargs is None else dict(port_kwargs)
@@ -170,9 +195,14 @@ def _check_port(source, port, runs, *, kwargs=None, port_kwargs=None, frameworks
     ignore_params = tuple(ignore_params or ())
     if ignore_params and params is None:
         raise ValueError("ignore_params names source parameters a parameter map leaves out: it needs params=")
-    src = Side.make(source, frameworks[0], "source")
-    prt = Side.make(port, frameworks[1], "port")
-    ref = src if reference is None else Side.make(reference, frameworks[2] if len(frameworks) == 3 else frameworks[0], "reference")
+    if not isinstance(cotangent_scale, numbers.Real) or isinstance(cotangent_scale, bool) \
+            or not (np.isfinite(cotangent_scale) and cotangent_scale > 0):
+        raise ValueError(f"cotangent_scale must be a positive finite number; got {cotangent_scale!r}")
+    per_side = _probe_entries(probes, reference is not None)
+    src = Side.make(source, frameworks[0], "source", per_side[0])
+    prt = Side.make(port, frameworks[1], "port", per_side[1])
+    ref = src if reference is None else Side.make(reference, frameworks[2] if len(frameworks) == 3 else frameworks[0],
+                                                  "reference", per_side[2])
     if params is not None:
         if src.params is None:
             raise ValueError("params: a parameter map needs a module source (torch.nn.Module or nnx.Module)")
@@ -181,13 +211,38 @@ def _check_port(source, port, runs, *, kwargs=None, port_kwargs=None, frameworks
         if unknown:
             raise ValueError(f"ignore_params: the source has no parameters {', '.join(unknown)}; "
                              f"its parameters are {', '.join(name for name, _ in _parameter_names(src.params))}")
-    run = _Run(src, prt, ref, params, kwargs, port_kwargs, gradients, tolerance)
+    run = _Run(src, prt, ref, params, kwargs, port_kwargs, gradients, tolerance, output_mask, float(cotangent_scale))
     checks = [] if params is None else _unmapped(params, src.params, ignore_params)
     for inputs, seed, where in runs:
         for dtype in dtypes:
             checks += [dataclasses.replace(c, where=where) if where else c for c in run.check(inputs, dtype, seed)]
     label = "the source" if reference is None else ref.label
     return PortReport(src.label, prt.label, f"{label} in float64 on the same rounded inputs", tolerance.describe(dtypes), checks)
+
+
+def _probe_entries(probes, has_reference) -> tuple:
+    """``probes={name: (source's, port's[, reference's])}`` as one ``{name: entry}`` a side."""
+    if probes is None:
+        return {}, {}, {}
+    if not isinstance(probes, dict):
+        raise TypeError(f"probes must be a dict {{name: (source's, port's)}}; got {type(probes).__name__}")
+    sides = ({}, {}, {})
+    for name, entries in probes.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"probes: each name must be a non-empty str; got {name!r}")
+        if not isinstance(entries, (tuple, list)) or len(entries) not in (2, 3):
+            raise TypeError(f"probes[{name!r}] must be (source's, port's) or (source's, port's, reference's), each a "
+                            f"name or (name, transform); got {entries!r}")
+        if has_reference and len(entries) == 2:
+            raise ValueError(f"probes[{name!r}]: with reference= each probe needs a third entry, where the "
+                             f"reference's value is read")
+        if not has_reference and len(entries) == 3:
+            raise ValueError(f"probes[{name!r}] has a third entry, the reference's: it needs reference=")
+        for side, entry in zip(sides, entries):
+            side[name] = entry
+    if not has_reference:
+        sides = (sides[0], sides[1], sides[0])
+    return sides
 
 
 def _check_inputs(inputs, what="inputs"):
@@ -210,6 +265,8 @@ class _Run:
     port_kwargs: dict
     gradients: bool
     tolerance: Tolerance
+    output_mask: object = None
+    cotangent_scale: float = 1.0
 
     def check(self, inputs, dtype, seed) -> list:
         src, prt, ref, mapped = self.src, self.prt, self.ref, self.params
@@ -219,16 +276,28 @@ class _Run:
         ref_in, ref_kwargs = cast_floats((rounded, rounded_kwargs), "float64")
         ref_side = ref if ref.params is None else dataclasses.replace(
             ref, params=cast_floats(round_floats(ref.params, dtype), "float64"))
-        reference_out, _ = ref_side.run(ref_in, ref_kwargs, "float64")
+        reference_out, _, reference_probes = ref_side.run(ref_in, ref_kwargs, "float64")
+        masks = _output_masks(self.output_mask, reference_out)
         cot = reference_grad = None
         fd_rng = lambda: np.random.default_rng([seed, 2])
         if self.gradients:
-            cot = cast_floats(draw_cotangent(seed, reference_out), dtype)
-            _, reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast_floats(cot, "float64"), fd_rng())
-        source_out, source_grad = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
-        port_out, port_grad = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
+            # the upstream gradient: cotangent_scale x standard normal, 0 where an output is not compared
+            drawn = jax.tree.map(lambda c: self.cotangent_scale * c, draw_cotangent(seed, reference_out))
+            if masks:
+                names = [name for name, _ in _paths(reference_out, "output")]
+                drawn = jax.tree.unflatten(jax.tree.structure(drawn), [
+                    c if masks.get(name) is None else np.where(masks[name], c, 0.0)
+                    for name, c in zip(names, jax.tree.leaves(drawn))])
+            cot = round_floats(drawn, dtype)
+            reference_grad = ref_side.run(ref_in, ref_kwargs, "float64", cast_floats(cot, "float64"), fd_rng()).grads
+        source_out, source_grad, source_probes = src.run(rounded, rounded_kwargs, dtype, cot, fd_rng())
+        port_out, port_grad, port_probes = prt.run(rounded, rounded_port_kwargs, dtype, cot, fd_rng())
         source_out, port_out = (_like(reference_out, out, side) for out, side in ((source_out, src), (port_out, prt)))
-        checks = _compare_trees("output", dtype, source_out, port_out, reference_out, self.tolerance)
+        checks = []
+        for name in reference_probes:  # forward only: values, in the order given
+            checks += _compare_probe(f"probe.{name}", dtype, source_probes[name], port_probes[name],
+                                     reference_probes[name], self.tolerance)
+        checks += _compare_trees("output", dtype, source_out, port_out, reference_out, self.tolerance, masks=masks)
         if self.gradients:
             if mapped is not None:  # the source's parameter gradients in the port's layout
                 source_grad, reference_grad = (g if g is None else {**g, "params": _mapped(mapped, g["params"])}
@@ -239,6 +308,50 @@ class _Run:
             checks += _compare_trees("grad", dtype, source_grad, port_grad, reference_grad, self.tolerance,
                                      sampled=ref.framework == "numpy")
         return checks
+
+
+def _output_masks(output_mask, reference) -> dict:
+    """``{output leaf name: bool array of its shape}`` from ``output_mask`` (one array for every
+    output, or a tree of the outputs' structure with None for "all"); ``{}`` for None."""
+    if output_mask is None:
+        return {}
+    outputs = dict(_paths(reference, "output"))
+    if isinstance(output_mask, (bool, np.bool_)) or hasattr(output_mask, "shape"):  # one array (NumPy, JAX, torch)
+        given = {name: output_mask for name in outputs}
+    else:
+        given = dict(_paths(plain_tree(output_mask), "output", is_leaf=lambda x: x is None))
+        unknown = [name for name, mask in given.items() if name not in outputs and mask is not None]
+        if unknown or set(outputs) - set(given):
+            raise ValueError(f"output_mask must be one bool array for every output, or a tree of the outputs' structure "
+                             f"({', '.join(outputs)}) with None where all is compared; got {', '.join(given) or 'no leaves'}")
+    masks = {}
+    for name, mask in given.items():
+        if mask is None or name not in outputs:
+            continue
+        mask = np.asarray(mask)
+        if mask.dtype != bool:
+            raise TypeError(f"output_mask must be bool (True = compared); {name}'s is {mask.dtype}")
+        try:
+            masks[name] = np.broadcast_to(mask, np.shape(outputs[name]))
+        except ValueError:
+            raise ValueError(f"output_mask for {name} has shape {mask.shape}, which does not broadcast to the "
+                             f"output's {np.shape(outputs[name])}") from None
+    return masks
+
+
+def _compare_probe(prefix, dtype, source, port, reference, tolerance) -> list:
+    """One probe's leaves, compared like outputs; a value with another number of arrays than
+    the reference's is one failing check, not an error: a probe is a diagnosis."""
+    names = [name for name, _ in _paths(reference, prefix)]
+    for who, value in (("source", source), ("port", port)):
+        count = len(jax.tree.leaves(value))
+        if count != len(names):
+            shapes = [tuple(np.shape(x)) for x in jax.tree.leaves(value)]
+            return [LeafCheck(prefix, dtype, (), 0, 0, problem=(
+                f"the {who}'s value has {count} arrays {shapes}, the reference's {len(names)} "
+                f"{[tuple(np.shape(x)) for x in jax.tree.leaves(reference)]}: pick one with (name, transform)"))]
+    leaves = lambda value: dict(zip(names, jax.tree.leaves(value)))
+    return _compare_trees(prefix, dtype, leaves(source), leaves(port), leaves(reference), tolerance, named=True)
 
 
 def _like(reference, outputs, side):
@@ -302,12 +415,16 @@ def _as_numpy(tree):
     return jax.tree.map(lambda x: np.asarray(x, np.float64) if np.asarray(x).dtype.kind == "f" else np.asarray(x), tree)
 
 
-def _compare_trees(prefix, dtype, source, port, reference, tolerance, *, sampled=False) -> list:
+def _compare_trees(prefix, dtype, source, port, reference, tolerance, *, sampled=False, masks=None, named=False) -> list:
+    """Each leaf of ``reference`` against the port's and the source's of the same name;
+    ``named``: the trees are ``{leaf name: array}`` already; ``masks``: ``{leaf name: bool}``."""
     if reference is None:
         return []
-    ref_leaves = _paths(reference, prefix)
-    port_leaves = dict(_paths(port, prefix)) if port is not None else {}
-    source_leaves = dict(_paths(source, prefix)) if source is not None else {}
+    paths = (lambda tree: list(tree.items())) if named else (lambda tree: _paths(tree, prefix))
+    ref_leaves = paths(reference)
+    port_leaves = dict(paths(port)) if port is not None else {}
+    source_leaves = dict(paths(source)) if source is not None else {}
+    masks = masks or {}
     checks = []
     extra = sorted(set(port_leaves) - {n for n, _ in ref_leaves})
     if extra:
@@ -319,10 +436,11 @@ def _compare_trees(prefix, dtype, source, port, reference, tolerance, *, sampled
             leaf_tolerance = Tolerance.dtype()
         if sampled:  # finite differences are good to FD_TOLERANCE, whatever the dtype's floor
             leaf_tolerance = leaf_tolerance.at_least(FD_TOLERANCE)
-        check = compare_leaf(name, dtype, src_leaf, port_leaves.get(name), ref_leaf, leaf_tolerance, sampled=sampled)
+        check = compare_leaf(name, dtype, src_leaf, port_leaves.get(name), ref_leaf, leaf_tolerance, sampled=sampled,
+                             mask=masks.get(name))
         port_leaf = port_leaves.get(name)
-        if check.passed and port_leaf is not None and str(np.asarray(port_leaf).dtype) != dtype and dtype != "float64" \
-                and str(np.asarray(src_leaf).dtype) == dtype:
+        if not named and not check.failed and port_leaf is not None and str(np.asarray(port_leaf).dtype) != dtype \
+                and dtype != "float64" and str(np.asarray(src_leaf).dtype) == dtype:
             check = dataclasses.replace(check, problem=f"the port returns {np.asarray(port_leaf).dtype}, the source {dtype}")
         checks.append(check)
     return checks

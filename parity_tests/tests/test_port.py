@@ -57,6 +57,16 @@ def test_planted_bug_wrong_softmax_axis_fails_and_says_where():
     text = str(report)
     assert f"{out.mismatched} of {B * T * S} elements outside tolerance" in text
     assert f"worst at {list(out.index)}" in text and "the port is off" in text
+    # the verdict: the output is first in the forward order (gradients after it), the worst is named
+    assert report.first_failure is out
+    verdict = text.splitlines()[0]
+    assert verdict.startswith(f"check_port: FAILED, 0 of 3 leaves pass, 3 fail; first to fail (forward order): "
+                              f"float32 output at {list(out.index)}")
+    worst = report.worst
+    assert f"worst: {worst.brief()}, {worst.ratio:.3g} x its tolerance" in verdict or worst is out
+    # the failing leaves follow, worst first
+    failing = [line.split()[2] for line in text.splitlines() if line.startswith("FAIL")]
+    assert failing == [c.name for c in sorted(report.failures, key=lambda c: -c.ratio)]
     with pytest.raises(AssertionError, match="FAIL float32 output"):
         assert_port(reference, wrong_axis, (q, k), frameworks=("numpy", "jax"), dtypes=("float32",))
 
