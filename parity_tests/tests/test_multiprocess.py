@@ -26,3 +26,13 @@ def test_two_processes_equal_one_device():
     assert result["processes"] == 2 and result["devices"] == 4, result
     for name in ("ring", "ring zigzag", "ulysses", "module"):
         assert result[name]["forward"] <= 1e-5 and result[name]["gradients"] <= 1e-5, (name, result[name])
+
+
+def test_the_many_hosts_example_runs_as_two_processes():
+    root = pathlib.Path(__file__).parents[2]
+    done = subprocess.run([sys.executable, "-m", "examples.many_hosts"], cwd=root, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    line = [x for x in done.stdout.splitlines() if x.startswith("2 processes")][0]
+    values, grads = (float(x.split()[0]) for x in line.split("within ")[1].split(", "))
+    assert values <= 1e-5 and grads <= 1e-5, line
