@@ -11,9 +11,10 @@ LAYOUTS = ("contiguous", "zigzag")
 
 
 def zigzag_permutation(L, P):
-    """The positions, in the order the zig-zag layout stores them: ``x[:, perm]`` puts a
-    sequence axis of length ``L`` into the layout, ``y[:, inverse]`` with
-    ``inverse = argsort(perm)`` takes an output back. ``L`` must be a multiple of ``2 P``.
+    """The positions, in the order the zig-zag layout stores them: for ``x (B, L, ...)``,
+    ``x[:, perm]`` puts the sequence axis into the layout, ``y[:, inverse]`` with
+    ``inverse = argsort(perm)`` takes an output back. ``L`` must be a multiple of ``2 P``;
+    device i holds ``perm[i L/P:(i + 1) L/P]``, chunks i and 2P - 1 - i of L / (2P).
 
     >>> zigzag_permutation(8, 2)           # chunks of 2: device 0 holds chunks 0 and 3, device 1 chunks 1 and 2
     array([0, 1, 6, 7, 2, 3, 4, 5])

@@ -846,7 +846,7 @@ def test_init_rejects_an_unknown_score(half):
 
 # --- the two halves offer the same API ------------------------------------------------------------
 JAX_ONLY_NAMES = {"ring_attention", "multi_head_params_from_flax", "chunked_attention", "dot_product_attention",
-                  "create_block_mask", "BlockMask"}
+                  "create_block_mask", "BlockMask", "ulysses_attention", "zigzag_permutation"}
 # the hand-written backward passes: JAX gets them from jax.vjp
 NUMPY_ONLY_NAMES = {"scaled_dot_product_attention_vjp", "additive_attention_vjp", "multi_head_attention_vjp"}
 JAX_ONLY_PARAMETERS = {"hard_attention": {"straight_through"}}
