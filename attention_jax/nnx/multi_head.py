@@ -179,6 +179,7 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         self.cached_key = nnx.data(None)
         self.cached_value = nnx.data(None)
         self.cache_index = nnx.data(None)
+        self.key_pages = self.value_pages = self.page_table = nnx.data(None)  # init_cache(..., page_size=...)
 
     def __call__(
         self,
@@ -271,6 +272,17 @@ class MultiHeadAttention(DecodeCache, nnx.Module):
         if decode and key_value_seq_lengths is not None:
             raise ValueError("key_value_seq_lengths is not supported with decode: the cache masks the keys not yet "
                              "written; query_seq_lengths gives each row's number of new tokens")
+        if decode and self.paged:
+            training = self.dropout_rate > 0 and (deterministic if deterministic is not None else self.deterministic) is False
+            refused = [name for name, given in (("mask", mask is not None), ("bias", bias is not None),
+                                                ("attention_fn", self.attention_fn is not None),
+                                                ("sow_weights", sow_weights), ("dropout", training)) if given]
+            if refused:
+                raise ValueError(f"a paged cache decodes with the paged kernel, which takes no {', '.join(refused)}: "
+                                 f"use the contiguous cache (init_cache without page_size)")
+            heads, real = self._paged_step(query, key, value, query_seq_lengths, check_window(local_window_size))
+            out = self.out(heads, out_sharding=out_sharding)
+            return jnp.where(real[..., None], out, 0).astype(out.dtype)
         if decode:
             key, value, mask = self._update_cache(key, value, mask, query_seq_lengths, check_window(local_window_size))
             query_seq_lengths = local_window_size = None  # in the cache mask now, in cache positions

@@ -95,10 +95,21 @@ def _module(params, opts, *, rotary):
     return module
 
 
-@given(opts=OPTIONS, rotary=st.booleans(), chunks=_chunkings(L), prompts=st.tuples(st.integers(1, L), st.integers(1, L)))
-def test_the_module_decodes_every_option_as_its_causal_full_pass(opts, rotary, chunks, prompts):
+def _init_cache(module, page_size, rng):
+    """The contiguous cache, or pages of ``page_size`` in a shuffled page table."""
+    if page_size is None:
+        return module.init_cache((B, MAX_LEN, E))
+    module.init_cache((B, MAX_LEN, E), page_size=page_size)
+    table = module.page_table[...]
+    module.page_table[...] = jnp.asarray(rng.permutation(table.size).reshape(table.shape), jnp.int32)
+
+
+@given(opts=OPTIONS, rotary=st.booleans(), chunks=_chunkings(L), prompts=st.tuples(st.integers(1, L), st.integers(1, L)),
+       page_size=st.sampled_from([None, 1, 3, 4]))
+def test_the_module_decodes_every_option_as_its_causal_full_pass(opts, rotary, chunks, prompts, page_size):
     """Row by row: a chunked decode of row 0 alone, then both rows' prompts prefilled together
-    (ragged, ``query_seq_lengths``) and the rest one token a step; each equals the full pass."""
+    (ragged, ``query_seq_lengths``) and the rest one token a step; each equals the full pass,
+    from the contiguous cache or from pages in a shuffled page table."""
     rng = np.random.default_rng(len(chunks) + 10 * prompts[0] + 100 * prompts[1])
     params = _params(rng, opts)
     x = rng.normal(size=(B, L, E))
@@ -110,14 +121,14 @@ def test_the_module_decodes_every_option_as_its_causal_full_pass(opts, rotary, c
         np.testing.assert_allclose(full, expected, **(LN_TOL if opts["normalize_qk"] else TOL))
         expected = np.asarray(full)  # the module's own float32 pass: decoding must reproduce it
         # 1. one sequence in the drawn chunking
-        module.init_cache((B, MAX_LEN, E))
+        _init_cache(module, page_size, rng)
         outs, t = [], 0
         for c in chunks:
             outs.append(module(x32[:, t:t + c], decode=True, local_window_size=opts["window"]))
             t += c
         np.testing.assert_allclose(jnp.concatenate(outs, axis=1), expected, **TOL)
         # 2. ragged prompts prefilled together, then one token a step, each row from its own length
-        module.init_cache((B, MAX_LEN, E))
+        _init_cache(module, page_size, rng)
         lengths = np.asarray(prompts)
         prefill = module(x32[:, :max(prompts)], decode=True, query_seq_lengths=jnp.asarray(lengths),
                          local_window_size=opts["window"])
@@ -199,3 +210,15 @@ def test_decoding_refuses_what_the_cache_cannot_honour():
         attention_jax.multi_head_attention_step(
             attention_np.init_multi_head_params(np.random.default_rng(0), E, N, H), np.ones((B, 1, E), np.float32),
             attention_np.init_kv_cache(B, MAX_LEN, N, H), local_window_size=(1, 2, 3))
+
+
+def test_a_paged_cache_refuses_what_the_paged_kernel_cannot_take():
+    rng = np.random.default_rng(0)
+    opts = {"num_kv_heads": N, "normalize_qk": False, "sinks": False, "soft_cap": None, "window": None}
+    module = _module(_params(rng, opts), opts, rotary=False)
+    _init_cache(module, 4, rng)
+    x = jnp.ones((B, 1, E), jnp.float32)
+    for options, name in ((dict(mask=jnp.ones((B, 1, 1, MAX_LEN), bool)), "mask"),
+                          (dict(bias=jnp.zeros((B, 1, 1, MAX_LEN))), "bias"), (dict(sow_weights=True), "sow_weights")):
+        with pytest.raises(ValueError, match=f"a paged cache decodes with the paged kernel, which takes no {name}"):
+            module(x, decode=True, **options)
