@@ -98,13 +98,15 @@ def test_every_public_mechanism_is_covered():
     # not attention mechanisms over (query, key) pairs, with their own tests: the seq2seq
     # model, incremental decoding, hand-written VJPs and diagnostics of given weights; position
     # encodings (test_rotary.py, test_transformer.py); the Transformer layers built on
-    # multi_head_attention (test_transformer.py); and ring_attention, which needs a device mesh
-    # (test_ring.py runs it on 2, 4 and 8 devices); varlen_attention, packed rows with no batch
+    # multi_head_attention (test_transformer.py); ring_attention and ulysses_attention, which need
+    # a device mesh (test_ring.py runs them on 2, 4 and 8 devices, zigzag_permutation their layout,
+    # test_multiprocess.py on two processes); varlen_attention, packed rows with no batch
     # axis (test_varlen.py: lengths 0 and 1, no query rows, no key rows, no sequence); the paged
     # KV cache, queries against pages through a page table (test_paged.py: lengths 1 to 50,
     # queries that see no key, NaN in unread pages)
     public -= {n for n in public if "seq2seq" in n or "decode" in n or n.endswith("_vjp") or "kv_cache" in n
-               or n.endswith("_step") or "diagnostics" in n or n == "ring_attention" or "transformer" in n
+               or n.endswith("_step") or "diagnostics" in n or n in ("ring_attention", "ulysses_attention",
+                                                                     "zigzag_permutation") or "transformer" in n
                or n in ("apply_rotary", "sinusoidal_positions", "create_block_mask", "BlockMask", "varlen_attention",
                         "paged_attention", "paged_kv_write")}
     assert public <= {m.split("/")[0] for m in MECHANISMS}
