@@ -160,6 +160,32 @@ def ring_property(examples):
         for name, g, e in zip(("d_query", "d_key", "d_value"), grads, expected_grads):
             assert np.abs(g - e).max() <= 2e-5 * scale(e), name
 
+    return first_failure(check)
+
+
+def residual_grads(fn, d_out, sinks):
+    """The gradients (queries, keys, values and sinks when given) of ``sum(out * d_out)`` plus
+    the finite entries of the lse, for ``fn(q, k, v, sinks) -> (out, lse)``."""
+    def loss(q, k, v, sinks):
+        out, lse = fn(q, k, v, sinks)
+        return (out * d_out).sum() + jnp.where(jnp.isfinite(lse), lse, 0).sum()
+    return jax.grad(loss, argnums=(0, 1, 2) if sinks is None else (0, 1, 2, 3))
+
+
+def assert_close(out, lse, grads, expected, expected_lse, expected_grads):
+    """Values within 2e-5 of the expected (relative to its largest entry, at least 1), the lse
+    finite exactly where the expected is and within 2e-5 there, and each gradient likewise."""
+    out, expected, lse, expected_lse = (np.asarray(x, np.float64) for x in (out, expected, lse, expected_lse))
+    assert np.abs(out - expected).max() <= 2e-5 * max(1.0, np.abs(expected).max()), "out"
+    finite = np.isfinite(expected_lse)
+    assert (np.isfinite(lse) == finite).all() and np.abs(lse[finite] - expected_lse[finite]).max(initial=0) <= 2e-5, "lse"
+    for name, g, e in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
+        e = np.asarray(e)
+        assert np.abs(np.asarray(g) - e).max() <= 2e-5 * max(1.0, np.abs(e).max()), name
+
+
+def first_failure(check):
+    """``None`` if hypothesis finds no failing example of ``check``, else the failure and its example."""
     try:
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON
             check()
@@ -227,35 +253,19 @@ def option_property(examples):
             return attention_jax.dot_product_attention(q, k, v, implementation="dense", sinks=sinks,
                                                        return_residual=True, **options)
 
-        def loss(fn):  # the lse enters the loss where finite: its gradient is checked too
-            def f(q, k, v, sinks):
-                out, lse = fn(q, k, v, sinks)
-                return (out * d_out).sum() + jnp.where(jnp.isfinite(lse), lse, 0).sum()
-            return jax.grad(f, argnums=(0, 1, 2) if sinks is None else (0, 1, 2, 3))
-
         with jax.default_matmul_precision("highest"):
             out, lse = ring(q, k, v, sinks)
-            grads, expected_grads = loss(ring)(q, k, v, sinks), loss(dense)(q, k, v, sinks)
+            grads = residual_grads(ring, d_out, sinks)(q, k, v, sinks)
+            expected_grads = residual_grads(dense, d_out, sinks)(q, k, v, sinks)
         f64 = [x.astype(np.float64) for x in (q, k, v)]
         expected, weights, expected_lse = attention_np.scaled_dot_product_attention(
             *f64, sinks=None if sinks is None else sinks.astype(np.float64), return_residual=True, **options)
-        out, lse = np.asarray(out, np.float64), np.asarray(lse, np.float64)
         dead = (weights.sum(-1) == 0).transpose(0, 2, 1)
         assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads), "non-finite"
-        assert (out[dead] == 0).all() and (np.asarray(grads[0])[dead] == 0).all(), "a dead query is not zero"
-        assert np.abs(out - expected).max() <= 2e-5 * max(1.0, np.abs(expected).max()), "out"
-        finite = np.isfinite(expected_lse)
-        assert (np.isfinite(lse) == finite).all() and np.abs(lse[finite] - expected_lse[finite]).max(initial=0) <= 2e-5, "lse"
-        for name, g, e in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
-            e = np.asarray(e)
-            assert np.abs(np.asarray(g) - e).max() <= 2e-5 * max(1.0, np.abs(e).max()), name
+        assert (np.asarray(out)[dead] == 0).all() and (np.asarray(grads[0])[dead] == 0).all(), "a dead query is not zero"
+        assert_close(out, lse, grads, expected, expected_lse, expected_grads)
 
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON
-            check()
-    except Exception as e:  # reported by test_ring.py, with hypothesis's falsifying example
-        return "\n".join([f"{type(e).__name__}: {e}", *getattr(e, "__notes__", [])])[-3000:]
-    return None
+    return first_failure(check)
 
 
 @st.composite
@@ -295,30 +305,14 @@ def ulysses_property(examples):
             return attention_jax.dot_product_attention(q, k, v, implementation="dense", sinks=sinks,
                                                        return_residual=True, **options)
 
-        def loss(fn):
-            def f(q, k, v, sinks):
-                out, lse = fn(q, k, v, sinks)
-                return (out * d_out).sum() + jnp.where(jnp.isfinite(lse), lse, 0).sum()
-            return jax.grad(f, argnums=(0, 1, 2) if sinks is None else (0, 1, 2, 3))
-
         with jax.default_matmul_precision("highest"):
             with jax.set_mesh(mesh):
-                (out, lse), grads = ulysses(q, k, v, sinks), loss(ulysses)(q, k, v, sinks)
-            (expected, expected_lse), expected_grads = dense(q, k, v, sinks), loss(dense)(q, k, v, sinks)
-        out, expected, lse, expected_lse = (np.asarray(x, np.float64) for x in (out, expected, lse, expected_lse))
-        assert np.abs(out - expected).max() <= 2e-5 * max(1.0, np.abs(expected).max()), "out"
-        finite = np.isfinite(expected_lse)
-        assert (np.isfinite(lse) == finite).all() and np.abs(lse[finite] - expected_lse[finite]).max(initial=0) <= 2e-5, "lse"
-        for name, g, e in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
-            e = np.asarray(e)
-            assert np.abs(np.asarray(g) - e).max() <= 2e-5 * max(1.0, np.abs(e).max()), name
+                (out, lse), grads = ulysses(q, k, v, sinks), residual_grads(ulysses, d_out, sinks)(q, k, v, sinks)
+            (expected, expected_lse) = dense(q, k, v, sinks)
+            expected_grads = residual_grads(dense, d_out, sinks)(q, k, v, sinks)
+        assert_close(out, lse, grads, expected, expected_lse, expected_grads)
 
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # stdout carries the JSON
-            check()
-    except Exception as e:  # reported by test_ring.py, with hypothesis's falsifying example
-        return "\n".join([f"{type(e).__name__}: {e}", *getattr(e, "__notes__", [])])[-3000:]
-    return None
+    return first_failure(check)
 
 
 def ulysses_errors():
