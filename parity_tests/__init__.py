@@ -4,7 +4,9 @@ Importable harness (a registry of cases, :func:`run_case`, :func:`compare`), the
 suite (``parity_tests/tests``) and the report, ``python -m parity_tests``; :func:`check_port`,
 :func:`sweep_port` and :func:`assert_port` check anyone's port between NumPy, JAX and
 PyTorch. One rule for "equal" serves them all: :class:`Tolerance` and
-:func:`compare_elements`.
+:func:`compare_elements`. :mod:`parity_tests.testing` is the suite's property-test kit for
+any attention path: :class:`Problem` and :func:`problems` (hypothesis), :func:`reference`,
+:func:`check`, and :data:`PATHS`, what each path supports (:func:`expect_supported`).
 """
 
 from . import cases, layout_cases  # noqa: F401  (register the built-in cases)
@@ -23,6 +25,18 @@ from .registry import (
     load_cases,
     register,
 )
+from .testing import (
+    PATHS,
+    Path,
+    Problem,
+    check,
+    check_path,
+    expect_supported,
+    make_problem,
+    problems,
+    qkv,
+    reference,
+)
 from .tolerance import FD_TOLERANCE, Tolerance, compare_elements
 from .tutorial import load_tutorial_golden, run_tutorial_golden
 
@@ -32,10 +46,13 @@ __all__ = [
     "FD_STEP",
     "FD_TOLERANCE",
     "GRAD_TOLERANCES",
+    "PATHS",
     "REGISTRY",
     "TOLERANCES",
     "Comparison",
     "ParityCase",
+    "Path",
+    "Problem",
     "Result",
     "Tolerance",
     "LeafCheck",
@@ -44,15 +61,22 @@ __all__ = [
     "PortReport",
     "assert_parity",
     "assert_port",
+    "check",
+    "check_path",
     "check_port",
     "compare",
     "compare_elements",
+    "expect_supported",
     "finite_differences",
     "jax_vjp",
     "load_cases",
     "load_tutorial_golden",
+    "make_problem",
     "planned_rows",
+    "problems",
     "pytest_params",
+    "qkv",
+    "reference",
     "register",
     "register_port",
     "run_all",

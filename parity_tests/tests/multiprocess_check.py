@@ -16,7 +16,6 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 process_id, port = int(sys.argv[1]), sys.argv[2]
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=process_id)
 
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 from jax.experimental import multihost_utils  # noqa: E402

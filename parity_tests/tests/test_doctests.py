@@ -62,3 +62,12 @@ def test_every_function_has_a_worked_example_that_runs(function):
         for test in tests:
             runner.run(test)
     assert runner.summarize(verbose=False).failed == 0, f"{function.__name__}'s example gives other numbers"
+
+
+def test_the_testing_kits_example_runs():
+    import parity_tests.testing as kit
+
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    for test in doctest.DocTestFinder(recurse=False).find(kit, "parity_tests.testing"):
+        runner.run(test)
+    assert runner.tries >= 8 and runner.failures == 0, (runner.tries, runner.failures)

@@ -28,7 +28,6 @@ import warnings
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -41,7 +40,6 @@ from attention_jax import BlockMask, create_block_mask
 from attention_np.mods import (
     alibi,
     and_masks,
-    array_namespace,
     asarray_like,
     causal_mask,
     document_mask,
@@ -50,14 +48,15 @@ from attention_np.mods import (
     sliding_window_mask,
     soft_cap,
 )
+from parity_tests import FD_TOLERANCE
+from parity_tests.testing import check, check_path, flex_path, problems, qkv
 
 # prime lengths, grouped heads; blocks of 3 x 4: 3 query blocks (the last 2/3 padding), 3 key blocks
 B, T, S, N, K, H = 2, 7, 11, 6, 3, 5
 BLOCKS = (3, 4)
-TIGHT = 1e-12  # float64 against float64 (docs/design.md section 5)
 
 rng0 = np.random.default_rng(0)
-QUERY, KEY, VALUE = rng0.normal(size=(B, T, N, H)), rng0.normal(size=(B, S, K, H)), rng0.normal(size=(B, S, K, H))
+QUERY, KEY, VALUE = qkv(B, T, S, N, K, H, rng=rng0)
 SLOPES = 2.0 ** (-8.0 * np.arange(1, N + 1) / N)                  # ALiBi's slopes for N heads
 MAX_DISTANCE = 3
 TABLE = rng0.normal(size=(N, 2 * MAX_DISTANCE + 1))              # relative-position bias (N, 2D + 1)
@@ -75,18 +74,6 @@ MASK_MODS = {"sliding_window": sliding_window_mask((LEFT, RIGHT)), "document": d
              "prefix_lm": prefix_lm_mask(PREFIX), "causal": causal_mask}
 BLOCK_MASKS = {name: create_block_mask(mod, B, None, T, S, block_sizes=BLOCKS)
                for name, mod in {**MASK_MODS, "everything": EVERYTHING}.items()}
-
-
-def error(actual, expected):
-    """Worst |actual - expected| over max(1, max |expected|); inf where they are not equal
-    infinities or NaN (an -inf log-sum-exp must be -inf)."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    assert actual.shape == expected.shape, (actual.shape, expected.shape)
-    same = actual == expected
-    actual, expected = np.where(same, 0.0, actual), np.where(same, 0.0, expected)  # equal infinities: no error
-    if not (np.isfinite(actual) | same).all() or not (np.isfinite(expected) | same).all():
-        return np.inf
-    return np.abs(actual - expected).max(initial=0.0) / max(1.0, np.abs(expected).max(initial=0.0))
 
 
 def both_halves(query, key, value, *, mask_name=None, **options):
@@ -145,8 +132,8 @@ def test_against_pytorch_flex_attention(name, torch_results):
     if name == "document":  # the dead query: zeros and -inf in PyTorch too
         assert (expected_out[1, 4] == 0).all() and (expected_lse[1, 4] == -np.inf).all()
     for half, (out, lse) in both_halves(QUERY, KEY, VALUE, **options).items():
-        assert error(out, expected_out) <= TIGHT, (half, error(out, expected_out))
-        assert error(lse, expected_lse) <= TIGHT, (half, error(lse, expected_lse))
+        check(out, expected_out, "float64", name=f"{half}: out")
+        check(lse, expected_lse, "float64", name=f"{half}: lse")
 
 
 # --- masks: against jax.nn and the NumPy reference with the boolean mask -------------------------------
@@ -172,7 +159,7 @@ def test_masks_against_jax_nn(name):
     live = mask.any(axis=(1, 3))                                  # (B, T)
     assert (name == "document") == (not live.all())               # the document mask has its dead query
     for half, (out, _) in both_halves(QUERY, KEY, VALUE, mask_name=name).items():
-        assert error(out[live], expected[live]) <= 1e-6, (half, error(out[live], expected[live]))
+        check(out[live], expected[live], "float64", tolerance=1e-6, name=half)
         assert (out[~live] == 0).all(), half
 
 
@@ -181,7 +168,7 @@ def test_masks_against_the_boolean_mask(name):
     """Segment ids (and the prefix LM) equal ``scaled_dot_product_attention(mask=...)``."""
     expected, weights = attention_np.scaled_dot_product_attention(QUERY, KEY, VALUE, mask=boolean_mask(name))
     for half, (out, _) in both_halves(QUERY, KEY, VALUE, mask_name=name).items():
-        assert error(out, expected) <= TIGHT, half
+        check(out, expected, "float64", name=half)
 
 
 # --- soft-cap and sinks, written out ----------------------------------------------------------------------
@@ -219,15 +206,15 @@ def test_soft_cap_and_sinks_written_out(mods, dtype):
         mask_name, expected_options["mask"] = "document", boolean_mask("document")
     expected_out, expected_lse = written_out(QUERY, KEY, VALUE, **expected_options)
     q, k, v = (x.astype(dtype) for x in (QUERY, KEY, VALUE))
-    tol = TIGHT if dtype == np.float64 else 1e-5
     with jax.default_matmul_precision("highest" if dtype == np.float32 else None):
         results = both_halves(q, k, v, mask_name=mask_name, **options)
     for half, (out, lse) in results.items():
         assert out.dtype == dtype, half
-        assert error(out, expected_out) <= tol, (half, error(out, expected_out))
-        assert error(lse, expected_lse) <= tol, (half, error(lse, expected_lse))
+        check(out, expected_out, dtype, name=f"{half}: out")
+        check(lse, expected_lse, dtype, name=f"{half}: lse")
         if mask_name:
-            assert (np.asarray(out)[1, 4] == 0).all() and error(lse[1, 4], SINKS) <= tol, half
+            assert (np.asarray(out)[1, 4] == 0).all(), half
+            check(lse[1, 4], SINKS, dtype, name=f"{half}: the dead query's lse")
 
 
 # --- gradients --------------------------------------------------------------------------------------------
@@ -277,10 +264,11 @@ def test_gradients_against_the_dense_mirror(blocked_gradients):
     (out, lse), grads = blocked_gradients
     (expected_out, expected_lse), expected_grads = outputs_and_gradients(
         flex_loss_parts(attention_jax.flex.flex_attention), PRIMALS, COTANGENTS)
-    assert error(out, expected_out) <= TIGHT and error(lse, expected_lse) <= TIGHT
+    check(out, expected_out, "float64")
+    check(lse, expected_lse, "float64", name="lse")
     for name, grad, expected in zip(PRIMAL_NAMES, grads, expected_grads):
         assert np.abs(np.asarray(expected)).max() > 1e-2, name    # a gradient that is there to check
-        assert error(grad, expected) <= TIGHT, (name, error(grad, expected))
+        check(grad, expected, "float64", name=name)
 
 
 def test_gradients_against_finite_differences(blocked_gradients):
@@ -298,7 +286,7 @@ def test_gradients_against_finite_differences(blocked_gradients):
             plus[i][index] += step
             minus[i][index] -= step
             expected = (loss(plus) - loss(minus)) / (2 * step)
-            assert abs(float(grad[index]) - expected) <= 1e-6 * max(1.0, abs(expected)), (name, index)
+            check(grad[index], expected, "float64", tolerance=FD_TOLERANCE, name=f"{name}{index}")
 
 
 # --- block skipping -------------------------------------------------------------------------------------
@@ -323,7 +311,8 @@ def test_an_empty_block_is_never_read():
     clean_out, clean_d_query = blocked(QUERY, KEY, VALUE)
     out, d_query = blocked(QUERY, key, value)
     assert np.isfinite(out[:, :3]).all() and np.isfinite(d_query[:, :3]).all()
-    assert error(out[:, :3], clean_out[:, :3]) <= TIGHT and error(d_query[:, :3], clean_d_query[:, :3]) <= TIGHT
+    check(out[:, :3], clean_out[:, :3], "float64")
+    check(d_query[:, :3], clean_d_query[:, :3], "float64", name="d_query")
     assert np.isnan(out[:, 6]).all()                               # the NaN is real where it is attended
     dense = np.asarray(attention_jax.flex.flex_attention(QUERY, key, value, mask_mod=causal_mask))
     assert np.isnan(dense).all()
@@ -343,7 +332,7 @@ def test_a_full_block_is_not_masked():
     assert (mask & (s > t)).any()                                    # attended where causal_mask is False
     expected, _ = attention_np.scaled_dot_product_attention(QUERY, KEY, VALUE, mask=mask)
     out = attention_jax.flex_attention(QUERY, KEY, VALUE, block_mask=block_mask)
-    assert error(out, expected) <= TIGHT
+    check(out, expected, "float64")
 
 
 def numpy_block_states(mask, qc, kc):
@@ -405,7 +394,8 @@ def test_own_block_mask_per_batch_row_and_head(name):
     mask_mod = {"per row": PER_ROW, "per head": PER_HEAD}[name]
     expected_out, expected_lse = attention_np.flex_attention(QUERY, KEY, VALUE, mask_mod=mask_mod, return_residual=True)
     out, lse = attention_jax.flex_attention(QUERY, KEY, VALUE, mask_mod=mask_mod, return_residual=True)
-    assert error(out, expected_out) <= TIGHT and error(lse, expected_lse) <= TIGHT
+    check(out, expected_out, "float64")
+    check(lse, expected_lse, "float64", name="lse")
 
 
 # --- mods closing over traced integer and boolean arrays ----------------------------------------------------
@@ -460,9 +450,9 @@ def test_mods_closing_over_traced_integers(transform):
         set_loss, set_grads = (loss, grads) if len(sets) == 1 else jax.tree.map(lambda x: x[i], (loss, grads))
         score_mod, mask_mod = traced_mods(*arrays)
         out = attention_np.flex_attention(QUERY, KEY, VALUE, score_mod=score_mod, mask_mod=mask_mod)
-        assert error(set_loss, np.sum(COTANGENTS[0] * out)) <= TIGHT, i
+        check(set_loss, np.sum(COTANGENTS[0] * out), "float64", name=f"set {i}: loss")
         for name, grad, expected in zip(PRIMAL_NAMES, set_grads, dense(QUERY, KEY, VALUE, *arrays)):
-            assert error(grad, expected) <= TIGHT, (i, name, error(grad, expected))
+            check(grad, expected, "float64", name=f"set {i}: {name}")
 
 
 # --- NaN where no query attends ------------------------------------------------------------------------------
@@ -514,9 +504,10 @@ def test_nan_where_no_query_attends_is_never_read(blocks, clean_padding):
         results = {"jax": outputs_and_gradients(padded_flex(attention_jax.flex_attention, block_mask=block_mask),
                                                 (QUERY, NAN_KEY, NAN_VALUE), COTANGENTS)}
     for half, ((out, lse), grads) in results.items():
-        assert error(out, expected_out) <= TIGHT and error(lse, expected_lse) <= TIGHT, half
+        check(out, expected_out, "float64", name=f"{half}: out")
+        check(lse, expected_lse, "float64", name=f"{half}: lse")
         for name, grad, expected in zip(PRIMAL_NAMES, grads or (), expected_grads):
-            assert error(grad, expected) <= TIGHT, (half, name, error(grad, expected))
+            check(grad, expected, "float64", name=f"{half}: {name}")
 
 
 # --- errors ------------------------------------------------------------------------------------------------
@@ -560,82 +551,15 @@ def test_create_block_mask_errors():
 
 
 # --- property: random problems ---------------------------------------------------------------------------
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-# worst |error| / max(1, max |reference|) against the float64 mirror (test_every_path.py's budget);
-# gradients over the largest reference gradient of the problem: a gradient that is exactly 0 in
-# float64 (a query with a single key) is a difference of two terms of the size of d_out * value
-# in the blocked backward pass (rowsum(d_out * out) - d_out . value), float32 rounding of that size
-TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
-GRAD_TOLERANCE = {"float32": 2e-5, "bfloat16": 6e-2}
-
-
-@st.composite
-def flex_problems(draw):
-    """Random shapes, document ids for queries and keys (so some queries see no key), causal
-    and/or a window, soft-cap, sinks, blocks, an upstream gradient up to 1e4, a dtype."""
-    dtype = draw(st.sampled_from(sorted(DTYPES)))
-    b, t, s = draw(st.sampled_from([1, 2])), draw(st.integers(1, 9)), draw(st.integers(1, 9))
-    k, g, h = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2])), draw(st.sampled_from([2, 4]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    cast = lambda x: x.astype(DTYPES[dtype])
-    q_ids, kv_ids = rng.integers(0, 3, size=(b, t)), rng.integers(0, 3, size=(b, s))
-    masks = [document_mask(q_ids, kv_ids)]
-    if draw(st.booleans()):
-        masks.append(causal_mask)
-    if draw(st.booleans()):
-        masks.append(sliding_window_mask((draw(st.integers(0, 3)), draw(st.integers(0, 3)))))
-    upstream = draw(st.sampled_from([1.0, 1e2, 1e4]))
-    return {
-        "dtype": dtype, "query": cast(rng.normal(size=(b, t, k * g, h))), "key": cast(rng.normal(size=(b, s, k, h))),
-        "value": cast(rng.normal(size=(b, s, k, h))), "mask_mod": and_masks(*masks),
-        "cap": draw(st.sampled_from([None, 1.0, 20.0])),
-        "sinks": cast(rng.normal(size=(k * g,))) if draw(st.booleans()) else None,
-        "blocks": (draw(st.integers(1, 4)), draw(st.integers(1, 4))),
-        "d_out": cast(rng.normal(size=(b, t, k * g, h)) * upstream), "d_lse": rng.normal(size=(b, t, k * g)).astype(np.float32),
-    }
-
-
-def capped(cap):
-    """Soft-cap written with ``array_namespace``'s tanh, as a user's mod would be (or None)."""
-    if cap is None:
-        return None
-    return lambda score, b, h, q_idx, kv_idx: cap * array_namespace(score).tanh(score / cap)
-
-
-# each example is a new shape and new mods: a compilation of the forward and backward pass each
-@settings(max_examples=max(2, settings.default.max_examples // 2))
-@given(p=flex_problems())
-def test_property_random_problems(p):
-    b, t, n, _ = p["query"].shape
-    s = p["key"].shape[1]
-    block_mask = create_block_mask(p["mask_mod"], b, None, t, s, block_sizes=p["blocks"])
-    with_sinks = p["sinks"] is not None
-    primals = [p["query"], p["key"], p["value"]] + ([p["sinks"]] if with_sinks else [])
-
-    def run(fn, **masks):
-        def f(query, key, value, sinks=None):
-            return fn(query, key, value, score_mod=capped(p["cap"]), sinks=sinks, return_residual=True, **masks)
-        return f
-
-    cotangents = (p["d_out"], p["d_lse"])
-    (out, lse), grads = outputs_and_gradients(run(attention_jax.flex_attention, block_mask=block_mask), primals,
-                                              cotangents)
-    f64 = lambda x: np.asarray(x, np.float64)
-    (expected_out, expected_lse), expected_grads = outputs_and_gradients(
-        run(attention_jax.flex.flex_attention, mask_mod=p["mask_mod"]), [f64(x) for x in primals], tuple(f64(x) for x in cotangents))
-
-    dtype = p["dtype"]
-    assert out.dtype == DTYPES[dtype] and lse.dtype == np.float32   # lse: the softmax's float32
-    out, lse, grads = np.asarray(out, np.float64), np.asarray(lse, np.float64), [np.asarray(g, np.float64) for g in grads]
-    assert np.isfinite(out).all() and all(np.isfinite(g).all() for g in grads)
-    dead = ~np.asarray(p["mask_mod"](np.arange(b)[:, None, None], 0, np.arange(t)[None, :, None],
-                                     np.arange(s)[None, None, :])).any(-1)          # (b, t): sees no key
-    assert (out[dead] == 0).all() and (grads[0][dead] == 0).all()
-    assert (np.isneginf(lse[dead]).all() if not with_sinks else np.isfinite(lse).all())
-    assert np.isfinite(lse[~dead]).all()
-    assert error(out, expected_out) <= TOLERANCE[dtype], ("out", error(out, expected_out))
-    assert error(lse, expected_lse) <= TOLERANCE[dtype], ("lse", error(lse, expected_lse))
-    expected_grads = [np.asarray(g) for g in expected_grads]
-    scale = max([1.0] + [np.abs(g).max(initial=0.0) for g in expected_grads])
-    for name, grad, expected in zip(("d_query", "d_key", "d_value", "d_sinks"), grads, expected_grads):
-        assert np.abs(grad - expected).max(initial=0.0) / scale <= GRAD_TOLERANCE[dtype], (name, error(grad, expected))
+@settings(max_examples=max(2, settings.default.max_examples // 2))  # each example: a new shape, mods, blocks
+@given(p=problems(options={"query_segment_ids", "key_value_segment_ids", "is_causal", "local_window_size",
+                           "logits_soft_cap", "sinks"}, always={"query_segment_ids", "key_value_segment_ids"},
+                  dtypes=("float32", "bfloat16"), T=range(1, 10), S=range(1, 10)),
+       blocks=st.tuples(st.integers(1, 4), st.integers(1, 4)))
+def test_property_random_problems(p, blocks):
+    """Random shapes, document ids (sorted or not) for queries and keys (so some queries see no
+    key), causal and/or a window, soft-cap (a score_mod written with ``array_namespace``'s tanh,
+    as a user's would be), sinks, blocks of 1..4 x 1..4, upstream gradients of out and lse up to
+    1e4, float32 or bfloat16: the blocked path's out, lse and gradients (sinks' included) equal
+    the NumPy float64 reference, dead queries zero (:func:`parity_tests.testing.check_path`)."""
+    check_path(flex_path(blocks), p.with_options(return_residual=True))

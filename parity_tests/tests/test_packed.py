@@ -7,17 +7,16 @@ taken from the library's own mask or softmax helpers. Then: every JAX path again
 (float32, matmul precision "highest"); gradients of the blocked path against the dense
 mirror (float64) and against finite differences of the NumPy half; the blocks that segment
 ids let ``chunked_attention`` skip, counted and proven unread with NaN; the multi-head
-function and the NNX module; the error messages; and a property test on random packings.
+function and the NNX module; the error messages. Random packings (segment ids sorted or
+not, with soft-caps, sinks and the residual) on every path are the property test of
+``test_every_path.py``: segment ids are among the options of ``parity_tests.testing.problems``.
 """
 
 import jax
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 import pytest
 from flax import nnx
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import attention_jax
 import attention_jax.nnx
@@ -25,6 +24,8 @@ import attention_np
 from attention_jax.fast.chunked.config import Config
 from attention_jax.fast.chunked.layout import make_rows
 from attention_jax.fast.chunked.sparse import EMPTY, FULL, PARTIAL, option_states
+from parity_tests import testing
+from parity_tests.testing import check, qkv
 
 from .conftest import highest
 
@@ -80,17 +81,9 @@ def written_out(query, key, value, mask=None, *, soft_cap=None, sinks=None):
 
 
 def inputs(seed, dtype=np.float64, T=T, S=S):
+    """``(query, key, value, sinks (N,))`` drawn from ``seed``."""
     rng = np.random.default_rng(seed)
-    q, k, v = (rng.normal(size=s).astype(dtype) for s in ((B, T, N, H), (B, S, K, H), (B, S, K, H)))
-    return q, k, v, rng.normal(size=N).astype(dtype)
-
-
-def assert_lse_close(actual, expected, tol):
-    """Equal -inf where the reference has it, close elsewhere."""
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    dead = np.isneginf(expected)
-    assert (np.isneginf(actual) == dead).all()
-    np.testing.assert_allclose(actual[~dead], expected[~dead], rtol=tol, atol=tol)
+    return *qkv(B, T, S, N, K, H, dtype=dtype, rng=rng), rng.normal(size=N).astype(dtype)
 
 
 # 1. The NumPy half against NumPy written here -------------------------------------------------
@@ -135,9 +128,8 @@ def test_numpy_against_the_written_out_formula(name):
         q, k, v, is_causal=option.get("is_causal", False), logits_soft_cap=option.get("logits_soft_cap"),
         sinks=sinks, return_residual=True, **ids)
     expected = written_out(q, k, v, mask, soft_cap=option.get("logits_soft_cap"), sinks=sinks)
-    for got, want in zip((out, weights), expected[:2]):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
-    assert_lse_close(lse, expected[2], 1e-12)
+    for name, got, want in zip(("out", "weights", "lse"), (out, weights, lse), expected):
+        check(got, want, "float64", name=name)
     if sinks is not None:
         assert (weights.sum(-1) < 1).all()
 
@@ -149,7 +141,7 @@ def test_numpy_soft_cap_bounds_the_logits():
     key = np.array([[[[1.0, 0.0]], [[0.0, 0.0]]]])                # (1, 2, 1, 2)
     value = np.array([[[[1.0, 0.0]], [[0.0, 1.0]]]])
     _, weights = attention_np.scaled_dot_product_attention(query, key, value, logits_soft_cap=1.0)
-    np.testing.assert_allclose(weights[0, 0, 0], [np.e / (np.e + 1), 1 / (np.e + 1)], rtol=1e-15)
+    check(weights[0, 0, 0], [np.e / (np.e + 1), 1 / (np.e + 1)], "float64", tolerance=1e-15)
 
 
 def test_numpy_residual_equals_jax_nn():
@@ -167,37 +159,29 @@ def test_numpy_residual_equals_jax_nn():
     assert residual.shape == lse.shape == (B, T, N)
     assert (~live).any() and live.any()
     # jax.nn casts the logits to float32 before its softmax and logsumexp, even for float64 input
-    np.testing.assert_allclose(lse[live], np.asarray(residual)[live], rtol=1e-6, atol=1e-6)
+    check(lse[live], np.asarray(residual)[live], "float64", tolerance=1e-6)
     assert np.isneginf(lse[~live]).all()
 
 
 # 2. Every JAX path against the NumPy float64 formula, in float32 ---------------------------------
 
 
-def _residual(fn):
-    """``fn`` returning ``(out, lse or None)`` (chunked and dot_product_attention: ``out`` or ``(out, lse)``)."""
-    def path(*args, return_residual=False, **options):
-        result = fn(*args, return_residual=return_residual, **options)
-        return result if return_residual else (result, None)
+def _out_and_lse(call):
+    """A path of :data:`parity_tests.testing.PATHS` (or alike) returning ``(out, lse or None)``."""
+    def path(*args, **options):
+        result = call(*args, **options)
+        return result if options.get("return_residual") else (result, None)
     return path
 
 
-def _mirror(*args, return_residual=False, **options):
-    """The dense mirror without its weights: ``(out, lse or None)``."""
-    out, _, *lse = attention_jax.scaled_dot_product_attention(*args, return_residual=return_residual, **options)
-    return out, (lse[0] if return_residual else None)
-
-
 PATHS = {
-    "scaled_dot_product_attention": _mirror,
-    "chunked_attention 8x8": _residual(lambda *a, **o: attention_jax.chunked_attention(
-        *a, block_sizes=(8, 8), **o)),
-    "chunked_attention default": _residual(attention_jax.chunked_attention),
-    "dot_product_attention None": _residual(attention_jax.dot_product_attention),
-    "dot_product_attention dense": _residual(lambda *a, **o: attention_jax.dot_product_attention(
+    "scaled_dot_product_attention": _out_and_lse(testing.PATHS["scaled_dot_product_attention"].call),
+    "chunked_attention 8x8": _out_and_lse(lambda *a, **o: attention_jax.chunked_attention(*a, block_sizes=(8, 8), **o)),
+    "chunked_attention default": _out_and_lse(attention_jax.chunked_attention),
+    "dot_product_attention None": _out_and_lse(testing.PATHS["dot_product_attention None"].call),
+    "dot_product_attention dense": _out_and_lse(lambda *a, **o: attention_jax.dot_product_attention(
         *a, implementation="dense", **o)),
-    "dot_product_attention chunked": _residual(lambda *a, **o: attention_jax.dot_product_attention(
-        *a, implementation="chunked", **o)),
+    "dot_product_attention chunked": _out_and_lse(testing.PATHS["dot_product_attention chunked"].call),
 }
 # segments always with both id arrays (T != S); "sinks": True means the test's random sinks
 COMBOS = {
@@ -238,12 +222,11 @@ def test_jax_paths_equal_the_formula(combo):
         with highest():
             out, lse = path(q, k, v, **options)
         assert out.dtype == jnp.float32, name
-        np.testing.assert_allclose(out, out64, rtol=1e-5, atol=1e-5, err_msg=name)
+        check(out, out64, "float32", name=name)
         assert (np.asarray(out)[dead] == 0).all(), name
         assert (lse is not None) == bool(options.get("return_residual")), name
         if lse is not None:
-            assert lse.shape == (B, T, N), name
-            assert_lse_close(lse, lse64, 1e-5)
+            check(lse, lse64, "float32", name=f"{name}: lse")
 
 
 # 3. Gradients: the blocked path's custom VJP against the dense mirror, and finite differences ----
@@ -288,9 +271,8 @@ def test_chunked_gradients_equal_the_mirror(float64_gradients):
     _, grads = float64_gradients
     for name, chunked, mirror in zip("qkv", grads["chunked_attention 8x8"], grads["scaled_dot_product_attention"]):
         assert np.isfinite(np.asarray(chunked)).all()
-        np.testing.assert_allclose(chunked, mirror, rtol=1e-12, atol=1e-12, err_msg=name)
-    np.testing.assert_allclose(grads["chunked_attention 8x8"][3], grads["scaled_dot_product_attention"][3],
-                               rtol=1e-12, atol=1e-12, err_msg="sinks")
+        check(chunked, mirror, "float64", name=name)
+    check(grads["chunked_attention 8x8"][3], grads["scaled_dot_product_attention"][3], "float64", name="sinks")
     assert (np.abs(grads["chunked_attention 8x8"][3]) > 1e-3).all()
 
 
@@ -302,7 +284,7 @@ def test_sink_gradients_equal_finite_differences(float64_gradients):
         step = np.zeros(N)
         step[n] = eps
         fd = (numpy_loss(q, k, v, sinks + step, d_out, d_lse) - numpy_loss(q, k, v, sinks - step, d_out, d_lse)) / (2 * eps)
-        np.testing.assert_allclose(grads["chunked_attention 8x8"][3][n], fd, rtol=1e-8, atol=1e-8)
+        check(grads["chunked_attention 8x8"][3][n], fd, "float64", tolerance=1e-8, name=f"d_sinks[{n}]")
 
 
 # 4. Block skipping on chunked_attention with segment ids ------------------------------------------
@@ -385,10 +367,10 @@ def test_keys_of_a_segment_no_query_has_are_padding():
     ids = dict(query_segment_ids=np.zeros((1, 8), int), key_value_segment_ids=np.array([[0] * 4 + [5] * 4]))
     expected, _ = attention_np.scaled_dot_product_attention(q, k, v, **ids)
     assert np.isfinite(expected).all()
-    np.testing.assert_allclose(attention_jax.scaled_dot_product_attention(q, k, v, **ids)[0], expected, rtol=1e-12)
-    np.testing.assert_allclose(attention_jax.chunked_attention(q, k, v, **ids), expected, rtol=1e-12)
-    np.testing.assert_allclose(attention_jax.dot_product_attention(q, k, v, implementation="chunked", **ids),
-                               expected, rtol=1e-12)
+    check(attention_jax.scaled_dot_product_attention(q, k, v, **ids)[0], expected, "float64", name="mirror")
+    check(attention_jax.chunked_attention(q, k, v, **ids), expected, "float64", name="chunked")
+    check(attention_jax.dot_product_attention(q, k, v, implementation="chunked", **ids), expected, "float64",
+          name="dot_product_attention chunked")
     d_query = jax.grad(lambda q: jnp.sum(attention_jax.chunked_attention(q, k, v, **ids)))(q)
     assert np.isfinite(np.asarray(d_query)).all()
 
@@ -429,7 +411,7 @@ def test_multi_head_attention_both_halves():
     assert (~attends).any() and (params["out"]["bias"] != 0).all()
     for half in (attention_np, attention_jax):
         out, weights = half.multi_head_attention(params, x, kv, **MHA_OPTIONS)
-        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=half.__name__)
+        check(out, expected, "float64", name=half.__name__)
         assert (np.asarray(out)[~attends] == 0).all()
         assert (np.asarray(weights).sum(-1) < 1).all()                           # the sinks take a share
 
@@ -461,7 +443,7 @@ def test_nnx_module_equals_the_numpy_function(module_and_params):
                    static_argnums=1)
     for implementation in ("dense", "chunked"):
         out = np.asarray(call(module, implementation))
-        np.testing.assert_allclose(out, expected, rtol=1e-12, atol=1e-12, err_msg=implementation)
+        check(out, expected, "float64", name=implementation)
         assert (out[~attends] == 0).all()
 
 
@@ -477,7 +459,7 @@ def test_nnx_sink_gradient_equals_the_function(module_and_params):
         params | {"sinks": sinks}, x, kv, **MHA_OPTIONS)[0] * d_out))(params["sinks"])
     sink_grad = np.asarray(grads["sinks"][...])
     assert np.isfinite(sink_grad).all() and (np.abs(sink_grad) > 1e-6).all()
-    np.testing.assert_allclose(sink_grad, expected, rtol=1e-12, atol=1e-12)
+    check(sink_grad, expected, "float64", name="d_sinks")
 
 
 def test_nnx_sinks_init_and_decode_with_segment_ids_is_an_error():
@@ -536,96 +518,3 @@ def test_bad_options(path, options, error, message):
 def test_nnx_bad_soft_cap(cap):
     with pytest.raises(ValueError, match="logits_soft_cap must be None or a finite number > 0"):
         attention_jax.nnx.MultiHeadAttention(2, E, logits_soft_cap=cap, rngs=nnx.Rngs(0))
-
-
-# 7. Property: random packings, on the blocked path and the dispatcher -------------------------------
-
-DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
-# worst |error| / max(1, max |reference|), as test_every_path
-TOLERANCE = {"float32": 2e-5, "bfloat16": 3e-2}
-GRAD_TOLERANCE = {"float32": 2e-5, "bfloat16": 6e-2}
-PROPERTY_PATHS = {
-    # blocks of 2 x 3: several blocks a row, the last one partly padding
-    "chunked_attention 2x3": lambda *a, **o: attention_jax.chunked_attention(
-        *a, block_sizes=(2, 3), **o),
-    "dot_product_attention": attention_jax.dot_product_attention,
-}
-
-
-@st.composite
-def packed_problems(draw):
-    """Random sizes, sorted query and key ids (query segment 3 never among the keys), causal or
-    not, soft-cap or not, sinks or not, upstream gradients of out and lse up to 1e4."""
-    dtype = draw(st.sampled_from(sorted(DTYPES)))
-    b, t, s = draw(st.sampled_from([1, 2])), draw(st.sampled_from([3, 5, 7])), draw(st.sampled_from([4, 6, 9]))
-    k, g, h = draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2])), draw(st.sampled_from([2, 4]))
-    rng = np.random.default_rng(draw(st.integers(0, 2**16)))
-    cast = lambda x: np.asarray(x).astype(DTYPES[dtype])  # noqa: E731
-    key_ids = np.sort(rng.integers(0, 2, size=(b, s)), axis=1)
-    query_ids = np.sort(rng.integers(0, 2, size=(b, t)), axis=1)
-    query_ids[:, 0] = key_ids[:, 0]                                               # query 0 sees key 0, causal or not
-    query_ids[:, -1] = 3                                                           # a segment with no key
-    upstream = draw(st.sampled_from([1.0, 1e2, 1e4]))
-    p = {"dtype": dtype, "query": cast(rng.normal(size=(b, t, k * g, h))), "key": cast(rng.normal(size=(b, s, k, h))),
-         "value": cast(rng.normal(size=(b, s, k, h))), "d_out": cast(rng.normal(size=(b, t, k * g, h)) * upstream),
-         "d_lse": cast(rng.normal(size=(b, t, k * g)) * upstream)}
-    # the options from the seed, not from draws of their own: hypothesis's first draws are its
-    # simplest (no causal, no sinks), and the default profile runs only a few examples
-    p["options"] = dict(query_segment_ids=query_ids, key_value_segment_ids=key_ids, is_causal=bool(rng.integers(2)),
-                        logits_soft_cap=[None, 1.5, 5.0][rng.integers(3)])
-    p["sinks"] = cast(rng.normal(size=k * g)) if rng.integers(2) else None
-    return p
-
-
-def run_packed(fn, p, arrays):
-    """``(out, lse)`` of ``fn`` and the gradients of (query, key, value[, sinks]) under the
-    problem's upstream gradients (nonzero on every row, dead ones included)."""
-    @jax.jit  # forward and backward as one program: one compilation an example
-    def f(*arrays):
-        (out, lse), vjp = jax.vjp(lambda q, k, v, *sinks: fn(
-            q, k, v, sinks=sinks[0] if sinks else None, return_residual=True, **p["options"]), *arrays)
-        return out, lse, vjp((jnp.asarray(p["d_out"], out.dtype), jnp.asarray(p["d_lse"], lse.dtype)))
-
-    return f(*arrays)
-
-
-def relative_error(actual, expected):
-    actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
-    return np.abs(actual - expected).max(initial=0.0) / max(1.0, np.abs(expected).max(initial=0.0))
-
-
-@settings(max_examples=max(2, settings.default.max_examples // 2))  # each example compiles three programs
-@given(p=packed_problems())
-def test_random_packings(p):
-    """Finite outputs, lse and gradients (never NaN, even with upstream gradients on rows that
-    attend nothing), dead queries exactly zero with a zero query gradient and lse the sink's
-    (or -inf), everything close to the float64 mirror on the same rounded inputs."""
-    names = ("query", "key", "value") + (("sinks",) if p["sinks"] is not None else ())
-    arrays = [jnp.asarray(p[n]) for n in names]
-    expected = run_packed(_mirror_residual, p,
-                          [a.astype(jnp.float64) for a in arrays])
-    mask = packed_mask(p["options"]["query_segment_ids"], p["options"]["key_value_segment_ids"],
-                       is_causal=p["options"]["is_causal"])
-    dead = ~mask.any(-1)[:, 0]                                                     # (B, T)
-    assert dead.any() and not dead[:, 0].any()
-    for path, fn in PROPERTY_PATHS.items():
-        with highest():
-            out, lse, grads = run_packed(fn, p, arrays)
-        out, lse = np.asarray(out, np.float64), np.asarray(lse, np.float64)
-        assert np.isfinite(out).all(), path
-        assert (out[dead] == 0).all(), path
-        assert (np.asarray(grads[0], np.float64)[dead] == 0).all(), path
-        sink = -np.inf if p["sinks"] is None else np.asarray(p["sinks"], np.float64)
-        assert (lse[dead] == np.broadcast_to(sink, lse.shape)[dead]).all(), path
-        live = np.isfinite(np.asarray(expected[1]))
-        assert (np.isfinite(lse) == live).all(), path
-        assert relative_error(out, expected[0]) <= TOLERANCE[p["dtype"]], (path, "out")
-        assert relative_error(lse[live], np.asarray(expected[1])[live]) <= TOLERANCE[p["dtype"]], (path, "lse")
-        for name, g, e in zip(names, grads, expected[2]):
-            assert np.isfinite(np.asarray(g, np.float64)).all(), (path, name)
-            assert relative_error(g, e) <= GRAD_TOLERANCE[p["dtype"]], (path, name, relative_error(g, e))
-
-
-def _mirror_residual(q, k, v, **options):
-    out, _, lse = attention_jax.scaled_dot_product_attention(q, k, v, **options)
-    return out, lse
