@@ -85,7 +85,7 @@ def forward(ops, rows, mods, *, cfg):
 
 def forward_tiles(q, k, v, cfg):
     """The output of :func:`forward` (not ``lse``) for the causal mask alone at short
-    lengths (:meth:`.blocks.BlockSizes.tiles`), as a static grid of ``cfg.tiles``-square tiles: each tile's
+    lengths (:meth:`.blocks.BlockSizes.tile_for`), as a static grid of ``cfg.tile``-square tiles: each tile's
     scores, max, exp, row sums and weighted values are one fused XLA kernel batched over
     all (batch, head) rows, and the tiles of a query block are combined by their maxima
     (the online softmax in another order). XLA's CPU backend fuses a tile only outside a
