@@ -44,6 +44,7 @@ from .._jit import logits_scale, split_scale
 from .._sharding import explicit_spec, match_varying
 from ..fast import online_softmax
 from ..fast.chunked.blocks import BlockSizes
+from ..fast.chunked.closures import convert_mod
 from ..fast.chunked.config import Config, Mods, Operands
 from ..fast.chunked.kernels import backward, forward
 from ..fast.chunked.layout import from_rows, make_rows, to_rows
@@ -58,7 +59,7 @@ def _with_sinks(out, lse, sinks):
     return online_softmax.merge(out, lse, jnp.zeros_like(out), jnp.broadcast_to(sinks[:, :, None, :], lse.shape))
 
 
-def _ring_forward(ops, rows, sinks, *, axis_name, P, cfg, layout):
+def _ring_forward(ops, rows, sinks, mods, *, axis_name, P, cfg, layout):
     """Per device, in the rows layout of the chunked kernels: ``ops`` this device's queries and
     key/value block (and key mask), ``rows`` its lengths, segment ids and query positions. Each
     step runs the chunked forward kernel on the key block it holds (at that block's global
@@ -71,7 +72,7 @@ def _ring_forward(ops, rows, sinks, *, axis_name, P, cfg, layout):
     def step(p, carry):
         out, lse, k, v, mask, kseg = carry
         kpos = _padded_positions((i - p) % P, rows.kpos.shape[-1], cfg.S, P, layout)
-        block = forward(ops._replace(k=k, v=v, mask=mask), rows._replace(kseg=kseg, kpos=kpos), Mods(), cfg=cfg)
+        block = forward(ops._replace(k=k, v=v, mask=mask), rows._replace(kseg=kseg, kpos=kpos), mods, cfg=cfg)
         out, lse = online_softmax.merge(out, lse, *block)
         k, v, mask, kseg = (None if x is None else lax.ppermute(x, axis_name, perm) for x in (k, v, mask, kseg))
         return out, lse, k, v, mask, kseg
@@ -81,31 +82,33 @@ def _ring_forward(ops, rows, sinks, *, axis_name, P, cfg, layout):
     return _with_sinks(out, lse, sinks)
 
 
-def _ring_backward(ops, rows, sinks, out, lse, d_out, d_lse, *, axis_name, P, cfg, layout):
+def _ring_backward(ops, rows, sinks, mods, out, lse, d_out, d_lse, *, axis_name, P, cfg, layout):
     """Per device: the gradients of :func:`_ring_forward`'s outputs: each step runs the chunked
     backward kernel (its weights recomputed from the final ``lse``) on the block it holds; the
-    key/value blocks travel with their gradient accumulators, home again after P steps."""
+    key/value blocks travel with their gradient accumulators, home again after P steps. Also
+    the gradients of the sinks and of the float arrays ``score_mod`` closes over."""
     i = lax.axis_index(axis_name)
     perm = [(j, (j + 1) % P) for j in range(P)]
 
     def step(p, carry):
-        dq, k, v, mask, kseg, dk, dv = carry
+        dq, k, v, mask, kseg, dk, dv, d_score = carry
         kpos = _padded_positions((i - p) % P, rows.kpos.shape[-1], cfg.S, P, layout)
-        dq_j, dk_j, dv_j, _, _ = backward(ops._replace(k=k, v=v, mask=mask), out, lse, d_out, d_lse,
-                                          rows._replace(kseg=kseg, kpos=kpos), Mods(), cfg=cfg)
+        dq_j, dk_j, dv_j, _, d_score_j = backward(ops._replace(k=k, v=v, mask=mask), out, lse, d_out, d_lse,
+                                                  rows._replace(kseg=kseg, kpos=kpos), mods, cfg=cfg)
         k, v, mask, kseg, dk, dv = (None if x is None else lax.ppermute(x, axis_name, perm)
                                     for x in (k, v, mask, kseg, dk + dk_j, dv + dv_j))
-        return dq + dq_j, k, v, mask, kseg, dk, dv
+        d_score = tuple(a + b[0, 0] for a, b in zip(d_score, d_score_j))
+        return dq + dq_j, k, v, mask, kseg, dk, dv, d_score
 
     start = (jnp.zeros_like(ops.q, out.dtype), ops.k, ops.v, ops.mask, rows.kseg, jnp.zeros_like(ops.k, out.dtype),
-             jnp.zeros_like(ops.v, out.dtype))
-    dq, *_, dk, dv = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
+             jnp.zeros_like(ops.v, out.dtype), tuple(jnp.zeros_like(x) for x in mods.score))
+    dq, *_, dk, dv, d_score = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
     d_sinks = None
     if sinks is not None:  # d lse / d sink = e^(sink - lse), the sink's weight; d out / d sink = -weight * out
         weight = jnp.exp(sinks[:, :, None, :] - lse)                             # (B, K, Tp, G)
         delta = jnp.sum(d_out * out, axis=-1) - d_lse
         d_sinks = -jnp.sum(weight * delta, axis=(0, 2), keepdims=True)[:, :, 0]  # (1, K, G)
-    return dq, dk, dv, d_sinks
+    return dq, dk, dv, d_sinks, d_score
 
 
 def _padded_positions(device, Sp, S, P, layout):
@@ -118,7 +121,7 @@ def _padded_positions(device, Sp, S, P, layout):
 def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale=None, mask=None,
                    query_seq_lengths=None, key_value_seq_lengths=None, local_window_size=None,
                    query_segment_ids=None, key_value_segment_ids=None, logits_soft_cap=None, sinks=None,
-                   return_residual=False, layout="contiguous"):
+                   return_residual=False, layout="contiguous", score_mod=None, mask_mod=None):
     r"""Scaled dot-product attention with the sequence sharded over a ring of devices.
 
     .. math::
@@ -151,6 +154,11 @@ def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale
       sinks: optional float ``(N,)``: per-head sink logits, counted once per query.
       return_residual: also return ``lse (B, T, N)`` (the convention of
         :func:`dot_product_attention`), sharded like the output.
+      score_mod, mask_mod: optional, as :func:`flex_attention` takes them, called with global
+        query and key positions (in either layout); blocks are skipped by the options alone, so
+        a ``mask_mod`` is evaluated in every block visited. The float arrays a ``score_mod``
+        closes over get gradients. Not with a batch axis sharded over another mesh axis (the
+        mods would see each device's local batch row).
       layout: ``"contiguous"`` (device i holds positions ``i L/P ..``) or ``"zigzag"``: the
         sequence axes of every input (and segment ids, and the output) are in the order of
         :func:`zigzag_permutation`, so that causal work is the same on every device.
@@ -185,10 +193,17 @@ def ring_attention(query, key, value, *, mesh, axis_name, is_causal=False, scale
         mask = mask & (positions[None, :] < jnp.asarray(key_value_seq_lengths).reshape(B, 1))
     query_ids = key_value_segment_ids if query_segment_ids is None else query_segment_ids
     key_ids = query_ids if key_value_segment_ids is None else key_value_segment_ids
+    if (score_mod is not None or mask_mod is not None) and _batch_axes(query, axis_name) is not None:
+        raise ValueError("score_mod and mask_mod on the ring take the batch row b as the global one: shard the "
+                         "batch axis of query over the ring's mesh axis only, or not at all")
+    index, compute = jnp.zeros((), jnp.int32), compute_dtype(query.dtype)
+    score_fn, score_floats, score_fixed = convert_mod(score_mod, jnp.zeros((), compute), index, index, index, index)
+    mask_fn, mask_floats, mask_fixed = convert_mod(mask_mod, index, index, index, index)
     scale, scale_value = split_scale(scale)
     out, lse = _ring(query, key, value, mask, query_seq_lengths, key_value_seq_lengths, query_ids, key_ids, sinks,
-                     scale_value, mesh=mesh, axis_name=axis_name, P=P, scale=scale, is_causal=bool(is_causal),
-                     window=window, soft_cap=soft_cap, layout=layout)
+                     scale_value, tuple(score_floats), tuple(score_fixed), tuple(mask_floats + mask_fixed),
+                     mesh=mesh, axis_name=axis_name, P=P, scale=scale, is_causal=bool(is_causal), window=window,
+                     soft_cap=soft_cap, layout=layout, score_fn=score_fn, mask_fn=mask_fn)
     return (out, lse) if return_residual else out
 
 
@@ -208,9 +223,9 @@ def _key_mask(mask, B, N, T, S):
 
 
 @functools.partial(jax.jit, static_argnames=("mesh", "axis_name", "P", "scale", "is_causal", "window", "soft_cap",
-                                             "layout"))
-def _ring(query, key, value, mask, qlen, kvlen, qseg, kseg, sinks, scale_value, *, mesh, axis_name, P, scale, is_causal,
-          window, soft_cap, layout):
+                                             "layout", "score_fn", "mask_fn"))
+def _ring(query, key, value, mask, qlen, kvlen, qseg, kseg, sinks, scale_value, score_consts, score_fixed, mask_consts,
+          *, mesh, axis_name, P, scale, is_causal, window, soft_cap, layout, score_fn, mask_fn):
     dtype, compute = query.dtype, compute_dtype(query.dtype)
     B, T, N, H = query.shape
     S, K = key.shape[1], key.shape[2]
@@ -219,27 +234,36 @@ def _ring(query, key, value, mask, qlen, kvlen, qseg, kseg, sinks, scale_value, 
     has_lengths = qlen is not None or kvlen is not None
     cfg = Config(is_causal=is_causal, query_chunk=min(qc, Tb), key_chunk=min(kc, Sb), T=Tb, S=Sb, G=N // K,
                  window=window, has_lengths=has_lengths, has_segments=qseg is not None, compute=compute,
-                 soft_cap=soft_cap)
+                 soft_cap=soft_cap, score_mod=score_fn, mask_mod=mask_fn)
     options = {"axis_name": axis_name, "P": P, "cfg": cfg, "layout": layout}
 
-    @jax.custom_vjp
-    def local(ops, rows, sinks):
-        return _ring_forward(ops, rows, sinks, **options)
+    def bound(fixed):
+        """The options with ``score_mod`` taking its integer arrays ``fixed`` (traced: bound in
+        each pass, as :func:`attention_jax.flex_attention` does)."""
+        if not fixed:
+            return options
+        return options | {"cfg": cfg._replace(score_mod=lambda *args: score_fn(*args, *fixed))}
 
-    def local_fwd(ops, rows, sinks):
-        out, lse = _ring_forward(ops, rows, sinks, **options)
-        return (out, lse), (ops, rows, sinks, out, lse)
+    @jax.custom_vjp
+    def local(ops, rows, sinks, mods, fixed):
+        return _ring_forward(ops, rows, sinks, mods, **bound(fixed))
+
+    def local_fwd(ops, rows, sinks, mods, fixed):
+        out, lse = _ring_forward(ops, rows, sinks, mods, **bound(fixed))
+        return (out, lse), (ops, rows, sinks, mods, fixed, out, lse)
 
     def local_bwd(residuals, cotangents):
-        ops, rows, sinks, out, lse = residuals
+        ops, rows, sinks, mods, fixed, out, lse = residuals
         d_out, d_lse = (x.astype(out.dtype) for x in cotangents)
-        dq, dk, dv, d_sinks = _ring_backward(ops, rows, sinks, out, lse, d_out, d_lse, **options)
+        dq, dk, dv, d_sinks, d_score = _ring_backward(ops, rows, sinks, mods, out, lse, d_out, d_lse, **bound(fixed))
         d_ops = Operands(dq.astype(ops.q.dtype), dk.astype(ops.k.dtype), dv.astype(ops.v.dtype), None, None)
-        return d_ops, jax.tree.map(lambda _: None, rows), None if sinks is None else d_sinks.astype(sinks.dtype)
+        d_mods = Mods(tuple(d.astype(x.dtype) for d, x in zip(d_score, mods.score)), tuple(None for _ in mods.mask))
+        return (d_ops, jax.tree.map(lambda _: None, rows), None if sinks is None else d_sinks.astype(sinks.dtype),
+                d_mods, tuple(None for _ in fixed))
 
     local.defvjp(local_fwd, local_bwd)
 
-    def per_device(q, k, v, key_mask, qlen, kvlen, qseg, kseg, sinks):
+    def per_device(q, k, v, key_mask, qlen, kvlen, qseg, kseg, sinks, score_consts, score_fixed, mask_consts):
         # q (B, T/P, N, H) scaled, k, v (B, S/P, K, H), key_mask (B, S/P), lengths (B,), ids (B, T/P), (B, S/P)
         i = lax.axis_index(axis_name)
         ops = to_rows(q, k, v, None, key_mask[:, None, None, :], cfg)  # a mask always: rows may see no key in a step
@@ -252,8 +276,10 @@ def _ring(query, key, value, mask, qlen, kvlen, qseg, kseg, sinks, scale_value, 
         rows = rows._replace(qpos=_padded_positions(i, ops.q.shape[2], Tb, P, layout),
                              kpos=_padded_positions(i, ops.k.shape[2], Sb, P, layout))
         sinks = None if sinks is None else sinks.astype(compute).reshape(1, K, N // K)
-        *arrays, sinks = match_varying(*ops, sinks)  # a custom_vjp's inputs vary over the same manual axes
-        out, lse = local(Operands(*arrays), rows, sinks)
+        # a custom_vjp's inputs vary over the same manual axes (autodiff sums the replicated ones' cotangents)
+        *arrays, sinks = match_varying(*ops, sinks)
+        score_consts = match_varying(arrays[0], *score_consts)[1:]
+        out, lse = local(Operands(*arrays), rows, sinks, Mods(tuple(score_consts), tuple(mask_consts)), score_fixed)
         return from_rows(out, lse, Tb)
 
     batch = _batch_axes(query, axis_name)
@@ -261,16 +287,19 @@ def _ring(query, key, value, mask, qlen, kvlen, qseg, kseg, sinks, scale_value, 
     # the ring axis alone is manual; on a mesh without Explicit axes the others stay automatic,
     # so XLA keeps the batch (and heads) sharded as the query is, not replicated
     manual = {axis_name} if AxisType.Explicit not in tuple(mesh.axis_types) else set(mesh.axis_names)
-    specs = (seq, seq, seq, seq, rows_spec, rows_spec, seq, seq, rep)
+    specs = (seq, seq, seq, seq, rows_spec, rows_spec, seq, seq, rep, rep, rep, rep)
     args = [query.astype(compute) * logits_scale(scale, scale_value, H, compute), key.astype(compute),
             value.astype(compute), mask, qlen, kvlen, qseg, kseg, sinks]
-    args = [None if x is None else jnp.asarray(x) for x in args]
+    args = [None if x is None else jnp.asarray(x) for x in args] + [score_consts, score_fixed, mask_consts]
     if AxisType.Explicit in tuple(mesh.axis_types):
         # on Explicit axes shard_map takes inputs only as in_specs shards them (a replicated
         # mask or an unsharded query is an error, not a resharding)
-        args = [None if x is None else jax.sharding.reshard(x, NamedSharding(mesh, spec)) for x, spec in zip(args, specs)]
+        args = [jax.tree.map(lambda x, spec=spec: jax.sharding.reshard(x, NamedSharding(mesh, spec)), x)
+                for x, spec in zip(args, specs)]
+    # a score_mod or mask_mod runs as a jaxpr traced outside the ring (closures.convert_mod), whose
+    # primitives cannot be told which manual axes their inputs vary over: checked without vma
     sharded = jax.shard_map(per_device, mesh=mesh, in_specs=specs, out_specs=(seq, seq), axis_names=manual,
-                            check_vma=True)
+                            check_vma=score_fn is None and mask_fn is None)
     out, lse = sharded(*args)
     return out.astype(dtype), lse
 

@@ -327,6 +327,47 @@ def ulysses_errors():
     return messages
 
 
+def mods_errors(P=4):
+    """flex on the ring: an ALiBi-like ``score_mod`` closing over slopes (differentiated) and a
+    causal document ``mask_mod`` closing over ids, at global positions in either layout, against
+    the dense flex definition: the largest error of the output and of each gradient (slopes
+    included), relative to the largest expected entry (at least 1)."""
+    from attention_jax.flex import flex_attention as dense_flex
+    from attention_np.mods import and_masks, causal_mask, document_mask
+
+    rng = np.random.default_rng(3)
+    B, L, N, K, H = 2, 8 * P, 4, 2, 8
+    q = rng.normal(size=(B, L, N, H)).astype(np.float32)
+    k, v = (rng.normal(size=(B, L, K, H)).astype(np.float32) for _ in range(2))
+    d_out = rng.normal(size=q.shape).astype(np.float32)
+    ids = jnp.asarray(np.sort(rng.integers(0, 3, size=(B, L)), axis=1).astype(np.int32))
+    slopes = jnp.asarray(rng.normal(size=N).astype(np.float32) * 0.3)
+    mask_mod = and_masks(causal_mask, document_mask(ids))
+    result = {}
+    for kind, layout in (("Auto", "contiguous"), ("Auto", "zigzag"), ("Explicit", "contiguous")):
+        mesh = jax.make_mesh((P,), ("sp",), axis_types=(getattr(AxisType, kind),))
+        perm = np.arange(L) if layout == "contiguous" else attention_jax.zigzag_permutation(L, P)
+        inverse = np.argsort(perm)
+
+        def ring(slopes, q, k, v):
+            score_mod = lambda s, b, h, t, u: s + slopes[h] * (u - t)
+            out = attention_jax.ring_attention(q[:, perm], k[:, perm], v[:, perm], mesh=mesh, axis_name="sp",
+                                               layout=layout, score_mod=score_mod, mask_mod=mask_mod)
+            return out if layout == "contiguous" else out[:, inverse]
+
+        def dense(slopes, q, k, v):
+            return dense_flex(q, k, v, score_mod=lambda s, b, h, t, u: s + slopes[h] * (u - t), mask_mod=mask_mod)
+
+        loss = lambda fn: jax.grad(lambda *a: (fn(*a) * d_out).sum(), argnums=(0, 1, 2, 3))
+        with jax.set_mesh(mesh), jax.default_matmul_precision("highest"):
+            out, grads = jax.jit(ring)(slopes, q, k, v), jax.jit(loss(ring))(slopes, q, k, v)
+        expected, expected_grads = dense(slopes, q, k, v), loss(dense)(slopes, q, k, v)
+        relative = lambda a, e: float(np.abs(np.asarray(a) - np.asarray(e)).max() / max(1.0, np.abs(np.asarray(e)).max()))
+        result[f"{kind} {layout}"] = {"forward": relative(out, expected),
+                                      "gradients": max(relative(a, e) for a, e in zip(grads, expected_grads))}
+    return result
+
+
 def nan_rows(p=4, s=3):
     """Which outputs are NaN when key s holds NaN (causal: queries t >= s attend it), for the
     ring and for the single-device function."""
@@ -380,6 +421,7 @@ def main():
     result["option_property"] = option_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
     result["ulysses_property"] = ulysses_property(int(os.environ.get("RING_PROPERTY_EXAMPLES", "8")))
     result["ulysses_errors"] = ulysses_errors()
+    result["mods"] = mods_errors()
     for p in (2, 4, 8):
         result["memory"][p] = temp_bytes(p)
     try:

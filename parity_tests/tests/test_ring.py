@@ -153,3 +153,11 @@ def test_ulysses_refuses_what_it_cannot_split(ring):
     assert errors["kv_heads"] == ("ulysses_attention splits the K=3 key/value heads over 4 devices (repeating them up "
                                   "to 4 when fewer): K must be a multiple or a divisor of 4; got K=3")
     assert errors["length"] == "ulysses_attention splits T evenly over the 4 devices of mesh axis 'sp'; got T=6"
+
+
+def test_score_mod_and_mask_mod_on_the_ring_see_global_positions(ring):
+    # an ALiBi-like score_mod (slopes differentiated) and a causal document mask_mod, either
+    # layout, Auto and Explicit meshes, against the dense flex definition
+    assert set(ring["mods"]) == {"Auto contiguous", "Auto zigzag", "Explicit contiguous"}
+    for name, errors in ring["mods"].items():
+        assert errors["forward"] <= 2e-5 and errors["gradients"] <= 2e-5, (name, errors)

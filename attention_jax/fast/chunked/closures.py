@@ -6,6 +6,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.extend import core as jax_core
 
 
@@ -31,12 +32,17 @@ def convert_mod(mod, *example):
 @functools.lru_cache(maxsize=256)
 def _converted(mod, example):
     """:func:`convert_mod`, cached per mod and the ``(shape, dtype)`` of each example argument."""
-    closed = jax.make_jaxpr(mod)(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in example))
+    # traced outside any mesh: the jaxpr then runs as well under the caller's mesh as inside a
+    # shard_map (ring_attention), whose manual axes a recorded mesh would contradict
+    with jax.sharding.use_abstract_mesh(jax.sharding.AbstractMesh((), ())):
+        closed = jax.make_jaxpr(mod)(*(jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in example))
     consts = closed.consts                                                        # what mod closes over
     traced = [i for i, c in enumerate(consts) if isinstance(c, jax.core.Tracer)]
     floats = [i for i in traced if jnp.issubdtype(consts[i].dtype, jnp.inexact)]
     fixed = [i for i in traced if i not in floats]
-    kept = [None if i in traced else c for i, c in enumerate(consts)]             # the constants, holes for the rest
+    # the constants as host arrays, holes for the rest: a device array would carry the mesh it was
+    # made under, which a shard_map's manual mesh contradicts
+    kept = [None if i in traced else np.asarray(c) for i, c in enumerate(consts)]
     jaxpr, n = closed.jaxpr, len(example)                                         # fn holds no tracer
 
     def fn(*args):

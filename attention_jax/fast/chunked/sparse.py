@@ -209,6 +209,8 @@ def option_states(rows, cfg, nq, nk):
         kmin, kmax = k.min(-1)[:, :, None, :], k.max(-1)[:, :, None, :]           # (B, 1, 1, nk)
         empty = empty | (qmax < kmin) | (kmax < qmin)
         full = full & (qmin == qmax) & (kmin == kmax) & (qmin == kmin)
+    if cfg.mask_mod is not None:  # the options do not know where a mask_mod attends: no block is known full
+        full = False
     states = jnp.where(empty, EMPTY, jnp.where(full, FULL, PARTIAL)).astype(jnp.int8)
     states = states.reshape((1, 1) * (states.ndim == 2) + states.shape)
     return jnp.broadcast_to(states, states.shape[:2] + (nq, nk))  # without causal: the same for every query block
