@@ -79,8 +79,8 @@ MUTANTS = [
     Mutant("M11", "attention_jax/nnx/multi_head.py", "return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S))",
            "return rotate(query, jnp.arange(T)), rotate(key, jnp.arange(S) - S + T)",
            "cross-attention keys rotated as if they ended with the queries", (T + "test_rotary.py",)),
-    Mutant("M12", "attention_jax/nnx/_cache.py", "self.cache_index[...] = index + lengths",
-           "self.cache_index[...] = index + k", "a ragged prefill advances every row by the chunk",
+    Mutant("M12", "attention_jax/nnx/_cache.py", "self.cached_value[...] = value\n        self.cache_index[...] = index + lengths",
+           "self.cached_value[...] = value\n        self.cache_index[...] = index + k", "a ragged prefill advances every row by the chunk",
            (T + "test_nnx_mha.py", T + "test_decode_options.py")),
     # the dense JAX path
     Mutant("M13", "attention_jax/fast/dense.py", "keep = None if S <= T else (jnp.arange(S) < T)[:, None]",
