@@ -32,6 +32,7 @@ from .parallel.ulysses import ulysses_attention
 from .rotary import apply_rotary
 from .scores import (
     concat_scores,
+    cosine_scores,
     dot_scores,
     general_scores,
     init_concat_params,
@@ -60,6 +61,7 @@ __all__ = [
     "create_block_mask",
     "flex_attention",
     "concat_scores",
+    "cosine_scores",
     "cross_attention",
     "dot_product_attention",
     "dot_scores",

@@ -1,10 +1,13 @@
 """Score functions: how much each query matches each key, ``(B, T, S)``.
 
 Luong, Pham & Manning 2015, "Effective approaches to attention-based neural machine
-translation", section 3.1 (dot, general, concat); Vaswani et al. 2017 (scaled dot).
+translation", section 3.1 (dot, general, concat); Vaswani et al. 2017 (scaled dot);
+Graves, Wayne & Danihelka 2014, "Neural Turing machines", section 3.3.1 (cosine, their
+content-based addressing).
 """
 
 import math
+import numbers
 
 import jax.numpy as jnp
 
@@ -75,6 +78,70 @@ def scaled_dot_scores(query, keys, *, scale=None):
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     scores = jnp.einsum("BTH,BSH->BTS", query.astype(compute), keys.astype(compute)) * scale  # (B, T, S)
     return scores.astype(query.dtype)
+
+
+COSINE_EPSILON = 1e-8  # the smallest length a vector is divided by, as torch.nn.functional.cosine_similarity
+
+
+@jit(static_argnames=("strength",))
+def cosine_scores(query, keys, *, strength=1.0):
+    r"""Cosine scores :math:`e_{ts} = \beta\, q_t k_s^\top / (\lVert q_t \rVert\, \lVert k_s \rVert)`:
+    how well the directions match, whatever the lengths.
+
+    Graves, Wayne & Danihelka 2014, "Neural Turing machines", section 3.3.1, eq. (5)-(6):
+    the content-based addressing of a memory, ``softmax`` of these scores with the key
+    strength :math:`\beta`, which sharpens (large) or flattens (small) the weights. Every
+    score lies in ``[-beta, beta]``. A length below ``COSINE_EPSILON = 1e-8`` is replaced
+    by it (as ``torch.nn.functional.cosine_similarity``), so a zero query or key scores 0
+    against everything, never NaN, and its gradients stay finite.
+
+    Args:
+      query: ``(B, T, H)``.
+      keys: ``(B, S, H)``.
+      strength: the key strength beta, a finite number multiplying every score; default 1.
+        Static under jit.
+
+    Returns:
+      scores ``(B, T, S)``, in the dtype of ``query``.
+
+    Example: the first key points the query's way, the second is orthogonal, the third at
+    45 degrees (``cos = 1 / sqrt(2) = 0.7071``, however long it is), the fourth is zero;
+    with ``strength=2`` every score doubles.
+
+    >>> import numpy as np
+    >>> query = np.array([[[1.0, 0.0]]], np.float32)                                      # (B, T, H) = (1, 1, 2)
+    >>> keys = np.array([[[3.0, 0.0], [0.0, 1.0], [2.0, 2.0], [0.0, 0.0]]], np.float32)  # (B, S, H) = (1, 4, 2)
+    >>> np.asarray(cosine_scores(query, keys)).round(4)
+    array([[[1.    , 0.    , 0.7071, 0.    ]]], dtype=float32)
+    >>> np.asarray(cosine_scores(query, keys, strength=2)).round(4)
+    array([[[2.    , 0.    , 1.4142, 0.    ]]], dtype=float32)
+    """
+    query, keys = jnp.asarray(query), jnp.asarray(keys)
+    check_scores(query, keys)
+    _check_strength(strength)
+    dtype, compute = query.dtype, compute_dtype(query.dtype)
+    query, keys = query.astype(compute), keys.astype(compute)
+    # 1. unit vectors: each query and key divided by its length (at least COSINE_EPSILON)
+    query = query / _length(query)                                         # (B, T, H)
+    keys = keys / _length(keys)                                            # (B, S, H)
+    # 2. their dot products are the cosines of the angles; times the key strength
+    scores = jnp.einsum("BTH,BSH->BTS", query, keys) * strength             # (B, T, S)
+    return scores.astype(dtype)
+
+
+def _length(x):
+    """Each vector's length over the last axis, at least ``COSINE_EPSILON``, ``(..., 1)``; the
+    square root of the larger of ``|x|^2`` and ``eps^2``, so a zero vector has a finite gradient."""
+    return jnp.sqrt(jnp.maximum((x * x).sum(axis=-1, keepdims=True), COSINE_EPSILON**2))
+
+
+def _check_strength(strength):
+    """The key strength is a finite real number (a Python or NumPy int or float, not a bool)."""
+    if isinstance(strength, bool) or not isinstance(strength, numbers.Real):
+        raise TypeError(f"strength must be a finite real number (int or float); got {strength!r} "
+                        f"({type(strength).__name__})")
+    if not math.isfinite(strength):
+        raise ValueError(f"strength must be a finite real number; got {strength!r}")
 
 
 @jit

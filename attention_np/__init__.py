@@ -21,6 +21,7 @@ from .paged import init_paged_kv_cache, paged_attention, paged_kv_write
 from .rotary import apply_rotary
 from .scores import (
     concat_scores,
+    cosine_scores,
     dot_scores,
     general_scores,
     init_concat_params,
@@ -47,6 +48,7 @@ __all__ = [
     "additive_attention_vjp",
     "additive_params_from_torch",
     "concat_scores",
+    "cosine_scores",
     "cross_attention",
     "dot_scores",
     "flex_attention",

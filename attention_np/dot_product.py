@@ -1,4 +1,11 @@
-"""Scaled dot-product attention (Vaswani et al. 2017), the core of every modern mechanism."""
+"""Scaled dot-product attention (Vaswani et al. 2017), the core of every modern mechanism.
+
+Read the core first: :func:`scaled_dot_product_attention_core` is the equation in three
+lines. :func:`scaled_dot_product_attention`, after it, is the function the library calls:
+the same three steps, through the same helpers, with the options research code needs
+around them (grouped heads, masks of every kind, bias, soft cap, sinks, dropout, the
+log-sum-exp).
+"""
 
 import math
 
@@ -16,6 +23,69 @@ from ._masking import (
 )
 from ._validate import check_sdpa, check_sdpa_extras, check_sdpa_options
 from .dropout import dropout_weights
+
+# ------------------------------------------------------------------------------------------
+# The core: Attention(Q, K, V) = softmax(Q K^T / sqrt(H)) V, in three lines.
+# ------------------------------------------------------------------------------------------
+
+
+def scaled_dot_product_attention_core(query, key, value, mask=None):
+    r"""The equation and nothing else: scores, softmax, weighted average.
+
+    .. math::
+        \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(\frac{Q K^\top}{\sqrt{H}}\Big) V
+
+    Vaswani et al. 2017, "Attention is all you need", eq. (1). No options, no checks, no
+    dtype handling: :func:`scaled_dot_product_attention` below runs these same three steps
+    (its steps 3 to 5) and adds them.
+
+    Args:
+      query: ``(..., T, H)``: one head ``(B, T, H)``, or several, heads first, ``(B, N, T, H)``.
+      key: ``(..., S, H)``.
+      value: ``(..., S, H)``.
+      mask: optional bool broadcastable to ``(..., T, S)``, True = attend; a masked key gets
+        weight exactly 0.
+
+    Returns:
+      ``(out, weights)``: ``(..., T, H)`` and ``(..., T, S)``.
+
+    Example: the query scores the keys ``sqrt(2) ln 3 / sqrt(2) = ln 3`` and 0, so the
+    weights are ``3/4`` and ``1/4`` and ``out = 3/4 [4, 0] + 1/4 [0, 8] = [3, 2]``. With the
+    heads moved after the positions it is the full function with no option set, to the bit.
+
+    >>> query = np.array([[[1.0, 0.0]]])                            # (B, T, H) = (1, 1, 2)
+    >>> key = np.array([[[np.sqrt(2) * np.log(3), 0.0], [0.0, 0.0]]])  # (B, S, H) = (1, 2, 2)
+    >>> value = np.array([[[4.0, 0.0], [0.0, 8.0]]])                # (B, S, H) = (1, 2, 2)
+    >>> out, weights = scaled_dot_product_attention_core(query, key, value)
+    >>> weights.round(4), out.round(4)
+    (array([[[0.75, 0.25]]]), array([[[3., 2.]]]))
+    >>> full_out, full_weights = scaled_dot_product_attention(query[:, :, None], key[:, :, None], value[:, :, None])
+    >>> bool(np.array_equal(full_out[:, :, 0], out) and np.array_equal(full_weights[:, 0], weights))
+    True
+    """
+    scale = 1.0 / math.sqrt(query.shape[-1])
+    # 1. logits: how well each query matches each key, q k^T / sqrt(H)
+    logits = _logits(query, key, scale)                                   # (..., T, S)
+    # 2. weights: a softmax over the keys (each row sums to 1; a masked key gets 0)
+    weights = masked_softmax(logits, mask)                                # (..., T, S)
+    # 3. out: the weighted average of the values
+    out = _weighted_sum(weights, value)                                   # (..., T, H)
+    return out, weights
+
+
+def _logits(query, key, scale):
+    """Every query dotted with every key, times ``scale``: ``(..., T, H), (..., S, H) -> (..., T, S)``."""
+    return np.einsum("...TH,...SH->...TS", query, key) * scale
+
+
+def _weighted_sum(weights, value):
+    """The values averaged with the weights: ``(..., T, S), (..., S, H) -> (..., T, H)``."""
+    return np.einsum("...TS,...SH->...TH", weights, value)
+
+
+# ------------------------------------------------------------------------------------------
+# The full function: the core's three steps with the options around them.
+# ------------------------------------------------------------------------------------------
 
 
 def scaled_dot_product_attention(
@@ -123,18 +193,18 @@ def scaled_dot_product_attention(
     mask = combine_all_masks(mask, is_causal, window, lengths, T, S, segments)
     # keys no query may attend (padding) are zeroed: even NaN there cannot reach the output or gradients
     key, value = (zero_unattended(x, mask, (B, N, T, S)) for x in (key, value))  # (B, N, S, H)
-    # 3. logits: one score per (query, key) pair, scaled, plus the optional bias, soft-capped
-    logits = np.einsum("BNTH,BNSH->BNTS", query, key) * scale             # (B, N, T, S)
+    # 3. logits (core step 1): one score per (query, key) pair, scaled, plus the optional bias, soft-capped
+    logits = _logits(query, key, scale)                                    # (B, N, T, S)
     if bias is not None:
         logits = logits + np.asarray(bias).astype(compute)
     if soft_cap is not None:
         logits = soft_cap * np.tanh(logits / soft_cap)
-    # 4. weights: softmax over the keys a query may attend to (and its sink), then dropout
+    # 4. weights (core step 2): softmax over the keys a query may attend to (and its sink), then dropout
     sinks = None if sinks is None else np.asarray(sinks).astype(compute).reshape(1, N, 1, 1)
     weights = masked_softmax(logits, mask, sinks)                          # (B, N, T, S)
     dropped = dropout_weights(weights, dropout_rng, dropout_rate, broadcast=broadcast_dropout)
-    # 5. out: the weighted average of the values, back to (B, T, N, H)
-    out = np.einsum("BNTS,BNSH->BNTH", dropped, value).transpose(0, 2, 1, 3)  # (B, T, N, H)
+    # 5. out (core step 3): the weighted average of the values, back to (B, T, N, H)
+    out = _weighted_sum(dropped, value).transpose(0, 2, 1, 3)             # (B, T, N, H)
     out, weights = unfold_batch(out.astype(dtype), batch), unfold_batch(weights.astype(dtype), batch)
     if not return_residual:
         return out, weights

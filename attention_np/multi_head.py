@@ -26,7 +26,9 @@ def _dense(subscripts, x, layer):
 
 
 def _layer_norm(x, scale):
-    """``(x - mean) / sqrt(var + eps) * scale`` over the last axis (H): Flax's ``LayerNorm(H, use_bias=False)``."""
+    """``(x - mean) / sqrt(var + eps) * scale`` over the last axis (H): Flax's ``LayerNorm(H, use_bias=False)``
+    (``normalize_qk``; Dehghani et al. 2023, ViT-22B). Flax's variance is ``mean(x^2) - mean(x)^2``; here
+    the two-pass ``mean((x - mean)^2)``, the same up to rounding, more accurate when the features are close."""
     mean = x.mean(axis=-1, keepdims=True)                    # (..., 1)
     var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)     # (..., 1), the biased variance
     return (x - mean) / np.sqrt(var + LAYER_NORM_EPSILON) * scale
@@ -43,18 +45,14 @@ def multi_head_attention(params, query, key=None, value=None, *, bias=None, mask
         \mathrm{head}_n = \mathrm{Attention}(q_n, k_{j(n)}, v_{j(n)}), \qquad
         \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O
 
-    Vaswani et al. 2017, "Attention is all you need", section 3.2.2; grouped key/value heads
-    ``j(n) = n // (N / K)`` after Ainslie et al. 2023 (GQA). With ``query_ln``/``key_ln``
-    (Flax's ``normalize_qk=True``; Dehghani et al. 2023, ViT-22B) every query and key vector
-    is layer-normalised over its H features before the attention,
-    :math:`q \leftarrow (q - \bar q) / \sqrt{\mathrm{var}(q) + 10^{-6}} \odot \gamma^Q` (and
-    :math:`k` with :math:`\gamma^K`), as ``nnx.LayerNorm(H, use_bias=False)`` (whose
-    variance is :math:`\overline{q^2} - \bar q^2`; here the two-pass
-    :math:`\overline{(q - \bar q)^2}`, the same up to rounding and more accurate when a
-    vector's H features are close). Numerically the same as ``flax.nnx.MultiHeadAttention``
-    (no dropout) given the same parameters, for any ``use_bias``, ``normalize_qk``,
-    ``qkv_features``, ``out_features``, ``num_kv_heads`` and ``in_kv_features``, except
-    that a query with every key masked gets a zero attention output (Flax: the mean).
+    Vaswani et al. 2017, "Attention is all you need", section 3.2.2. The equation is steps
+    1, 3 and 4 below: project into heads, attend in every head, mix the heads. The rest are
+    options research code needs, each described on the research layer page: grouped
+    key/value heads ``j(n) = n // (N / K)`` (Ainslie et al. 2023, GQA), the query/key
+    normalisation of step 2 (Flax's ``normalize_qk``), and the options of
+    :func:`scaled_dot_product_attention`. Numerically the same as
+    ``flax.nnx.MultiHeadAttention`` (no dropout) given the same parameters, except that a
+    query with every key masked gets a zero attention output (Flax: the mean).
 
     Args:
       params: Flax's names and shapes (``nnx.to_pure_dict(nnx.state(module, nnx.Param))``):

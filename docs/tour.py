@@ -20,8 +20,9 @@
 # the eight types of attention, the encoder - attention - decoder architecture, and the
 # tutorial's own PyTorch `Attention` class with its seed-0 run (Steps 1-4). Every mechanism
 # is called twice: once in `attention_np` (the NumPy reference, written to be read) and once
-# in `attention_jax` (the jit-compiled mirror), and the largest difference between the two
-# is printed. At the end, one backward pass: the hand-written NumPy gradient beside `jax.vjp`.
+# in `attention_jax` (the jit-compiled mirror), and every section ends on one line that
+# sums the comparisons up: how many, and the largest difference between the two halves. At
+# the end, one backward pass: the hand-written NumPy gradient beside `jax.vjp`.
 #
 # It runs top to bottom in well under a minute on a laptop CPU
 # (`pip install -e '.[docs]'`, then open `docs/tour.ipynb`, or run `python docs/tour.py`,
@@ -49,17 +50,28 @@ def to_jax(tree):
     return jax.tree.map(jnp.asarray, tree)
 
 
-def parity(numpy_result, jax_result, tolerance=1e-5):
-    """Print and check the largest |NumPy - JAX| over every array of the two results.
+TOLERANCE = 1e-5   # float32 in both halves, so the contract's float32 tolerance applies
+differences = []   # the largest |NumPy - JAX| of each comparison since the last summary
 
-    float32 in both halves, so the contract's float32 tolerance applies (1e-5)."""
+
+def parity(numpy_result, jax_result):
+    """Check the largest |NumPy - JAX| over every array of the two results, and keep it for
+    the section's summary line."""
     errors = jax.tree.map(
         lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)), initial=0.0)),
         numpy_result, jax_result,
     )
     worst = max(jax.tree.leaves(errors))
-    print(f"max |attention_np - attention_jax| = {worst:.1e}  (float32 tolerance {tolerance:.0e})")
-    assert worst <= tolerance, errors
+    assert worst <= TOLERANCE, errors
+    differences.append(worst)
+
+
+def parity_summary(section):
+    """One line for the section: how many comparisons, and the largest difference; then start afresh."""
+    count = f"{len(differences)} comparison" + ("s" if len(differences) > 1 else "")
+    print(f"parity, {section}: {count} of attention_np with attention_jax, "
+          f"max |difference| = {max(differences):.1e} (float32 tolerance {TOLERANCE:.0e})")
+    differences.clear()
 
 
 def entropy(p):
@@ -100,14 +112,16 @@ def show_committed(name, command, figsize):
 # %% [markdown]
 # ## Exercises along the way
 #
-# Eight sections end with a short exercise: a cell to fill in, then a check cell that
+# Ten sections end with a short exercise: a cell to fill in, then a check cell that
 # compares your answer with the library (or with JAX's own gradient) on inputs you have not
 # seen, and prints `right`, or `not yet:` with what is still wrong and why. Left as they
 # are, the cells run and say `not yet`. The checks are in `tour_checks.py` beside this
-# notebook, the solutions in `tour_solutions.py`: try first.
+# notebook, the solutions in `tour_solutions.py`: try first. The diagrams of the machinery
+# are drawn by `machinery_pictures.py`, also beside this notebook.
 
 # %%
-from tour_checks import (  # beside this notebook
+from machinery_pictures import draw_multi_head, draw_self_attention, draw_seq2seq  # beside this notebook
+from tour_checks import (
     HAND_KEY,
     HAND_QUERY,
     HAND_VALUE,
@@ -115,10 +129,12 @@ from tour_checks import (  # beside this notebook
     check_cross_attention,
     check_gumbel_sample,
     check_head_by_hand,
+    check_location_features,
     check_masked_softmax,
     check_scale_prediction,
     check_softmax_backward,
     check_split_merge_heads,
+    check_window_mask,
 )
 
 # %% [markdown]
@@ -134,6 +150,21 @@ from tour_checks import (  # beside this notebook
 # The equations are written the way the code computes them: vectors are rows, so a kernel
 # `W` of shape `(in, out)` multiplies from the right, `x W` (`x @ W`), and the dot product of
 # two vectors is $q k^\top$ (`q @ k`).
+#
+# Shapes are written with the same letters everywhere, those of `jax.nn.dot_product_attention`:
+#
+# | letter | what it counts | here |
+# |---|---|---|
+# | B | batch: sequences processed together | 1 |
+# | T | query (target) positions: the words being written | 7 French words |
+# | S | key and value (source) positions: the words being read | 6 English words |
+# | N | query heads (section 4) | 3 |
+# | K | key/value heads; each serves N / K query heads (grouped-query attention) | K = N here |
+# | H | features per head; in single-head code, of one word | 8 (section 4's heads: `head_dim` = 4) |
+# | E | model width: features into and out of multi-head attention | 8 |
+#
+# So the English sentence is `(B, S, H) = (1, 6, 8)`: one sequence of six words of eight
+# features each. Self-attention has one sequence, so there T = S.
 
 # %%
 english = "The cat sat on the mat".split()
@@ -175,6 +206,7 @@ show("soft")
 
 scores_jax = attention_jax.dot_scores(target, source)
 parity((scores, context, weights), (scores_jax, *attention_jax.soft_attention(scores_jax, source)))
+parity_summary("section 1, soft attention")
 
 # %% [markdown]
 # #### Exercise 1: the masked softmax
@@ -208,8 +240,74 @@ context, weights = attention_np.hard_attention(scores, source)      # one-hot (1
 print("chosen English word for each French word:", [english[s] for s in weights[0].argmax(-1)])
 plot_attention(weights[0], english, french, title="hard attention (argmax)")
 show("hard")
+le = french.index("le")
+print(f"'le' scores 'The' {scores[0, le, 0]:.4f} and 'the' {scores[0, le, 4]:.4f}: a tie")
 
 parity((context, weights), attention_jax.hard_attention(scores_jax, source))
+
+# %% [markdown]
+# Both "Le" and "le" choose "The", never "the". The words were lower-cased, so "The" and
+# "the" are one vector, and a French query scores them exactly alike: a tie. The argmax
+# breaks a tie by taking the first of the equal scores (NumPy's and JAX's rule), so the
+# earlier position wins every time. With Gumbel noise (exercise 2) each would win half the
+# time; a trained model tells the two apart by their positions (the Transformer layer at
+# the end adds them to the words).
+#
+# **Why hard attention does not train by gradient descent.** The context is $v_{s^*}$, and
+# $s^* = \arg\max_s e_s$ does not move when a score moves a little: the context is a step
+# function of the scores, flat almost everywhere and jumping where two scores cross. Its
+# gradient with respect to the scores is zero wherever it exists, so backpropagation gives
+# the scores (and the network that computes them) no signal. Three ways around it:
+#
+# - **REINFORCE** (Williams 1992; Xu et al. 2015, section 4.1): treat the choice as a sample
+#   $s \sim p = \mathrm{softmax}(e)$ and follow the gradient of the *expected* reward,
+#   $\nabla_e\, \mathbb{E}[r_s] = \mathbb{E}\big[r_s\, \nabla_e \log p_s\big]$ with
+#   $\nabla_e \log p_s = \mathrm{onehot}(s) - p$: unbiased, but noisy, so it needs many
+#   samples (or a baseline subtracted from $r$).
+# - **Straight-through** (Bengio et al. 2013): use the one-hot weights going forward, and
+#   pretend they were $\mathrm{softmax}(e)$ going backward: biased, but low-noise.
+#   `attention_jax.hard_attention(..., straight_through=True)` does this.
+# - **Gumbel-softmax** (Jang et al. 2017; Maddison et al. 2017): replace the argmax of
+#   $e + g$ by $\mathrm{softmax}((e + g) / \tau)$, which is differentiable and tends to the
+#   one-hot sample as the temperature $\tau \to 0$.
+#
+# Measured for the second "le", the query of the tie, with the reward $r_s$ = the sum of
+# value $s$'s features (so the context's sum is the reward of the chosen word). Each row is
+# a gradient with respect to the six scores, one number for each English word:
+
+# %%
+le_scores, values = scores[:, le:le + 1], source                    # (1, 1, S), (1, S, H): one query
+reward = values[0].sum(-1)                                          # (S,): r_s
+
+
+def summed_context(e, straight_through):
+    return attention_jax.hard_attention(e, values, straight_through=straight_through)[0].sum()
+
+
+p = attention_np.soft_attention(le_scores, values)[1][0, 0]         # (S,): softmax(e)
+exact = p * (reward - p @ reward)                                   # d E[r] / d e, written out
+samples = np.random.default_rng(8).gumbel(size=(10_000, S)) + le_scores[0, 0]  # e + g, (10000, S)
+chosen = samples.argmax(-1)                                         # (10000,): exact samples from p
+score_function = reward[chosen, None] * (np.eye(S)[chosen] - p)     # r_s (onehot(s) - p), (10000, S)
+print("softmax(e), the chances:           ", p.round(3))
+print("gradient of the hard context:      ", np.asarray(jax.grad(summed_context)(le_scores, False))[0, 0])
+print("straight-through (softmax's):      ", np.asarray(jax.grad(summed_context)(le_scores, True))[0, 0].round(3))
+print("exact gradient of E[r]:            ", exact.round(3))
+for n in (100, 10_000):
+    print(f"REINFORCE, mean of {n:6d} samples: ", score_function[:n].mean(0).round(3))
+for tau in (1.0, 0.1):
+    relaxed = np.exp((samples[0] - samples[0].max()) / tau)
+    print(f"Gumbel-softmax of a sample, tau {tau:3.1f}:", (relaxed / relaxed.sum()).round(3))
+parity_summary("section 2, hard attention")
+
+# %% [markdown]
+# The hard context's gradient is zero. Straight-through gives the soft context's gradient,
+# here exactly the gradient of the expected reward, since the reward is linear in the
+# weights (in general it is only close). REINFORCE reaches the same numbers from the samples
+# alone, but only on average: from a hundred samples even the sign of the first entry, for
+# "The", is wrong; from ten thousand it is close. The Gumbel-softmax turns one sample into
+# weights that can be differentiated, softened at $\tau = 1$ and nearly one-hot at
+# $\tau = 0.1$.
 
 # %% [markdown]
 # #### Exercise 2: a sample by the Gumbel-max trick
@@ -241,9 +339,65 @@ print(check_gumbel_sample(sample))
 #
 # $$\mathrm{out} = \mathrm{softmax}\!\big(q k^\top / \sqrt{H}\big)\, v$$
 #
-# The parameters are a plain dict. With identity kernels the projections keep the words as
-# they are, so the picture shows which words are alike: "The" and "the" attend to each
-# other. A trained model learns kernels that pick out other relations.
+# The machinery, with the shape at every step (drawn from the library's own numbers by
+# `machinery_pictures.py`, here with random kernels that project each word's 8 features to
+# 4): one sentence `x`, three projections of it, every query against every key, a softmax
+# along each row, and the values averaged with each row's weights.
+
+# %%
+draw_self_attention()
+show("machinery_self_attention")
+
+# %% [markdown]
+# #### From an average to attention
+#
+# Where do those steps come from? Karpathy's "Let's build GPT: from scratch, in code,
+# spelled out" (2023) arrives at self-attention in four steps, each a small change to the
+# one before; here they are on our sentence, with the words themselves as queries, keys and
+# values.
+#
+# 1. The plainest way to let a word see the others: replace it by the **average** of all the
+#    words. The weights are $1/S$ everywhere.
+# 2. A decoder writing word $t$ cannot see the words after it: a **causal average** over the
+#    words $s \le t$. The weights are the lower triangle, each row divided by its length.
+# 3. The same weights as a **masked softmax of zeros**: $e^0 = 1$ wherever a word may look
+#    and $e^{-\infty} = 0$ where it may not, normalised. Nothing changes, except that the
+#    zeros are now a place to put numbers.
+# 4. Put **scores** there, $q_t k_s^\top / \sqrt{H}$: the average becomes a *weighted* one,
+#    which leans towards the words that match. This is causal self-attention.
+
+# %%
+x = source[0]                                                       # (S, H): the six English words
+lower = np.tril(np.ones((S, S)))                                    # (S, S): 1 where s <= t
+# 1. the plain average: every row 1/S
+average = np.full((S, S), 1 / S)                                    # (S, S)
+# 2. the causal average: row t is 1/(t + 1) on the words s <= t
+causal_average = lower / lower.sum(-1, keepdims=True)               # (S, S)
+# 3. a masked softmax of zeros gives the same weights
+zeros = np.where(lower == 1, 0.0, -np.inf)                          # (S, S): -inf where s > t
+softmax_of_zeros = np.exp(zeros) / np.exp(zeros).sum(-1, keepdims=True)
+# 4. scores in place of the zeros: causal self-attention
+logits = np.where(lower == 1, x @ x.T / np.sqrt(H), -np.inf)        # (S, S)
+self_weights = np.exp(logits - logits.max(-1, keepdims=True))
+self_weights /= self_weights.sum(-1, keepdims=True)                 # (S, S)
+
+steps = {"1. average": average, "2. causal average": causal_average,
+         "3. softmax of zeros": softmax_of_zeros, "4. softmax of scores": self_weights}
+fig, axes = plt.subplots(1, 4, figsize=(18, 4.4), layout="constrained")
+for ax, (name, w) in zip(axes, steps.items()):
+    plot_attention(w, english, english, ax=ax, title=name)
+show("average_to_attention")
+for name, w in steps.items():
+    print(f"{name:21s} weights of 'on': {w[3].round(3)}  out['on'][:3] = {(w @ x)[3, :3].round(3)}")
+one_head = source[:, :, None, :]                                    # (1, S, 1, H): q = k = v = the words
+_, library = attention_np.scaled_dot_product_attention(one_head, one_head, one_head, is_causal=True)
+print("step 4 is the library's causal attention:", np.allclose(self_weights, library[0, 0], atol=1e-6))
+
+# %% [markdown]
+# The library's self-attention adds the three learned projections in front. The parameters
+# are a plain dict. With identity kernels the projections keep the words as they are, so the
+# picture shows which words are alike: "The" and "the" attend to each other. A trained model
+# learns kernels that pick out other relations.
 
 # %%
 identity = {"kernel": np.eye(H, dtype=np.float32), "bias": np.zeros(H, np.float32)}
@@ -268,6 +422,7 @@ plot_attention(causal, english, english, ax=axes[0], title="the causal mask")
 plot_attention(weights[0], english, english, ax=axes[1], title="causal self-attention")
 show("causal")
 parity((out, weights), attention_jax.self_attention(to_jax(self_params), source, is_causal=True))
+parity_summary("section 3, self-attention")
 
 # %% [markdown]
 # #### Exercise 3: make attention causal
@@ -298,6 +453,16 @@ print(check_causal_attention(causal_attention))
 # $$\mathrm{head}_n = \mathrm{Attention}(x W^Q_n, x W^K_n, x W^V_n), \qquad
 #   \mathrm{out} = \textstyle\sum_n \mathrm{head}_n W^O_n + b^O$$
 #
+# The machinery: the queries (and the keys and values, the same way) are split into N heads
+# of their own features, every head attends on its own, and the heads' outputs are put side
+# by side and mixed back to the model width by the output kernel (drawn from the library's
+# numbers, with $N = 3$ heads of 2 features).
+
+# %%
+draw_multi_head()
+show("machinery_multi_head")
+
+# %% [markdown]
 # Here the words go in as they are, so the model width is a word's 8 features, $E = 8$; each
 # of $N = 3$ heads projects them into 4 features of its own (`head_dim`), so the projection
 # kernels are `(E, N, head_dim)` and the output kernel `(N, head_dim, E)`. The heads are
@@ -333,6 +498,7 @@ parity((out, weights), attention_jax.multi_head_attention(to_jax(mha_params), so
 # %%
 show_committed("specialised_heads", "python -m examples.specialised_heads --plot examples/specialised_heads.png",
                figsize=(14, 6.5))
+parity_summary("section 4, multi-head attention")
 
 # %% [markdown]
 # #### Exercise 4: split and merge the heads
@@ -383,6 +549,7 @@ show("cross_attention")
 print("'chat' attends most to:", english[weights[0, 1].argmax()])
 
 parity((out, weights), attention_jax.cross_attention(to_jax(self_params), target, source))
+parity_summary("section 5, cross-attention")
 
 # %% [markdown]
 # #### Exercise 5: cross-attention, written out
@@ -450,7 +617,7 @@ for name, rows in results.items():
     axes[1].plot(widths, [g for _, g in rows], "o-", label=name)
 axes[0].axhline(np.log(16), color="gray", ls=":", label="uniform: log 16")
 for ax, label in zip(axes, ("entropy of the weights (nats)", "size of the gradient at the scores")):
-    ax.set(xscale="log", xlabel="H (features per head)", ylabel=label)
+    ax.set(xscale="log", xlabel="H (features per head)", ylabel=label, ylim=(0, None))
     ax.set_xticks(widths, [str(w) for w in widths])
     ax.legend()
 show("saturation")
@@ -497,6 +664,7 @@ print(f"entropy of the weights: {entropy(unscaled[0]):.2f} nats unscaled, {entro
       f"(uniform over {S} words: {np.log(S):.2f})")
 
 parity((out, weights), attention_jax.scaled_dot_product_attention(query, key, key))
+parity_summary("section 6, scaled dot-product attention")
 
 # %% [markdown]
 # #### Exercise 6: without $1/\sqrt{H}$
@@ -523,7 +691,8 @@ print(check_scale_prediction(variance_without_scale, variance_with_scale, nearly
 # The score depends on *where* a position is, not only on what it holds. Luong et al. (2015,
 # eq. 8) score the source positions from the decoder state alone, $a_t =
 # \mathrm{softmax}(h_t W_a)$ with a kernel `(H, S)`: one score per position, whatever word
-# is there (the first picture below, with a random kernel). Chorowski
+# is there (the first picture below, with a random, untrained kernel: its pattern means
+# nothing yet; training is what would make it point at the right positions). Chorowski
 # et al. (2015), for speech, add features of the previous step's weights (a convolution $F *
 # a_{i-1}$) to an additive score, so the attention can learn to move forward along the input:
 #
@@ -541,7 +710,7 @@ location = attention_np.location_scores(location_params, target[0])      # (T, S
 location_weights = np.exp(location - location.max(-1, keepdims=True))
 location_weights /= location_weights.sum(-1, keepdims=True)               # softmax over the positions
 plot_attention(location_weights, [f"{s}: {w}" for s, w in enumerate(english)], french,
-               title="Luong location: softmax(h_t W_a), positions only")
+               title="Luong location, untrained (random W_a): softmax(h_t W_a), positions only")
 show("luong_location")
 parity(location, attention_jax.location_scores(to_jax(location_params), target[0]))
 
@@ -562,6 +731,31 @@ plot_attention(np.stack(rows), english, [f"step {i}" for i in range(1, S)],
                title="location-sensitive attention: one word further each step")
 show("location_sensitive")
 parity(np.stack(rows), np.stack(rows_jax))
+parity_summary("section 7, location-based attention")
+
+# %% [markdown]
+# #### Exercise 7: the location features
+#
+# Write the $f = F * a_{i-1}$ of Chorowski's score for one filter: `location_features(prev_weights,
+# kernel)` for the previous step's weights `prev_weights (S,)` and a filter `kernel (r,)` of
+# odd width $r$, returning `f (S,)`, one feature per source position:
+#
+# $$f_s = \sum_{j=0}^{r-1} F_j\, a_{i-1,\, s + j - \lfloor r/2 \rfloor},
+#   \qquad a_{i-1, s'} = 0 \text{ outside } 0 \le s' < S$$
+#
+# the filter's middle entry reads position $s$ itself, and positions past either end count
+# as 0 ("SAME" padding). This is how a convolution layer computes (PyTorch's `Conv1d`,
+# `jax.lax.conv_general_dilated`), and with the filter `[1, 0, 0]` above, $f_s = a_{i-1,
+# s-1}$: the shift that moved the attention one word on. The check compares with the
+# library's `location_sensitive_attention` on weights and a filter you have not seen.
+
+# %%
+def location_features(prev_weights, kernel):
+    raise NotImplementedError  # your code here: return f, shape (S,)
+
+
+# %%
+print(check_location_features(location_features))
 
 # %% [markdown]
 # ### 8. Global attention
@@ -640,6 +834,30 @@ print("p_t:", positions.round(2), " row sums:", weights.sum(-1).round(2))
 
 parity((attentional, weights),
        attention_jax.local_attention(to_jax(local_params), decoder_states, encoder_outputs, window=1, score="dot"))
+parity_summary("section 8, global attention")
+
+# %% [markdown]
+# #### Exercise 8: the local window
+#
+# Back to the tutorial's sense: global attention lets every query see every key, local
+# attention only a window. Write `window_mask(T, S, left, right)`, the bool mask `(T, S)` of
+# `local_window_size=(left, right)`: True where query $t$ may see key $s$, that is where
+#
+# $$t - \mathrm{left} \le s \le t + \mathrm{right}$$
+#
+# (`left` keys before the query's own position, `right` after it; positions are the indices
+# $0, 1, \ldots$ of both sequences, as in `jax.nn.dot_product_attention`). The check tries a
+# window with `left` $\ne$ `right` and $T \ne S$, and compares with the keys that
+# `attention_np.scaled_dot_product_attention(..., local_window_size=(left, right))` gives a
+# weight.
+
+# %%
+def window_mask(T, S, left, right):
+    raise NotImplementedError  # your code here: return the bool mask, shape (T, S)
+
+
+# %%
+print(check_window_mask(window_mask))
 
 # %% [markdown]
 # ## How attention works, in three lines
@@ -679,7 +897,59 @@ out, weights = attention_np.self_attention(self_params, source)     # the librar
 assert np.allclose(weights[0, t], cat_weights, atol=1e-6) and np.allclose(out[0, t], cat_context, atol=1e-5)
 
 # %% [markdown]
-# ### Exercise 7: one head by hand
+# In the library these three lines are `scaled_dot_product_attention_core`, at the top of
+# `attention_np/dot_product.py`: the equation and nothing else. Read it before
+# `scaled_dot_product_attention`, the function the rest of the library calls, which runs
+# the same three lines with the options research code needs around them (grouped heads,
+# masks of every kind, bias, soft cap, sinks, dropout).
+
+# %%
+from attention_jax.dot_product import scaled_dot_product_attention_core as core_jax
+from attention_np.dot_product import scaled_dot_product_attention_core
+
+core_out, core_weights = scaled_dot_product_attention_core(source, source, source)  # (B, S, H): q = k = v = x
+print("the core's weights for 'cat':", core_weights[0, t].round(3),
+      " as by hand:", np.allclose(core_weights[0, t], cat_weights, atol=1e-6))
+parity((core_out, core_weights), core_jax(source, source, source))
+
+# %% [markdown]
+# #### Where scores come from
+#
+# The first step is where the types differ most. The score functions as the literature
+# lists them (Graves et al. 2014, Bahdanau et al. 2015, Luong et al. 2015, Vaswani et al.
+# 2017), each one function of `attention_np` and `attention_jax` (query $q_t$, key $k_s$;
+# vectors are rows):
+#
+# | score | $e_{ts}$ | paper | function |
+# |---|---|---|---|
+# | content-based (cosine) | $\beta\, q_t k_s^\top / (\lVert q_t \rVert\, \lVert k_s \rVert)$ | Graves, Wayne & Danihelka 2014, "Neural Turing machines" | `cosine_scores(query, keys, strength=beta)` |
+# | additive (concat) | $\tanh([q_t; k_s]\, W + b)\, v$ | Bahdanau, Cho & Bengio 2015 | `concat_scores`, `additive_attention` |
+# | location-based | $(q_t W_a)_s$: the query alone, one score a position | Luong, Pham & Manning 2015 | `location_scores` |
+# | general | $q_t\, (k_s W)^\top$ | Luong, Pham & Manning 2015 | `general_scores` |
+# | dot | $q_t k_s^\top$ | Luong, Pham & Manning 2015 | `dot_scores` |
+# | scaled dot | $q_t k_s^\top / \sqrt{H}$ | Vaswani et al. 2017 | `scaled_dot_scores`, `scaled_dot_product_attention` |
+#
+# The content-based score of the Neural Turing machine is the cosine of the angle between
+# query and key: it ignores their lengths and lies in $[-1, 1]$, and the key strength
+# $\beta$, which the network emits beside each key, sets how sharp the softmax of the scores
+# is. A zero vector scores 0 (its length is taken as at least $10^{-8}$). On the sentence:
+
+# %%
+dot = attention_np.dot_scores(target, source)                       # (1, T, S)
+cosine = attention_np.cosine_scores(target, source)                  # (1, T, S): in [-1, 1]
+sharp = attention_np.cosine_scores(target, source, strength=10.0)    # beta = 10
+chat = french.index("chat")
+print("'chat' over", english)
+print("  dot scores:               ", dot[0, chat].round(2))
+print("  cosine scores:            ", cosine[0, chat].round(2))
+print("  softmax of the cosines:   ", attention_np.soft_attention(cosine, source)[1][0, chat].round(3))
+print("  softmax of 10 x cosines:  ", attention_np.soft_attention(sharp, source)[1][0, chat].round(3))
+parity((cosine, sharp), (attention_jax.cosine_scores(target, source),
+                         attention_jax.cosine_scores(target, source, strength=10.0)))
+parity_summary("how attention works")
+
+# %% [markdown]
+# ### Exercise 9: one head by hand
 #
 # The same three steps with pen and paper, no code: the output of one head,
 # $\mathrm{softmax}(q k^\top / \sqrt{2})\, v$, for two queries, two keys and two values of
@@ -711,8 +981,17 @@ print(check_head_by_hand(by_hand))
 # forcing (the true previous words) and returns the logits and the attention weights of
 # every step; `greedy_decode` feeds back its own predictions.
 #
-# Here on the sentence, with word ids and an untrained model: the shapes and the loop are
-# the point, and both halves agree.
+# The machinery of one decoder step, with the shape at every arrow, as `seq2seq.py` runs it
+# with the tutorial's additive attention (two more letters: D, the features of a word's
+# embedding, and V, the words of the target vocabulary):
+
+# %%
+draw_seq2seq()
+show("machinery_seq2seq")
+
+# %% [markdown]
+# Here on the sentence, with word ids and an untrained model (D = 8, H = 16): the shapes and
+# the loop are the point, and both halves agree.
 
 # %%
 src_vocab = {w: i + 2 for i, w in enumerate(dict.fromkeys(w.lower() for w in english))}   # 0 pad, 1 bos
@@ -730,10 +1009,11 @@ print("logits", logits.shape, "weights", weights.shape, "greedy ids", ids[0])
 parity((logits, weights), attention_jax.seq2seq_forward(to_jax(s2s_params), source_ids, target_in))
 ids_jax, _ = attention_jax.greedy_decode(to_jax(s2s_params), source_ids, bos_id=1, max_length=T)
 print("both halves decode the same ids:", bool((np.asarray(ids_jax) == ids).all()))
+parity_summary("the encoder - attention - decoder")
 
 # %% [markdown]
 # A trained model's weights tell the story. `python -m examples.reverse` trains this model
-# (in JAX, a few minutes on a CPU) to reverse digit sequences, then decodes with the
+# (in JAX, about a minute on a 2-core CPU) to reverse digit sequences, then decodes with the
 # NumPy reference; reversing needs attention, and the learned weights follow the
 # anti-diagonal. Read the picture below row by row: output step 0 looks at the last source
 # position, $S - 1$, but every later step $t$ looks at $S - t$, one position to the right of
@@ -815,6 +1095,7 @@ plot_attention(weights, [f"s={s}" for s in range(4)], ["decoder_hidden"],
                title="the tutorial's attention weights (its Step 4)")
 show("tutorial_weights")
 parity((context, weights), attention_jax.additive_attention(to_jax(params), decoder_hidden, encoder_outputs))
+parity_summary("the tutorial's implementation")
 
 # %% [markdown]
 # ## How attention learns: one backward pass
@@ -842,9 +1123,10 @@ grads_jax = vjp(jnp.asarray(d_out))
 for name, g in zip(("d_query", "d_key", "d_value"), grads_np):
     print(name, g.shape)
 parity(grads_np, grads_jax)
+parity_summary("one backward pass")
 
 # %% [markdown]
-# ### Exercise 8: the softmax backward
+# ### Exercise 10: the softmax backward
 #
 # Given the weights $w = \mathrm{softmax}(x)$ of each row and the gradient of a loss with
 # respect to them, $d = \partial L / \partial w$, return $\partial L / \partial x$. You
@@ -896,6 +1178,7 @@ plot_attention(layer_weights[0, 0], english, english, title="encoder layer, head
 show("transformer_encoder_head_1")
 
 parity((encoded, layer_weights), attention_jax.transformer_encoder_layer(to_jax(layer_params), x))
+parity_summary("a Transformer layer")
 
 # %% [markdown]
 # ## Where next

@@ -23,7 +23,7 @@ SPLIT_B, SPLIT_T, SPLIT_N, SPLIT_HEAD_DIM = 2, 3, 5, 7
 SCALE_WIDTH, SCALE_KEYS, SCALE_QUERIES = 256, 16, 2000
 SCALE_TOLERANCE = 0.15   # relative to the true variance
 
-# Exercise 7: one head, T = S = H = 2, worked by hand. The key's first entry is sqrt(2) ln 3,
+# Exercise 9: one head, T = S = H = 2, worked by hand. The key's first entry is sqrt(2) ln 3,
 # so that after the scale 1/sqrt(2) query 0 scores the two keys ln 3 and 0.
 HAND_QUERY = np.array([[1.0, 0.0], [0.0, 1.0]])                     # (T, H)
 HAND_KEY = np.array([[np.sqrt(2) * np.log(3), 0.0], [0.0, 0.0]])    # (S, H)
@@ -445,8 +445,128 @@ def check_scale_prediction(variance_without_scale, variance_with_scale, nearly_o
     return RIGHT
 
 
+def _features(prev_weights, kernel, *, flip=False, wrap=False, start=None):
+    """``f_s = sum_j kernel_j prev[s + j - start]`` written out one term at a time (``start``
+    defaults to ``r // 2``, the centred filter), with one of a learner's slips switched on:
+    ``flip`` the kernel (a convolution, not a cross-correlation), ``wrap`` around the ends
+    (circular, not zero padding), ``start = 0`` (the filter not centred)."""
+    S, r = len(prev_weights), len(kernel)
+    kernel = kernel[::-1] if flip else kernel
+    start = r // 2 if start is None else start
+    f = np.zeros(S)
+    for s in range(S):
+        for j in range(r):
+            source = s + j - start
+            if wrap:
+                source %= S
+            if 0 <= source < S:
+                f[s] += kernel[j] * prev_weights[source]
+    return f                                                          # (S,)
+
+
+def check_location_features(location_features):
+    """Exercise 7: ``location_features(prev_weights (S,), kernel (r,)) -> f (S,)`` with
+    ``f_s = sum_j kernel_j prev_weights[s + j - r // 2]``, zero outside the sequence; compared
+    with the location features of ``attention_np.location_sensitive_attention``, recovered
+    from its weights: with no content terms, one filter, ``U = 1``, ``b = 0`` and ``v = 1``,
+    its scores are ``tanh(f)``."""
+    rng = np.random.default_rng(19)
+    S, r = 9, 5
+    prev_weights = rng.dirichlet(np.ones(S))                          # (S,): a previous alignment
+    kernel = rng.normal(size=r)                                       # (r,): no symmetry to hide a flip
+    f, verdict = _call(location_features, prev_weights.copy(), kernel.copy())
+    if verdict:
+        return verdict
+    if getattr(f, "shape", None) == (S - r + 1,):
+        return (f"not yet: f has shape {(S - r + 1,)}, one feature for each place the whole filter fits "
+                f"(np.correlate's or np.convolve's mode 'valid'): one feature per position, S = {S}, needs "
+                f"r // 2 = {r // 2} zeros past each end ('same')")
+    if getattr(f, "shape", None) == (S + r - 1,):
+        return (f"not yet: f has shape {(S + r - 1,)}, one feature for every overlap of filter and weights "
+                f"(mode 'full'): one feature per position, S = {S}, with the filter centred on it ('same')")
+    f, verdict = _array(f, "f", (S,), "one feature per source position")
+    if verdict:
+        return verdict
+    # the library: scores tanh(U f + b) v with W = V = 0, U = 1, b = 0, v = 1, so weights = softmax(tanh(f))
+    params = {"query": {"kernel": np.zeros((1, 1))}, "keys": {"kernel": np.zeros((1, 1))},
+              "conv": {"kernel": kernel.reshape(r, 1, 1)}, "location": {"kernel": np.ones((1, 1))},
+              "bias": np.zeros(1), "v": np.ones(1)}
+    _, weights = attention_np.location_sensitive_attention(params, np.zeros((1, 1)), np.zeros((1, S, 1)),
+                                                           prev_weights[None])   # (1, S)
+    mine = np.exp(np.tanh(f))
+    if np.all(np.isfinite(mine)) and np.allclose(mine / mine.sum(), weights[0], rtol=0, atol=1e-12) \
+            and np.allclose(f, _features(prev_weights, kernel), rtol=0, atol=1e-9):
+        return RIGHT
+    slips = [
+        (_features(prev_weights, kernel, flip=True),
+         "f is the library's with the filter reversed: np.convolve (like a convolution in a signals course) "
+         "flips the filter, but a convolution layer, and Chorowski's F * a, slides it as it is (a "
+         "cross-correlation): F_0 reads the position r // 2 before s. Use np.correlate, or flip it back"),
+        (_features(prev_weights, kernel, wrap=True),
+         "f wraps around the ends: position 0 reads the last positions. Past either end the previous "
+         "weights count as 0 (zero padding), not as the other end's"),
+        (_features(prev_weights, kernel, start=0),
+         f"the filter is not centred: f_s starts reading at position s, but its middle entry j = r // 2 "
+         f"= {r // 2} reads position s itself, so F_0 reads s - {r // 2}"),
+        (_features(prev_weights, kernel, start=r - 1),
+         f"the filter ends at position s: its middle entry j = r // 2 = {r // 2} reads position s itself, "
+         f"so the last entry reads s + {r // 2}"),
+    ]
+    for slip, why in slips:
+        if np.allclose(f, slip, rtol=0, atol=1e-9):
+            return f"not yet: {why}"
+    return _compare(f, _features(prev_weights, kernel), "f", 1e-9)
+
+
+def check_window_mask(window_mask):
+    """Exercise 8: ``window_mask(T, S, left, right) -> (T, S)`` bool, True where
+    ``t - left <= s <= t + right``; compared with the keys that
+    ``attention_np.scaled_dot_product_attention(..., local_window_size=(left, right))`` weighs."""
+    T, S, left, right = 6, 9, 3, 1                                    # T != S, left != right
+    mask, verdict = _call(window_mask, T, S, left, right)
+    if verdict:
+        return verdict
+    if getattr(mask, "shape", None) == (S, T):
+        return (f"not yet: the mask has shape {(S, T)}, one row per key: it is (T, S) = {(T, S)}, one row per "
+                "query, one column per key, as the scores")
+    mask, verdict = _array(mask, "the mask", (T, S), "one row per query, one column per key")
+    if verdict:
+        return verdict
+    if not np.all((mask == 0) | (mask == 1)):
+        return "not yet: the mask holds numbers other than True/False (or 1/0): True where query t may see key s"
+    mask = mask.astype(bool)
+    # the library: equal keys give every key in the window the same weight, and every other key 0
+    zeros = np.zeros((1, max(T, S), 1, 2))
+    _, weights = attention_np.scaled_dot_product_attention(zeros[:, :T], zeros[:, :S], zeros[:, :S],
+                                                           local_window_size=(left, right))
+    want = weights[0, 0] > 0                                          # (T, S)
+    if np.array_equal(mask, want):
+        return RIGHT
+    t, s = np.arange(T)[:, None], np.arange(S)[None, :]
+    slips = [
+        ((t - right <= s) & (s <= t + left),
+         f"the window is mirrored: left = {left} counts the keys before the query's position (s < t), "
+         f"right = {right} those after it (s > t): t - left <= s <= t + right"),
+        ((t - left < s) & (s < t + right),
+         f"the ends are left out: the window holds s = t - left and s = t + right too, left + 1 + right = "
+         f"{left + 1 + right} keys in the middle of the sequence (use <=, not <)"),
+        (np.abs(t - s) <= left, f"right = {right} is not used: the window reaches left = {left} keys before "
+                                f"the query and right = {right} after it"),
+        (np.abs(t - s) <= right, f"left = {left} is not used: the window reaches left = {left} keys before "
+                                 f"the query and right = {right} after it"),
+        (~((t - left <= s) & (s <= t + right)), "the mask is inverted: True where the query may see the key"),
+    ]
+    for slip, why in slips:
+        if np.array_equal(mask, slip):
+            return f"not yet: {why}"
+    wrong = np.argwhere(mask != want)[0]
+    t0, s0 = (int(i) for i in wrong)
+    return (f"not yet: mask[{t0}, {s0}] is {bool(mask[t0, s0])}, expected {bool(want[t0, s0])}: query {t0} sees "
+            f"the keys {t0 - left} to {t0 + right} (those that exist)")
+
+
 def check_head_by_hand(answer):
-    """Exercise 7: the output ``(T, H) = (2, 2)`` of one head on ``HAND_QUERY``, ``HAND_KEY``,
+    """Exercise 9: the output ``(T, H) = (2, 2)`` of one head on ``HAND_QUERY``, ``HAND_KEY``,
     ``HAND_VALUE``, written down as numbers; compared with ``scaled_dot_product_attention``."""
     if answer is None:
         return "not yet: `by_hand` is None; write the two rows of the output as numbers"
@@ -466,7 +586,7 @@ def check_head_by_hand(answer):
 
 
 def check_softmax_backward(softmax_backward):
-    """Exercise 8: ``softmax_backward(weights (T, S), d_weights (T, S)) -> d_logits (T, S)``,
+    """Exercise 10: ``softmax_backward(weights (T, S), d_weights (T, S)) -> d_logits (T, S)``,
     the gradient of a loss at the logits given its gradient at ``weights = softmax(logits)``;
     compared with ``jax.vjp`` of ``jax.nn.softmax``."""
     import jax

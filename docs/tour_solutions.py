@@ -80,13 +80,32 @@ variance_with_scale = 1
 nearly_one_hot_without_scale = True
 
 
-# Exercise 7: one head by hand. Query 0 scores the keys (sqrt(2) ln 3) / sqrt(2) = ln 3 and
+# Exercise 7: the location features
+def location_features(prev_weights, kernel):
+    """``prev_weights (S,)``, ``kernel (r,)``, r odd -> ``f (S,)``: ``f_s = sum_j kernel_j
+    prev_weights[s + j - r // 2]``, zero past the ends. (``np.correlate(prev_weights, kernel,
+    "same")`` computes the same; ``np.convolve`` would flip the kernel.)"""
+    S, r = len(prev_weights), len(kernel)
+    # 1. r // 2 zeros past each end, so that every position has a full window
+    padded = np.pad(prev_weights, r // 2)                                  # (S + r - 1,)
+    # 2. the window around position s, times the filter, entry by entry
+    return np.array([padded[s:s + r] @ kernel for s in range(S)])          # (S,)
+
+
+# Exercise 8: the local window
+def window_mask(T, S, left, right):
+    """``(T, S)`` bool: query t sees key s when ``t - left <= s <= t + right``."""
+    t, s = np.arange(T)[:, None], np.arange(S)[None, :]                    # (T, 1), (1, S)
+    return (t - left <= s) & (s <= t + right)                              # (T, S)
+
+
+# Exercise 9: one head by hand. Query 0 scores the keys (sqrt(2) ln 3) / sqrt(2) = ln 3 and
 # 0: weights 3/4 and 1/4, output 3/4 [4, 0] + 1/4 [0, 8] = [3, 2]. Query 1 scores both keys
 # 0: weights 1/2 and 1/2, output [2, 4].
 by_hand = np.array([[3.0, 2.0], [2.0, 4.0]])
 
 
-# Exercise 8: the softmax backward
+# Exercise 10: the softmax backward
 def softmax_backward(weights, d_weights):
     """``weights = softmax(logits)`` and ``d_weights = dL/dweights``, both ``(T, S)`` ->
     ``dL/dlogits (T, S)``.

@@ -1,6 +1,6 @@
 """How attention learns: fit the tutorial's additive attention to a target alignment, in NumPy.
 
-    python -m examples.how_attention_learns              # 400 steps, about a second
+    python -m examples.how_attention_learns              # 400 steps, well under a second
     python -m examples.how_attention_learns --steps 100 --learning-rate 0.5
 
 No autodiff, no optimiser library: the gradients come from the hand-written backward pass

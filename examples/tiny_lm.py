@@ -1,6 +1,6 @@
 """A small language model built from ``attention_jax.nnx.MultiHeadAttention``, trained and sampled.
 
-    python -m examples.tiny_lm                      # about 2-3 minutes on 2 CPU cores
+    python -m examples.tiny_lm                      # about a minute on 2 CPU cores
     python -m examples.tiny_lm --steps 100 --quiet  # a quick look
 
 A decoder-only Transformer (pre-norm blocks: causal multi-head self-attention, then an MLP)

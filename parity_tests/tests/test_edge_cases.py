@@ -36,7 +36,7 @@ def build(rng, name, B, T, S, masked=False):
     mask_bts = np.zeros((B, T, S), bool) if masked else None
     mask_bs = np.zeros((B, S), bool) if masked else None
     sp = attention_np.init_self_attention_params(fresh(), E, H, dtype=np.float64)
-    if name == "dot_scores" or name == "scaled_dot_scores":
+    if name in ("dot_scores", "scaled_dot_scores", "cosine_scores"):
         return (x(B, T, H), x(B, S, H)), {}
     if name == "general_scores":
         return (attention_np.init_general_params(fresh(), H, dtype=np.float64), x(B, T, H), x(B, S, H)), {}
@@ -75,7 +75,7 @@ def build(rng, name, B, T, S, masked=False):
 
 
 MECHANISMS = [
-    "dot_scores", "scaled_dot_scores", "general_scores", "concat_scores", "soft_attention",
+    "dot_scores", "scaled_dot_scores", "cosine_scores", "general_scores", "concat_scores", "soft_attention",
     "hard_attention", "self_attention", "cross_attention", "multi_head_attention",
     "scaled_dot_product_attention", "chunked_attention", "dot_product_attention", "flex_attention", "global_attention/dot",
     "global_attention/general", "global_attention/concat", "global_attention/location",

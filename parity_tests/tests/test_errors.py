@@ -148,6 +148,12 @@ BAD_INPUTS = [
         TypeError,
         "query must have a floating dtype (float16, bfloat16, float32 or float64); got complex64",
     ),
+    ("cosine_scores", (z(B, T, H), z(B, S, 7)), {}, ValueError,
+     "keys must have shape (B, S, H) with B=2, H=11 from query; got (2, 5, 7)"),
+    ("cosine_scores", (z(B, T, H), z(B, S, H)), {"strength": "2"}, TypeError,
+     "strength must be a finite real number (int or float); got '2' (str)"),
+    ("cosine_scores", (z(B, T, H), z(B, S, H)), {"strength": float("inf")}, ValueError,
+     "strength must be a finite real number; got inf"),
     (
         "scaled_dot_scores",
         (z(B, T, H), z(B, S, H)),

@@ -101,18 +101,33 @@ def test_tour_runs_top_to_bottom_in_under_a_minute(executed):
     assert not errors
 
 
+PARITY_SECTIONS = ["section 1, soft attention", "section 2, hard attention", "section 3, self-attention",
+                   "section 4, multi-head attention", "section 5, cross-attention",
+                   "section 6, scaled dot-product attention", "section 7, location-based attention",
+                   "section 8, global attention", "how attention works", "the encoder - attention - decoder",
+                   "the tutorial's implementation", "one backward pass", "a Transformer layer"]
+
+
 def test_tour_shows_heatmaps_and_parity(executed):
     notebook, _ = executed
     images = sum("image/png" in o.get("data", {}) for c in notebook.cells for o in c.get("outputs", []))
-    # eight types (multi-head in one figure), the causal mask, soft beside scaled, Luong's location
-    # weights, global beside local self-attention, local-p, the trained model's picture, the
-    # tutorial's weights; and the committed pictures of the trained heads and of accuracy by length
-    assert images >= 16
+    # eight types (multi-head in one figure), the causal mask, the average-to-attention steps, soft
+    # beside scaled, Luong's location weights, global beside local self-attention, local-p, the
+    # trained model's picture, the tutorial's weights; the three pictures of the machinery; and the
+    # committed pictures of the trained heads and of accuracy by length
+    assert images >= 20
     text = _text(notebook)
-    # every parity line printed is within the float32 tolerance (the notebook asserts it too)
-    errors = [float(line.split("=")[1].split()[0]) for line in text.splitlines() if line.startswith("max |attention_np")]
-    assert len(errors) >= 14   # one per mechanism call (14 in the tour)
-    assert max(errors) <= 1e-5
+    # one parity line a section, in order, each within the float32 tolerance (the notebook asserts
+    # it too); no line for each call
+    lines = [line for line in text.splitlines() if line.startswith("parity, ")]
+    pattern = (r"parity, (.+): (\d+) comparisons? of attention_np with attention_jax, "
+               r"max \|difference\| = (\S+) \(float32 tolerance 1e-05\)")
+    parsed = [re.fullmatch(pattern, line) for line in lines]
+    assert all(parsed), lines
+    assert [m[1] for m in parsed] == PARITY_SECTIONS
+    assert sum(int(m[2]) for m in parsed) >= 18   # one comparison per mechanism call (18 in the tour)
+    assert max(float(m[3]) for m in parsed) <= 1e-5
+    assert "max |attention_np" not in text
     # the tutorial's own printed weights (Step 4), from the stored PyTorch run
     assert "[0.3385 0.1583 0.2507 0.2526]" in text
 
@@ -182,7 +197,7 @@ def test_tour_exercises_run_open_and_say_not_yet(executed):
     # the exercises are left for the learner: each check cell prints "not yet: ...", none fails
     notebook, _ = executed
     verdicts = [x for x in _text(notebook).splitlines() if x.startswith(("not yet: ", "right"))]
-    assert len(verdicts) == 8 and all(v.startswith("not yet: ") for v in verdicts), verdicts
+    assert len(verdicts) == 10 and all(v.startswith("not yet: ") for v in verdicts), verdicts
 
 
 def test_tour_shows_global_attention_in_both_senses(executed):
@@ -193,3 +208,90 @@ def test_tour_shows_global_attention_in_both_senses(executed):
     text = TWIN.read_text()
     section = text[text.index("### 8. Global attention"):text.index("## How attention works")]
     assert "local_window_size=1" in section and "global_attention(" in section and "local_attention(" in section
+
+
+def test_tour_defines_the_shape_letters_where_it_first_uses_them():
+    text = TWIN.read_text()
+    table = text.index("| letter | what it counts | here |")
+    assert table < text.index("(B, ")
+    rows = text[table:text.index("\n\n", table)]
+    assert re.findall(r"^# \| ([A-Z]) \|", rows, re.M) == ["B", "T", "S", "N", "K", "H", "E"]
+
+
+def test_tour_explains_the_tie_and_how_hard_attention_is_trained(executed):
+    notebook, _ = executed
+    lines = _text(notebook).splitlines()
+    # "Le" and "le" score "The" and "the" alike, and the argmax takes the first
+    tie = next(x for x in lines if x.startswith("'le' scores 'The'"))
+    the, the_lower = re.findall(r"-?\d+\.\d+", tie)
+    assert the == the_lower
+    assert "['The', 'cat', 'sat', 'sat', 'on', 'The', 'mat']" in next(x for x in lines if x.startswith("chosen English"))
+
+    def row(start):
+        line = next(x for x in lines if x.startswith(start))
+        return np.array([float(v) for v in re.findall(r"-?\d+\.\d*", line.split(":", 1)[1])])
+
+    assert np.all(row("gradient of the hard context:") == 0)   # argmax is flat: no signal
+    exact = row("exact gradient of E[r]:")
+    np.testing.assert_allclose(row("straight-through (softmax's):"), exact, atol=1e-3)
+    few, many = row("REINFORCE, mean of    100 samples:"), row("REINFORCE, mean of  10000 samples:")
+    assert np.abs(many - exact).max() < 0.01 < np.abs(few - exact).max()   # unbiased, but noisy
+    assert np.sign(few[0]) != np.sign(exact[0])                              # as the text says
+    assert row("Gumbel-softmax of a sample, tau 0.1:").max() > 0.95
+    text = TWIN.read_text()
+    section = text[text.index("### 2. Hard attention"):text.index("### 3. Self-attention")]
+    for said in ("REINFORCE", "Straight-through", "Gumbel-softmax", "first of the equal scores"):
+        assert said in section, said
+
+
+def test_tour_builds_self_attention_from_an_average(executed):
+    # Karpathy's path, before the library's self-attention: average, causal average, masked
+    # softmax of zeros (the same weights), softmax of scores (causal self-attention)
+    notebook, _ = executed
+    lines = _text(notebook).splitlines()
+    weights = {x.split("weights")[0].strip(): x.split(":")[1].split("out")[0] for x in lines
+               if x[:2] in ("1.", "2.", "3.", "4.") and "weights of 'on'" in x}
+    assert list(weights) == ["1. average", "2. causal average", "3. softmax of zeros", "4. softmax of scores"]
+    assert weights["2. causal average"] == weights["3. softmax of zeros"]
+    assert "step 4 is the library's causal attention: True" in lines
+    text = TWIN.read_text()
+    section = text[text.index("### 3. Self-attention"):text.index("### 4. Multi-head attention")]
+    assert section.index("From an average to attention") < section.index("attention_np.self_attention(")
+
+
+def test_tour_lists_the_score_functions_and_each_exists_in_both_halves():
+    import attention_jax
+    import attention_np
+
+    text = TWIN.read_text()
+    table = text[text.index("| score | $e_{ts}$ | paper | function |"):]
+    table = table[:table.index("\n#\n")]
+    rows = table.splitlines()[2:]
+    names = [r.split("|")[1].strip() for r in rows]
+    assert names == ["content-based (cosine)", "additive (concat)", "location-based", "general", "dot", "scaled dot"]
+    for paper in ("Graves, Wayne & Danihelka 2014", "Bahdanau", "Luong", "Vaswani"):
+        assert paper in table, paper
+    functions = re.findall(r"`(\w+)(?:\(|`)", table)
+    assert "cosine_scores" in functions and len(functions) >= 8
+    for name in functions:
+        assert callable(getattr(attention_np, name)) and callable(getattr(attention_jax, name)), name
+
+
+def test_tour_reads_the_core_first_and_runs_it(executed):
+    notebook, _ = executed
+    assert any(x.startswith("the core's weights for 'cat':") and x.endswith("as by hand: True")
+               for x in _text(notebook).splitlines())
+    text = TWIN.read_text()
+    section = text[text.index("## How attention works, in three lines"):text.index("## The architecture")]
+    assert "scaled_dot_product_attention_core" in section
+
+
+def test_tour_pictures_say_what_they_show():
+    # the saturation plot's axes start at 0; the random Luong kernel is called untrained
+    text = TWIN.read_text()
+    saturation = text[text.index("widths, results ="):text.index('show("saturation")')]
+    assert "ylim=(0, None)" in saturation
+    luong = text[text.index("location_params ="):text.index('show("luong_location")')]
+    assert "untrained" in luong
+    for draw in ("draw_self_attention()", "draw_multi_head()", "draw_seq2seq()"):
+        assert draw in text, draw

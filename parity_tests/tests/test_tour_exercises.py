@@ -62,6 +62,39 @@ def _transposed_merge(heads):
     return heads.swapaxes(-1, -2).reshape(B, T, N * D)
 
 
+def _features(prev_weights, kernel, start):
+    """``f_s = sum_j kernel_j prev[s + j - start]``, zero outside: a filter read from ``start`` before s."""
+    padded = np.concatenate([np.zeros(len(kernel)), prev_weights, np.zeros(len(kernel))])
+    offset = len(kernel) - start
+    return np.array([padded[s + offset:s + offset + len(kernel)] @ kernel for s in range(len(prev_weights))])
+
+
+def _circular(prev_weights, kernel):
+    """The centred filter, wrapping around the ends (circular, not zero, padding)."""
+    r = len(kernel)
+    return np.array([sum(kernel[j] * prev_weights[(s + j - r // 2) % len(prev_weights)] for j in range(r))
+                     for s in range(len(prev_weights))])
+
+
+def _positions(T, S):
+    return np.arange(T)[:, None], np.arange(S)[None, :]               # (T, 1), (1, S)
+
+
+def _mirrored_window(T, S, left, right):
+    t, s = _positions(T, S)
+    return (t - right <= s) & (s <= t + left)
+
+
+def _open_window(T, S, left, right):
+    t, s = _positions(T, S)
+    return (t - left < s) & (s < t + right)
+
+
+def _symmetric_window(T, S, left, right):
+    t, s = _positions(T, S)
+    return np.abs(t - s) <= left
+
+
 def _project(params, name, x):
     return x @ params[name]["kernel"] + params[name]["bias"]
 
@@ -110,6 +143,22 @@ EXERCISES = {
          lambda p, d, e: _cross(p, d, e, e, scale=False),
          lambda p, d, e: _cross(p, d, e, e, axis=0),                        # softmax over the queries
          lambda p, d, e: _cross(p, d, e, e, bias=False)]),
+    "location_features": (
+        checks.check_location_features, solutions.location_features,
+        [lambda a, k: np.convolve(a, k, "same"),                            # flips the filter
+         lambda a, k: np.correlate(a, k, "valid"),                          # one feature where the filter fits
+         lambda a, k: np.correlate(a, k, "full"),
+         _circular,                                                         # wraps around the ends
+         lambda a, k: _features(a, k, 0),                                   # the filter starts at s
+         lambda a, k: _features(a, k, len(k) - 1),                          # the filter ends at s
+         lambda a, k: a * k[len(k) // 2]]),                                 # the middle entry only
+    "window_mask": (
+        checks.check_window_mask, solutions.window_mask,
+        [_mirrored_window, _open_window, _symmetric_window,
+         lambda T, S, left, right: solutions.window_mask(S, T, left, right),  # (S, T)
+         lambda T, S, left, right: ~solutions.window_mask(T, S, left, right),  # inverted
+         lambda T, S, left, right: np.tril(np.triu(np.ones((T, S), bool), -right), left),  # numpy's k reversed
+         lambda T, S, left, right: np.tril(np.ones((T, S), bool), right)]),  # causal up to right, no left end
     "head_by_hand": (
         checks.check_head_by_hand, solutions.by_hand,
         [np.array([[3.0, 2.0], [4.0, 2.0]]), np.array([3.0, 2.0, 2.0, 4.0]), np.zeros((2, 2))]),
@@ -335,6 +384,56 @@ WHY = {
         checks.check_head_by_hand, np.array([[2.0, 4.0], [2.0, 4.0]]),
         "not yet: by_hand[0, 1] is 4, expected 2: row 0 is query 0's output; it scores the keys 1.1 and 0, "
         "so its weights are 0.75 and 0.25"),
+    "location_features flips the filter": (
+        checks.check_location_features, lambda a, k: np.convolve(a, k, "same"),
+        "not yet: f is the library's with the filter reversed: np.convolve (like a convolution in a signals "
+        "course) flips the filter, but a convolution layer, and Chorowski's F * a, slides it as it is (a "
+        "cross-correlation): F_0 reads the position r // 2 before s. Use np.correlate, or flip it back"),
+    "location_features pads nothing": (
+        checks.check_location_features, lambda a, k: np.correlate(a, k, "valid"),
+        "not yet: f has shape (5,), one feature for each place the whole filter fits (np.correlate's or "
+        "np.convolve's mode 'valid'): one feature per position, S = 9, needs r // 2 = 2 zeros past each end "
+        "('same')"),
+    "location_features keeps every overlap": (
+        checks.check_location_features, lambda a, k: np.correlate(a, k, "full"),
+        "not yet: f has shape (13,), one feature for every overlap of filter and weights (mode 'full'): one "
+        "feature per position, S = 9, with the filter centred on it ('same')"),
+    "location_features wraps around": (
+        checks.check_location_features, _circular,
+        "not yet: f wraps around the ends: position 0 reads the last positions. Past either end the previous "
+        "weights count as 0 (zero padding), not as the other end's"),
+    "location_features starts the filter at s": (
+        checks.check_location_features, lambda a, k: _features(a, k, 0),
+        "not yet: the filter is not centred: f_s starts reading at position s, but its middle entry j = r // 2 "
+        "= 2 reads position s itself, so F_0 reads s - 2"),
+    "location_features ends the filter at s": (
+        checks.check_location_features, lambda a, k: _features(a, k, len(k) - 1),
+        "not yet: the filter ends at position s: its middle entry j = r // 2 = 2 reads position s itself, so "
+        "the last entry reads s + 2"),
+    "location_features uses the middle entry only": (
+        checks.check_location_features, lambda a, k: a * k[len(k) // 2],
+        "not yet: f[#] is #, expected #"),
+    "window_mask mirrors the window": (
+        checks.check_window_mask, _mirrored_window,
+        "not yet: the window is mirrored: left = 3 counts the keys before the query's position (s < t), "
+        "right = 1 those after it (s > t): t - left <= s <= t + right"),
+    "window_mask leaves the ends out": (
+        checks.check_window_mask, _open_window,
+        "not yet: the ends are left out: the window holds s = t - left and s = t + right too, left + 1 + right "
+        "= 5 keys in the middle of the sequence (use <=, not <)"),
+    "window_mask ignores right": (
+        checks.check_window_mask, _symmetric_window,
+        "not yet: right = 1 is not used: the window reaches left = 3 keys before the query and right = 1 after it"),
+    "window_mask has a row per key": (
+        checks.check_window_mask, lambda T, S, left, right: solutions.window_mask(S, T, left, right),
+        "not yet: the mask has shape (9, 6), one row per key: it is (T, S) = (6, 9), one row per query, one "
+        "column per key, as the scores"),
+    "window_mask is inverted": (
+        checks.check_window_mask, lambda T, S, left, right: ~solutions.window_mask(T, S, left, right),
+        "not yet: the mask is inverted: True where the query may see the key"),
+    "window_mask has no left end": (
+        checks.check_window_mask, lambda T, S, left, right: np.tril(np.ones((T, S), bool), right),
+        "not yet: mask[#, #] is True, expected False: query # sees the keys # to # (those that exist)"),
     "softmax_backward forgets the normalisation": (
         checks.check_softmax_backward, lambda w, d: w * d,
         "not yet: row # of d_logits sums to #, not 0: adding a constant to a row of logits leaves its "
@@ -359,7 +458,7 @@ def test_a_wrong_answer_is_told_why(case):
 
 
 @pytest.mark.parametrize("name", ["masked_softmax", "gumbel_sample", "causal_attention", "cross_attention",
-                                  "softmax_backward"])
+                                  "location_features", "window_mask", "softmax_backward"])
 def test_returning_a_tuple_says_return_only_the_array(name):
     # the library returns (out, weights); an exercise that does the same is told what to drop,
     # not shown a NumPy error about an inhomogeneous shape
@@ -421,8 +520,10 @@ SECTIONS = [
     (5, "### 5. Cross-attention", "### 6. Scaled dot-product attention", "check_cross_attention(cross_attention)"),
     (6, "### 6. Scaled dot-product attention", "### 7. Location-based attention",
      "check_scale_prediction(variance_without_scale, variance_with_scale, nearly_one_hot_without_scale)"),
-    (7, "## How attention works, in three lines", "## The architecture", "check_head_by_hand(by_hand)"),
-    (8, "## How attention learns: one backward pass", "## Finishing on a Transformer layer",
+    (7, "### 7. Location-based attention", "### 8. Global attention", "check_location_features(location_features)"),
+    (8, "### 8. Global attention", "## How attention works, in three lines", "check_window_mask(window_mask)"),
+    (9, "## How attention works, in three lines", "## The architecture", "check_head_by_hand(by_hand)"),
+    (10, "## How attention learns: one backward pass", "## Finishing on a Transformer layer",
      "check_softmax_backward(softmax_backward)"),
 ]
 
@@ -456,7 +557,7 @@ def test_each_exercise_ends_its_section_with_a_stub_and_a_check(n, start, end, c
     assert len(re.findall(r"^# %%$", exercise, re.M)) == 2, "one cell to fill in, one check cell"
 
 
-def test_the_tour_offers_eight_exercises_in_order_and_never_imports_the_solutions():
+def test_the_tour_offers_ten_exercises_in_order_and_never_imports_the_solutions():
     text = (DOCS / "tour.py").read_text()
-    assert re.findall(r"^# #+ Exercise (\d+):", text, re.M) == [str(n) for n in range(1, 9)]
+    assert re.findall(r"^# #+ Exercise (\d+):", text, re.M) == [str(n) for n in range(1, 11)]
     assert "import tour_solutions" not in text and "from tour_solutions" not in text, "the tour never imports them"
