@@ -46,7 +46,7 @@ from ..fast import online_softmax
 from ..fast.chunked.blocks import BlockSizes
 from ..fast.chunked.closures import convert_mod
 from ..fast.chunked.config import Config, Mods, Operands
-from ..fast.chunked.kernels import backward, forward
+from ..fast.chunked.kernels import backward, forward, sink_gradient
 from ..fast.chunked.layout import from_rows, make_rows, to_rows
 from .layouts import LAYOUTS, device_positions, zigzag_permutation
 
@@ -103,11 +103,7 @@ def _ring_backward(ops, rows, sinks, mods, out, lse, d_out, d_lse, *, axis_name,
     start = (jnp.zeros_like(ops.q, out.dtype), ops.k, ops.v, ops.mask, rows.kseg, jnp.zeros_like(ops.k, out.dtype),
              jnp.zeros_like(ops.v, out.dtype), tuple(jnp.zeros_like(x) for x in mods.score))
     dq, *_, dk, dv, d_score = lax.fori_loop(0, P, step, start)  # after P passes each dk_j, dv_j is home again
-    d_sinks = None
-    if sinks is not None:  # d lse / d sink = e^(sink - lse), the sink's weight; d out / d sink = -weight * out
-        weight = jnp.exp(sinks[:, :, None, :] - lse)                             # (B, K, Tp, G)
-        delta = jnp.sum(d_out * out, axis=-1) - d_lse
-        d_sinks = -jnp.sum(weight * delta, axis=(0, 2), keepdims=True)[:, :, 0]  # (1, K, G)
+    d_sinks = None if sinks is None else sink_gradient(sinks, out, lse, d_out, d_lse)
     return dq, dk, dv, d_sinks, d_score
 
 

@@ -37,6 +37,15 @@ def block_states(mods, rows, cfg, nq, nk):
     return union(states, axes=(0, 1))
 
 
+def sink_gradient(sinks, out, lse, dout, dlse):
+    """The gradient ``(1, K, G)`` of the sink logits ``(1, K, G)``, from the rows layout's ``out``,
+    ``lse`` and their cotangents: ``d lse / d sink = e^(sink - lse)``, the sink's weight, and
+    ``d out / d sink = -weight * out``."""
+    weight = jnp.exp(sinks[:, :, None, :] - lse)                                  # (B, K, Tp, G)
+    delta = jnp.sum(dout * out, axis=-1) - dlse
+    return -jnp.sum(weight * delta, axis=(0, 2), keepdims=True)[:, :, 0]
+
+
 def sink_rows(sinks, qc):
     """The sink logits ``(1, K|1, G)`` as the rows of a query chunk, ``(1, K|1, qc * G)``."""
     b, k, G = sinks.shape

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from ..._sharding import reshard_like
 from .config import Operands, Residuals
-from .kernels import backward, each_head, forward, forward_tiles
+from .kernels import backward, each_head, forward, forward_tiles, sink_gradient
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -51,10 +51,8 @@ def _flash_bwd(cfg, res, cotangents):
         dbias = dbias.sum(axis=axes, keepdims=True).astype(ops.bias.dtype)
     dscore = tuple(d.sum(axis=(0, 1)).astype(x.dtype) for d, x in zip(dscore, mods.score))
     dsinks = None
-    if mods.sinks is not None:  # d lse / d sink = e^(sink - lse), the sink's weight; d out / d sink = -weight * out
-        weight = jnp.exp(mods.sinks[:, :, None, :] - res.lse)                    # (B, K, Tp, G)
-        delta = jnp.sum(dout * res.out, axis=-1) - dlse
-        dsinks = -jnp.sum(weight * delta, axis=(0, 2), keepdims=True)[:, :, 0].astype(mods.sinks.dtype)  # (1, K, G)
+    if mods.sinks is not None:
+        dsinks = sink_gradient(mods.sinks, res.out, res.lse, dout, dlse).astype(mods.sinks.dtype)  # (1, K, G)
     rows = jax.tree.map(lambda _: None, res.rows)  # integer inputs: no cotangent
     dmods = mods._replace(score=dscore, mask=tuple(None for _ in mods.mask), sinks=dsinks, states=None)
     dops = Operands(dq.astype(ops.q.dtype), dk.astype(ops.k.dtype), dv.astype(ops.v.dtype), dbias, None)
